@@ -1,0 +1,39 @@
+"""The exceptions jobpulse raises.
+
+Every one derives from `JobpulseError`, and also from the built-in exception a caller would
+naturally catch for the same mistake::
+
+    JobpulseError
+    ├── InvalidJobError     (also ValueError)    a bad job name, setting, namespace or pending count
+    ├── JobLimitError       (also RuntimeError)  registering a job past the monitor's `max_jobs`
+    └── JobTimeoutError     (also TimeoutError)  a run passed its job's `timeout`
+
+A job's own exceptions are never wrapped: they are recorded and re-raised unchanged.
+"""
+
+from __future__ import annotations
+
+
+class JobpulseError(Exception):
+    """Base class of every exception raised by jobpulse itself."""
+
+
+class InvalidJobError(JobpulseError, ValueError):
+    """A job name, job setting, namespace or pending count broke one of the rules."""
+
+
+class JobLimitError(JobpulseError, RuntimeError):
+    """The monitor already tracks `max_jobs` jobs; the new one was not registered."""
+
+
+class JobTimeoutError(JobpulseError, TimeoutError):
+    """A run did not finish within its job's `timeout`.
+
+    Raised to the caller at the deadline. An async job is cancelled; a sync job's thread
+    cannot be stopped and is abandoned (see `JobMonitor.job`).
+    """
+
+    def __init__(self, job_name: str, timeout_seconds: float) -> None:
+        super().__init__(f"job {job_name!r} timed out after {timeout_seconds:g}s")
+        self.job_name = job_name
+        self.timeout_seconds = timeout_seconds

@@ -1,0 +1,142 @@
+"""The metric instruments, their names, and the callbacks that read the status view.
+
+Only the duration histogram is recorded per run. Runs, active and stalled runs, timeouts,
+the last success time and pending work are asynchronous instruments that read the registry
+when a reader collects, so a run costs one histogram point and nothing more.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
+
+from jobpulse._exceptions import InvalidJobError
+from jobpulse._guard import Guard
+from jobpulse._registry import MetricPoint, StatusRegistry
+
+__all__ = ["DURATION_BUCKETS", "Instruments", "instrument_names", "validate_namespace"]
+
+#: Histogram bucket bounds in seconds: 5 ms to 1 h.
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+)  # fmt: skip
+
+_NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CALLBACK_GUARD = Guard("metric callback")
+
+_NAMES = {
+    "duration": "background_job.duration",
+    "runs": "background_job.runs",
+    "active": "background_jobs.active",
+    "stalled": "background_jobs.stalled",
+    "timeouts": "job.timeouts",
+    "last_success": "background_job.last_success_timestamp",
+    "pending": "background_jobs.pending",
+}
+
+
+def validate_namespace(namespace: object) -> str:
+    if not isinstance(namespace, str):
+        raise InvalidJobError(f"namespace must be a str, not {type(namespace).__name__}")
+    if namespace and not _NAMESPACE.fullmatch(namespace):
+        raise InvalidJobError(
+            f"namespace must be empty or match [A-Za-z_][A-Za-z0-9_]*, got {namespace!r}"
+        )
+    return namespace
+
+
+def instrument_names(namespace: str = "") -> dict[str, str]:
+    """OpenTelemetry instrument names by role; with a namespace, each is prefixed "ns."."""
+    prefix = f"{namespace}." if namespace else ""
+    return {role: prefix + name for role, name in _NAMES.items()}
+
+
+_Values = Callable[[MetricPoint], Iterable[tuple[float, Mapping[str, str]]]]
+
+
+class Instruments:
+    """Creates every instrument on `meter`; the observable ones read `registry`.
+
+    Set `closed` to make the observable instruments report nothing (after shutdown).
+    """
+
+    def __init__(self, meter: Meter, registry: StatusRegistry, namespace: str = "") -> None:
+        self._registry = registry
+        self.closed = False
+        names = instrument_names(namespace)
+        self.duration: Histogram = meter.create_histogram(
+            names["duration"],
+            unit="s",
+            description="Duration of background job runs, by job and outcome.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )
+        meter.create_observable_counter(
+            names["runs"],
+            callbacks=[
+                self._per_job(
+                    lambda p: (
+                        (p.success_count, p.success_attributes),
+                        (p.failure_count, p.failed_attributes),
+                    )
+                )
+            ],
+            description="Finished background job runs, by job and outcome (success, failed).",
+        )
+        meter.create_observable_up_down_counter(
+            names["active"],
+            callbacks=[self._per_job(lambda p: ((p.active_runs, p.attributes),))],
+            description="Background job runs in progress, by job.",
+        )
+        meter.create_observable_up_down_counter(
+            names["stalled"],
+            callbacks=[self._per_job(lambda p: ((p.stalled_runs, p.attributes),))],
+            description="Background job runs in progress past their stall threshold, by job.",
+        )
+        meter.create_observable_counter(
+            names["timeouts"],
+            callbacks=[self._per_job(lambda p: ((p.timeout_count, p.attributes),))],
+            description="Background job runs stopped at their timeout, by job.",
+        )
+        meter.create_observable_gauge(
+            names["last_success"],
+            unit="s",
+            callbacks=[
+                self._per_job(
+                    lambda p: (
+                        ()
+                        if p.last_success_ns is None
+                        else ((p.last_success_ns / 1e9, p.attributes),)
+                    )
+                )
+            ],
+            description="When each background job last finished successfully (Unix time).",
+        )
+        meter.create_observable_gauge(
+            names["pending"],
+            callbacks=[self._observe_pending],
+            description="Work items waiting for background jobs, by kind.",
+        )
+
+    def _per_job(self, values: _Values) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            observations: list[Observation] = []
+            if self.closed:
+                return observations
+            with _CALLBACK_GUARD:
+                for point in self._registry.metric_points():
+                    observations.extend(Observation(v, a) for v, a in values(point))
+            return observations
+
+        return callback
+
+    def _observe_pending(self, options: CallbackOptions) -> Iterable[Observation]:
+        observations: list[Observation] = []
+        if self.closed:
+            return observations
+        with _CALLBACK_GUARD:
+            for kind, count in self._registry.pending().items():
+                observations.append(Observation(count, {"kind": kind}))
+        return observations

@@ -1,0 +1,162 @@
+"""Immutable snapshots of the status view: what `JobMonitor.status()` and friends return."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = ["JobState", "JobStatus", "JobsSummary", "from_ns", "rfc3339"]
+
+
+class JobState(str, enum.Enum):
+    """Where a job stands now.
+
+    ``pending``: registered, never run. ``running``: at least one run in progress.
+    ``success`` / ``failed``: how the last finished run ended. ``stalled``: a run is still
+    going past the job's ``stall_after``. ``missed``: a scheduled run did not start in time.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    STALLED = "stalled"
+    MISSED = "missed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def from_ns(ns: int) -> datetime:
+    """An aware UTC datetime from nanoseconds since the epoch."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=rest // 1_000)
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    """``2026-01-01T12:00:00.123Z`` (UTC, milliseconds), or None."""
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One job as the status view saw it at one moment. Durations in seconds, times in UTC.
+
+    Min/max/average durations and ``last_*`` fields are None until the first run ends.
+    """
+
+    job_name: str
+    state: JobState
+    critical: bool
+    failure_threshold: int
+    timeout_seconds: float | None
+    stall_after_seconds: float
+    last_run_time: datetime | None
+    last_duration_seconds: float | None
+    next_run_time: datetime | None
+    success_count: int
+    failure_count: int
+    consecutive_failures: int
+    last_error: str | None
+    last_error_category: str | None
+    average_duration_seconds: float | None
+    min_duration_seconds: float | None
+    max_duration_seconds: float | None
+    last_success_time: datetime | None
+    active_runs: int
+    stalled_runs: int
+    timeout_count: int
+    metadata: Mapping[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def run_count(self) -> int:
+        """Finished runs, successful or not."""
+        return self.success_count + self.failure_count
+
+    @property
+    def failing(self) -> bool:
+        """True when the last finished run failed (and nothing has succeeded since)."""
+        return self.consecutive_failures > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as the health document shows it: the spec's field names, durations in ms."""
+        return {
+            "job_name": self.job_name,
+            "status": self.state.value,
+            "critical": self.critical,
+            "last_run_time": rfc3339(self.last_run_time),
+            "last_duration_ms": _ms(self.last_duration_seconds),
+            "next_run_time": rfc3339(self.next_run_time),
+            "success_count": self.success_count,
+            "failure_count": self.failure_count,
+            "consecutive_failures": self.consecutive_failures,
+            "failure_threshold": self.failure_threshold,
+            "last_error": self.last_error,
+            "last_error_category": self.last_error_category,
+            "average_execution_ms": _ms(self.average_duration_seconds),
+            "max_execution_ms": _ms(self.max_duration_seconds),
+            "min_execution_ms": _ms(self.min_duration_seconds),
+            "last_success_time": rfc3339(self.last_success_time),
+            "active_runs": self.active_runs,
+            "stalled_runs": self.stalled_runs,
+            "timeout_count": self.timeout_count,
+            "timeout_ms": _ms(self.timeout_seconds),
+            "stall_after_ms": _ms(self.stall_after_seconds),
+            "metadata": dict(self.metadata),
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class JobsSummary:
+    """Counts of jobs by state. ``pending + running + healthy + unhealthy + stalled + missed``
+    equals ``total``: healthy means the last run succeeded, unhealthy that it failed."""
+
+    total_jobs: int
+    pending_jobs: int
+    running_jobs: int
+    healthy_jobs: int
+    unhealthy_jobs: int
+    stalled_jobs: int
+    missed_jobs: int
+    last_update_time: datetime
+
+    @classmethod
+    def of(cls, statuses: Mapping[str, JobStatus], now: datetime) -> JobsSummary:
+        counts = dict.fromkeys(JobState, 0)
+        for status in statuses.values():
+            counts[status.state] += 1
+        return cls(
+            total_jobs=len(statuses),
+            pending_jobs=counts[JobState.PENDING],
+            running_jobs=counts[JobState.RUNNING],
+            healthy_jobs=counts[JobState.SUCCESS],
+            unhealthy_jobs=counts[JobState.FAILED],
+            stalled_jobs=counts[JobState.STALLED],
+            missed_jobs=counts[JobState.MISSED],
+            last_update_time=now,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_jobs": self.total_jobs,
+            "pending_jobs": self.pending_jobs,
+            "running_jobs": self.running_jobs,
+            "healthy_jobs": self.healthy_jobs,
+            "unhealthy_jobs": self.unhealthy_jobs,
+            "stalled_jobs": self.stalled_jobs,
+            "missed_jobs": self.missed_jobs,
+            "last_update_time": rfc3339(self.last_update_time),
+        }

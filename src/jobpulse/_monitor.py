@@ -1,0 +1,566 @@
+"""`JobMonitor`: the public entry point. Decorates jobs, opens runs, answers for the view."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, cast, overload
+
+from opentelemetry import context as context_api
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import Span, Status, StatusCode
+
+from jobpulse import _errors, _metadata
+from jobpulse._clock import SYSTEM_CLOCK, Clock
+from jobpulse._exceptions import InvalidJobError, JobLimitError, JobTimeoutError
+from jobpulse._guard import Guard, report_internal_error
+from jobpulse._health import HealthReport, evaluate
+from jobpulse._instruments import Instruments, validate_namespace
+from jobpulse._model import JobsSummary, JobStatus, from_ns
+from jobpulse._processor import (
+    ERROR_CATEGORY,
+    ERROR_TYPE,
+    JOB_METADATA,
+    JOB_TIMED_OUT,
+    JobStatusProcessor,
+    span_attribute,
+)
+from jobpulse._registry import JOB_NAME, JobSettings, StatusRegistry
+from jobpulse._sampling import JobAwareSampler
+from jobpulse._validation import to_seconds, validate_name, validate_positive_int
+from jobpulse._version import __version__
+
+__all__ = ["JobMonitor", "JobRun", "set_metadata"]
+
+logger = logging.getLogger("jobpulse")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CODE_FUNCTION = "code.function.name"
+
+_START_GUARD = Guard("run start")
+_FAILURE_GUARD = Guard("run failure")
+_END_GUARD = Guard("run end")
+_METADATA_GUARD = Guard("run metadata")
+
+
+def _record_failure(span: Span, exc: BaseException, *, timed_out: bool = False) -> None:
+    """Put the job's exception on its span: event, error type, category, ERROR status."""
+    with _FAILURE_GUARD:
+        span.add_event("exception", _errors.exception_event_attributes(exc))
+        attributes: dict[str, str | bool] = {
+            ERROR_TYPE: _errors.qualified_type_name(type(exc)),
+            ERROR_CATEGORY: _errors.TIMEOUT if timed_out else _errors.classify_exception(exc),
+        }
+        if timed_out:
+            attributes[JOB_TIMED_OUT] = True
+        span.set_attributes(attributes)
+        span.set_status(Status(StatusCode.ERROR, _errors.describe_exception(exc)))
+
+
+def _merge_metadata(span: Span, values: Mapping[Any, object]) -> None:
+    with _METADATA_GUARD:
+        current = _metadata.decode(span_attribute(span, JOB_METADATA)) or {}  # type: ignore[arg-type]
+        refused = _metadata.merge(current, _metadata.sanitize(values))
+        span.set_attribute(JOB_METADATA, _metadata.encode(current))
+        if refused:
+            logger.warning(
+                "run metadata: %d keys dropped (at most %d keys)", refused, _metadata.MAX_KEYS
+            )
+
+
+def set_metadata(values: Mapping[str, object] | None = None, /, **more: object) -> bool:
+    """Attach metadata to the job run in progress on this thread or task.
+
+    Works inside any run (decorated function, ``monitor.run()`` block, integration). Values
+    are made JSON-safe (others become their repr), credentials are redacted, sizes capped.
+    Returns False, doing nothing, when no job run is current.
+    """
+    span = trace.get_current_span()
+    if span_attribute(span, JOB_NAME) is None:  # type: ignore[arg-type]
+        return False
+    _merge_metadata(span, {**(values or {}), **more})
+    return True
+
+
+class JobRun:
+    """One run of a job, as a context manager (``with`` or ``async with``). Single use.
+
+    The run is a span named after the job. An exception leaving the block is recorded on the
+    span and in the status view and re-raised unchanged. Under ``async with``, a job with a
+    ``timeout`` is cancelled at the deadline and `JobTimeoutError` raised instead; a plain
+    ``with`` block cannot be interrupted, so there the timeout is not enforced (the run is
+    still reported stalled past ``stall_after``, which is at least the timeout).
+    """
+
+    __slots__ = ("_attributes", "_handle", "_monitor", "_span", "_timed_out", "_token", "name")
+
+    def __init__(self, monitor: JobMonitor, name: str, attributes: Mapping[str, str]) -> None:
+        self._monitor = monitor
+        self.name = name
+        self._attributes = attributes
+        self._span: Span | None = None
+        self._token: object = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._timed_out = False
+
+    @property
+    def span(self) -> Span:
+        """The run's span (a non-recording one before the run starts)."""
+        return self._span or trace.INVALID_SPAN
+
+    def set_metadata(self, values: Mapping[str, object] | None = None, /, **more: object) -> None:
+        """Merge metadata into the run (see `jobpulse.set_metadata`)."""
+        if self._span is None:
+            raise RuntimeError("set_metadata() needs a run in progress: call it inside the block")
+        _merge_metadata(self._span, {**(values or {}), **more})
+
+    def __enter__(self) -> JobRun:
+        if self._span is not None:
+            raise RuntimeError(f"this run of {self.name!r} was already started; call run() again")
+        self._span, self._token = self._monitor._start(self.name, self._attributes)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        span = cast(Span, self._span)
+        if exc is not None:
+            _record_failure(span, exc)
+        self._monitor._finish(span, self._token)
+
+    async def __aenter__(self) -> JobRun:
+        self.__enter__()
+        timeout = self._monitor._registry.timeout_of(self.name)
+        if timeout is not None:
+            with _START_GUARD:
+                task = asyncio.current_task()
+                if task is not None:
+                    self._handle = asyncio.get_running_loop().call_later(
+                        timeout, self._cancel, task
+                    )
+        return self
+
+    def _cancel(self, task: asyncio.Task[Any]) -> None:
+        self._timed_out = True
+        task.cancel()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._timed_out:
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python >= 3.11
+            cancelled_elsewhere = uncancel is not None and uncancel() > 0
+            if isinstance(exc, asyncio.CancelledError) and not cancelled_elsewhere:
+                timeout = self._monitor._registry.timeout_of(self.name) or 0.0
+                error = JobTimeoutError(self.name, timeout)
+                _record_failure(cast(Span, self._span), error, timed_out=True)
+                self._monitor._finish(cast(Span, self._span), self._token)
+                raise error from exc
+        self.__exit__(exc_type, exc, traceback)
+
+
+class _Outcome:
+    """What a job thread produced, handed to the caller that waits for it."""
+
+    __slots__ = ("abandoned", "done", "error", "finished", "lock", "result")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.finished = False
+        self.abandoned = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class JobMonitor:
+    """Monitors background jobs: every run is a span, and a span processor keeps a status
+    view that `status`, `statuses`, `summary` and `health` read.
+
+    Args:
+        tracer_provider: an SDK ``TracerProvider`` to add the monitor's processor to. None
+            uses the global one if the SDK is set up, else a private provider that exports
+            nothing (nothing global is created or replaced). The provider's sampler is wrapped
+            in `JobAwareSampler` so that no run is sampled out of the view.
+        meter_provider: where the instruments are created; None uses the global one (a no-op
+            until the application sets one up).
+        namespace: prefix of the metric names, e.g. ``icy_backend`` gives
+            ``icy_backend_background_job_duration_seconds`` in Prometheus.
+        stall_after: seconds (or timedelta) after which a still-running run is stalled,
+            unless a job sets its own; a job's default is the larger of this and its timeout.
+        max_jobs: how many distinct jobs (and pending kinds) may be tracked.
+        retention: how long a job that is not running and not updated stays in the view.
+        clock: where time is read; tests pass `jobpulse.testing.FakeClock`.
+
+    Thread-safe: runs may start and end on any thread or event loop.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        *,
+        namespace: str = "",
+        stall_after: float | timedelta = 300.0,
+        max_jobs: int = 1000,
+        retention: float | timedelta = timedelta(hours=24),
+        clock: Clock | None = None,
+    ) -> None:
+        self._clock = clock or SYSTEM_CLOCK
+        self.namespace = validate_namespace(namespace)
+        self._registry = StatusRegistry(
+            clock=self._clock,
+            default_stall_after=to_seconds(stall_after, "stall_after"),
+            max_jobs=validate_positive_int(max_jobs, "max_jobs"),
+            retention_seconds=to_seconds(retention, "retention"),
+        )
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("jobpulse", __version__)
+        self._processor = JobStatusProcessor(
+            self._registry, Instruments(meter, self._registry, namespace)
+        )
+        self._private_provider: SdkTracerProvider | None = None
+        self._tracer = self._attach(tracer_provider)
+        self._abandoned: dict[str, int] = {}
+        self._abandoned_lock = threading.Lock()
+        self._closed = False
+
+    def _attach(self, tracer_provider: trace.TracerProvider | None) -> trace.Tracer:
+        provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        if isinstance(provider, SdkTracerProvider):
+            if not isinstance(provider.sampler, JobAwareSampler):
+                provider.sampler = JobAwareSampler(provider.sampler)
+            tracer = provider.get_tracer("jobpulse", __version__)
+            if isinstance(tracer, SdkTracer):
+                if not isinstance(tracer.sampler, JobAwareSampler):
+                    tracer.sampler = provider.sampler
+                provider.add_span_processor(self._processor)
+                return tracer
+            logger.info("OpenTelemetry SDK disabled: job runs are tracked but not exported")
+        elif tracer_provider is not None:
+            raise TypeError(
+                "tracer_provider must be an opentelemetry.sdk.trace.TracerProvider, not "
+                f"{type(tracer_provider).__name__}; pass None to use the global one"
+            )
+        private = SdkTracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False)
+        # OTEL_SDK_DISABLED turns off telemetry, not the status view: this provider exports
+        # nothing, so it stays enabled.
+        private._disabled = False
+        private.add_span_processor(self._processor)
+        self._private_provider = private
+        return private.get_tracer("jobpulse", __version__)
+
+    # -- registration ------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        *,
+        critical: bool | None = None,
+        failure_threshold: int | None = None,
+        timeout: float | timedelta | None = None,
+        stall_after: float | timedelta | None = None,
+    ) -> None:
+        """Add a job to the view (state ``pending``) or change the settings passed.
+
+        Settings left at None keep their current value (a new job's defaults: not critical,
+        failure_threshold 3, no timeout, stall_after the monitor's or the timeout if longer).
+
+        Raises:
+            InvalidJobError: a bad name or setting (the message names the rule).
+            JobLimitError: the job is new and the monitor already has `max_jobs` jobs.
+        """
+        self._registry.register(
+            validate_name(name),
+            _settings(critical, failure_threshold, timeout, stall_after),
+        )
+
+    @overload
+    def job(self, func: Callable[P, R], /) -> Callable[P, R]: ...
+
+    @overload
+    def job(
+        self,
+        name: str | None = None,
+        /,
+        *,
+        critical: bool | None = None,
+        failure_threshold: int | None = None,
+        timeout: float | timedelta | None = None,
+        stall_after: float | timedelta | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+    def job(
+        self,
+        name: str | Callable[..., Any] | None = None,
+        /,
+        *,
+        critical: bool | None = None,
+        failure_threshold: int | None = None,
+        timeout: float | timedelta | None = None,
+        stall_after: float | timedelta | None = None,
+    ) -> Any:
+        """Decorate a sync or async function so that each call is a monitored run.
+
+        Used as ``@monitor.job``, ``@monitor.job()`` or ``@monitor.job("name", ...)``; the
+        default name is the function's ``module.qualname``. The job is registered (and its
+        name and settings checked) at decoration time. The wrapper keeps the function's name,
+        docstring and signature, returns its result and re-raises its exceptions unchanged.
+
+        With a ``timeout``, an async job is cancelled at the deadline and a sync job runs in a
+        thread of its own; either way the caller gets `JobTimeoutError` at the deadline. A
+        sync job's thread cannot be stopped: it is abandoned, and logged when it returns.
+        """
+        settings = _settings(critical, failure_threshold, timeout, stall_after)
+        if callable(name):
+            return self._decorate(name, None, settings)
+        if name is not None:
+            validate_name(name)
+
+        def decorator(func: Callable[P, R]) -> Callable[P, R]:
+            return self._decorate(func, name, settings)
+
+        return decorator
+
+    def _decorate(
+        self, func: Callable[P, R], name: str | None, settings: JobSettings
+    ) -> Callable[P, R]:
+        function_name = _function_name(func)
+        job_name = validate_name(name or function_name)
+        self._registry.register(job_name, settings)
+        attributes = {JOB_NAME: job_name, CODE_FUNCTION: function_name}
+        registry = self._registry
+
+        def ensure_registered() -> None:
+            if job_name not in registry:  # dropped by retention: bring the settings back
+                try:
+                    registry.register(job_name, settings)
+                except JobLimitError as exc:  # the run goes ahead, unmonitored
+                    logger.warning("%s", exc)
+
+        if inspect.iscoroutinefunction(func):
+            async_func = cast(Callable[..., Awaitable[Any]], func)
+
+            @functools.wraps(func)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                ensure_registered()
+                async with JobRun(self, job_name, attributes):
+                    return await async_func(*args, **kwargs)
+
+            return cast(Callable[P, R], run_async)
+
+        tracer_start = self._start
+        finish = self._finish
+
+        @functools.wraps(func)
+        def run_sync(*args: P.args, **kwargs: P.kwargs) -> R:
+            ensure_registered()
+            timeout_seconds = registry.timeout_of(job_name)
+            if timeout_seconds is not None:
+                return self._call_in_thread(
+                    job_name, attributes, timeout_seconds, func, args, kwargs
+                )
+            span, token = tracer_start(job_name, attributes)
+            try:
+                return func(*args, **kwargs)
+            except BaseException as exc:
+                _record_failure(span, exc)
+                raise
+            finally:
+                finish(span, token)
+
+        return run_sync
+
+    def run(self, name: str) -> JobRun:
+        """A run of `name` as a context manager: ``with monitor.run("nightly_report") as run:``
+        (or ``async with``). Registers the job on first use (raising `InvalidJobError` or
+        `JobLimitError` before the block starts)."""
+        if name not in self._registry:
+            self.register(name)
+        return JobRun(self, name, {JOB_NAME: name})
+
+    # -- the run machinery (hot path) ---------------------------------------------------
+
+    def _start(self, name: str, attributes: Mapping[str, str]) -> tuple[Span, object]:
+        try:
+            span = self._tracer.start_span(
+                name, attributes=attributes, start_time=self._clock.time_ns()
+            )
+            return span, context_api.attach(trace.set_span_in_context(span))
+        except Exception as exc:  # noqa: BLE001 - the job runs, unmonitored, rather than fail
+            report_internal_error("run start", exc)
+            return trace.INVALID_SPAN, None
+
+    def _finish(self, span: Span, token: object) -> None:
+        with _END_GUARD:
+            if token is not None:
+                context_api.detach(token)  # type: ignore[arg-type]
+            span.end(end_time=self._clock.time_ns())
+
+    def _call_in_thread(
+        self,
+        name: str,
+        attributes: Mapping[str, str],
+        timeout: float,
+        func: Callable[..., R],
+        args: Any,
+        kwargs: Any,
+    ) -> R:
+        span, token = self._start(name, attributes)
+        outcome = _Outcome()
+        started = time.monotonic()
+        job_context = contextvars.copy_context()  # the run's span is current in the thread
+
+        def target() -> None:
+            try:
+                outcome.result = job_context.run(func, *args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises
+                outcome.error = exc
+            with outcome.lock:
+                outcome.finished = True
+                abandoned = outcome.abandoned
+            outcome.done.set()
+            if abandoned:
+                self._abandoned_returned(name, timeout, time.monotonic() - started, outcome.error)
+
+        thread = threading.Thread(target=target, name=f"jobpulse-job-{name[:40]}", daemon=True)
+        interrupted: BaseException | None = None
+        try:
+            thread.start()
+            outcome.done.wait(timeout)
+        except BaseException as exc:  # noqa: BLE001 - e.g. KeyboardInterrupt while waiting
+            interrupted = exc
+        with outcome.lock:
+            outcome.abandoned = thread.ident is not None and not outcome.finished
+        if outcome.abandoned:
+            with self._abandoned_lock:
+                self._abandoned[name] = self._abandoned.get(name, 0) + 1
+        error = interrupted or outcome.error
+        if error is None and outcome.abandoned:
+            error = JobTimeoutError(name, timeout)
+            _record_failure(span, error, timed_out=True)
+        elif error is not None:
+            _record_failure(span, error)
+        self._finish(span, token)
+        if error is not None:
+            raise error
+        return cast(R, outcome.result)
+
+    def _abandoned_returned(
+        self, name: str, timeout: float, elapsed: float, error: BaseException | None
+    ) -> None:
+        with self._abandoned_lock:
+            left = self._abandoned[name] = self._abandoned[name] - 1
+        logger.warning(
+            "job %r: the thread abandoned at its %gs timeout returned after %.1fs (%s); "
+            "%d abandoned threads of this job still running",
+            name,
+            timeout,
+            elapsed,
+            "ok" if error is None else f"raised {type(error).__name__}",
+            left,
+        )
+
+    def abandoned_threads(self, name: str) -> int:
+        """Threads of sync job `name` abandoned at their timeout and still running."""
+        with self._abandoned_lock:
+            return self._abandoned.get(name, 0)
+
+    # -- pending work ------------------------------------------------------------------
+
+    def set_pending(self, kind: str, count: int | None) -> None:
+        """Report how many work items of `kind` wait (gauge ``background_jobs.pending``).
+
+        `count` is an int >= 0, or None to stop reporting `kind`. Kinds follow the job-name
+        rules and count against `max_jobs`.
+        """
+        validate_name(kind, "pending kind")
+        if count is not None and (
+            not isinstance(count, int) or isinstance(count, bool) or count < 0
+        ):
+            raise InvalidJobError(f"pending count must be an int >= 0 or None, got {count!r}")
+        self._registry.set_pending(kind, count)
+
+    # -- reading the view --------------------------------------------------------------
+
+    def status(self, name: str) -> JobStatus | None:
+        """The job's current status, or None if it is not in the view."""
+        return self._registry.snapshot(name)
+
+    def statuses(self) -> dict[str, JobStatus]:
+        """Every job in the view, by name (sorted)."""
+        return self._registry.snapshots()
+
+    def pending(self) -> dict[str, int]:
+        """The pending counts reported with `set_pending`."""
+        return self._registry.pending()
+
+    def summary(self) -> JobsSummary:
+        return JobsSummary.of(self.statuses(), from_ns(self._clock.time_ns()))
+
+    def health(self) -> HealthReport:
+        """The overall health (healthy 200 / degraded 206 / unhealthy 503) with every job."""
+        started = time.perf_counter()
+        statuses = self.statuses()
+        now = from_ns(self._clock.time_ns())
+        return HealthReport(
+            status=evaluate(statuses),
+            timestamp=now,
+            jobs=statuses,
+            summary=JobsSummary.of(statuses, now),
+            duration_ms=(time.perf_counter() - started) * 1000.0,
+        )
+
+    def shutdown(self) -> None:
+        """Stop the watchdog and stop tracking. Idempotent. Does not shut down providers the
+        application passed in or set globally (only the monitor's private one)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._processor.shutdown()
+        if self._private_provider is not None:
+            self._private_provider.shutdown()
+
+
+def _function_name(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", None) or ""
+    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _settings(
+    critical: bool | None,
+    failure_threshold: int | None,
+    timeout: float | timedelta | None,
+    stall_after: float | timedelta | None,
+) -> JobSettings:
+    if critical is not None and not isinstance(critical, bool):
+        raise InvalidJobError(f"critical must be a bool, not {type(critical).__name__}")
+    return JobSettings(
+        critical=critical,
+        failure_threshold=None
+        if failure_threshold is None
+        else validate_positive_int(failure_threshold, "failure_threshold"),
+        timeout=None if timeout is None else to_seconds(timeout, "timeout"),
+        stall_after=None if stall_after is None else to_seconds(stall_after, "stall_after"),
+    )

@@ -1,0 +1,177 @@
+"""The span processor that turns job spans into the status view and the duration histogram.
+
+Any span created with a ``job.name`` attribute is a job run, whoever created it: jobpulse's
+decorator, a scheduler integration, or the application's own tracer. Spans without it are
+left alone after one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import NonRecordingSpan, StatusCode, set_span_in_context
+
+from jobpulse import _errors, _metadata
+from jobpulse._guard import Guard
+from jobpulse._instruments import Instruments
+from jobpulse._registry import JOB_NAME, StalledRun, StatusRegistry
+
+__all__ = [
+    "ERROR_CATEGORY",
+    "ERROR_TYPE",
+    "JOB_METADATA",
+    "JOB_TIMED_OUT",
+    "JobStatusProcessor",
+    "span_attribute",
+]
+
+logger = logging.getLogger("jobpulse")
+
+ERROR_TYPE = "error.type"
+ERROR_CATEGORY = "job.error.category"
+JOB_TIMED_OUT = "job.timed_out"
+JOB_METADATA = "job.metadata"
+STALLED_EVENT = "job.stalled"
+
+#: Runs at least this long are recorded with their span as context, for exemplars.
+SLOW_RUN_SECONDS = 0.1
+
+_START_GUARD = Guard("span processor on_start")
+_END_GUARD = Guard("span processor on_end")
+_STALL_GUARD = Guard("stall report")
+# Recording with an empty context keeps fast successful runs free of exemplar costs.
+_NO_CONTEXT = Context()
+
+
+def span_attribute(span: ReadableSpan, key: str) -> object:
+    """One attribute of a span, or None, without the cost of a KeyError on a miss."""
+    try:
+        attributes = span._attributes  # the SDK's BoundedAttributes; a dict lookup is cheapest
+        return attributes._dict.get(key) if attributes else None  # type: ignore[attr-defined]
+    except AttributeError:  # another SDK's span, or a non-recording one
+        public = getattr(span, "attributes", None)
+        return public.get(key) if public else None
+
+
+class JobStatusProcessor(SpanProcessor):
+    """Feeds the status view from ``on_start``/``on_end`` of spans carrying ``job.name``.
+
+    Never blocks beyond one short registry lock and never raises: every hook body runs under
+    the guard. After `shutdown` it ignores spans.
+    """
+
+    def __init__(self, registry: StatusRegistry, instruments: Instruments) -> None:
+        self._registry = registry
+        self._instruments = instruments
+        self._histogram = instruments.duration
+        self._closed = False
+        registry.stall_listener = self._report_stalls
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        name = span_attribute(span, JOB_NAME)
+        if name is None or self._closed:
+            return
+        with _START_GUARD:
+            self._registry.start_run(
+                name,  # type: ignore[arg-type]  # validated by the registry when new
+                span.context.span_id,
+                span,
+                span.start_time or 0,
+            )
+
+    def on_end(self, span: ReadableSpan) -> None:
+        name = span_attribute(span, JOB_NAME)
+        if name is None or self._closed:
+            return
+        with _END_GUARD:
+            start_ns = span.start_time or 0
+            end_ns = span.end_time or start_ns
+            error = category = None
+            timed_out = False
+            if span.status.status_code is StatusCode.ERROR:
+                error, category = _failure_of(span)
+                timed_out = bool(span_attribute(span, JOB_TIMED_OUT))
+            metadata_text = span_attribute(span, JOB_METADATA)
+            result = self._registry.end_run(
+                name,  # type: ignore[arg-type]
+                span.context.span_id,
+                start_ns,
+                end_ns,
+                error,
+                category,
+                timed_out,
+                _metadata.decode(metadata_text) if metadata_text is not None else None,
+            )
+            if result is None:
+                return
+            attributes, consecutive = result
+            seconds = (end_ns - start_ns) / 1e9
+            if error is None and seconds < SLOW_RUN_SECONDS:
+                self._histogram.record(seconds, attributes, context=_NO_CONTEXT)
+            else:
+                # on_end receives a ReadableSpan, which the exemplar filter does not take for
+                # a span: hand it the run's span context instead.
+                run = NonRecordingSpan(span.get_span_context())  # type: ignore[arg-type]
+                self._histogram.record(seconds, attributes, context=set_span_in_context(run))
+            if error is not None:
+                logger.warning(
+                    "job %r failed after %.3fs (%s, %d in a row): %s",
+                    name,
+                    seconds,
+                    category,
+                    consecutive,
+                    error,
+                )
+
+    def _report_stalls(self, stalled: list[StalledRun]) -> None:
+        for run in stalled:
+            with _STALL_GUARD:
+                logger.error(
+                    "job %r stalled: running for %.1fs, past its stall_after of %.1fs",
+                    run.job_name,
+                    run.elapsed_seconds,
+                    run.stall_after_seconds,
+                )
+                span = run.handle
+                if isinstance(span, Span) and span.is_recording():
+                    span.add_event(
+                        STALLED_EVENT,
+                        {
+                            "job.elapsed_seconds": run.elapsed_seconds,
+                            "job.stall_after_seconds": run.stall_after_seconds,
+                        },
+                    )
+
+    def shutdown(self) -> None:
+        self._closed = True
+        self._instruments.closed = True
+        self._registry.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _failure_of(span: ReadableSpan) -> tuple[str, str]:
+    """The error text and category of a failed span, from what its creator recorded."""
+    description = span.status.description
+    exception_type = ""
+    message = ""
+    for event in reversed(span.events):
+        if event.name == "exception" and event.attributes:
+            exception_type = str(event.attributes.get("exception.type", ""))
+            message = str(event.attributes.get("exception.message", ""))
+            break
+    category = span_attribute(span, ERROR_CATEGORY)
+    if not isinstance(category, str):
+        type_name = exception_type or str(span_attribute(span, ERROR_TYPE) or "")
+        category = _errors.classify_names(
+            [type_name] if type_name else [], message or description or ""
+        )
+    if not description:
+        short_type = exception_type.rpartition(".")[2]
+        description = (
+            f"{short_type}: {message}" if short_type and message else short_type or message
+        )
+    return _errors.safe_error_text(description or "error"), category

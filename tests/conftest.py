@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from jobpulse import JobMonitor
+from jobpulse._guard import add_internal_error_hook, remove_internal_error_hook
+from jobpulse.testing import FakeClock
+
+#: Set in CI: a test that needs a server or binary fails instead of skipping without it.
+REQUIRE_SERVERS = os.environ.get("JOBPULSE_REQUIRE_SERVERS") == "1"
+
+
+@dataclass
+class InternalErrors:
+    """What jobpulse's guard swallowed during a test; any left unclaimed fails the test."""
+
+    errors: list[tuple[str, BaseException]] = field(default_factory=list)
+
+    def take(self) -> list[tuple[str, BaseException]]:
+        taken, self.errors = self.errors, []
+        return taken
+
+
+@pytest.fixture(autouse=True)
+def internal_errors() -> Iterator[InternalErrors]:
+    collected = InternalErrors()
+
+    def hook(where: str, exc: BaseException) -> None:
+        collected.errors.append((where, exc))
+
+    add_internal_error_hook(hook)
+    try:
+        yield collected
+    finally:
+        remove_internal_error_hook(hook)
+    if collected.errors:
+        where, exc = collected.errors[0]
+        raise AssertionError(f"jobpulse swallowed an internal error in {where}") from exc
+
+
+@dataclass
+class Otel:
+    """An SDK tracer provider exporting to memory, and a meter provider read from memory."""
+
+    tracer_provider: TracerProvider
+    exporter: InMemorySpanExporter
+    meter_provider: MeterProvider
+    reader: InMemoryMetricReader
+
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
+
+    def metrics(self) -> dict[str, dict[tuple[tuple[str, object], ...], object]]:
+        """Instrument name -> sorted attribute items -> point value (histograms: the point)."""
+        data: MetricsData | None = self.reader.get_metrics_data()
+        result: dict[str, dict[tuple[tuple[str, object], ...], object]] = {}
+        if data is None:
+            return result
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    points = result.setdefault(metric.name, {})
+                    for point in metric.data.data_points:
+                        key = tuple(sorted((point.attributes or {}).items()))
+                        points[key] = getattr(point, "value", point)
+        return result
+
+
+@pytest.fixture
+def otel() -> Iterator[Otel]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    yield Otel(tracer_provider, exporter, meter_provider, reader)
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+MonitorFactory = Callable[..., JobMonitor]
+
+
+@pytest.fixture
+def make_monitor(otel: Otel, clock: FakeClock) -> Iterator[MonitorFactory]:
+    """Monitors on the `otel` providers and the fake clock, shut down after the test."""
+    monitors: list[JobMonitor] = []
+
+    def make(**kwargs: object) -> JobMonitor:
+        options: dict[str, object] = {
+            "tracer_provider": otel.tracer_provider,
+            "meter_provider": otel.meter_provider,
+            "clock": clock,
+        }
+        options.update(kwargs)
+        monitor = JobMonitor(**options)  # type: ignore[arg-type]
+        monitors.append(monitor)
+        return monitor
+
+    yield make
+    for monitor in monitors:
+        monitor.shutdown()
+
+
+@pytest.fixture
+def monitor(make_monitor: MonitorFactory) -> JobMonitor:
+    return make_monitor()

@@ -1,0 +1,62 @@
+"""Every example and benchmark runs, as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _documents(output: str) -> list[dict[str, object]]:
+    """The JSON documents the quick start prints, in order."""
+    decoder = json.JSONDecoder()
+    documents = []
+    index = output.find("{")
+    while index != -1:
+        document, end = decoder.raw_decode(output, index)
+        documents.append(document)
+        index = output.find("\n{", end)
+        index = index + 1 if index != -1 else -1
+    return documents
+
+
+def test_quickstart() -> None:
+    result = _run("examples/quickstart.py")
+    assert result.returncode == 0, result.stderr
+    stalled, recovered = _documents(result.stdout)
+    assert stalled["status"] == "unhealthy"
+    jobs = stalled["jobs"]
+    assert isinstance(jobs, dict)
+    assert jobs["icy_transaction_indexing"]["status"] == "stalled"
+    assert jobs["btc_transaction_indexing"]["success_count"] == 3
+    assert jobs["btc_transaction_indexing"]["metadata"] == {"indexed": 42, "last_block": 871234}
+    assert jobs["swap_request_processing"]["consecutive_failures"] == 2
+    assert recovered["status"] == "degraded"  # the swap job still failing, below its threshold
+    assert "job 'icy_transaction_indexing' stalled" in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    runs = 'icy_backend_background_job_runs_total{job_name="swap_request_processing"'
+    assert f'{runs},status="failed"}} 2.0' in result.stdout
+
+
+def test_overhead_benchmark_runs() -> None:
+    result = _run("benchmarks/overhead.py", "--runs", "200", "--repeats", "1")
+    # A loaded test machine may miss the ratio; the benchmark itself must run and report.
+    assert result.returncode in (0, 1), result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["case", "us/run", "x", "raw"]
+    assert any(line.startswith("jobpulse @monitor.job sync") for line in lines)
+    assert "target: jobpulse sync <= 0.7x raw recipe" in result.stdout

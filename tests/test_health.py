@@ -1,0 +1,173 @@
+"""Health rules (decision 8) and the JSON document (decision 9)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import pytest
+
+from jobpulse import HealthStatus, JobMonitor, JobState, JobStatus
+from jobpulse._health import evaluate
+from jobpulse.testing import FakeClock
+
+SPEC_JOB_FIELDS = {
+    "job_name", "status", "last_run_time", "last_duration_ms", "next_run_time", "success_count",
+    "failure_count", "consecutive_failures", "last_error", "average_execution_ms",
+    "max_execution_ms", "min_execution_ms", "metadata", "created_at", "updated_at",
+}  # fmt: skip
+SPEC_SUMMARY_FIELDS = {
+    "total_jobs", "running_jobs", "healthy_jobs", "unhealthy_jobs", "stalled_jobs",
+    "last_update_time",
+}  # fmt: skip
+
+_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+_BASE = JobStatus(
+    job_name="j",
+    state=JobState.SUCCESS,
+    critical=False,
+    failure_threshold=3,
+    timeout_seconds=None,
+    stall_after_seconds=300.0,
+    last_run_time=_EPOCH,
+    last_duration_seconds=1.0,
+    next_run_time=None,
+    success_count=1,
+    failure_count=0,
+    consecutive_failures=0,
+    last_error=None,
+    last_error_category=None,
+    average_duration_seconds=1.0,
+    min_duration_seconds=1.0,
+    max_duration_seconds=1.0,
+    last_success_time=_EPOCH,
+    active_runs=0,
+    stalled_runs=0,
+    timeout_count=0,
+    metadata={},
+    created_at=_EPOCH,
+    updated_at=_EPOCH,
+)
+
+
+def _job(**changes: object) -> JobStatus:
+    return replace(_BASE, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("jobs", "expected"),
+    [
+        ([], HealthStatus.HEALTHY),
+        ([_job(state=JobState.PENDING)], HealthStatus.HEALTHY),
+        ([_job(), _job(state=JobState.RUNNING)], HealthStatus.HEALTHY),
+        ([_job(state=JobState.STALLED)], HealthStatus.UNHEALTHY),
+        ([_job(state=JobState.FAILED, consecutive_failures=1)], HealthStatus.DEGRADED),
+        ([_job(state=JobState.FAILED, consecutive_failures=9)], HealthStatus.DEGRADED),
+        (
+            [_job(state=JobState.FAILED, consecutive_failures=2, critical=True)],
+            HealthStatus.DEGRADED,
+        ),
+        (
+            [_job(state=JobState.FAILED, consecutive_failures=3, critical=True)],
+            HealthStatus.UNHEALTHY,
+        ),
+        (
+            [
+                _job(
+                    state=JobState.FAILED,
+                    consecutive_failures=1,
+                    critical=True,
+                    failure_threshold=1,
+                )
+            ],
+            HealthStatus.UNHEALTHY,
+        ),
+        # a critical job retrying after its threshold stays unhealthy until a success
+        (
+            [_job(state=JobState.RUNNING, consecutive_failures=3, critical=True)],
+            HealthStatus.UNHEALTHY,
+        ),
+        ([_job(state=JobState.MISSED)], HealthStatus.DEGRADED),
+        ([_job(state=JobState.MISSED, critical=True)], HealthStatus.UNHEALTHY),
+        (
+            [_job(state=JobState.FAILED, consecutive_failures=1), _job(state=JobState.STALLED)],
+            HealthStatus.UNHEALTHY,
+        ),
+    ],
+)
+def test_health_rules(jobs: list[JobStatus], expected: HealthStatus) -> None:
+    statuses = {f"job{i}": job for i, job in enumerate(jobs)}
+    assert evaluate(statuses) is expected
+
+
+def test_http_codes() -> None:
+    assert HealthStatus.HEALTHY.http_status == 200
+    assert HealthStatus.DEGRADED.http_status == 206
+    assert HealthStatus.UNHEALTHY.http_status == 503
+    assert str(HealthStatus.DEGRADED) == "degraded"
+    assert str(JobState.STALLED) == "stalled"
+
+
+def test_health_document(monitor: JobMonitor, clock: FakeClock) -> None:
+    monitor.register("btc_transaction_indexing", critical=True)
+    monitor.register("never_ran")
+
+    @monitor.job("swap_request_processing")
+    def swap(fail: bool) -> None:
+        clock.advance(1.2345)
+        if fail:
+            raise ConnectionError("rpc http://admin:letmein@node:8332 refused")
+
+    swap(False)
+    with pytest.raises(ConnectionError):
+        swap(True)
+
+    report = monitor.health()
+    assert report.status is HealthStatus.DEGRADED
+    assert report.http_status == 206
+    document = report.to_dict()
+    text = json.dumps(document, allow_nan=False)
+    assert set(document) == {"status", "timestamp", "jobs", "summary", "duration_ms"}
+    assert document["status"] == "degraded"
+    assert document["timestamp"] == "2026-01-01T00:00:02.469Z"
+    assert isinstance(document["duration_ms"], float)
+
+    swap_doc = document["jobs"]["swap_request_processing"]
+    assert set(swap_doc) >= SPEC_JOB_FIELDS
+    assert swap_doc["status"] == "failed"
+    assert swap_doc["last_duration_ms"] == 1234.5  # real milliseconds, not nanoseconds
+    assert swap_doc["min_execution_ms"] == 1234.5
+    assert swap_doc["last_run_time"] == "2026-01-01T00:00:01.234Z"
+    assert swap_doc["last_error"] == "ConnectionError: rpc http://admin:***@node:8332 refused"
+    assert swap_doc["consecutive_failures"] == 1
+    never = document["jobs"]["never_ran"]
+    assert never["status"] == "pending"
+    assert never["min_execution_ms"] is None  # not MaxInt64
+    assert never["max_execution_ms"] is None
+    assert never["last_run_time"] is None
+    assert document["jobs"]["btc_transaction_indexing"]["critical"] is True
+
+    summary = document["summary"]
+    assert set(summary) >= SPEC_SUMMARY_FIELDS
+    assert summary["total_jobs"] == 3
+    assert (
+        summary["pending_jobs"] + summary["running_jobs"] + summary["healthy_jobs"]
+        + summary["unhealthy_jobs"] + summary["stalled_jobs"] + summary["missed_jobs"]
+    ) == summary["total_jobs"]  # fmt: skip
+    # no secrets and no stack traces in the unauthenticated document
+    assert "letmein" not in text
+    assert "Traceback" not in text
+    assert 'File "' not in text
+
+
+def test_critical_job_over_threshold_makes_the_service_unhealthy(monitor: JobMonitor) -> None:
+    @monitor.job("btc_transaction_indexing", critical=True)
+    def index() -> None:
+        raise RuntimeError("down")
+
+    for expected in (HealthStatus.DEGRADED, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY):
+        with pytest.raises(RuntimeError):
+            index()
+        assert monitor.health().status is expected
+    assert monitor.health().http_status == 503
