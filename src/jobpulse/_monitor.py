@@ -105,7 +105,16 @@ class JobRun:
     still reported stalled past ``stall_after``, which is at least the timeout).
     """
 
-    __slots__ = ("_attributes", "_handle", "_monitor", "_span", "_timed_out", "_token", "name")
+    __slots__ = (
+        "_attributes",
+        "_handle",
+        "_monitor",
+        "_span",
+        "_timed_out",
+        "_timeout",
+        "_token",
+        "name",
+    )
 
     def __init__(self, monitor: JobMonitor, name: str, attributes: Mapping[str, str]) -> None:
         self._monitor = monitor
@@ -114,6 +123,7 @@ class JobRun:
         self._span: Span | None = None
         self._token: object = None
         self._handle: asyncio.TimerHandle | None = None
+        self._timeout = 0.0
         self._timed_out = False
 
     @property
@@ -151,6 +161,7 @@ class JobRun:
             with _START_GUARD:
                 task = asyncio.current_task()
                 if task is not None:
+                    self._timeout = timeout
                     self._handle = asyncio.get_running_loop().call_later(
                         timeout, self._cancel, task
                     )
@@ -172,8 +183,7 @@ class JobRun:
             uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python >= 3.11
             cancelled_elsewhere = uncancel is not None and uncancel() > 0
             if isinstance(exc, asyncio.CancelledError) and not cancelled_elsewhere:
-                timeout = self._monitor._registry.timeout_of(self.name) or 0.0
-                error = JobTimeoutError(self.name, timeout)
+                error = JobTimeoutError(self.name, self._timeout)
                 _record_failure(cast(Span, self._span), error, timed_out=True)
                 self._monitor._finish(cast(Span, self._span), self._token)
                 raise error from exc

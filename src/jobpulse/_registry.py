@@ -9,9 +9,7 @@ live span) that is handed back to the stall listener.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import weakref
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -20,6 +18,7 @@ from typing import Any, cast
 from jobpulse import _metadata
 from jobpulse._clock import Clock
 from jobpulse._exceptions import InvalidJobError, JobLimitError
+from jobpulse._fork import after_fork_in_child
 from jobpulse._model import JobState, JobStatus, from_ns
 from jobpulse._validation import validate_name
 from jobpulse._watchdog import Watchdog
@@ -221,15 +220,7 @@ class StatusRegistry:
         self._refused: set[str] = set()
         self.stall_listener: StallListener | None = None
         self._watchdog = Watchdog(clock, self._on_deadline)
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-
-            def after_in_child() -> None:
-                registry = ref()
-                if registry is not None:
-                    registry._reset_after_fork()
-
-            os.register_at_fork(after_in_child=after_in_child)
+        after_fork_in_child(self._reset_after_fork)
 
     # -- settings ----------------------------------------------------------------------
 

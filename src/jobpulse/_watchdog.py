@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 import threading
-import weakref
 from collections.abc import Callable, Hashable
 
 from jobpulse._clock import Clock
+from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard
 
 __all__ = ["Watchdog"]
@@ -45,15 +44,7 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._manual = clock.on_advance(self._wake_manual)
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-
-            def after_in_child() -> None:
-                watchdog = ref()
-                if watchdog is not None:
-                    watchdog._reset_after_fork()
-
-            os.register_at_fork(after_in_child=after_in_child)
+        after_fork_in_child(self._reset_after_fork)
 
     def schedule(self, key: Hashable, deadline: float) -> None:
         """Make sure `on_due(key, ...)` runs at `deadline` or earlier. A later deadline for a
