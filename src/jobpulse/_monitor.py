@@ -100,7 +100,9 @@ class JobRun:
 
     The run is a span named after the job. An exception leaving the block is recorded on the
     span and in the status view and re-raised unchanged. Under ``async with``, a job with a
-    ``timeout`` is cancelled at the deadline and `JobTimeoutError` raised instead; a plain
+    ``timeout`` is cancelled at the deadline and `JobTimeoutError` raised instead (on
+    Python 3.10, a cancellation from elsewhere that coincides with the deadline is reported
+    as the timeout: only 3.11's ``Task.uncancel`` tells the two apart); a plain
     ``with`` block cannot be interrupted, so there the timeout is not enforced (the run is
     still reported stalled past ``stall_after``, which is at least the timeout).
     """
