@@ -29,6 +29,7 @@ from collections.abc import Callable
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 
 from jobpulse import JobMonitor
 
@@ -110,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
 
     plain_tracer = tracer_provider.get_tracer("app")
 
-    def plain_span_loop(tracer: object) -> Callable[[int], None]:
+    def plain_span_loop(tracer: Tracer) -> Callable[[int], None]:
         def loop(n: int) -> None:
             for _ in range(n):
-                with tracer.start_as_current_span("request"):  # type: ignore[attr-defined]
+                with tracer.start_as_current_span("request"):
                     job()
 
         return loop

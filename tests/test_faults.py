@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from opentelemetry.sdk.trace import Span
 
-from jobpulse import JobMonitor, _metadata
+from jobpulse import JobMonitor, _metadata, set_metadata
 from jobpulse._guard import Guard, report_internal_error
 from jobpulse._registry import StatusRegistry
 from jobpulse.testing import FakeClock
@@ -40,13 +40,8 @@ def test_faults_in_hooks_never_reach_the_job(
 
     @monitor.job("victim")
     def ok() -> str:
-        monitor_metadata()
+        set_metadata(rows=1)
         return "result"
-
-    def monitor_metadata() -> None:
-        import jobpulse
-
-        jobpulse.set_metadata(rows=1)
 
     @monitor.job("victim2")
     def bad() -> None:

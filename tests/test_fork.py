@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 
@@ -43,7 +42,6 @@ def _in_child(monitor: JobMonitor) -> dict[str, object]:
     return json.loads(data)  # type: ignore[no-any-return]
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="fork")
 def test_child_after_fork_tracks_its_own_runs(make_monitor: MonitorFactory) -> None:
     monitor = make_monitor(clock=None, stall_after=3600)
     with monitor.run("parent_job"):  # a run in progress in the parent, with a watchdog thread

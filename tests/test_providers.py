@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.util._once import Once
 
+import jobpulse
 from jobpulse import JobAwareSampler, JobMonitor
 from tests.conftest import Otel
 
@@ -90,7 +91,7 @@ def test_wrapping_is_done_once_per_provider(otel: Otel) -> None:
 
 def test_a_tracer_made_before_wrapping_is_fixed(otel: Otel) -> None:
     provider = TracerProvider(sampler=ALWAYS_OFF, shutdown_on_exit=False)
-    early = provider.get_tracer("jobpulse", __import__("jobpulse").__version__)
+    early = provider.get_tracer("jobpulse", jobpulse.__version__)
     monitor = JobMonitor(provider, otel.meter_provider)
     try:
         assert isinstance(early.sampler, JobAwareSampler)  # type: ignore[attr-defined]

@@ -161,10 +161,11 @@ def test_stall_detected_by_the_real_watchdog_thread(make_monitor: MonitorFactory
 
 
 class Recorder:
-    def __init__(self, clock: FakeClock, reschedule: dict[Hashable, float] | None = None) -> None:
+    """An `on_due` callback that remembers its calls and re-arms the keys it is told to."""
+
+    def __init__(self, reschedule: dict[Hashable, float] | None = None) -> None:
         self.calls: list[tuple[Hashable, float]] = []
         self.reschedule = reschedule or {}
-        self.clock = clock
 
     def __call__(self, key: Hashable, now: float) -> float | None:
         self.calls.append((key, now))
@@ -172,7 +173,7 @@ class Recorder:
 
 
 def test_watchdog_fires_in_deadline_order_once(clock: FakeClock) -> None:
-    recorder = Recorder(clock)
+    recorder = Recorder()
     watchdog = Watchdog(clock, recorder)
     base = clock.monotonic()
     watchdog.schedule("late", base + 20)
@@ -185,7 +186,7 @@ def test_watchdog_fires_in_deadline_order_once(clock: FakeClock) -> None:
 
 
 def test_watchdog_earlier_deadline_replaces_the_later(clock: FakeClock) -> None:
-    recorder = Recorder(clock)
+    recorder = Recorder()
     watchdog = Watchdog(clock, recorder)
     base = clock.monotonic()
     watchdog.schedule("job", base + 20)
@@ -198,7 +199,7 @@ def test_watchdog_earlier_deadline_replaces_the_later(clock: FakeClock) -> None:
 
 def test_watchdog_callback_can_rearm(clock: FakeClock) -> None:
     base = clock.monotonic()
-    recorder = Recorder(clock, {"job": base + 30})
+    recorder = Recorder({"job": base + 30})
     watchdog = Watchdog(clock, recorder)
     watchdog.schedule("job", base + 10)
     clock.advance(10)
@@ -209,7 +210,7 @@ def test_watchdog_callback_can_rearm(clock: FakeClock) -> None:
 
 
 def test_watchdog_stop_forgets_deadlines(clock: FakeClock) -> None:
-    recorder = Recorder(clock)
+    recorder = Recorder()
     watchdog = Watchdog(clock, recorder)
     watchdog.schedule("job", clock.monotonic() + 1)
     watchdog.stop()

@@ -366,17 +366,11 @@ class StatusRegistry:
             if job is None:
                 return None
             stall_after = job.stall_after
-            next_deadline: float | None = None
             for run_id, (start, handle) in job.runs.items():
-                if run_id in job.stalled_ids:
-                    continue
-                deadline = start + stall_after
-                if deadline <= now:
+                if run_id not in job.stalled_ids and start + stall_after <= now:
                     job.stalled_ids.add(run_id)
                     stalled.append(StalledRun(name, handle, now - start, stall_after))
-                elif next_deadline is None or deadline < next_deadline:
-                    next_deadline = deadline
-            job.armed = next_deadline
+            next_deadline = job.armed = self._earliest_deadline_locked(job)
             if stalled:
                 job.updated_ns = self._clock.time_ns()
                 job.snapshot = None
