@@ -1,0 +1,325 @@
+"""Schedules: when a job's next run is expected, so a run that did not start can be flagged.
+
+`parse_schedule` accepts robfig/cron (Go) style specs: ``@every 1h30m``; the descriptors
+``@hourly``, ``@daily`` (``@midnight``), ``@weekly`` (Sunday 00:00), ``@monthly`` (the 1st,
+00:00) and ``@yearly`` (``@annually``); a 5-field cron expression (needs croniter); a plain
+interval in seconds or as a `timedelta`; and a ``CRON_TZ=<zone>`` or ``TZ=<zone>`` prefix.
+
+An interval's next run is always ``interval`` after the instant asked about. Calendar schedules
+(descriptors and cron) follow the wall clock of their time zone (UTC unless given), so the
+rules for daylight-saving changes are:
+
+* A wall time that does not exist (the clocks jump over it) is expected at the first instant
+  after the gap. A job at 02:30 daily in Europe/Berlin is expected on 2026-03-29, the
+  spring-forward night, at 03:00 CEST (01:00 UTC).
+* A wall time that occurs twice (the clocks fall back) is expected once, at its first
+  occurrence. In Europe/Berlin on 2026-10-25, 02:30 occurs twice; the run is expected at the
+  first 02:30 (CEST, 00:30 UTC), and the one after that on 2026-10-26 at 02:30 CET (01:30 UTC).
+  A scheduler that runs the job twice just produces an extra run; one that runs it once raises
+  no false alarm.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta, tzinfo
+from datetime import timezone as _timezone
+from itertools import pairwise
+from typing import NoReturn
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from jobpulse._exceptions import InvalidJobError
+
+__all__ = ["MAX_GRACE_SECONDS", "MIN_GRACE_SECONDS", "Schedule", "parse_schedule"]
+
+MIN_GRACE_SECONDS = 1.0
+MAX_GRACE_SECONDS = 300.0
+
+_NS = 1_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=_timezone.utc)
+_UNIT_NS = {"ns": 1, "us": 10**3, "\u00b5s": 10**3, "\u03bcs": 10**3, "ms": 10**6, "s": _NS}
+_UNIT_NS |= {"m": 60 * _NS, "h": 3600 * _NS}
+_UNIT = "(ns|us|\u00b5s|\u03bcs|ms|s|m|h)"
+_PART = re.compile(rf"([0-9]*)(?:\.([0-9]*))?{_UNIT}")
+# Go's time.ParseDuration syntax: an optional sign, then "0" or one or more <number><unit>.
+_DURATION = re.compile(rf"[-+]?(?:0|(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+){_UNIT})+)")
+# A fixed (naive) start, so that a cron schedule's period does not depend on when it was parsed.
+_CRON_REFERENCE = datetime(2026, 1, 5)
+
+
+class Schedule:
+    """When a job's runs are expected. Immutable; equal (and hashed) by `text` and `timezone`.
+
+    Make one with `parse_schedule`. `text` is the normalized spec as shown to users;
+    `timezone` is the IANA name of the zone a calendar schedule follows (None for intervals);
+    `period_seconds` is the typical time between runs. Safe to share between threads.
+    """
+
+    __slots__ = ("period_seconds", "text", "timezone")
+    text: str
+    timezone: str | None
+    period_seconds: float
+
+    def __init__(self, text: str, timezone: str | None, period_seconds: float) -> None:
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "timezone", timezone)
+        object.__setattr__(self, "period_seconds", period_seconds)
+
+    def next_after(self, instant_ns: int) -> int:
+        """The first expected run strictly after `instant_ns`; both are epoch nanoseconds (UTC)."""
+        raise NotImplementedError
+
+    def default_grace(self) -> float:
+        """Seconds a run may be late before it counts as missed: 10% of the period, in [1, 300]."""
+        return min(max(self.period_seconds * 0.1, MIN_GRACE_SECONDS), MAX_GRACE_SECONDS)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"Schedule is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"Schedule is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return (self.text, self.timezone) == (other.text, other.timezone)
+
+    def __hash__(self) -> int:
+        return hash((self.text, self.timezone))
+
+    def __repr__(self) -> str:
+        if self.timezone is None:
+            return f"Schedule({self.text!r})"
+        return f"Schedule({self.text!r}, timezone={self.timezone!r})"
+
+
+class _IntervalSchedule(Schedule):
+    __slots__ = ("_interval_ns",)
+    _interval_ns: int
+
+    def __init__(self, interval_ns: int) -> None:
+        super().__init__(_format_interval(interval_ns), None, interval_ns / _NS)
+        object.__setattr__(self, "_interval_ns", interval_ns)
+
+    def next_after(self, instant_ns: int) -> int:
+        return instant_ns + self._interval_ns
+
+
+_Step = Callable[[datetime], datetime]  # naive wall time -> the next grid wall time after it
+
+
+class _CalendarSchedule(Schedule):
+    __slots__ = ("_step", "_zone")
+    _step: _Step
+    _zone: tzinfo
+
+    def __init__(self, text: str, zone: tuple[str, tzinfo], period: float, step: _Step) -> None:
+        super().__init__(text, zone[0], period)
+        object.__setattr__(self, "_zone", zone[1])
+        object.__setattr__(self, "_step", step)
+
+    def next_after(self, instant_ns: int) -> int:
+        # Whole seconds suffice: grid wall times are whole minutes.
+        local = (_EPOCH + timedelta(seconds=instant_ns // _NS)).astimezone(self._zone)
+        # fold=0, or a step from the repeated hour's second pass would carry fold=1 along.
+        wall = local.replace(tzinfo=None, fold=0)
+        while True:
+            wall = self._step(wall)
+            # After a fall-back, the first occurrence of the next wall time can be in the past.
+            candidate = _resolve(wall, self._zone)
+            if candidate > instant_ns:
+                return candidate
+
+
+def _resolve(wall: datetime, zone: tzinfo) -> int:
+    """Epoch ns of a naive wall time: its first occurrence, or the end of the gap it falls in."""
+    instant = wall.replace(tzinfo=zone).astimezone(_timezone.utc)
+    if instant.astimezone(zone).replace(tzinfo=None) == wall:
+        return _seconds(instant) * _NS
+    # In a gap, the transition lies between the two interpretations of the wall time.
+    low, high = sorted(_seconds(wall.replace(tzinfo=zone, fold=fold)) for fold in (0, 1))
+    while high - low > 1:
+        middle = (low + high) // 2
+        if (_EPOCH + timedelta(seconds=middle)).astimezone(zone).replace(tzinfo=None) >= wall:
+            high = middle
+        else:
+            low = middle
+    return high * _NS
+
+
+def _seconds(instant: datetime) -> int:
+    return (instant - _EPOCH) // timedelta(seconds=1)
+
+
+def _next_hour(wall: datetime) -> datetime:
+    return wall.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+
+def _next_day(wall: datetime) -> datetime:
+    return datetime(wall.year, wall.month, wall.day) + timedelta(days=1)
+
+
+def _next_sunday(wall: datetime) -> datetime:
+    return datetime(wall.year, wall.month, wall.day) + timedelta(days=7 - (wall.weekday() + 1) % 7)
+
+
+def _next_month(wall: datetime) -> datetime:
+    return datetime(wall.year + wall.month // 12, wall.month % 12 + 1, 1)
+
+
+def _next_year(wall: datetime) -> datetime:
+    return datetime(wall.year + 1, 1, 1)
+
+
+_DESCRIPTORS: dict[str, tuple[str, float, _Step]] = {
+    "@hourly": ("@hourly", 3600.0, _next_hour),
+    "@daily": ("@daily", 86400.0, _next_day),
+    "@midnight": ("@daily", 86400.0, _next_day),
+    "@weekly": ("@weekly", 604800.0, _next_sunday),
+    "@monthly": ("@monthly", 2629746.0, _next_month),
+    "@yearly": ("@yearly", 31556952.0, _next_year),
+    "@annually": ("@yearly", 31556952.0, _next_year),
+}
+
+
+def parse_schedule(spec: object, timezone: object = None) -> Schedule:
+    """Parse a schedule spec (see the module docstring); raise `InvalidJobError` if it is bad.
+
+    `timezone` (an IANA name or a `zoneinfo.ZoneInfo`; None means UTC) is the zone whose wall
+    clock a calendar schedule follows; an interval takes none. 5-field cron expressions need
+    croniter and raise `ImportError` without it. Parsing a cron expression takes a few ms.
+    """
+    if isinstance(spec, bool) or not isinstance(spec, (str, int, float, timedelta)):
+        raise InvalidJobError(
+            "schedule must be a str (cron expression or descriptor), seconds (int or float)"
+            f" or a timedelta, not {type(spec).__name__}"
+        )
+    if not isinstance(spec, str):
+        _refuse_timezone(timezone, spec)
+        return _IntervalSchedule(_number_ns(spec))
+    fields = spec.split()
+    zone = None
+    if fields and fields[0].startswith(("CRON_TZ=", "TZ=")):
+        prefix = fields.pop(0)
+        zone = _zone(prefix.partition("=")[2])
+        if timezone is not None and _zone(timezone)[0] != zone[0]:
+            raise InvalidJobError(
+                f"timezone {timezone!r} conflicts with the {prefix!r} prefix of schedule {spec!r}"
+            )
+    if not fields:
+        raise InvalidJobError(f"schedule must not be empty, got {spec!r}")
+    if fields[0] == "@every":
+        _refuse_timezone(zone[0] if zone else timezone, spec)
+        return _IntervalSchedule(_duration_ns(spec, " ".join(fields[1:])))
+    zone = zone or _zone(timezone)
+    text = " ".join(fields)
+    if text in _DESCRIPTORS:
+        canonical, period_seconds, step = _DESCRIPTORS[text]
+        return _CalendarSchedule(canonical, zone, period_seconds, step)
+    if text.startswith("@"):
+        raise InvalidJobError(
+            f"schedule {spec!r}: unknown descriptor; expected @every <duration>, @hourly,"
+            " @daily, @midnight, @weekly, @monthly, @yearly or @annually"
+        )
+    if len(fields) != 5:
+        raise InvalidJobError(
+            f"schedule {spec!r}: a cron expression needs 5 fields (minute hour day-of-month"
+            f" month day-of-week), got {len(fields)}"
+        )
+    return _cron_schedule(text, zone)
+
+
+def _cron_schedule(text: str, zone: tuple[str, tzinfo]) -> Schedule:
+    try:
+        import croniter as cron
+    except ImportError:
+        message = "5-field cron schedules need croniter: pip install 'jobpulse[cron]'"
+        raise ImportError(message) from None
+    try:
+        fires = cron.croniter(text, _CRON_REFERENCE)
+        first = [fires.get_next(datetime) for _ in range(8)]
+    except cron.CroniterBadDateError:
+        raise InvalidJobError(f"schedule {text!r}: the cron expression never fires") from None
+    except ValueError as exc:  # croniter's errors derive from ValueError
+        raise InvalidJobError(f"schedule {text!r}: not a valid cron expression: {exc}") from None
+    period_seconds = min((later - earlier).total_seconds() for earlier, later in pairwise(first))
+
+    def step(wall: datetime) -> datetime:
+        # A naive start keeps croniter on the wall clock, with no time zone logic of its own.
+        return cron.croniter(text, wall).get_next(datetime)  # type: ignore[no-any-return]
+
+    return _CalendarSchedule(text, zone, period_seconds, step)
+
+
+def _zone(timezone: object) -> tuple[str, tzinfo]:
+    """The IANA name and tzinfo for the `timezone` argument (None means UTC)."""
+    if timezone is None or timezone is _timezone.utc or timezone == "UTC":
+        # No tz database needed, so the default works on systems without one.
+        return "UTC", _timezone.utc
+    if isinstance(timezone, ZoneInfo) and timezone.key is not None:
+        return timezone.key, timezone
+    if isinstance(timezone, tzinfo):
+        raise InvalidJobError(
+            f"timezone {timezone!r} is not an IANA time zone; pass a name such as"
+            " 'Europe/Berlin' or a zoneinfo.ZoneInfo"
+        )
+    if not isinstance(timezone, str):
+        kind = type(timezone).__name__
+        raise InvalidJobError(f"timezone must be an IANA name (str) or a ZoneInfo, not {kind}")
+    try:
+        return timezone, ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
+        raise InvalidJobError(
+            f"timezone {timezone!r}: no such IANA time zone (if the name is right, time zone"
+            " data may be missing: pip install tzdata)"
+        ) from None
+
+
+def _refuse_timezone(timezone: object, spec: object) -> None:
+    if timezone is not None:
+        raise InvalidJobError(
+            f"timezone {timezone!r}: an interval schedule ({spec!r}) has no time zone;"
+            " leave timezone as None"
+        )
+
+
+def _number_ns(spec: float | timedelta) -> int:
+    if isinstance(spec, timedelta):
+        return _at_least_a_second(spec // timedelta(microseconds=1) * 1000, spec)
+    if isinstance(spec, float) and not math.isfinite(spec):
+        raise InvalidJobError(f"schedule {spec!r}: the interval must be a finite number of seconds")
+    return _at_least_a_second(round(spec * _NS), spec)
+
+
+def _duration_ns(spec: str, duration: str) -> int:
+    if not _DURATION.fullmatch(duration):
+        raise InvalidJobError(
+            f"schedule {spec!r}: {duration!r} is not a Go duration such as '90s', '2m' or '1h30m'"
+            " (units: ns, us, ms, s, m, h)"
+        )
+    ns = sum(
+        int(whole or "0") * _UNIT_NS[unit]
+        + int(fraction or "0") * _UNIT_NS[unit] // 10 ** len(fraction)
+        for whole, fraction, unit in _PART.findall(duration)
+    )
+    return _at_least_a_second(-ns if duration.startswith("-") else ns, spec)
+
+
+def _at_least_a_second(interval_ns: int, spec: object) -> int:
+    if interval_ns < _NS:
+        raise InvalidJobError(f"schedule {spec!r}: the interval must be at least 1s")
+    return interval_ns
+
+
+def _format_interval(interval_ns: int) -> str:
+    """Go style, without zero components: '@every 1h30m', '@every 2m', '@every 1.5s'."""
+    hours, rest = divmod(interval_ns, 3600 * _NS)
+    minutes, rest = divmod(rest, 60 * _NS)
+    seconds, fraction = divmod(rest, _NS)
+    text = f"{hours}h" if hours else ""
+    text += f"{minutes}m" if minutes else ""
+    if seconds or fraction:
+        text += f"{seconds}.{fraction:09d}".rstrip("0").rstrip(".") + "s"
+    return f"@every {text}"
