@@ -1,0 +1,219 @@
+"""One job's finished runs of the last 24 hours, in three flat arrays and two histograms.
+
+Runs are stored column-wise (start, duration, outcome code: 13 bytes a run) in the order they
+end, so the oldest-ended run is always at the front and keeping the window is a front prune.
+Duration percentiles come from log-bucket histograms updated on every add and removal, so the
+read path never sorts. The outcome code is the caller's: 0 is success, anything else a failure
+category this module knows nothing about.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from bisect import bisect_left
+from dataclasses import dataclass
+from itertools import accumulate
+
+from jobpulse._exceptions import InvalidJobError
+
+__all__ = ["WINDOW_NS", "HistoryStats", "RunHistory"]
+
+WINDOW_NS = 24 * 3600 * 1_000_000_000
+_HOUR_NS = 3600 * 1_000_000_000
+_HOURS = 24
+_STEPS = 8  # buckets per doubling of the duration
+_LOW_EXP, _HIGH_EXP = -14, 17
+_LOW, _HIGH = 2.0**_LOW_EXP, 2.0**_HIGH_EXP
+_BUCKETS = (_HIGH_EXP - _LOW_EXP) * _STEPS + 2
+_MIDPOINTS = (
+    _LOW,
+    *(math.pow(2.0, (k - 0.5) / _STEPS + _LOW_EXP) for k in range(1, _BUCKETS - 1)),
+    _HIGH,
+)
+# Shared stand-in for arrays not allocated yet; never written to.
+_UNALLOCATED: array[int] = array("B")
+
+
+def _bucket(seconds: float) -> int:
+    # Callers pass the float32 value read back from the array, so that a run's bucket on
+    # removal is the bucket it was counted in on add.
+    if seconds <= _LOW:
+        return 0
+    if seconds > _HIGH:
+        return _BUCKETS - 1
+    return math.ceil((math.log2(seconds) - _LOW_EXP) * _STEPS)
+
+
+def _quantile(cumulative: list[int], count: int, q: float) -> float:
+    return _MIDPOINTS[bisect_left(cumulative, max(1, math.ceil(q * count)))]
+
+
+@dataclass(frozen=True)
+class HistoryStats:
+    """A summary of the runs a `RunHistory` holds. Durations are in seconds; every field that
+    needs at least one run is None when there is none."""
+
+    runs: int
+    successes: int
+    p50_seconds: float | None
+    p95_seconds: float | None
+    p99_seconds: float | None
+    success_rate: float | None
+
+
+class RunHistory:
+    """The finished runs of one job that ended within `WINDOW_NS` (24 h) of the latest `now_ns`,
+    at most `capacity` of them: past that the oldest are evicted and counted by `dropped`.
+
+    Not thread-safe: the caller holds its own lock around every call. Times are integer
+    nanoseconds (`start_ns` and `now_ns` on the same clock, normally the epoch); durations are
+    stored as float32 seconds and reported in seconds. Runs must be added in the order they end;
+    small disorder (clock noise between threads) only delays a run's pruning.
+
+    Percentiles are nearest-rank over histograms of 8 buckets per doubling from 2**-14 s
+    (61 µs) to 2**17 s (36 h), reported as the bucket's geometric midpoint: within 2**(1/16) - 1
+    (about 4.4%) of the exact value inside that range. Shorter runs read as 2**-14 s, longer
+    ones as 2**17 s.
+    """
+
+    __slots__ = (
+        "_all_counts",
+        "_capacity",
+        "_codes",
+        "_drop_counts",
+        "_drop_hours",
+        "_durations",
+        "_head",
+        "_ok_counts",
+        "_starts",
+    )
+
+    def __init__(self, capacity: int = 4096) -> None:
+        if capacity < 1:
+            raise InvalidJobError(f"history capacity must be at least 1, not {capacity}")
+        self._capacity = capacity
+        self._starts = array("q")
+        self._durations = array("f")
+        self._codes = array("B")
+        self._head = 0  # index of the oldest held run; everything before it is dead
+        self._all_counts = self._ok_counts = _UNALLOCATED
+        self._drop_counts = self._drop_hours = _UNALLOCATED
+
+    def add(self, start_ns: int, duration_ns: int, code: int, now_ns: int) -> None:
+        """Append a finished run; `code` 0 is success, 1..255 a failure category. A negative
+        duration (a clock step) counts as 0. Then drop the runs that ended before
+        `now_ns - WINDOW_NS`, and the oldest runs beyond `capacity` (counted by `dropped`).
+
+        Raises OverflowError, leaving the history unchanged, if `code` is outside 0..255.
+        """
+        self._codes.append(code)
+        self._starts.append(start_ns)
+        durations = self._durations
+        durations.append(duration_ns / 1e9 if duration_ns > 0 else 0.0)
+        bucket = _bucket(durations[-1])
+        if self._all_counts is _UNALLOCATED:
+            # Until the eviction below, a bucket can hold capacity + 1 runs.
+            count_type = "H" if self._capacity < 0xFFFF else "I"
+            self._all_counts = array(count_type, [0]) * _BUCKETS
+            self._ok_counts = array(count_type, [0]) * _BUCKETS
+        self._all_counts[bucket] += 1
+        if code == 0:
+            self._ok_counts[bucket] += 1
+        self._prune_runs(now_ns)
+        if len(durations) - self._head > self._capacity:
+            self._count_eviction(self._forget(self._head))
+            self._head += 1
+            self._compact()
+
+    def prune(self, now_ns: int) -> bool:
+        """Drop the runs that ended before `now_ns - WINDOW_NS`, and forget evictions that
+        left the window. True if anything was dropped or forgotten."""
+        changed = self._prune_runs(now_ns)
+        oldest_hour = now_ns // _HOUR_NS - _HOURS
+        counts, hours = self._drop_counts, self._drop_hours
+        for slot in range(len(counts)):
+            if counts[slot] and hours[slot] <= oldest_hour:
+                counts[slot] = 0
+                changed = True
+        return changed
+
+    def __len__(self) -> int:
+        return len(self._starts) - self._head
+
+    def dropped(self, now_ns: int) -> int:
+        """How many runs were evicted because of `capacity` and ended within the last 24 h,
+        to the hour: evictions are counted per hour of the evicted run's end."""
+        oldest_hour = now_ns // _HOUR_NS - _HOURS
+        slots = zip(self._drop_counts, self._drop_hours, strict=True)
+        return sum(count for count, hour in slots if hour > oldest_hour)
+
+    def stats(self) -> HistoryStats:
+        """Run count, successes, p50/p95/p99 duration and success rate of the held runs."""
+        runs = len(self)
+        if runs == 0:
+            return HistoryStats(0, 0, None, None, None, None)
+        successes = sum(self._ok_counts)
+        cumulative = list(accumulate(self._all_counts))
+        p50, p95, p99 = (_quantile(cumulative, runs, q) for q in (0.5, 0.95, 0.99))
+        return HistoryStats(runs, successes, p50, p95, p99, successes / runs)
+
+    def success_percentile(self, q: float) -> tuple[int, float | None]:
+        """(number of successful runs held, their `q`-quantile duration in seconds, or None
+        when there is none). `q` is in 0..1; raises InvalidJobError (a ValueError) otherwise."""
+        if not 0.0 <= q <= 1.0:
+            raise InvalidJobError(f"a quantile is between 0 and 1, not {q}")
+        cumulative = list(accumulate(self._ok_counts))
+        successes = cumulative[-1] if cumulative else 0
+        if successes == 0:
+            return 0, None
+        return successes, _quantile(cumulative, successes, q)
+
+    def records(self) -> list[tuple[int, float, int]]:
+        """(start_ns, duration_seconds, code) of every held run, oldest-ended first."""
+        head = self._head
+        return list(
+            zip(self._starts[head:], self._durations[head:], self._codes[head:], strict=True)
+        )
+
+    def _prune_runs(self, now_ns: int) -> bool:
+        cutoff = now_ns - WINDOW_NS
+        starts, durations = self._starts, self._durations
+        head = first = self._head
+        while head < len(starts) and durations[head] * 1e9 < cutoff - starts[head]:
+            self._forget(head)
+            head += 1
+        if head == first:
+            return False
+        self._head = head
+        self._compact()
+        return True
+
+    def _forget(self, index: int) -> int:
+        """Take the run at `index` out of the histograms; return its end in nanoseconds."""
+        seconds = self._durations[index]
+        bucket = _bucket(seconds)
+        self._all_counts[bucket] -= 1
+        if self._codes[index] == 0:
+            self._ok_counts[bucket] -= 1
+        return self._starts[index] + int(seconds * 1e9)
+
+    def _count_eviction(self, end_ns: int) -> None:
+        if self._drop_counts is _UNALLOCATED:
+            self._drop_counts = array("I", [0]) * _HOURS
+            self._drop_hours = array("q", [0]) * _HOURS
+        hour = end_ns // _HOUR_NS
+        slot = hour % _HOURS
+        if self._drop_hours[slot] != hour:
+            self._drop_hours[slot] = hour
+            self._drop_counts[slot] = 0
+        self._drop_counts[slot] += 1
+
+    def _compact(self) -> None:
+        # Deleting the dead prefix only once it is the larger half keeps pruning O(1) amortized.
+        head = self._head
+        if head * 2 > len(self._starts):
+            del self._starts[:head]
+            del self._durations[:head]
+            del self._codes[:head]
+            self._head = 0
