@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -119,3 +122,22 @@ def make_monitor(otel: Otel, clock: FakeClock) -> Iterator[MonitorFactory]:
 @pytest.fixture
 def monitor(make_monitor: MonitorFactory) -> JobMonitor:
     return make_monitor()
+
+
+@contextmanager
+def log_signal(fragment: str) -> Iterator[threading.Event]:
+    """An Event set (from whichever thread logs) when the ``jobpulse`` logger emits a message
+    containing `fragment`: lets a test wait for the watchdog thread without polling."""
+    seen = threading.Event()
+
+    class Spy(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if fragment in record.getMessage():
+                seen.set()
+
+    spy = Spy()
+    logging.getLogger("jobpulse").addHandler(spy)
+    try:
+        yield seen
+    finally:
+        logging.getLogger("jobpulse").removeHandler(spy)

@@ -1,13 +1,14 @@
 """jobpulse: monitor background jobs with OpenTelemetry.
 
 Every run of a job is a span; a span processor keeps a status view of every job (pending,
-running, success, failed, stalled), a watchdog flags runs that hang, and `JobMonitor.health`
-turns the view into the health document. See README.md and docs/.
+running, success, failed, stalled, missed), a watchdog flags runs that hang and schedules
+that stop firing, and `JobMonitor.health` turns the view into the health document. See
+README.md and docs/.
 """
 
 from jobpulse._exceptions import InvalidJobError, JobLimitError, JobpulseError, JobTimeoutError
 from jobpulse._health import HealthReport, HealthStatus
-from jobpulse._model import JobsSummary, JobState, JobStatus
+from jobpulse._model import JobsSummary, JobState, JobStatus, RunRecord
 from jobpulse._monitor import JobMonitor, JobRun, set_metadata
 from jobpulse._processor import JobStatusProcessor
 from jobpulse._sampling import JobAwareSampler
@@ -27,6 +28,7 @@ __all__ = [
     "JobTimeoutError",
     "JobpulseError",
     "JobsSummary",
+    "RunRecord",
     "__version__",
     "set_metadata",
 ]

@@ -1,8 +1,8 @@
 """The metric instruments, their names, and the callbacks that read the status view.
 
 Only the duration histogram is recorded per run. Runs, active and stalled runs, timeouts,
-the last success time and pending work are asynchronous instruments that read the registry
-when a reader collects, so a run costs one histogram point and nothing more.
+missed runs, the last success time and pending work are asynchronous instruments that read
+the registry when a reader collects, so a run costs one histogram point and nothing more.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ _NAMES = {
     "active": "background_jobs.active",
     "stalled": "background_jobs.stalled",
     "timeouts": "job.timeouts",
+    "missed": "background_job.missed_runs",
     "last_success": "background_job.last_success_timestamp",
     "pending": "background_jobs.pending",
 }
@@ -99,6 +100,11 @@ class Instruments:
             names["timeouts"],
             callbacks=[self._per_job(lambda p: ((p.timeout_count, p.attributes),))],
             description="Background job runs stopped at their timeout, by job.",
+        )
+        meter.create_observable_counter(
+            names["missed"],
+            callbacks=[self._per_job(lambda p: ((p.missed_count, p.attributes),))],
+            description="Scheduled runs of background jobs that did not start in time, by job.",
         )
         meter.create_observable_gauge(
             names["last_success"],

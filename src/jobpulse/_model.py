@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["JobState", "JobStatus", "JobsSummary", "from_ns", "rfc3339"]
+__all__ = ["JobState", "JobStatus", "JobsSummary", "RunRecord", "from_ns", "rfc3339", "to_ns"]
 
 
 class JobState(str, enum.Enum):
@@ -36,6 +36,15 @@ def from_ns(ns: int) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=rest // 1_000)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_ns(moment: datetime) -> int:
+    """Nanoseconds since the epoch from an aware datetime (exact, unlike ``timestamp()``)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
 def rfc3339(moment: datetime | None) -> str | None:
     """``2026-01-01T12:00:00.123Z`` (UTC, milliseconds), or None."""
     if moment is None:
@@ -48,10 +57,33 @@ def _ms(seconds: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class RunRecord:
+    """One finished run from a job's history. ``outcome`` is ``success`` or ``failed``."""
+
+    started_at: datetime
+    duration_seconds: float
+    outcome: JobState
+    error_category: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "started_at": rfc3339(self.started_at),
+            "duration_ms": _ms(self.duration_seconds),
+            "outcome": self.outcome.value,
+            "error_category": self.error_category,
+        }
+
+
+@dataclass(frozen=True)
 class JobStatus:
     """One job as the status view saw it at one moment. Durations in seconds, times in UTC.
 
     Min/max/average durations and ``last_*`` fields are None until the first run ends.
+    Percentiles and the success rate cover the runs of the last 24 hours that the history
+    holds (``history_runs``; ``history_dropped`` more were left out past its capacity);
+    percentiles come from log-scale buckets and are within 5% of the exact value.
+    ``schedule``, ``timezone``, ``grace_seconds`` and ``next_run_time`` are None for a job
+    without a schedule.
     """
 
     job_name: str
@@ -78,6 +110,18 @@ class JobStatus:
     metadata: Mapping[str, Any]
     created_at: datetime
     updated_at: datetime
+    schedule: str | None = None
+    timezone: str | None = None
+    grace_seconds: float | None = None
+    missed_count: int = 0
+    last_missed_run_time: datetime | None = None
+    stall_after_auto: bool = False
+    p50_duration_seconds: float | None = None
+    p95_duration_seconds: float | None = None
+    p99_duration_seconds: float | None = None
+    success_rate: float | None = None
+    history_runs: int = 0
+    history_dropped: int = 0
 
     @property
     def run_count(self) -> int:
@@ -113,6 +157,18 @@ class JobStatus:
             "timeout_count": self.timeout_count,
             "timeout_ms": _ms(self.timeout_seconds),
             "stall_after_ms": _ms(self.stall_after_seconds),
+            "stall_after_auto": self.stall_after_auto,
+            "schedule": self.schedule,
+            "timezone": self.timezone,
+            "grace_ms": _ms(self.grace_seconds),
+            "missed_count": self.missed_count,
+            "last_missed_run_time": rfc3339(self.last_missed_run_time),
+            "p50_duration_ms": _ms(self.p50_duration_seconds),
+            "p95_duration_ms": _ms(self.p95_duration_seconds),
+            "p99_duration_ms": _ms(self.p99_duration_seconds),
+            "success_rate": None if self.success_rate is None else round(self.success_rate, 4),
+            "history_runs": self.history_runs,
+            "history_dropped": self.history_dropped,
             "metadata": dict(self.metadata),
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),

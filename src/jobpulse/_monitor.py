@@ -10,9 +10,9 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from opentelemetry import context as context_api
 from opentelemetry import metrics, trace
@@ -27,7 +27,7 @@ from jobpulse._exceptions import InvalidJobError, JobLimitError, JobTimeoutError
 from jobpulse._guard import Guard, report_internal_error
 from jobpulse._health import HealthReport, evaluate
 from jobpulse._instruments import Instruments, validate_namespace
-from jobpulse._model import JobsSummary, JobStatus, from_ns
+from jobpulse._model import JobsSummary, JobStatus, RunRecord, from_ns, to_ns
 from jobpulse._processor import (
     ERROR_CATEGORY,
     ERROR_TYPE,
@@ -38,6 +38,7 @@ from jobpulse._processor import (
 )
 from jobpulse._registry import JOB_NAME, JobSettings, StatusRegistry
 from jobpulse._sampling import JobAwareSampler
+from jobpulse._schedule import parse_schedule
 from jobpulse._validation import to_seconds, validate_name, validate_positive_int
 from jobpulse._version import __version__
 
@@ -47,6 +48,10 @@ logger = logging.getLogger("jobpulse")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: What ``schedule=`` takes: "@every 2m", "@daily", "30 2 * * *", seconds or a timedelta.
+ScheduleSpec = str | float | timedelta
+StallAfter = float | timedelta | Literal["auto"]
 
 CODE_FUNCTION = "code.function.name"
 
@@ -222,7 +227,10 @@ class JobMonitor:
         stall_after: seconds (or timedelta) after which a still-running run is stalled,
             unless a job sets its own; a job's default is the larger of this and its timeout.
         max_jobs: how many distinct jobs (and pending kinds) may be tracked.
-        retention: how long a job that is not running and not updated stays in the view.
+        retention: how long a job without a schedule that is not running and not updated
+            stays in the view (scheduled jobs stay while registered).
+        max_history: how many runs of the last 24 hours each job's history holds; past it,
+            the oldest are dropped (and counted in ``history_dropped``).
         clock: where time is read; tests pass `jobpulse.testing.FakeClock`.
 
     Thread-safe: runs may start and end on any thread or event loop.
@@ -237,6 +245,7 @@ class JobMonitor:
         stall_after: float | timedelta = 300.0,
         max_jobs: int = 1000,
         retention: float | timedelta = timedelta(hours=24),
+        max_history: int = 4096,
         clock: Clock | None = None,
     ) -> None:
         self._clock = clock or SYSTEM_CLOCK
@@ -246,6 +255,7 @@ class JobMonitor:
             default_stall_after=to_seconds(stall_after, "stall_after"),
             max_jobs=validate_positive_int(max_jobs, "max_jobs"),
             retention_seconds=to_seconds(retention, "retention"),
+            max_history=validate_positive_int(max_history, "max_history"),
         )
         meter = (meter_provider or metrics.get_meter_provider()).get_meter("jobpulse", __version__)
         self._processor = JobStatusProcessor(
@@ -291,21 +301,62 @@ class JobMonitor:
         critical: bool | None = None,
         failure_threshold: int | None = None,
         timeout: float | timedelta | None = None,
-        stall_after: float | timedelta | None = None,
+        stall_after: StallAfter | None = None,
+        schedule: ScheduleSpec | None = None,
+        grace: float | timedelta | None = None,
+        timezone: str | tzinfo | None = None,
     ) -> None:
         """Add a job to the view (state ``pending``) or change the settings passed.
 
         Settings left at None keep their current value (a new job's defaults: not critical,
-        failure_threshold 3, no timeout, stall_after the monitor's or the timeout if longer).
+        failure_threshold 3, no timeout, stall_after the monitor's or the timeout if longer,
+        no schedule).
+
+        Args:
+            stall_after: seconds, or ``"auto"``: max(3 x p95 of the last 24 h's successful
+                runs, 60 s, the timeout) once 20 successful runs are known, the monitor's
+                default until then.
+            schedule: when runs are expected: ``"@every 2m"``, ``"@hourly"``, ``"@daily"``,
+                ``"@weekly"``, ``"@monthly"``, ``"@yearly"``, a 5-field cron expression such
+                as ``"30 2 * * *"`` (needs ``jobpulse[cron]``), or seconds / a timedelta. A
+                run that has not started by the expected time plus `grace` makes the job
+                ``missed``.
+            grace: how late a run may start; default 10% of the schedule's period, at least
+                1 s and at most 5 min.
+            timezone: IANA name (or ``ZoneInfo``) for calendar schedules; default UTC.
 
         Raises:
-            InvalidJobError: a bad name or setting (the message names the rule).
+            InvalidJobError: a bad name, setting or schedule (the message names the rule).
             JobLimitError: the job is new and the monitor already has `max_jobs` jobs.
         """
+        name = validate_name(name)
         self._registry.register(
-            validate_name(name),
-            _settings(critical, failure_threshold, timeout, stall_after),
+            name,
+            self._settings(
+                name, critical, failure_threshold, timeout, stall_after, schedule, grace, timezone
+            ),
         )
+
+    def unregister(self, name: str) -> bool:
+        """Remove a job from the view (its schedule with it); True if it was there. A later
+        run registers it again with default settings."""
+        return self._registry.unregister(name)
+
+    def set_next_run(
+        self, name: str, when: datetime | None, *, grace: float | timedelta | None = None
+    ) -> None:
+        """Expect the next run of `name` at `when` (an aware datetime), for scheduler
+        integrations that know it better than a schedule string; None expects no run (a
+        paused job). A run that starts no earlier than ``when - grace`` takes that slot; if
+        none has started by ``when + grace`` the job is ``missed``. A job with a schedule of
+        its own goes back to it after the next run. Registers the job on first use.
+        """
+        if when is not None and (not isinstance(when, datetime) or when.utcoffset() is None):
+            raise InvalidJobError(f"when must be a timezone-aware datetime or None, got {when!r}")
+        grace_seconds = None if grace is None else to_seconds(grace, "grace")
+        if name not in self._registry:
+            self.register(name)
+        self._registry.set_next_run(name, None if when is None else to_ns(when), grace_seconds)
 
     @overload
     def job(self, func: Callable[P, R], /) -> Callable[P, R]: ...
@@ -319,7 +370,10 @@ class JobMonitor:
         critical: bool | None = None,
         failure_threshold: int | None = None,
         timeout: float | timedelta | None = None,
-        stall_after: float | timedelta | None = None,
+        stall_after: StallAfter | None = None,
+        schedule: ScheduleSpec | None = None,
+        grace: float | timedelta | None = None,
+        timezone: str | tzinfo | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
     def job(
@@ -330,7 +384,10 @@ class JobMonitor:
         critical: bool | None = None,
         failure_threshold: int | None = None,
         timeout: float | timedelta | None = None,
-        stall_after: float | timedelta | None = None,
+        stall_after: StallAfter | None = None,
+        schedule: ScheduleSpec | None = None,
+        grace: float | timedelta | None = None,
+        timezone: str | tzinfo | None = None,
     ) -> Any:
         """Decorate a sync or async function so that each call is a monitored run.
 
@@ -342,23 +399,26 @@ class JobMonitor:
         With a ``timeout``, an async job is cancelled at the deadline and a sync job runs in a
         thread of its own; either way the caller gets `JobTimeoutError` at the deadline. A
         sync job's thread cannot be stopped: it is abandoned, and logged when it returns.
+
+        The other settings are those of `register`.
         """
-        settings = _settings(critical, failure_threshold, timeout, stall_after)
+        options = (critical, failure_threshold, timeout, stall_after, schedule, grace, timezone)
         if callable(name):
-            return self._decorate(name, None, settings)
+            return self._decorate(name, None, options)
         if name is not None:
-            validate_name(name)
+            self._settings(validate_name(name), *options)  # bad settings fail here, not later
 
         def decorator(func: Callable[P, R]) -> Callable[P, R]:
-            return self._decorate(func, name, settings)
+            return self._decorate(func, name, options)
 
         return decorator
 
     def _decorate(
-        self, func: Callable[P, R], name: str | None, settings: JobSettings
+        self, func: Callable[P, R], name: str | None, options: tuple[Any, ...]
     ) -> Callable[P, R]:
         function_name = _function_name(func)
         job_name = validate_name(name or function_name)
+        settings = self._settings(job_name, *options)
         self._registry.register(job_name, settings)
         attributes = {JOB_NAME: job_name, CODE_FUNCTION: function_name}
         registry = self._registry
@@ -411,10 +471,56 @@ class JobMonitor:
             self.register(name)
         return JobRun(self, name, {JOB_NAME: name})
 
+    def _settings(
+        self,
+        name: str,
+        critical: bool | None,
+        failure_threshold: int | None,
+        timeout: float | timedelta | None,
+        stall_after: StallAfter | None,
+        schedule: ScheduleSpec | None,
+        grace: float | timedelta | None,
+        timezone: str | tzinfo | None,
+    ) -> JobSettings:
+        if critical is not None and not isinstance(critical, bool):
+            raise InvalidJobError(f"critical must be a bool, not {type(critical).__name__}")
+        parsed = None
+        if schedule is not None:
+            parsed = parse_schedule(schedule, timezone)
+        elif timezone is not None:  # a new time zone for the job's current schedule
+            current = self._registry.schedule_of(name)
+            if current is None or current.timezone is None:
+                raise InvalidJobError(
+                    f"timezone {timezone!r} needs a calendar schedule (cron or @daily-style) "
+                    f"and job {name!r} has none: pass schedule= too"
+                )
+            parsed = parse_schedule(current.text, timezone)
+        auto = stall_after == "auto"
+        if isinstance(stall_after, str) and not auto:
+            raise InvalidJobError(
+                f'stall_after must be seconds, a timedelta or "auto", got {stall_after!r}'
+            )
+        return JobSettings(
+            critical=critical,
+            failure_threshold=None
+            if failure_threshold is None
+            else validate_positive_int(failure_threshold, "failure_threshold"),
+            timeout=None if timeout is None else to_seconds(timeout, "timeout"),
+            stall_after=None
+            if stall_after is None or auto
+            else to_seconds(stall_after, "stall_after"),
+            auto_stall=None if stall_after is None else auto,
+            schedule=parsed,
+            grace=None if grace is None else to_seconds(grace, "grace"),
+        )
+
     # -- the run machinery (hot path) ---------------------------------------------------
 
     def _start(self, name: str, attributes: Mapping[str, str]) -> tuple[Span, object]:
         try:
+            scheduled = self._registry.schedule_attributes(name)
+            if scheduled is not None:
+                attributes = {**attributes, **scheduled}
             span = self._tracer.start_span(
                 name, attributes=attributes, start_time=self._clock.time_ns()
             )
@@ -527,6 +633,11 @@ class JobMonitor:
         """The pending counts reported with `set_pending`."""
         return self._registry.pending()
 
+    def history(self, name: str) -> list[RunRecord]:
+        """The job's finished runs of the last 24 hours, newest first, at most `max_history`
+        of them ([] for an unknown job)."""
+        return self._registry.history(name)
+
     def summary(self) -> JobsSummary:
         return JobsSummary.of(self.statuses(), from_ns(self._clock.time_ns()))
 
@@ -558,21 +669,3 @@ def _function_name(func: Callable[..., Any]) -> str:
     module = getattr(func, "__module__", None) or ""
     qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
     return f"{module}.{qualname}" if module else qualname
-
-
-def _settings(
-    critical: bool | None,
-    failure_threshold: int | None,
-    timeout: float | timedelta | None,
-    stall_after: float | timedelta | None,
-) -> JobSettings:
-    if critical is not None and not isinstance(critical, bool):
-        raise InvalidJobError(f"critical must be a bool, not {type(critical).__name__}")
-    return JobSettings(
-        critical=critical,
-        failure_threshold=None
-        if failure_threshold is None
-        else validate_positive_int(failure_threshold, "failure_threshold"),
-        timeout=None if timeout is None else to_seconds(timeout, "timeout"),
-        stall_after=None if stall_after is None else to_seconds(stall_after, "stall_after"),
-    )

@@ -1,9 +1,15 @@
-"""The status view: every job, its settings, its live runs and its counters.
+"""The status view: every job, its settings, its live runs, its schedule and its history.
 
 One lock guards everything here. Methods copy what they return while holding it and call
-out (watchdog, stall listener, logging) only after releasing it. Nothing here imports
-OpenTelemetry: runs are identified by an int (the span id) and carry an opaque handle (the
-live span) that is handed back to the stall listener.
+out (watchdog, stall listener, logging, schedule arithmetic) only after releasing it.
+Nothing here imports OpenTelemetry: runs are identified by an int (the span id) and carry an
+opaque handle (the live span) that is handed back to the stall listener.
+
+Two kinds of deadline live on the watchdog, at most one of each per job: ``("stall", name)``
+for the earliest run that may stall, ``("missed", name)`` for the expected run's start plus
+grace. A scheduled job's expected run (its *slot*) is taken by a run that starts no earlier
+than ``slot - grace``; the next slot is then computed from ``max(start, slot)``. A slot whose
+deadline passes with no run in progress is missed and counted once.
 """
 
 from __future__ import annotations
@@ -12,27 +18,56 @@ import logging
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, cast
 
-from jobpulse import _metadata
+from jobpulse import _errors, _metadata
 from jobpulse._clock import Clock
 from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
-from jobpulse._model import JobState, JobStatus, from_ns
+from jobpulse._history import HistoryStats, RunHistory
+from jobpulse._model import JobState, JobStatus, RunRecord, from_ns
+from jobpulse._schedule import MAX_GRACE_SECONDS, MIN_GRACE_SECONDS, Schedule
 from jobpulse._validation import validate_name
 from jobpulse._watchdog import Watchdog
 
-__all__ = ["JOB_NAME", "STATUS", "JobSettings", "MetricPoint", "StalledRun", "StatusRegistry"]
+__all__ = [
+    "AUTO_STALL_FLOOR_SECONDS",
+    "AUTO_STALL_MIN_RUNS",
+    "FAAS_CRON",
+    "FAAS_TRIGGER",
+    "JOB_NAME",
+    "STATUS",
+    "JobSettings",
+    "MetricPoint",
+    "StalledRun",
+    "StatusRegistry",
+]
 
 logger = logging.getLogger("jobpulse")
 
 #: Attribute keys shared by spans and metric points.
 JOB_NAME = "job.name"
 STATUS = "status"
+#: OpenTelemetry semantic conventions for runs of a scheduled job.
+FAAS_TRIGGER = "faas.trigger"
+FAAS_CRON = "faas.cron"
+
+#: ``stall_after="auto"``: max(3 x p95 of the successful runs held, this floor, the timeout)
+#: once at least `AUTO_STALL_MIN_RUNS` successful runs are held; recomputed at most once a
+#: minute per job.
+AUTO_STALL_FLOOR_SECONDS = 60.0
+AUTO_STALL_MIN_RUNS = 20
+_AUTO_STALL_FACTOR = 3.0
+_AUTO_STALL_REFRESH_NS = 60 * 1_000_000_000
 
 _PRUNE_EVERY_NS = 60 * 1_000_000_000
 _STALL = "stall"
+_MISSED = "missed"
+#: Slots counted in one go when the watchdog finds several already overdue (after a suspend).
+_MAX_CATCH_UP = 1000
+_NO_STATS = HistoryStats(0, 0, None, None, None, None)
 
 
 @dataclass(frozen=True)
@@ -57,17 +92,24 @@ class MetricPoint:
     active_runs: int
     stalled_runs: int
     timeout_count: int
+    missed_count: int
     last_success_ns: int | None
 
 
 @dataclass(frozen=True)
 class JobSettings:
-    """Per-job settings as `register()` takes them; None keeps the current value."""
+    """Per-job settings as `register()` takes them; None keeps the current value.
+
+    ``auto_stall`` True means ``stall_after="auto"``; a number in ``stall_after`` turns it off.
+    """
 
     critical: bool | None = None
     failure_threshold: int | None = None
     timeout: float | None = None
     stall_after: float | None = None
+    auto_stall: bool | None = None
+    schedule: Schedule | None = None
+    grace: float | None = None
 
 
 StallListener = Callable[[list[StalledRun]], None]
@@ -77,27 +119,42 @@ class _Job:
     __slots__ = (
         "armed",
         "attributes",
+        "auto_due_ns",
+        "auto_stall",
+        "auto_stall_after",
         "consecutive_failures",
+        "consecutive_missed",
         "created_ns",
         "critical",
         "explicit_stall_after",
         "failed_attributes",
         "failure_count",
         "failure_threshold",
+        "grace",
+        "history",
         "last_duration_ns",
         "last_error",
         "last_error_category",
+        "last_missed_ns",
         "last_outcome",
         "last_run_ns",
         "last_success_ns",
         "max_ns",
         "metadata",
         "min_ns",
+        "missed",
+        "missed_count",
         "name",
+        "next_run_ns",
         "runs",
+        "schedule",
+        "schedule_attributes",
+        "slot_grace_ns",
+        "slot_version",
         "snapshot",
         "stall_after",
         "stalled_ids",
+        "stats",
         "success_attributes",
         "success_count",
         "timeout",
@@ -115,6 +172,9 @@ class _Job:
         self.failure_threshold = 3
         self.timeout: float | None = None
         self.explicit_stall_after: float | None = None
+        self.auto_stall = False
+        self.auto_stall_after: float | None = None
+        self.auto_due_ns = 0
         self.stall_after = default_stall_after
         self.created_ns = now_ns
         self.updated_ns = now_ns
@@ -137,16 +197,42 @@ class _Job:
         self.stalled_ids: set[int] = set()
         self.armed: float | None = None
         self.snapshot: JobStatus | None = None
+        self.history: RunHistory | None = None
+        self.stats: HistoryStats | None = None
+        # The schedule, and the expected run ("slot") with its grace. slot_version changes
+        # whenever the slot does, so that a slot computed outside the lock is applied only if
+        # nothing moved it meanwhile.
+        self.schedule: Schedule | None = None
+        self.schedule_attributes: Mapping[str, str] | None = None
+        self.grace: float | None = None
+        self.next_run_ns: int | None = None
+        self.slot_grace_ns = 0
+        self.slot_version = 0
+        self.missed = False
+        self.missed_count = 0
+        self.consecutive_missed = 0
+        self.last_missed_ns: int | None = None
 
     def state(self) -> JobState:
         if self.stalled_ids:
             return JobState.STALLED
         if self.runs:
             return JobState.RUNNING
+        if self.missed:
+            return JobState.MISSED
         return self.last_outcome
 
-    def to_status(self) -> JobStatus:
+    def history_stats(self) -> HistoryStats:
+        stats = self.stats
+        if stats is None:
+            stats = _NO_STATS if self.history is None else self.history.stats()
+            self.stats = stats
+        return stats
+
+    def to_status(self, now_ns: int) -> JobStatus:
         runs = self.success_count + self.failure_count
+        stats = self.history_stats()
+        schedule = self.schedule
         return JobStatus(
             job_name=self.name,
             state=self.state(),
@@ -154,9 +240,9 @@ class _Job:
             failure_threshold=self.failure_threshold,
             timeout_seconds=self.timeout,
             stall_after_seconds=self.stall_after,
-            last_run_time=None if self.last_run_ns is None else from_ns(self.last_run_ns),
+            last_run_time=_time(self.last_run_ns),
             last_duration_seconds=_seconds(self.last_duration_ns),
-            next_run_time=None,
+            next_run_time=_time(self.next_run_ns),
             success_count=self.success_count,
             failure_count=self.failure_count,
             consecutive_failures=self.consecutive_failures,
@@ -165,16 +251,44 @@ class _Job:
             average_duration_seconds=self.total_duration_ns / runs / 1e9 if runs else None,
             min_duration_seconds=_seconds(self.min_ns),
             max_duration_seconds=_seconds(self.max_ns),
-            last_success_time=None
-            if self.last_success_ns is None
-            else from_ns(self.last_success_ns),
+            last_success_time=_time(self.last_success_ns),
             active_runs=len(self.runs),
             stalled_runs=len(self.stalled_ids),
             timeout_count=self.timeout_count,
             metadata=MappingProxyType(dict(self.metadata)),
             created_at=from_ns(self.created_ns),
             updated_at=from_ns(self.updated_ns),
+            schedule=None if schedule is None else schedule.text,
+            timezone=None if schedule is None else schedule.timezone,
+            grace_seconds=self.slot_grace_ns / 1e9 if self.next_run_ns is not None else None,
+            missed_count=self.missed_count,
+            last_missed_run_time=_time(self.last_missed_ns),
+            stall_after_auto=self.auto_stall,
+            p50_duration_seconds=self.clamp(stats.p50_seconds),
+            p95_duration_seconds=self.clamp(stats.p95_seconds),
+            p99_duration_seconds=self.clamp(stats.p99_seconds),
+            success_rate=stats.success_rate,
+            history_runs=stats.runs,
+            history_dropped=0 if self.history is None else self.history.dropped(now_ns),
         )
+
+    def clamp(self, seconds: float | None) -> float | None:
+        # A bucket's midpoint may lie outside what was ever seen (e.g. constant durations).
+        if seconds is None or self.min_ns is None or self.max_ns is None:
+            return seconds
+        return min(max(seconds, self.min_ns / 1e9), self.max_ns / 1e9)
+
+    def settle_stall_after(self, default_stall_after: float) -> None:
+        if self.explicit_stall_after is not None:
+            self.stall_after = self.explicit_stall_after
+        elif self.auto_stall and self.auto_stall_after is not None:
+            self.stall_after = self.auto_stall_after
+        else:
+            self.stall_after = max(default_stall_after, self.timeout or 0.0)
+
+
+def _time(ns: int | None) -> datetime | None:
+    return None if ns is None else from_ns(ns)
 
 
 def _seconds(ns: int | None) -> float | None:
@@ -192,13 +306,13 @@ def _log_dropped(names: list[str], retention_ns: int) -> None:
 
 
 class StatusRegistry:
-    """Jobs by name, with their live runs, counters and settings.
+    """Jobs by name, with their live runs, counters, settings, schedules and histories.
 
     Thread-safe; every method is O(1) except those that copy out the whole view. The view
-    holds at most `max_jobs` jobs; a job that is not running and has not changed for
-    `retention_seconds` is dropped (checked at most once a minute, when the view is read).
-    Run deadlines are kept on a `Watchdog`; a run still going `stall_after` seconds after it
-    started is marked stalled and reported to `stall_listener`.
+    holds at most `max_jobs` jobs; a job that has no schedule, is not running and has not
+    changed for `retention_seconds` is dropped (checked at most once a minute, when the view
+    is read). Run deadlines are kept on a `Watchdog`; a run still going `stall_after` seconds
+    after it started is marked stalled and reported to `stall_listener`.
     """
 
     def __init__(
@@ -208,16 +322,21 @@ class StatusRegistry:
         default_stall_after: float,
         max_jobs: int,
         retention_seconds: float,
+        max_history: int = 4096,
     ) -> None:
         self._clock = clock
         self._default_stall_after = default_stall_after
         self._max_jobs = max_jobs
         self._retention_ns = int(retention_seconds * 1e9)
+        self._max_history = max_history
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._pending: dict[str, int] = {}
         self._last_prune_ns: int | None = None
         self._refused: set[str] = set()
+        # History stores a failure's category as a one-byte code: index + 1 in this list.
+        self._categories: list[str] = list(_errors.CATEGORIES)
+        self._category_codes = {name: i + 1 for i, name in enumerate(self._categories)}
         self.stall_listener: StallListener | None = None
         self._watchdog = Watchdog(clock, self._on_deadline)
         after_fork_in_child(self._reset_after_fork)
@@ -232,11 +351,21 @@ class StatusRegistry:
         job = self._jobs.get(name)
         return None if job is None else job.timeout
 
+    def schedule_of(self, name: str) -> Schedule | None:
+        job = self._jobs.get(name)
+        return None if job is None else job.schedule
+
+    def schedule_attributes(self, name: str) -> Mapping[str, str] | None:
+        """Span attributes for runs of a scheduled job (no lock: one attribute read)."""
+        job = self._jobs.get(name)
+        return None if job is None else job.schedule_attributes
+
     def register(self, name: str, settings: JobSettings = JobSettings()) -> None:
         """Add the job if it is new (raising `JobLimitError` past `max_jobs`), then apply the
         settings that are not None. `name` must already be valid."""
         now_ns = self._clock.time_ns()
         dropped: list[str] = []
+        missed_deadline = advance = None
         with self._lock:
             job = self._jobs.get(name)
             if job is None:
@@ -256,20 +385,53 @@ class StatusRegistry:
                 job.failure_threshold = settings.failure_threshold
             if settings.timeout is not None:
                 job.timeout = settings.timeout
+            if settings.auto_stall is not None:
+                job.auto_stall = settings.auto_stall
             if settings.stall_after is not None:
                 job.explicit_stall_after = settings.stall_after
-            job.stall_after = job.explicit_stall_after or max(
-                self._default_stall_after, job.timeout or 0.0
-            )
-            job.snapshot = None
-            rearm = self._earliest_deadline_locked(job)
-            if rearm is not None and (job.armed is None or rearm < job.armed):
-                job.armed = rearm
+            elif settings.auto_stall:
+                job.explicit_stall_after = None
+            if job.auto_stall:
+                self._refresh_auto_stall_locked(job, now_ns)
             else:
-                rearm = None
+                job.settle_stall_after(self._default_stall_after)
+            if settings.grace is not None:
+                job.grace = settings.grace
+                if job.next_run_ns is not None:
+                    missed_deadline = self._set_slot_locked(job, job.next_run_ns, now_ns)
+            schedule = settings.schedule
+            if schedule is not None and schedule != job.schedule:
+                job.schedule = schedule
+                job.schedule_attributes = MappingProxyType(
+                    {FAAS_TRIGGER: "timer", FAAS_CRON: schedule.text}
+                )
+                job.slot_version += 1
+                advance = (schedule, now_ns, job.slot_version)
+            job.snapshot = None
+            rearm = self._rearm_locked(job)
         _log_dropped(dropped, self._retention_ns)
         if rearm is not None:
             self._watchdog.schedule((_STALL, name), rearm)
+        self._arm_missed(name, missed_deadline)
+        self._advance(name, advance)
+
+    def unregister(self, name: str) -> bool:
+        """Remove the job from the view; True if it was there. Runs in progress end unseen."""
+        with self._lock:
+            return self._jobs.pop(name, None) is not None
+
+    def set_next_run(self, name: str, when_ns: int | None, grace: float | None = None) -> None:
+        """Expect the job's next run at `when_ns` (None: no run expected until the next one
+        starts). `grace`, if given, becomes the job's grace. Unknown jobs are ignored."""
+        now_ns = self._clock.time_ns()
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None:
+                return
+            if grace is not None:
+                job.grace = grace
+            deadline = self._set_slot_locked(job, when_ns, now_ns)
+        self._arm_missed(name, deadline)
 
     # -- runs (the hot path) -----------------------------------------------------------
 
@@ -279,7 +441,7 @@ class StatusRegistry:
         if name not in self._jobs and not self._admit(name):
             return
         start_mono = self._clock.monotonic()
-        arm = None
+        arm = advance = None
         with self._lock:
             job = self._jobs.get(name)
             if job is None:
@@ -290,8 +452,11 @@ class StatusRegistry:
             job.snapshot = None
             if job.armed is None:
                 arm = job.armed = start_mono + job.stall_after
+            if job.next_run_ns is not None or job.schedule is not None or job.missed:
+                advance = self._take_slot_locked(job, start_ns)
         if arm is not None:
             self._watchdog.schedule((_STALL, name), arm)
+        self._advance(name, advance)
 
     def end_run(
         self,
@@ -308,6 +473,7 @@ class StatusRegistry:
         the run and the job's consecutive failures, or None if the job is not in the view."""
         duration_ns = end_ns - start_ns
         refused = 0
+        rearm = None
         with self._lock:
             job = self._jobs.get(name)
             if job is None:
@@ -321,6 +487,9 @@ class StatusRegistry:
                 job.min_ns = duration_ns
             if job.max_ns is None or duration_ns > job.max_ns:
                 job.max_ns = duration_ns
+            history = job.history
+            if history is None:
+                history = job.history = RunHistory(self._max_history)
             if error is None:
                 job.success_count += 1
                 job.consecutive_failures = 0
@@ -328,6 +497,10 @@ class StatusRegistry:
                 job.last_success_ns = end_ns
                 job.last_outcome = JobState.SUCCESS
                 attributes = job.success_attributes
+                history.add(start_ns, duration_ns, 0, end_ns)
+                if job.auto_stall and end_ns >= job.auto_due_ns:
+                    self._refresh_auto_stall_locked(job, end_ns)
+                    rearm = self._rearm_locked(job)
             else:
                 job.failure_count += 1
                 job.consecutive_failures += 1
@@ -337,11 +510,14 @@ class StatusRegistry:
                     job.timeout_count += 1
                 job.last_outcome = JobState.FAILED
                 attributes = job.failed_attributes
+                history.add(start_ns, duration_ns, self._category_code_locked(category), end_ns)
             if metadata:
                 refused = _metadata.merge(job.metadata, metadata)
             job.updated_ns = end_ns
-            job.snapshot = None
+            job.snapshot = job.stats = None
             consecutive = job.consecutive_failures
+        if rearm is not None:
+            self._watchdog.schedule((_STALL, name), rearm)
         if refused:
             logger.warning(
                 "job %r: %d metadata keys dropped (at most %d keys per job)",
@@ -351,6 +527,16 @@ class StatusRegistry:
             )
         return attributes, consecutive
 
+    def _category_code_locked(self, category: str | None) -> int:
+        key = category or _errors.UNKNOWN
+        code = self._category_codes.get(key)
+        if code is None:
+            if len(self._categories) >= 255:  # codes are one byte; 0 means success
+                return self._category_codes[_errors.UNKNOWN]
+            self._categories.append(key)
+            code = self._category_codes[key] = len(self._categories)
+        return code
+
     # -- stall deadlines ---------------------------------------------------------------
 
     def _earliest_deadline_locked(self, job: _Job) -> float | None:
@@ -358,8 +544,34 @@ class StatusRegistry:
         starts = [start for run_id, (start, _) in job.runs.items() if run_id not in job.stalled_ids]
         return min(starts) + stall_after if starts else None
 
+    def _rearm_locked(self, job: _Job) -> float | None:
+        """The job's stall deadline to schedule if it is now earlier than the armed one."""
+        deadline = self._earliest_deadline_locked(job)
+        if deadline is None or (job.armed is not None and deadline >= job.armed):
+            return None
+        job.armed = deadline
+        return deadline
+
+    def _refresh_auto_stall_locked(self, job: _Job, now_ns: int) -> None:
+        history = job.history
+        count, p95 = (0, None) if history is None else history.success_percentile(0.95)
+        p95 = job.clamp(p95)
+        if count >= AUTO_STALL_MIN_RUNS and p95 is not None:
+            job.auto_stall_after = max(
+                _AUTO_STALL_FACTOR * p95, AUTO_STALL_FLOOR_SECONDS, job.timeout or 0.0
+            )
+            job.auto_due_ns = now_ns + _AUTO_STALL_REFRESH_NS
+        else:
+            job.auto_stall_after = None
+        job.settle_stall_after(self._default_stall_after)
+
     def _on_deadline(self, key: Hashable, now: float) -> float | None:
-        name = cast("tuple[str, str]", key)[1]
+        kind, name = cast("tuple[str, str]", key)
+        if kind == _MISSED:
+            return self._on_missed(name, now)
+        return self._on_stall(name, now)
+
+    def _on_stall(self, name: str, now: float) -> float | None:
         stalled: list[StalledRun] = []
         with self._lock:
             job = self._jobs.get(name)
@@ -379,12 +591,111 @@ class StatusRegistry:
             listener(stalled)
         return next_deadline
 
+    # -- schedules and missed runs -----------------------------------------------------
+
+    def _grace_ns_locked(self, job: _Job, slot_ns: int, now_ns: int) -> int:
+        if job.grace is not None:
+            seconds = job.grace
+        elif job.schedule is not None:
+            seconds = job.schedule.default_grace()
+        else:  # a slot given by an integration: a tenth of the wait for it, as for a schedule
+            seconds = min(max(0.1 * (slot_ns - now_ns) / 1e9, MIN_GRACE_SECONDS), MAX_GRACE_SECONDS)
+        return int(seconds * 1e9)
+
+    def _set_slot_locked(self, job: _Job, slot_ns: int | None, now_ns: int) -> float | None:
+        """Make `slot_ns` the job's expected run; returns its missed deadline (monotonic)."""
+        job.slot_version += 1
+        job.next_run_ns = slot_ns
+        job.snapshot = None
+        if slot_ns is None:
+            return None
+        job.slot_grace_ns = self._grace_ns_locked(job, slot_ns, now_ns)
+        return self._clock.monotonic() + (slot_ns + job.slot_grace_ns - now_ns) / 1e9
+
+    def _arm_missed(self, name: str, deadline: float | None) -> None:
+        if deadline is not None:
+            self._watchdog.schedule((_MISSED, name), deadline)
+
+    def _take_slot_locked(self, job: _Job, start_ns: int) -> tuple[Schedule, int, int] | None:
+        """A run started: it clears `missed`, and takes the expected slot unless it started
+        more than the grace ahead of it. Returns what `_advance` needs to find the next slot."""
+        job.missed = False
+        job.consecutive_missed = 0
+        slot = job.next_run_ns
+        if slot is not None and start_ns < slot - job.slot_grace_ns:
+            return None  # an extra run ahead of the expected one
+        if job.schedule is None:  # a slot set by an integration, which will set the next one
+            self._set_slot_locked(job, None, start_ns)
+            return None
+        job.slot_version += 1
+        return job.schedule, start_ns if slot is None else max(start_ns, slot), job.slot_version
+
+    def _advance(self, name: str, advance: tuple[Schedule, int, int] | None) -> None:
+        """Find the slot after a base time (outside the lock: cron arithmetic is slow) and
+        apply it unless the slot was moved meanwhile."""
+        if advance is None:
+            return
+        schedule, base_ns, version = advance
+        slot_ns = schedule.next_after(base_ns)
+        now_ns = self._clock.time_ns()
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None or job.slot_version != version:
+                return
+            deadline = self._set_slot_locked(job, slot_ns, now_ns)
+        self._arm_missed(name, deadline)
+
+    def _on_missed(self, name: str, now: float) -> float | None:
+        now_ns = self._clock.time_ns()
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None or job.next_run_ns is None:
+                return None
+            slot, grace_ns = job.next_run_ns, job.slot_grace_ns
+            if now_ns < slot + grace_ns:  # the slot moved later since this deadline was set
+                return now + (slot + grace_ns - now_ns) / 1e9
+            schedule, version = job.schedule, job.slot_version
+        count, last, next_slot = 1, slot, None
+        if schedule is not None:
+            next_slot = schedule.next_after(slot)
+            while next_slot + grace_ns <= now_ns:  # more slots passed (e.g. a suspended host)
+                if count >= _MAX_CATCH_UP:
+                    next_slot = schedule.next_after(now_ns)
+                    break
+                count, last = count + 1, next_slot
+                next_slot = schedule.next_after(next_slot)
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None or job.slot_version != version:
+                return None  # a run started meanwhile and took care of the slot
+            running = bool(job.runs)
+            if not running:  # a run in progress means the job is alive: the slot is skipped
+                job.missed = True
+                job.missed_count += count
+                job.consecutive_missed += count
+                job.last_missed_ns = last
+                job.updated_ns = now_ns
+            consecutive = job.consecutive_missed
+            deadline = self._set_slot_locked(job, next_slot, now_ns)
+        # Logged at 1, 2, 4, 8, ... missed in a row: a dead scheduler does not flood the log.
+        if not running and consecutive.bit_length() > (consecutive - count).bit_length():
+            logger.warning(
+                "job %r missed its scheduled run at %s: no run started within %gs "
+                "(%d missed in a row)",
+                name,
+                from_ns(last).isoformat(),
+                grace_ns / 1e9,
+                consecutive,
+            )
+        return deadline
+
     # -- reading the view --------------------------------------------------------------
 
     def snapshot(self, name: str) -> JobStatus | None:
+        now_ns = self._clock.time_ns()
         with self._lock:
             job = self._jobs.get(name)
-            return None if job is None else self._snapshot_locked(job)
+            return None if job is None else self._snapshot_locked(job, now_ns)
 
     def snapshots(self) -> dict[str, JobStatus]:
         """Every job, sorted by name. Unchanged jobs reuse their cached snapshot."""
@@ -392,17 +703,43 @@ class StatusRegistry:
         with self._lock:
             dropped = self._prune_locked(now_ns)
             snapshots = {
-                name: self._snapshot_locked(self._jobs[name]) for name in sorted(self._jobs)
+                name: self._snapshot_locked(self._jobs[name], now_ns) for name in sorted(self._jobs)
             }
         _log_dropped(dropped, self._retention_ns)
         return snapshots
 
     @staticmethod
-    def _snapshot_locked(job: _Job) -> JobStatus:
+    def _snapshot_locked(job: _Job, now_ns: int) -> JobStatus:
+        history = job.history
+        if history is not None and history.prune(now_ns):
+            job.snapshot = job.stats = None
         snapshot = job.snapshot
         if snapshot is None:
-            snapshot = job.snapshot = job.to_status()
+            snapshot = job.snapshot = job.to_status(now_ns)
         return snapshot
+
+    def history(self, name: str) -> list[RunRecord]:
+        """The job's runs of the last 24 hours, newest first ([] for an unknown job)."""
+        now_ns = self._clock.time_ns()
+        with self._lock:
+            job = self._jobs.get(name)
+            history = None if job is None else job.history
+            if job is None or history is None:
+                return []
+            if history.prune(now_ns):
+                job.snapshot = job.stats = None
+            records = history.records()
+            categories = tuple(self._categories)
+        records.sort(key=lambda record: record[0], reverse=True)
+        return [
+            RunRecord(
+                started_at=from_ns(start_ns),
+                duration_seconds=duration,
+                outcome=JobState.SUCCESS if code == 0 else JobState.FAILED,
+                error_category=None if code == 0 else categories[code - 1],
+            )
+            for start_ns, duration, code in records
+        ]
 
     def metric_points(self) -> list[MetricPoint]:
         now_ns = self._clock.time_ns()
@@ -418,6 +755,7 @@ class StatusRegistry:
                     active_runs=len(job.runs),
                     stalled_runs=len(job.stalled_ids),
                     timeout_count=job.timeout_count,
+                    missed_count=job.missed_count,
                     last_success_ns=job.last_success_ns,
                 )
                 for job in self._jobs.values()
@@ -457,14 +795,20 @@ class StatusRegistry:
         return True
 
     def _prune_locked(self, now_ns: int, *, force: bool = False) -> list[str]:
-        """Drop jobs not running and unchanged for the retention period; returns their names."""
+        """Drop jobs without a schedule, not running and unchanged for the retention period;
+        returns their names. A scheduled job stays while registered, however rarely it runs."""
         last = self._last_prune_ns
         if not force and last is not None and now_ns - last < _PRUNE_EVERY_NS:
             return []
         self._last_prune_ns = now_ns
         cutoff = now_ns - self._retention_ns
         stale = [
-            name for name, job in self._jobs.items() if not job.runs and job.updated_ns < cutoff
+            name
+            for name, job in self._jobs.items()
+            if not job.runs
+            and job.updated_ns < cutoff
+            and job.schedule is None
+            and job.next_run_ns is None
         ]
         for name in stale:
             del self._jobs[name]
@@ -474,7 +818,9 @@ class StatusRegistry:
         self._watchdog.stop()
 
     def _reset_after_fork(self) -> None:
-        # Runs in progress belong to the parent's threads, which the child does not have.
+        # Runs in progress belong to the parent's threads, which the child does not have. The
+        # child's missed deadlines are armed again by its own runs (or a new register): a
+        # child that never runs a job must not report that job missed.
         self._lock = threading.Lock()
         for job in self._jobs.values():
             job.runs.clear()

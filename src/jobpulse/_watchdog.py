@@ -20,6 +20,7 @@ from jobpulse._guard import Guard
 __all__ = ["Watchdog"]
 
 _DUE_GUARD = Guard("watchdog deadline")
+_MAX_WAIT_SECONDS = 3600.0
 
 DueCallback = Callable[[Hashable, float], "float | None"]
 
@@ -111,7 +112,8 @@ class Watchdog:
                     delay = self._heap[0][0] - self._clock.monotonic()
                     if delay <= 0:
                         break
-                    self._cond.wait(delay)
+                    # Capped: a deadline years away (a far next run) would overflow the wait.
+                    self._cond.wait(min(delay, _MAX_WAIT_SECONDS))
                 if self._stopped:
                     return
             self.tick()
