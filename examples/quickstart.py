@@ -1,4 +1,5 @@
-"""jobpulse in one file: jobs run, one fails, one stalls; then the health document.
+"""jobpulse in one file: jobs run, one fails, one stalls, one misses its schedule; then the
+health document.
 
 Run with ``make demo`` (or ``python examples/quickstart.py``). Takes about two seconds.
 """
@@ -10,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from datetime import timedelta
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
@@ -39,7 +41,7 @@ monitor = jobpulse.JobMonitor(
 )
 
 
-@monitor.job("btc_transaction_indexing", critical=True, timeout=5)
+@monitor.job("btc_transaction_indexing", critical=True, timeout=5, schedule="@every 2m")
 def index_btc_transactions() -> int:
     """Index new BTC transactions; returns how many."""
     time.sleep(0.05)
@@ -55,6 +57,10 @@ def process_swap_requests() -> None:
 @monitor.job("icy_transaction_indexing", stall_after=0.5)
 def index_icy_transactions(release: threading.Event) -> None:
     release.wait()  # hangs until released: the watchdog flags it stalled after 0.5 s
+
+
+# Expected every second; nothing runs it, so 0.1 s after the first second it is missed.
+monitor.register("settlement_export", schedule="@every 1s", grace=timedelta(milliseconds=100))
 
 
 def show(title: str) -> None:
@@ -76,8 +82,8 @@ def main() -> None:
     hanging = threading.Thread(target=index_icy_transactions, args=(release,), daemon=True)
     hanging.start()
     try:
-        time.sleep(0.8)
-        show("while icy_transaction_indexing hangs")
+        time.sleep(1.5)
+        show("while icy_transaction_indexing hangs and settlement_export is overdue")
     finally:
         release.set()
     hanging.join()
@@ -87,6 +93,10 @@ def main() -> None:
     for line in generate_latest(metrics_registry).decode().splitlines():
         if line.startswith("icy_backend_") and "_bucket" not in line:
             print(line)
+
+    print("\n--- run history of btc_transaction_indexing, newest first ---")
+    for record in monitor.history("btc_transaction_indexing"):
+        print(json.dumps(record.to_dict()))
 
     monitor.shutdown()
     tracer_provider.shutdown()

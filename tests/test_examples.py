@@ -37,7 +37,8 @@ def _documents(output: str) -> list[dict[str, object]]:
 def test_quickstart() -> None:
     result = _run("examples/quickstart.py")
     assert result.returncode == 0, result.stderr
-    stalled, recovered = _documents(result.stdout)
+    health, _, history_part = result.stdout.partition("run history of")
+    stalled, recovered = _documents(health)
     assert stalled["status"] == "unhealthy"
     jobs = stalled["jobs"]
     assert isinstance(jobs, dict)
@@ -45,11 +46,28 @@ def test_quickstart() -> None:
     assert jobs["btc_transaction_indexing"]["success_count"] == 3
     assert jobs["btc_transaction_indexing"]["metadata"] == {"indexed": 42, "last_block": 871234}
     assert jobs["swap_request_processing"]["consecutive_failures"] == 2
+    assert jobs["settlement_export"]["status"] == "missed"
+    assert jobs["settlement_export"]["missed_count"] >= 1
+    assert jobs["btc_transaction_indexing"]["schedule"] == "@every 2m"
+    assert jobs["btc_transaction_indexing"]["next_run_time"] is not None
+    assert jobs["btc_transaction_indexing"]["history_runs"] == 3
     assert recovered["status"] == "degraded"  # the swap job still failing, below its threshold
     assert "job 'icy_transaction_indexing' stalled" in result.stderr
+    assert "job 'settlement_export' missed its scheduled run" in result.stderr
     assert "hunter2" not in result.stdout + result.stderr
     runs = 'icy_backend_background_job_runs_total{job_name="swap_request_processing"'
     assert f'{runs},status="failed"}} 2.0' in result.stdout
+    missed = 'icy_backend_background_job_missed_runs_total{job_name="settlement_export"}'
+    assert missed in result.stdout
+    history = _documents(history_part)
+    assert [record["outcome"] for record in history] == ["success"] * 3
+
+
+def test_memory_benchmark_runs() -> None:
+    result = _run("benchmarks/memory.py", "--jobs", "5", "--minutes", "120")
+    assert result.returncode == 0, result.stderr
+    assert "runs held in histories:             600" in result.stdout
+    assert "target: added <= 4 MB: PASS" in result.stdout
 
 
 def test_overhead_benchmark_runs() -> None:
