@@ -120,10 +120,14 @@ class RunHistory:
         self._all_counts[bucket] += 1
         if code == 0:
             self._ok_counts[bucket] += 1
-        self._prune_runs(now_ns)
-        if len(durations) - self._head > self._capacity:
-            self._count_eviction(self._forget(self._head))
-            self._head += 1
+        head = self._head
+        # The common case in one comparison: the oldest run is still within the window.
+        if durations[head] * 1e9 < now_ns - WINDOW_NS - self._starts[head]:
+            self._prune_runs(now_ns)
+            head = self._head
+        if len(durations) - head > self._capacity:
+            self._count_eviction(self._forget(head))
+            self._head = head + 1
             self._compact()
 
     def prune(self, now_ns: int) -> bool:
