@@ -87,6 +87,7 @@ class RunHistory:
         "_head",
         "_ok_counts",
         "_starts",
+        "_successes",
     )
 
     def __init__(self, capacity: int = 4096) -> None:
@@ -97,6 +98,7 @@ class RunHistory:
         self._durations = array("f")
         self._codes = array("B")
         self._head = 0  # index of the oldest held run; everything before it is dead
+        self._successes = 0
         self._all_counts = self._ok_counts = _UNALLOCATED
         self._drop_counts = self._drop_hours = _UNALLOCATED
 
@@ -120,6 +122,7 @@ class RunHistory:
         self._all_counts[bucket] += 1
         if code == 0:
             self._ok_counts[bucket] += 1
+            self._successes += 1
         head = self._head
         # The common case in one comparison: the oldest run is still within the window.
         if durations[head] * 1e9 < now_ns - WINDOW_NS - self._starts[head]:
@@ -157,7 +160,7 @@ class RunHistory:
         runs = len(self)
         if runs == 0:
             return HistoryStats(0, 0, None, None, None, None)
-        successes = sum(self._ok_counts)
+        successes = self._successes
         cumulative = list(accumulate(self._all_counts))
         p50, p95, p99 = (_quantile(cumulative, runs, q) for q in (0.5, 0.95, 0.99))
         return HistoryStats(runs, successes, p50, p95, p99, successes / runs)
@@ -167,11 +170,10 @@ class RunHistory:
         when there is none). `q` is in 0..1; raises InvalidJobError (a ValueError) otherwise."""
         if not 0.0 <= q <= 1.0:
             raise InvalidJobError(f"a quantile is between 0 and 1, not {q}")
-        cumulative = list(accumulate(self._ok_counts))
-        successes = cumulative[-1] if cumulative else 0
+        successes = self._successes
         if successes == 0:
             return 0, None
-        return successes, _quantile(cumulative, successes, q)
+        return successes, _quantile(list(accumulate(self._ok_counts)), successes, q)
 
     def records(self) -> list[tuple[int, float, int]]:
         """(start_ns, duration_seconds, code) of every held run, oldest-ended first."""
@@ -200,6 +202,7 @@ class RunHistory:
         self._all_counts[bucket] -= 1
         if self._codes[index] == 0:
             self._ok_counts[bucket] -= 1
+            self._successes -= 1
         return self._starts[index] + int(seconds * 1e9)
 
     def _count_eviction(self, end_ns: int) -> None:

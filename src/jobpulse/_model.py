@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 __all__ = ["JobState", "JobStatus", "JobsSummary", "RunRecord", "from_ns", "rfc3339", "to_ns"]
@@ -30,13 +30,12 @@ class JobState(str, enum.Enum):
         return self.value
 
 
-def from_ns(ns: int) -> datetime:
-    """An aware UTC datetime from nanoseconds since the epoch."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=rest // 1_000)
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def from_ns(ns: int) -> datetime:
+    """An aware UTC datetime from nanoseconds since the epoch (to the microsecond)."""
+    return _EPOCH + timedelta(microseconds=ns // 1_000)
 
 
 def to_ns(moment: datetime) -> int:
