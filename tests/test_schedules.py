@@ -49,11 +49,15 @@ def test_interval_schedule_shows_and_advances_next_run(
 
     clock.advance(120)
     with monitor.run("btc_transaction_indexing"):
+        assert status_of(monitor, "btc_transaction_indexing").next_run_time == T0 + timedelta(
+            minutes=4
+        )
         clock.advance(3)
     status = status_of(monitor, "btc_transaction_indexing")
-    assert status.next_run_time == T0 + timedelta(minutes=4)
+    # An interval also counts from the run's end (a loop may sleep between runs).
+    assert status.next_run_time == T0 + timedelta(minutes=4, seconds=3)
     assert status.state is JobState.SUCCESS
-    assert status.to_dict()["next_run_time"] == "2026-01-01T00:04:00.000Z"
+    assert status.to_dict()["next_run_time"] == "2026-01-01T00:04:03.000Z"
     assert status.to_dict()["schedule"] == "@every 2m"
     assert status.to_dict()["grace_ms"] == 12000.0
 
@@ -138,8 +142,8 @@ def test_a_run_that_starts_clears_missed(monitor: JobMonitor, clock: FakeClock) 
     assert status.state is JobState.SUCCESS
     assert status.missed_count == 1  # the count is history; the state is now
     assert monitor.health().status is HealthStatus.HEALTHY
-    # A late run does not take the next slot (4 min): that one is still expected.
-    assert status.next_run_time == T0 + timedelta(minutes=4)
+    # The next slot counts from the late run's end: 151 s + 2 min.
+    assert status.next_run_time == T0 + timedelta(minutes=4, seconds=31)
 
 
 def test_a_run_within_grace_before_the_slot_takes_it(monitor: JobMonitor, clock: FakeClock) -> None:
@@ -155,7 +159,7 @@ def test_a_run_within_grace_before_the_slot_takes_it(monitor: JobMonitor, clock:
 def test_an_extra_run_ahead_of_the_slot_leaves_it_expected(
     monitor: JobMonitor, clock: FakeClock
 ) -> None:
-    monitor.register("manual", schedule="@every 2m")
+    monitor.register("manual", schedule="*/2 * * * *")  # calendar slots do not move
     clock.advance(60)
     with monitor.run("manual"):  # someone ran it by hand
         pass
@@ -494,3 +498,36 @@ def test_a_next_run_centuries_away_does_not_stop_the_watchdog(
     monitor.set_next_run("far", datetime(9999, 1, 1, tzinfo=timezone.utc))
     with log_signal("stalled") as flagged, monitor.run("hang"):
         assert flagged.wait(10), "the watchdog thread died"
+
+
+def test_a_loop_that_sleeps_between_runs_is_not_late(monitor: JobMonitor, clock: FakeClock) -> None:
+    """``while True: job(); sleep(120)`` starts runs 120 s after the previous one ended: the
+    interval counts from the end too, so a 60 s run (longer than the 12 s grace) is fine."""
+    monitor.register("sleeper", schedule="@every 2m")
+    clock.advance(120)
+    for _ in range(10):
+        with monitor.run("sleeper"):
+            clock.advance(60)
+        assert status_of(monitor, "sleeper").next_run_time == clock.now() + timedelta(minutes=2)
+        clock.advance(120)
+    assert status_of(monitor, "sleeper").missed_count == 0
+
+
+def test_a_fixed_rate_scheduler_with_long_runs_is_not_late(
+    monitor: JobMonitor, clock: FakeClock
+) -> None:
+    """Runs start every 120 s and last 60 s. When they stop, the job is missed one interval
+    plus grace after the last run ended."""
+    monitor.register("fixed_rate", schedule="@every 2m")
+    for _ in range(10):
+        clock.advance(60)
+        with monitor.run("fixed_rate"):
+            clock.advance(60)
+    assert status_of(monitor, "fixed_rate").missed_count == 0
+    last_end = clock.now()
+    clock.advance(132 - 0.001)
+    assert status_of(monitor, "fixed_rate").state is JobState.SUCCESS
+    clock.advance(0.001)
+    status = status_of(monitor, "fixed_rate")
+    assert status.state is JobState.MISSED
+    assert status.last_missed_run_time == last_end + timedelta(minutes=2)

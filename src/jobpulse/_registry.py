@@ -8,8 +8,10 @@ opaque handle (the live span) that is handed back to the stall listener.
 Two kinds of deadline live on the watchdog, at most one of each per job: ``("stall", name)``
 for the earliest run that may stall, ``("missed", name)`` for the expected run's start plus
 grace. A scheduled job's expected run (its *slot*) is taken by a run that starts no earlier
-than ``slot - grace``; the next slot is then computed from ``max(start, slot)``. A slot whose
-deadline passes with no run in progress is missed and counted once.
+than ``slot - grace``; the next slot is then computed from ``max(start, slot)``. For an
+interval, a run's end also pushes the slot to at least ``end + interval``, so that loops
+that sleep between runs are not taken for late. A slot whose deadline passes with no run in
+progress is missed and counted once.
 """
 
 from __future__ import annotations
@@ -473,7 +475,7 @@ class StatusRegistry:
         the run and the job's consecutive failures, or None if the job is not in the view."""
         duration_ns = end_ns - start_ns
         refused = 0
-        rearm = None
+        rearm = missed_deadline = None
         with self._lock:
             job = self._jobs.get(name)
             if job is None:
@@ -513,11 +515,17 @@ class StatusRegistry:
                 history.add(start_ns, duration_ns, self._category_code_locked(category), end_ns)
             if metadata:
                 refused = _metadata.merge(job.metadata, metadata)
+            schedule = job.schedule
+            if schedule is not None and schedule.is_interval and job.next_run_ns is not None:
+                after_end = schedule.next_after(end_ns)  # an integer addition
+                if after_end > job.next_run_ns:
+                    missed_deadline = self._set_slot_locked(job, after_end, end_ns)
             job.updated_ns = end_ns
             job.snapshot = job.stats = None
             consecutive = job.consecutive_failures
         if rearm is not None:
             self._watchdog.schedule((_STALL, name), rearm)
+        self._arm_missed(name, missed_deadline)
         if refused:
             logger.warning(
                 "job %r: %d metadata keys dropped (at most %d keys per job)",

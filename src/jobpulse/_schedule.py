@@ -71,6 +71,11 @@ class Schedule:
         """The first expected run strictly after `instant_ns`; both are epoch nanoseconds (UTC)."""
         raise NotImplementedError
 
+    @property
+    def is_interval(self) -> bool:
+        """True for a constant interval (``@every``, seconds): it has no time zone."""
+        return self.timezone is None
+
     def default_grace(self) -> float:
         """Seconds a run may be late before it counts as missed: 10% of the period, in [1, 300]."""
         return min(max(self.period_seconds * 0.1, MIN_GRACE_SECONDS), MAX_GRACE_SECONDS)
