@@ -7,6 +7,7 @@ The fake clock starts at 2026-01-01 00:00 UTC. Each missed deadline fires inside
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -531,3 +532,21 @@ def test_a_fixed_rate_scheduler_with_long_runs_is_not_late(
     status = status_of(monitor, "fixed_rate")
     assert status.state is JobState.MISSED
     assert status.last_missed_run_time == last_end + timedelta(minutes=2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_loops_within_interval_plus_grace_are_never_missed(
+    monitor: JobMonitor, clock: FakeClock, seed: int
+) -> None:
+    """Runs of any length (some longer than the interval), each starting less than
+    interval + grace after the previous one ended: never missed. Once they stop, the job is
+    missed within two intervals plus grace."""
+    rng = random.Random(seed)
+    monitor.register("loop", schedule="@every 2m")  # grace 12 s
+    for _ in range(300):
+        clock.advance(rng.uniform(0, 131.9))
+        with monitor.run("loop"):
+            clock.advance(rng.choice((rng.uniform(0, 5), rng.uniform(0, 300))))
+        assert status_of(monitor, "loop").missed_count == 0
+    clock.advance(252)
+    assert status_of(monitor, "loop").state is JobState.MISSED
