@@ -141,3 +141,34 @@ def log_signal(fragment: str) -> Iterator[threading.Event]:
         yield seen
     finally:
         logging.getLogger("jobpulse").removeHandler(spy)
+
+
+def _reset_otel_globals() -> None:
+    # What opentelemetry-test-utils' reset helpers do: forget the global providers so that
+    # the next set_*_provider call takes effect. Test-only.
+    from opentelemetry import metrics, trace
+    from opentelemetry.metrics import _internal as metrics_internal
+    from opentelemetry.util._once import Once
+
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    metrics_internal._METER_PROVIDER_SET_ONCE = Once()
+    metrics_internal._METER_PROVIDER = None
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert isinstance(metrics.get_meter_provider(), metrics_internal._ProxyMeterProvider)
+
+
+@pytest.fixture
+def otel_globals() -> Iterator[None]:
+    """No global OpenTelemetry providers before the test, and none left after it; a monitor
+    that `jobpulse.setup()` returned during the test is shut down."""
+    from jobpulse import _setup
+
+    _reset_otel_globals()
+    try:
+        yield
+    finally:
+        if _setup._active is not None:
+            _setup._active.shutdown()
+            _setup._active = None
+        _reset_otel_globals()

@@ -12,6 +12,7 @@ from jobpulse._model import JobsSummary, JobState, JobStatus, RunRecord
 from jobpulse._monitor import JobMonitor, JobRun, set_metadata
 from jobpulse._processor import JobStatusProcessor
 from jobpulse._sampling import JobAwareSampler
+from jobpulse._setup import setup
 from jobpulse._version import __version__
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "RunRecord",
     "__version__",
     "set_metadata",
+    "setup",
 ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from jobpulse._model import JobsSummary, JobState, JobStatus, rfc3339
+from jobpulse._model import JobsSummary, JobState, JobStatus, dump_json, rfc3339
 
 __all__ = ["HealthReport", "HealthStatus", "evaluate"]
 
@@ -75,3 +75,12 @@ class HealthReport:
             "summary": self.summary.to_dict(),
             "duration_ms": round(self.duration_ms, 3),
         }
+
+    def to_json(self) -> bytes:
+        """`to_dict` as compact UTF-8 JSON, assembled from each job's cached member."""
+        jobs = b",".join([job.json_member for job in self.jobs.values()])
+        head = dump_json({"status": self.status.value, "timestamp": rfc3339(self.timestamp)})
+        tail = dump_json(
+            {"summary": self.summary.to_dict(), "duration_ms": round(self.duration_ms, 3)}
+        )
+        return b"".join((head[:-1], b',"jobs":{', jobs, b"},", tail[1:]))

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import enum
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-__all__ = ["JobState", "JobStatus", "JobsSummary", "RunRecord", "from_ns", "rfc3339", "to_ns"]
+__all__ = [
+    "JobState",
+    "JobStatus",
+    "JobsSummary",
+    "RunRecord",
+    "dump_json",
+    "from_ns",
+    "rfc3339",
+    "to_ns",
+]
 
 
 class JobState(str, enum.Enum):
@@ -49,6 +60,11 @@ def rfc3339(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dump_json(content: Any) -> bytes:
+    """Compact UTF-8 JSON, as the endpoints serve it."""
+    return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -172,6 +188,15 @@ class JobStatus:
             "created_at": rfc3339(self.created_at),
             "updated_at": rfc3339(self.updated_at),
         }
+
+    @functools.cached_property
+    def json_member(self) -> bytes:
+        """``"name":{...}``: this job's member of the health document's ``jobs`` object.
+
+        Built once per snapshot; the registry hands out the same snapshot until the job
+        changes, so the endpoint never re-serializes an unchanged job.
+        """
+        return dump_json({self.job_name: self.to_dict()})[1:-1]
 
 
 @dataclass(frozen=True)

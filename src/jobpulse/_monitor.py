@@ -266,6 +266,15 @@ class JobMonitor:
         self._abandoned: dict[str, int] = {}
         self._abandoned_lock = threading.Lock()
         self._closed = False
+        # What `setup()` built: the Prometheus registry that /metrics serves, and the
+        # exporters to close (within one deadline) when the monitor shuts down.
+        self._prometheus_registry: Any = None
+        self._on_shutdown: list[Callable[[], object]] = []
+
+    @property
+    def closed(self) -> bool:
+        """True once `shutdown` has been called."""
+        return self._closed
 
     def _attach(self, tracer_provider: trace.TracerProvider | None) -> trace.Tracer:
         provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
@@ -656,13 +665,16 @@ class JobMonitor:
 
     def shutdown(self) -> None:
         """Stop the watchdog and stop tracking. Idempotent. Does not shut down providers the
-        application passed in or set globally (only the monitor's private one)."""
+        application passed in or set globally, only the monitor's private one and what
+        `jobpulse.setup()` built (flushed within its ``shutdown_timeout``)."""
         if self._closed:
             return
         self._closed = True
         self._processor.shutdown()
         if self._private_provider is not None:
             self._private_provider.shutdown()
+        for step in self._on_shutdown:
+            step()
 
 
 def _function_name(func: Callable[..., Any]) -> str:

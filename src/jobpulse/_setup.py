@@ -1,0 +1,350 @@
+"""`setup()`: OpenTelemetry for an application that has not set it up, in one call.
+
+It builds what is missing and reuses what the application already has:
+
+- a ``TracerProvider`` (made global only if none is set; never a second global one), with
+  the OTLP and console span exporters behind ``BatchSpanProcessor``, so that a dead
+  collector never blocks a job;
+- a ``MeterProvider`` with the Prometheus reader and the OTLP metric reader. An SDK
+  ``MeterProvider`` cannot take readers after it is built, so an application's own one is
+  reused as it is and its readers receive the job metrics;
+- every exporter gets a short timeout, and everything `setup()` built is shut down by
+  `JobMonitor.shutdown()` (also at exit) within one deadline: the SDK's own exit handler
+  can wait about 30 s on an unreachable collector.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics._internal import _ProxyMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    OTELResourceDetector,
+    Resource,
+)
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
+
+from jobpulse._exceptions import InvalidJobError
+from jobpulse._guard import Guard
+from jobpulse._monitor import JobMonitor
+from jobpulse._sampling import JobAwareSampler
+from jobpulse._validation import to_seconds
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["setup"]
+
+logger = logging.getLogger("jobpulse")
+
+PROTOCOLS = ("grpc", "http/protobuf")
+_ENDPOINT_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+)
+_SHUTDOWN_GUARD = Guard("telemetry shutdown")
+_lock = threading.Lock()
+_active: JobMonitor | None = None
+
+
+def setup(
+    service_name: str | None = None,
+    *,
+    namespace: str = "",
+    prometheus: bool = True,
+    prometheus_registry: CollectorRegistry | None = None,
+    otlp_endpoint: str | None = None,
+    otlp_protocol: str | None = None,
+    otlp_headers: Mapping[str, str] | None = None,
+    console: bool = False,
+    resource_attributes: Mapping[str, str | bool | int | float] | None = None,
+    export_timeout: float | timedelta = 2.0,
+    metric_export_interval: float | timedelta | None = None,
+    shutdown_timeout: float | timedelta = 2.0,
+    stall_after: float | timedelta = 300.0,
+    max_jobs: int = 1000,
+    max_history: int = 4096,
+) -> JobMonitor:
+    """Configure OpenTelemetry for job monitoring and return the `JobMonitor`.
+
+    Args:
+        service_name: ``service.name`` of the resource, unless ``OTEL_SERVICE_NAME`` or
+            ``OTEL_RESOURCE_ATTRIBUTES`` set one (the environment wins, so operators can
+            rename a service without a code change). ``service.instance.id`` is a new
+            UUID per process unless the environment sets it.
+        namespace: metric name prefix (``icy_backend`` gives
+            ``icy_backend_background_job_duration_seconds``).
+        prometheus: add a Prometheus reader writing to `prometheus_registry` (default:
+            prometheus_client's global registry); needs ``jobpulse[prometheus]``.
+        otlp_endpoint: export spans and metrics over OTLP to this collector. None uses
+            ``OTEL_EXPORTER_OTLP_ENDPOINT`` (and the per-signal variables) when set.
+        otlp_protocol: ``grpc`` or ``http/protobuf``; None reads
+            ``OTEL_EXPORTER_OTLP_PROTOCOL``, default ``grpc``. Needs ``jobpulse[otlp]``.
+        otlp_headers: headers for every OTLP request (e.g. an API key).
+        console: also print finished spans to stdout.
+        resource_attributes: more resource attributes (the environment's win).
+        export_timeout: seconds one OTLP export may take, retries included.
+        metric_export_interval: seconds between OTLP metric exports; None reads
+            ``OTEL_METRIC_EXPORT_INTERVAL`` (ms), default 60 s.
+        shutdown_timeout: one deadline for flushing and closing every exporter at
+            `JobMonitor.shutdown()` and at exit; what is unsent by then is dropped.
+        stall_after, max_jobs, max_history: passed to `JobMonitor`.
+
+    With ``OTEL_SDK_DISABLED=true`` nothing is configured or exported: the returned
+    monitor still keeps the status view. If the application already set SDK providers
+    globally, they are reused: span exporters are added to its tracer provider only when
+    asked for here explicitly (`otlp_endpoint`, `console`), since its own configuration
+    already read the environment.
+
+    Raises `RuntimeError` if a monitor from an earlier `setup()` is still open, and
+    `InvalidJobError` (a ValueError) for an unknown protocol or a bad duration.
+    """
+    global _active
+    export_seconds = to_seconds(export_timeout, "export_timeout")
+    shutdown_seconds = to_seconds(shutdown_timeout, "shutdown_timeout")
+    interval = (
+        None
+        if metric_export_interval is None
+        else to_seconds(metric_export_interval, "metric_export_interval")
+    )
+    protocol = otlp_protocol or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip() or "grpc"
+    if protocol not in PROTOCOLS:
+        raise InvalidJobError(f"otlp_protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    monitor_options: dict[str, Any] = {
+        "namespace": namespace,
+        "stall_after": stall_after,
+        "max_jobs": max_jobs,
+        "max_history": max_history,
+    }
+    with _lock:
+        if _active is not None and not _active.closed:
+            raise RuntimeError(
+                "jobpulse.setup() was already called in this process; use the monitor it "
+                "returned (or shut that one down first)"
+            )
+        if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            logger.info("OTEL_SDK_DISABLED=true: job runs are tracked, nothing is exported")
+            _active = JobMonitor(**monitor_options)
+            return _active
+
+        use_otlp = otlp_endpoint is not None or any(
+            os.environ.get(variable) for variable in _ENDPOINT_VARIABLES
+        )
+        resource = _resource(service_name, resource_attributes)
+        owned: list[Callable[[], object]] = []
+
+        tracer_provider, new = _tracer_provider(resource, owned)
+        if tracer_provider is not None:
+            if use_otlp and (new or otlp_endpoint is not None):
+                exporter = _otlp_span_exporter(
+                    protocol, otlp_endpoint, otlp_headers, export_seconds
+                )
+                _add_batch(tracer_provider, exporter, export_seconds, owned, new)
+            if console:
+                _add_batch(tracer_provider, ConsoleSpanExporter(), export_seconds, owned, new)
+
+        readers: list[MetricReader] = []
+        registry = None
+        if prometheus:
+            reader, registry = _prometheus_reader(prometheus_registry)
+            readers.append(reader)
+        if use_otlp:
+            readers.append(
+                PeriodicExportingMetricReader(
+                    _otlp_metric_exporter(protocol, otlp_endpoint, otlp_headers, export_seconds),
+                    export_interval_millis=None if interval is None else interval * 1000.0,
+                    export_timeout_millis=export_seconds * 1000.0,
+                )
+            )
+        meter_provider = _meter_provider(resource, readers, shutdown_seconds, owned)
+        if registry is not None and meter_provider is None:
+            registry = None
+
+        monitor = JobMonitor(tracer_provider, meter_provider, **monitor_options)
+        monitor._prometheus_registry = registry
+        if owned:
+            steps = list(owned)
+            monitor._on_shutdown.append(lambda: _shutdown_within(shutdown_seconds, steps))
+        atexit.register(monitor.shutdown)
+        _active = monitor
+        return monitor
+
+
+def _resource(
+    service_name: str | None, attributes: Mapping[str, str | bool | int | float] | None
+) -> Resource:
+    # Resource.create() lets the attributes it is given win over OTEL_RESOURCE_ATTRIBUTES
+    # and OTEL_SERVICE_NAME; here the environment wins, and the code fills in the rest.
+    from_environment = OTELResourceDetector().detect()
+    defaults: dict[str, str | bool | int | float] = dict(attributes or {})
+    if service_name:
+        defaults[SERVICE_NAME] = service_name
+    defaults.setdefault(SERVICE_INSTANCE_ID, str(uuid.uuid4()))
+    return Resource.create({**defaults, **from_environment.attributes})
+
+
+def _tracer_provider(
+    resource: Resource, owned: list[Callable[[], object]]
+) -> tuple[SdkTracerProvider | None, bool]:
+    """The provider to use, and whether it is new (built and set global here)."""
+    current = trace.get_tracer_provider()
+    if isinstance(current, SdkTracerProvider):
+        return current, False
+    if not isinstance(current, trace.ProxyTracerProvider):
+        logger.warning(
+            "the global tracer provider is a %s, not the OpenTelemetry SDK's: job runs are "
+            "tracked but their spans are not exported",
+            type(current).__name__,
+        )
+        return None, False
+    provider = SdkTracerProvider(
+        resource=resource,
+        sampler=JobAwareSampler(_get_from_env_or_default()),
+        shutdown_on_exit=False,
+    )
+    trace.set_tracer_provider(provider)
+    owned.append(provider.shutdown)
+    return provider, True
+
+
+def _add_batch(
+    provider: SdkTracerProvider,
+    exporter: SpanExporter,
+    export_seconds: float,
+    owned: list[Callable[[], object]],
+    new: bool,
+) -> None:
+    processor = BatchSpanProcessor(exporter, export_timeout_millis=export_seconds * 1000.0)
+    provider.add_span_processor(processor)
+    if not new:
+        # Added to the application's provider: ours to close, the provider is not.
+        owned.append(processor.shutdown)
+
+
+def _meter_provider(
+    resource: Resource,
+    readers: list[MetricReader],
+    shutdown_seconds: float,
+    owned: list[Callable[[], object]],
+) -> metrics.MeterProvider | None:
+    current = metrics.get_meter_provider()
+    if isinstance(current, SdkMeterProvider):
+        if readers:
+            logger.info(
+                "an OpenTelemetry MeterProvider is already set; it cannot take more readers, "
+                "so the job metrics go to the readers it has"
+            )
+        for reader in readers:
+            # Built but not attached: release what it holds (the Prometheus collector).
+            with _SHUTDOWN_GUARD:
+                reader.shutdown()
+        return current
+    if not isinstance(current, _ProxyMeterProvider):
+        return None
+    provider = SdkMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+    metrics.set_meter_provider(provider)
+    owned.append(lambda: provider.shutdown(timeout_millis=shutdown_seconds * 1000.0))
+    return provider
+
+
+def _prometheus_reader(
+    registry: CollectorRegistry | None,
+) -> tuple[MetricReader, CollectorRegistry]:
+    try:
+        import prometheus_client
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    except ImportError:
+        raise ImportError(
+            "setup(prometheus=True) needs the Prometheus exporter: "
+            "pip install 'jobpulse[prometheus]' (or pass prometheus=False)"
+        ) from None
+    target = prometheus_client.REGISTRY if registry is None else registry
+    return PrometheusMetricReader(scope_info_enabled=False, registry=target), target
+
+
+def _otlp_missing() -> ImportError:
+    return ImportError("OTLP export needs the OTLP exporters: pip install 'jobpulse[otlp]'")
+
+
+def _http_url(endpoint: str | None, path: str) -> str | None:
+    # The HTTP exporters take a full URL when given one, and append the path themselves
+    # only to the endpoint they read from the environment.
+    return None if endpoint is None else endpoint.rstrip("/") + path
+
+
+def _otlp_span_exporter(
+    protocol: str, endpoint: str | None, headers: Mapping[str, str] | None, timeout: float
+) -> SpanExporter:
+    try:
+        if protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            return OTLPSpanExporter(
+                endpoint=endpoint, headers=dict(headers) if headers else None, timeout=timeout
+            )
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+    except ImportError:
+        raise _otlp_missing() from None
+    return HttpSpanExporter(
+        endpoint=_http_url(endpoint, "/v1/traces"), headers=headers, timeout=timeout
+    )
+
+
+def _otlp_metric_exporter(
+    protocol: str, endpoint: str | None, headers: Mapping[str, str] | None, timeout: float
+) -> MetricExporter:
+    try:
+        if protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+            return OTLPMetricExporter(
+                endpoint=endpoint, headers=dict(headers) if headers else None, timeout=timeout
+            )
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as HttpMetricExporter,
+        )
+    except ImportError:
+        raise _otlp_missing() from None
+    return HttpMetricExporter(
+        endpoint=_http_url(endpoint, "/v1/metrics"), headers=headers, timeout=timeout
+    )
+
+
+def _shutdown_within(seconds: float, steps: list[Callable[[], object]]) -> None:
+    """Run `steps` in order on a daemon thread and wait at most `seconds` for all of them.
+
+    The SDK's shutdowns ignore most timeouts (a flush to a dead collector can take 30 s);
+    a daemon thread still stuck at the deadline does not hold up the process's exit.
+    """
+
+    def run() -> None:
+        for step in steps:
+            with _SHUTDOWN_GUARD:
+                step()
+
+    thread = threading.Thread(target=run, name="jobpulse-telemetry-shutdown", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        logger.warning(
+            "telemetry exporters did not shut down within %.1f s; unsent data was dropped",
+            seconds,
+        )
