@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
-from jobpulse import HealthStatus, JobMonitor, JobState, JobStatus
+from jobpulse import HealthReport, HealthStatus, JobMonitor, JobsSummary, JobState, JobStatus
 from jobpulse._health import evaluate
 from jobpulse.testing import FakeClock
 
@@ -171,3 +173,84 @@ def test_critical_job_over_threshold_makes_the_service_unhealthy(monitor: JobMon
             index()
         assert monitor.health().status is expected
     assert monitor.health().http_status == 503
+
+
+def _random_status(rng: random.Random, index: int) -> JobStatus:
+    def maybe(value: object) -> Any:
+        return None if rng.random() < 0.3 else value
+
+    def seconds() -> float:
+        return rng.choice((0.0, 1e-7, 0.0004, 1.5, 1234.56789, 86400.0, rng.random() * 10))
+
+    def moment() -> datetime:
+        return datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(
+            microseconds=rng.randrange(10**14)
+        )
+
+    names = ["plain", 'quote"back\\slash', "tab\tnewline\n", "ünïcödé ✓", "emoji 🚀", "<b>&"]
+    return JobStatus(
+        job_name=f"{rng.choice(names)}-{index}",
+        state=rng.choice(list(JobState)),
+        critical=rng.random() < 0.5,
+        failure_threshold=rng.randrange(1, 10),
+        timeout_seconds=maybe(seconds()),
+        stall_after_seconds=seconds(),
+        last_run_time=maybe(moment()),
+        last_duration_seconds=maybe(seconds()),
+        next_run_time=maybe(moment()),
+        success_count=rng.randrange(10**9),
+        failure_count=rng.randrange(1000),
+        consecutive_failures=rng.randrange(5),
+        last_error=maybe(rng.choice(names) + " error"),
+        last_error_category=maybe(rng.choice(("timeout", "network", "unknown"))),
+        average_duration_seconds=maybe(seconds()),
+        min_duration_seconds=maybe(seconds()),
+        max_duration_seconds=maybe(seconds()),
+        last_success_time=maybe(moment()),
+        active_runs=rng.randrange(3),
+        stalled_runs=rng.randrange(2),
+        timeout_count=rng.randrange(3),
+        metadata=rng.choice(({}, {"rows": 12, "ratio": 0.5, "name": rng.choice(names)})),
+        created_at=moment(),
+        updated_at=moment(),
+        schedule=maybe(rng.choice(("@every 2m", "*/5 * * * *", "CRON_TZ=Europe/Berlin 0 3 * * *"))),
+        timezone=maybe("Europe/Berlin"),
+        grace_seconds=maybe(seconds()),
+        missed_count=rng.randrange(4),
+        last_missed_run_time=maybe(moment()),
+        stall_after_auto=rng.random() < 0.5,
+        p50_duration_seconds=maybe(seconds()),
+        p95_duration_seconds=maybe(seconds()),
+        p99_duration_seconds=maybe(seconds()),
+        success_rate=maybe(rng.choice((0.0, 1.0, 2 / 3, rng.random()))),
+        history_runs=rng.randrange(4097),
+        history_dropped=rng.randrange(10),
+    )
+
+
+def test_the_cached_json_member_equals_to_dict() -> None:
+    # The health document is assembled from members written out field by field; they must
+    # say exactly what to_dict says, whatever the values.
+    rng = random.Random(3)
+    for index in range(500):
+        status = _random_status(rng, index)
+        member = status.json_member
+        assert json.loads(b"{" + member + b"}") == {status.job_name: status.to_dict()}
+        assert status.json_member is member  # built once per snapshot
+
+
+def test_the_health_json_equals_to_dict(monitor: JobMonitor, clock: FakeClock) -> None:
+    empty = monitor.health()
+    assert json.loads(empty.to_json()) == empty.to_dict()
+    rng = random.Random(5)
+    jobs = {status.job_name: status for status in (_random_status(rng, i) for i in range(50))}
+    report = HealthReport(
+        status=evaluate(jobs),
+        timestamp=clock.now(),
+        jobs=jobs,
+        summary=JobsSummary.of(jobs, clock.now()),
+        duration_ms=0.25,
+    )
+    body = report.to_json()
+    assert json.loads(body) == report.to_dict()
+    assert body.startswith(b'{"status":"') and b'", "' not in body.split(b'"jobs"')[0]

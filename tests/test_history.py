@@ -348,3 +348,37 @@ def test_invalid_arguments() -> None:
     with pytest.raises(OverflowError):
         history.add(T0 + NS, NS, 256, T0 + 2 * NS)
     assert history.records() == [(T0, 1.0, 0)]
+
+
+def test_prune_skips_work_only_while_nothing_can_leave() -> None:
+    # The fast path (one comparison) must agree with a full prune at every step: compare a
+    # history pruned often against a copy rebuilt from scratch at each step.
+    rng = random.Random(11)
+    history = RunHistory(capacity=50)
+    now = T0
+    for _ in range(600):
+        now += rng.choice((NS, 7 * MINUTE, HOUR, 5 * HOUR, WINDOW_NS // 3))
+        if rng.random() < 0.5:
+            duration = rng.randrange(0, 3 * HOUR)
+            history.add(now - duration, duration, rng.choice((0, 1)), now)
+        fast_skipped = now < history._quiet_until
+        changed = history.prune(now)
+        if fast_skipped:
+            assert changed is False
+        reference = RunHistory(capacity=50)
+        for start, seconds, code in history.records():
+            reference.add(start, round(seconds * NS), code, now)
+        assert reference.prune(now) is False  # nothing held should have left already
+        assert_histograms_match(history)
+    assert history._quiet_until > now
+
+
+def test_a_quiet_history_wakes_up_when_an_eviction_count_expires() -> None:
+    history = RunHistory(capacity=1)
+    history.add(T0, NS, 0, T0 + NS)
+    history.add(T0 + 2 * NS, NS, 0, T0 + 3 * NS)  # evicts the first run
+    assert history.dropped(T0 + 3 * NS) == 1
+    assert history.prune(T0 + 3 * NS) is False
+    assert history._quiet_until <= T0 + 25 * HOUR
+    assert history.prune(T0 + 25 * HOUR) is True  # both the run and the count left
+    assert history.dropped(T0 + 25 * HOUR) == 0

@@ -40,14 +40,17 @@ def evaluate(statuses: Mapping[str, JobStatus]) -> HealthStatus:
     - degraded: any other job whose last run failed, or that missed its schedule;
     - healthy: otherwise (jobs that never ran are healthy).
     """
+    stalled, missed_state = JobState.STALLED, JobState.MISSED  # enum lookups are slow in a loop
     result = HealthStatus.HEALTHY
     for status in statuses.values():
-        missed = status.state is JobState.MISSED
-        if status.state is JobState.STALLED or (
-            status.critical and (missed or status.consecutive_failures >= status.failure_threshold)
-        ):
+        state = status.state
+        if state is stalled:
             return HealthStatus.UNHEALTHY
-        if missed or status.failing:
+        missed = state is missed_state
+        failures = status.consecutive_failures
+        if status.critical and (missed or failures >= status.failure_threshold):
+            return HealthStatus.UNHEALTHY
+        if missed or failures > 0:
             result = HealthStatus.DEGRADED
     return result
 
@@ -78,9 +81,14 @@ class HealthReport:
 
     def to_json(self) -> bytes:
         """`to_dict` as compact UTF-8 JSON, assembled from each job's cached member."""
-        jobs = b",".join([job.json_member for job in self.jobs.values()])
         head = dump_json({"status": self.status.value, "timestamp": rfc3339(self.timestamp)})
         tail = dump_json(
             {"summary": self.summary.to_dict(), "duration_ms": round(self.duration_ms, 3)}
         )
-        return b"".join((head[:-1], b',"jobs":{', jobs, b"},", tail[1:]))
+        parts = [head[:-1], b',"jobs":{']
+        for job in self.jobs.values():
+            parts += (job.json_member, b",")
+        if self.jobs:
+            parts.pop()
+        parts += (b"},", tail[1:])
+        return b"".join(parts)

@@ -22,6 +22,7 @@ __all__ = ["WINDOW_NS", "HistoryStats", "RunHistory"]
 WINDOW_NS = 24 * 3600 * 1_000_000_000
 _HOUR_NS = 3600 * 1_000_000_000
 _HOURS = 24
+_FOREVER = 1 << 63
 _STEPS = 8  # buckets per doubling of the duration
 _LOW_EXP, _HIGH_EXP = -14, 17
 _LOW, _HIGH = 2.0**_LOW_EXP, 2.0**_HIGH_EXP
@@ -86,6 +87,7 @@ class RunHistory:
         "_durations",
         "_head",
         "_ok_counts",
+        "_quiet_until",
         "_starts",
         "_successes",
     )
@@ -101,6 +103,8 @@ class RunHistory:
         self._successes = 0
         self._all_counts = self._ok_counts = _UNALLOCATED
         self._drop_counts = self._drop_hours = _UNALLOCATED
+        # Before this time `prune` has nothing to do (0: not known, look).
+        self._quiet_until = 0
 
     def add(self, start_ns: int, duration_ns: int, code: int, now_ns: int) -> None:
         """Append a finished run; `code` 0 is success, 1..255 a failure category. A negative
@@ -109,6 +113,7 @@ class RunHistory:
 
         Raises OverflowError, leaving the history unchanged, if `code` is outside 0..255.
         """
+        self._quiet_until = 0
         self._codes.append(code)
         self._starts.append(start_ns)
         durations = self._durations
@@ -135,14 +140,29 @@ class RunHistory:
 
     def prune(self, now_ns: int) -> bool:
         """Drop the runs that ended before `now_ns - WINDOW_NS`, and forget evictions that
-        left the window. True if anything was dropped or forgotten."""
+        left the window. True if anything was dropped or forgotten.
+
+        Reading the view calls this for every job; until the oldest run or eviction count
+        leaves the window it costs one comparison."""
+        if now_ns < self._quiet_until:
+            return False
         changed = self._prune_runs(now_ns)
         oldest_hour = now_ns // _HOUR_NS - _HOURS
         counts, hours = self._drop_counts, self._drop_hours
+        quiet_until = _FOREVER
         for slot in range(len(counts)):
-            if counts[slot] and hours[slot] <= oldest_hour:
-                counts[slot] = 0
-                changed = True
+            if counts[slot]:
+                if hours[slot] <= oldest_hour:
+                    counts[slot] = 0
+                    changed = True
+                else:
+                    quiet_until = min(quiet_until, (hours[slot] + _HOURS) * _HOUR_NS)
+        head = self._head
+        if head < len(self._starts):
+            # A microsecond early, so float rounding of the duration can never make it late.
+            end_ns = self._starts[head] + int(self._durations[head] * 1e9)
+            quiet_until = min(quiet_until, end_ns + WINDOW_NS - 1_000)
+        self._quiet_until = quiet_until
         return changed
 
     def __len__(self) -> int:
@@ -151,6 +171,8 @@ class RunHistory:
     def dropped(self, now_ns: int) -> int:
         """How many runs were evicted because of `capacity` and ended within the last 24 h,
         to the hour: evictions are counted per hour of the evicted run's end."""
+        if self._drop_counts is _UNALLOCATED:
+            return 0
         oldest_hour = now_ns // _HOUR_NS - _HOURS
         slots = zip(self._drop_counts, self._drop_hours, strict=True)
         return sum(count for count, hour in slots if hour > oldest_hour)

@@ -59,12 +59,29 @@ def rfc3339(moment: datetime | None) -> str | None:
     """``2026-01-01T12:00:00.123Z`` (UTC, milliseconds), or None."""
     if moment is None:
         return None
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def dump_json(content: Any) -> bytes:
     """Compact UTF-8 JSON, as the endpoints serve it."""
-    return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(content).encode()
+
+
+_BOOL = {False: "false", True: "true"}
+
+
+def _json_time(moment: datetime | None) -> str:
+    return "null" if moment is None else f'"{rfc3339(moment)}"'
+
+
+def _json_ms(seconds: float | None) -> str:
+    # float repr is what json.dumps writes for a float.
+    return "null" if seconds is None else repr(round(seconds * 1000.0, 3))
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -191,12 +208,50 @@ class JobStatus:
 
     @functools.cached_property
     def json_member(self) -> bytes:
-        """``"name":{...}``: this job's member of the health document's ``jobs`` object.
+        """``"name":{...}``: this job's member of the health document's ``jobs`` object,
+        equal to `to_dict` as JSON.
 
         Built once per snapshot; the registry hands out the same snapshot until the job
-        changes, so the endpoint never re-serializes an unchanged job.
+        changes, so the endpoint never re-serializes an unchanged job. Written out field by
+        field because building the dict and encoding it costs about three times as much.
         """
-        return dump_json({self.job_name: self.to_dict()})[1:-1]
+        text = _ENCODER.encode
+        name = text(self.job_name)
+        rate = self.success_rate
+        return (
+            f"{name}:{{"
+            f'"job_name":{name},"status":"{self.state.value}",'
+            f'"critical":{_BOOL[self.critical]},'
+            f'"last_run_time":{_json_time(self.last_run_time)},'
+            f'"last_duration_ms":{_json_ms(self.last_duration_seconds)},'
+            f'"next_run_time":{_json_time(self.next_run_time)},'
+            f'"success_count":{self.success_count},"failure_count":{self.failure_count},'
+            f'"consecutive_failures":{self.consecutive_failures},'
+            f'"failure_threshold":{self.failure_threshold},'
+            f'"last_error":{text(self.last_error)},'
+            f'"last_error_category":{text(self.last_error_category)},'
+            f'"average_execution_ms":{_json_ms(self.average_duration_seconds)},'
+            f'"max_execution_ms":{_json_ms(self.max_duration_seconds)},'
+            f'"min_execution_ms":{_json_ms(self.min_duration_seconds)},'
+            f'"last_success_time":{_json_time(self.last_success_time)},'
+            f'"active_runs":{self.active_runs},"stalled_runs":{self.stalled_runs},'
+            f'"timeout_count":{self.timeout_count},'
+            f'"timeout_ms":{_json_ms(self.timeout_seconds)},'
+            f'"stall_after_ms":{_json_ms(self.stall_after_seconds)},'
+            f'"stall_after_auto":{_BOOL[self.stall_after_auto]},'
+            f'"schedule":{text(self.schedule)},"timezone":{text(self.timezone)},'
+            f'"grace_ms":{_json_ms(self.grace_seconds)},'
+            f'"missed_count":{self.missed_count},'
+            f'"last_missed_run_time":{_json_time(self.last_missed_run_time)},'
+            f'"p50_duration_ms":{_json_ms(self.p50_duration_seconds)},'
+            f'"p95_duration_ms":{_json_ms(self.p95_duration_seconds)},'
+            f'"p99_duration_ms":{_json_ms(self.p99_duration_seconds)},'
+            f'"success_rate":{"null" if rate is None else repr(round(rate, 4))},'
+            f'"history_runs":{self.history_runs},"history_dropped":{self.history_dropped},'
+            f'"metadata":{text(dict(self.metadata)) if self.metadata else "{}"},'
+            f'"created_at":{_json_time(self.created_at)},'
+            f'"updated_at":{_json_time(self.updated_at)}}}'
+        ).encode()
 
 
 @dataclass(frozen=True)

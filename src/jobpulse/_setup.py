@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -42,7 +43,8 @@ from jobpulse._exceptions import InvalidJobError
 from jobpulse._guard import Guard
 from jobpulse._monitor import JobMonitor
 from jobpulse._sampling import JobAwareSampler
-from jobpulse._validation import to_seconds
+from jobpulse._instruments import validate_namespace
+from jobpulse._validation import to_seconds, validate_positive_int
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter
@@ -126,11 +128,12 @@ def setup(
     protocol = otlp_protocol or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip() or "grpc"
     if protocol not in PROTOCOLS:
         raise InvalidJobError(f"otlp_protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    # Every argument is checked before anything global is built.
     monitor_options: dict[str, Any] = {
-        "namespace": namespace,
-        "stall_after": stall_after,
-        "max_jobs": max_jobs,
-        "max_history": max_history,
+        "namespace": validate_namespace(namespace),
+        "stall_after": to_seconds(stall_after, "stall_after"),
+        "max_jobs": validate_positive_int(max_jobs, "max_jobs"),
+        "max_history": validate_positive_int(max_history, "max_history"),
     }
     with _lock:
         if _active is not None and not _active.closed:
@@ -157,7 +160,9 @@ def setup(
                 )
                 _add_batch(tracer_provider, exporter, export_seconds, owned, new)
             if console:
-                _add_batch(tracer_provider, ConsoleSpanExporter(), export_seconds, owned, new)
+                _add_batch(
+                    tracer_provider, ConsoleSpanExporter(out=sys.stdout), export_seconds, owned, new
+                )
 
         readers: list[MetricReader] = []
         registry = None
@@ -172,9 +177,11 @@ def setup(
                     export_timeout_millis=export_seconds * 1000.0,
                 )
             )
-        meter_provider = _meter_provider(resource, readers, shutdown_seconds, owned)
-        if registry is not None and meter_provider is None:
-            registry = None
+        meter_provider, meter_provider_is_new = _meter_provider(
+            resource, readers, shutdown_seconds, owned
+        )
+        if not meter_provider_is_new:
+            registry = None  # the reader was not attached
 
         monitor = JobMonitor(tracer_provider, meter_provider, **monitor_options)
         monitor._prometheus_registry = registry
@@ -242,7 +249,8 @@ def _meter_provider(
     readers: list[MetricReader],
     shutdown_seconds: float,
     owned: list[Callable[[], object]],
-) -> metrics.MeterProvider | None:
+) -> tuple[metrics.MeterProvider | None, bool]:
+    """The meter provider to use, and whether it is new (built and set global here)."""
     current = metrics.get_meter_provider()
     if isinstance(current, SdkMeterProvider):
         if readers:
@@ -254,13 +262,13 @@ def _meter_provider(
             # Built but not attached: release what it holds (the Prometheus collector).
             with _SHUTDOWN_GUARD:
                 reader.shutdown()
-        return current
+        return current, False
     if not isinstance(current, _ProxyMeterProvider):
-        return None
+        return None, False
     provider = SdkMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     metrics.set_meter_provider(provider)
     owned.append(lambda: provider.shutdown(timeout_millis=shutdown_seconds * 1000.0))
-    return provider
+    return provider, True
 
 
 def _prometheus_reader(
@@ -288,6 +296,13 @@ def _http_url(endpoint: str | None, path: str) -> str | None:
     return None if endpoint is None else endpoint.rstrip("/") + path
 
 
+def _grpc_metadata(headers: Mapping[str, str] | None) -> dict[str, str] | None:
+    # gRPC rejects a metadata key with a capital letter ("Illegal header key") and the
+    # exporter passes a dict through as it is, so every export would fail. Header names are
+    # case-insensitive; the exporter lower-cases those it reads from the environment too.
+    return {name.lower(): value for name, value in headers.items()} if headers else None
+
+
 def _otlp_span_exporter(
     protocol: str, endpoint: str | None, headers: Mapping[str, str] | None, timeout: float
 ) -> SpanExporter:
@@ -296,7 +311,7 @@ def _otlp_span_exporter(
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             return OTLPSpanExporter(
-                endpoint=endpoint, headers=dict(headers) if headers else None, timeout=timeout
+                endpoint=endpoint, headers=_grpc_metadata(headers), timeout=timeout
             )
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter as HttpSpanExporter,
@@ -316,7 +331,7 @@ def _otlp_metric_exporter(
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
             return OTLPMetricExporter(
-                endpoint=endpoint, headers=dict(headers) if headers else None, timeout=timeout
+                endpoint=endpoint, headers=_grpc_metadata(headers), timeout=timeout
             )
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
             OTLPMetricExporter as HttpMetricExporter,

@@ -1,0 +1,280 @@
+"""Latency and request rate of ``GET /api/v1/health/jobs`` with many jobs in process.
+
+Part 1, in process: the Starlette app is called directly (routing, the handler, the
+response), with `--jobs` jobs (default 1,000; half on a schedule, one in ten critical,
+each with 20 runs of history), in three situations:
+  steady      nothing changed between requests
+  churn       `--churn` jobs (default 35) finished a run between requests: 1,000 jobs
+              running about once a minute each, polled every 2 s
+  all         every job changed since the last request (the worst case; reported only)
+Target: churn p99 under 5 ms.
+
+Part 2, through uvicorn on 127.0.0.1: one server process serves both a trivial Starlette
+JSON route and the jobs endpoint; a client process sends requests one after another on a
+keep-alive connection for `--seconds` per case, the cases alternating. "ratio" is the
+jobs endpoint's request rate over the trivial route's, measured in the same run, with
+the same `--jobs` and with the spec's service size (12 jobs). Target: at least 0.5.
+
+    python benchmarks/health_endpoint.py [--jobs N] [--churn N] [--requests N] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from jobpulse import JobMonitor
+from jobpulse.starlette import HEALTH_PATH, routes
+
+TARGET_P99_MS = 5.0
+TARGET_RATE_RATIO = 0.5
+SPEC_JOBS = 12
+
+
+def populated_monitor(jobs: int) -> tuple[JobMonitor, list[str]]:
+    monitor = JobMonitor(
+        TracerProvider(shutdown_on_exit=False),
+        MeterProvider(shutdown_on_exit=False),
+        max_jobs=max(jobs, 1000),
+    )
+    names = [f"job_{index:04d}" for index in range(jobs)]
+    for index, name in enumerate(names):
+        monitor.register(
+            name, critical=index % 10 == 0, schedule="@every 1h" if index % 2 else None
+        )
+        for run in range(20):
+            try:
+                with monitor.run(name):
+                    if run % 9 == 8 and index % 3 == 0:
+                        raise ValueError("simulated failure")
+            except ValueError:
+                pass
+    return monitor, names
+
+
+def app_for(monitor: JobMonitor) -> Starlette:
+    async def trivial(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[Route("/trivial", trivial), *routes(monitor, metrics=False)])
+
+
+async def call(app: Starlette, path: str) -> tuple[int, int]:
+    """Call the ASGI app once; (status, body bytes)."""
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    status = size = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, size
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        else:
+            size += len(message.get("body", b""))
+
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    return status, size
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def in_process(jobs: int, churn: int, requests: int) -> dict[str, list[float]]:
+    """Milliseconds per request in each situation."""
+    monitor, names = populated_monitor(jobs)
+    app = app_for(monitor)
+    rng = random.Random(1)
+
+    def run_some(count: int) -> Callable[[], None]:
+        def changes() -> None:
+            for name in rng.sample(names, count):
+                with monitor.run(name):
+                    pass
+
+        return changes
+
+    situations: dict[str, tuple[Callable[[], None], int]] = {
+        "steady": (lambda: None, requests),
+        "churn": (run_some(min(churn, jobs)), requests),
+        "all": (run_some(jobs), max(10, requests // 20)),
+    }
+    results: dict[str, list[float]] = {}
+
+    async def measure() -> None:
+        await call(app, HEALTH_PATH)
+        for situation, (between, count) in situations.items():
+            samples = results.setdefault(situation, [])
+            for _ in range(count):
+                between()
+                started = time.perf_counter()
+                status, _ = await call(app, HEALTH_PATH)
+                samples.append((time.perf_counter() - started) * 1000.0)
+                assert status in (200, 206, 503), status
+
+    asyncio.run(measure())
+    monitor.shutdown()
+    return results
+
+
+# -- through uvicorn -----------------------------------------------------------------------
+
+
+def serve(port: int, jobs: int) -> None:
+    import uvicorn
+
+    monitor, _ = populated_monitor(jobs)
+    uvicorn.run(
+        app_for(monitor), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Client:
+    """Sequential keep-alive HTTP/1.1 GETs over one socket: far cheaper per request than the
+    server's work, so the server is what is measured."""
+
+    def __init__(self, port: int) -> None:
+        self._sock = socket.create_connection(("127.0.0.1", port))
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buffer = bytearray(4 << 20)
+
+    def get(self, path: str) -> int:
+        request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+        self._sock.sendall(request)
+        view = memoryview(self._buffer)
+        received = 0
+        header_end = -1
+        while header_end < 0:
+            received += self._sock.recv_into(view[received:])
+            header_end = self._buffer.find(b"\r\n\r\n", 0, received)
+        head = bytes(self._buffer[:header_end]).lower()
+        length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+        total = header_end + 4 + length
+        while received < total:
+            received += self._sock.recv_into(view[received:])
+        return int(head[9:12])
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def wait_until_up(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)  # a server start; nothing to wait on but the port
+    raise RuntimeError("the benchmark server did not start")
+
+
+def request_rates(jobs: int, seconds: float, rounds: int = 3) -> dict[str, float]:
+    """Requests per second of each path, alternating paths in `rounds` rounds."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port), "--jobs", str(jobs)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_until_up(port, time.monotonic() + 60.0)
+        client = Client(port)
+        counts = {"/trivial": 0, HEALTH_PATH: 0}
+        spent = dict.fromkeys(counts, 0.0)
+        for path in counts:
+            client.get(path)  # warm up
+        for _ in range(rounds):
+            for path in counts:
+                started = time.perf_counter()
+                stop = started + seconds / rounds
+                while time.perf_counter() < stop:
+                    assert client.get(path) in (200, 206, 503)
+                    counts[path] += 1
+                spent[path] += time.perf_counter() - started
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return {path: counts[path] / spent[path] for path in counts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--churn", type=int, default=35)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.jobs)
+        return 0
+
+    failed = False
+    print(f"in process, {args.jobs} jobs, {args.requests} requests per situation")
+    print(f"  {'situation':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for situation, samples in in_process(args.jobs, args.churn, args.requests).items():
+        p99 = percentile(samples, 0.99)
+        verdict = ""
+        if situation == "churn":
+            passed = p99 < TARGET_P99_MS
+            failed |= not passed
+            verdict = f"  target p99 < {TARGET_P99_MS} ms: {'PASS' if passed else 'FAIL'}"
+        print(
+            f"  {situation:<10} {percentile(samples, 0.5):>8.2f} {p99:>8.2f}"
+            f" {max(samples):>8.2f}{verdict}"
+        )
+
+    print(f"through uvicorn, {args.seconds:.0f} s per server")
+    print(f"  {'jobs':>6} {'trivial req/s':>14} {'jobs req/s':>11} {'ratio':>6}")
+    for jobs in sorted({SPEC_JOBS, args.jobs}):
+        rates = request_rates(jobs, args.seconds)
+        ratio = rates[HEALTH_PATH] / rates["/trivial"]
+        passed = ratio >= TARGET_RATE_RATIO
+        failed |= not passed
+        print(
+            f"  {jobs:>6} {rates['/trivial']:>14.0f} {rates[HEALTH_PATH]:>11.0f} {ratio:>6.2f}"
+            f"  target >= {TARGET_RATE_RATIO}: {'PASS' if passed else 'FAIL'}"
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
