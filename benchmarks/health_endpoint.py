@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -95,14 +95,14 @@ async def call(app: Starlette, path: str) -> tuple[int, int]:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         nonlocal status, size
         if message["type"] == "http.response.start":
             status = message["status"]
         else:
             size += len(message.get("body", b""))
 
-    await app(scope, receive, send)  # type: ignore[arg-type]
+    await app(scope, receive, send)
     return status, size
 
 

@@ -150,6 +150,9 @@ def _reset_otel_globals() -> None:
     from opentelemetry.metrics import _internal as metrics_internal
     from opentelemetry.util._once import Once
 
+    from jobpulse import _setup
+
+    _setup._built_globals.clear()
     trace._TRACER_PROVIDER_SET_ONCE = Once()
     trace._TRACER_PROVIDER = None
     metrics_internal._METER_PROVIDER_SET_ONCE = Once()

@@ -24,6 +24,7 @@ def test_documents_have_code() -> None:
     assert len(_blocks()) >= 5
 
 
+@pytest.mark.usefixtures("otel_globals")  # blocks may call jobpulse.setup()
 @pytest.mark.parametrize(("where", "code"), _blocks(), ids=[where for where, _ in _blocks()])
 def test_code_block_runs(where: str, code: str, capsys: pytest.CaptureFixture[str]) -> None:
     namespace: dict[str, object] = {"__name__": f"docs_{where}"}

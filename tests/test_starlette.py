@@ -8,7 +8,7 @@ import importlib
 import json
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from jobpulse import JobMonitor
-from jobpulse.starlette import HEALTH_PATH, routes
+from jobpulse.starlette import HEALTH_PATH, lifespan, routes
 from jobpulse.testing import FakeClock
 from tests.conftest import InternalErrors
 
@@ -32,7 +32,7 @@ def client_for(app: Starlette) -> httpx.Client:
         def handle_request(self, request: httpx.Request) -> httpx.Response:
             async def send() -> httpx.Response:
                 response = await httpx.ASGITransport(app=app).handle_async_request(request)
-                content = await response.aread()
+                content = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
                 return httpx.Response(
                     response.status_code, headers=response.headers, content=content
                 )
@@ -290,3 +290,36 @@ def test_real_uvicorn_server(make_monitor: Any) -> None:
         server.should_exit = True
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_metrics_are_gzipped_when_the_scraper_asks(
+    registry: CollectorRegistry, client: httpx.Client
+) -> None:
+    Counter("zipped_things", "Things.", registry=registry).inc()
+    response = client.get("/metrics", headers={"accept-encoding": "gzip"})
+    assert response.headers["content-encoding"] == "gzip"
+    assert "zipped_things_total 1.0" in response.text  # httpx decompresses
+    plain = client.get("/metrics", headers={"accept-encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+
+
+def test_lifespan_shuts_the_monitor_down_when_the_server_stops(monitor: JobMonitor) -> None:
+    app = Starlette(routes=routes(monitor, metrics=False), lifespan=lifespan(monitor))
+
+    async def serve_lifespan() -> list[str]:
+        messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+        sent: list[str] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0)
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message["type"])
+
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+        return sent
+
+    assert not monitor.closed
+    sent = asyncio.run(serve_lifespan())
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert monitor.closed

@@ -16,11 +16,13 @@ It builds what is missing and reuses what the application already has:
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import sys
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -41,9 +43,9 @@ from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
 
 from jobpulse._exceptions import InvalidJobError
 from jobpulse._guard import Guard
+from jobpulse._instruments import validate_namespace
 from jobpulse._monitor import JobMonitor
 from jobpulse._sampling import JobAwareSampler
-from jobpulse._instruments import validate_namespace
 from jobpulse._validation import to_seconds, validate_positive_int
 
 if TYPE_CHECKING:
@@ -63,6 +65,8 @@ _ENDPOINT_VARIABLES = (
 _SHUTDOWN_GUARD = Guard("telemetry shutdown")
 _lock = threading.Lock()
 _active: JobMonitor | None = None
+# The global providers setup() built, which its monitor's shutdown shuts down
+_built_globals: weakref.WeakSet[object] = weakref.WeakSet()
 
 
 def setup(
@@ -141,6 +145,13 @@ def setup(
                 "jobpulse.setup() was already called in this process; use the monitor it "
                 "returned (or shut that one down first)"
             )
+        current = (trace.get_tracer_provider(), metrics.get_meter_provider())
+        if any(provider in _built_globals for provider in current):
+            raise RuntimeError(
+                "jobpulse.setup() cannot run again after its monitor was shut down: the global "
+                "providers it set are shut down and OpenTelemetry cannot replace them; call "
+                "setup() once per process"
+            )
         if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
             logger.info("OTEL_SDK_DISABLED=true: job runs are tracked, nothing is exported")
             _active = JobMonitor(**monitor_options)
@@ -149,6 +160,7 @@ def setup(
         use_otlp = otlp_endpoint is not None or any(
             os.environ.get(variable) for variable in _ENDPOINT_VARIABLES
         )
+        _check_extras(prometheus=prometheus, otlp_protocol=protocol if use_otlp else None)
         resource = _resource(service_name, resource_attributes)
         owned: list[Callable[[], object]] = []
 
@@ -226,6 +238,7 @@ def _tracer_provider(
         shutdown_on_exit=False,
     )
     trace.set_tracer_provider(provider)
+    _built_globals.add(provider)
     owned.append(provider.shutdown)
     return provider, True
 
@@ -267,6 +280,7 @@ def _meter_provider(
         return None, False
     provider = SdkMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     metrics.set_meter_provider(provider)
+    _built_globals.add(provider)
     owned.append(lambda: provider.shutdown(timeout_millis=shutdown_seconds * 1000.0))
     return provider, True
 
@@ -274,6 +288,12 @@ def _meter_provider(
 def _prometheus_reader(
     registry: CollectorRegistry | None,
 ) -> tuple[MetricReader, CollectorRegistry]:
+    default_registry, reader_class = _prometheus_classes()
+    target = default_registry if registry is None else registry
+    return reader_class(scope_info_enabled=False, registry=target), target
+
+
+def _prometheus_classes() -> tuple[CollectorRegistry, Callable[..., MetricReader]]:
     try:
         import prometheus_client
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -282,8 +302,19 @@ def _prometheus_reader(
             "setup(prometheus=True) needs the Prometheus exporter: "
             "pip install 'jobpulse[prometheus]' (or pass prometheus=False)"
         ) from None
-    target = prometheus_client.REGISTRY if registry is None else registry
-    return PrometheusMetricReader(scope_info_enabled=False, registry=target), target
+    return prometheus_client.REGISTRY, PrometheusMetricReader
+
+
+def _check_extras(*, prometheus: bool, otlp_protocol: str | None) -> None:
+    """Raise the ImportError naming the extra to install before anything global is built."""
+    if prometheus:
+        _prometheus_classes()
+    if otlp_protocol is not None:
+        package = "grpc" if otlp_protocol == "grpc" else "http"
+        try:
+            importlib.import_module(f"opentelemetry.exporter.otlp.proto.{package}.trace_exporter")
+        except ImportError:
+            raise _otlp_missing() from None
 
 
 def _otlp_missing() -> ImportError:

@@ -3,7 +3,8 @@
 ::
 
     from jobpulse.starlette import routes
-    app = Starlette(routes=routes(monitor))          # or Mount("/ops", routes=routes(monitor))
+    app = Starlette(routes=routes(monitor), lifespan=lifespan(monitor))
+    # or Mount("/ops", routes=routes(monitor))
     fastapi_app.router.routes.extend(routes(monitor))
 
 - ``GET /api/v1/health/jobs``: the health document; 200 healthy, 206 degraded,
@@ -12,13 +13,18 @@
   unknown job. ``?limit=N`` sets how many runs (default 100).
 - ``GET /metrics``: the Prometheus exposition (OpenMetrics when the scraper asks for it).
 
+``lifespan(monitor)`` shuts the monitor down when the server stops (uvicorn skips
+``atexit`` on SIGTERM).
+
 None of them needs authentication, so none shows a stack trace or a secret: errors are
 redacted when recorded, and a failure inside jobpulse answers a bare 500.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 try:
@@ -36,7 +42,7 @@ from jobpulse._health import evaluate
 from jobpulse._model import dump_json, from_ns, rfc3339
 from jobpulse._monitor import JobMonitor
 
-__all__ = ["HEALTH_PATH", "METRICS_PATH", "routes"]
+__all__ = ["HEALTH_PATH", "METRICS_PATH", "lifespan", "routes"]
 
 HEALTH_PATH = "/api/v1/health/jobs"
 METRICS_PATH = "/metrics"
@@ -147,12 +153,41 @@ def _job_endpoint(monitor: JobMonitor) -> Callable[[Request], Awaitable[Response
 def _metrics_endpoint(registry: Any) -> Callable[[Request], Awaitable[Response]]:
     from prometheus_client.exposition import choose_encoder
 
+    def exposition(accept: str, gzipped: bool) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        body: bytes = encoder(registry)
+        return (gzip.compress(body, compresslevel=1) if gzipped else body), content_type
+
     async def metrics(request: Request) -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        # Prometheus asks for gzip; a scrape of many series shrinks about tenfold.
+        gzipped = "gzip" in request.headers.get("accept-encoding", "")
         try:
-            body = await run_in_threadpool(encoder, registry)
+            body, content_type = await run_in_threadpool(
+                exposition, request.headers.get("accept", ""), gzipped
+            )
         except Exception as exc:  # noqa: BLE001 - reported; never a trace in the answer
             return _internal_error("metrics endpoint", exc)
-        return Response(body, media_type=content_type, headers=_HEADERS)
+        headers = {**_HEADERS, "Content-Encoding": "gzip"} if gzipped else _HEADERS
+        return Response(body, media_type=content_type, headers=headers)
 
     return metrics
+
+
+def lifespan(monitor: JobMonitor) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A Starlette ``lifespan`` that shuts `monitor` down when the server stops.
+
+    uvicorn stops on SIGTERM and then re-raises the signal, so ``atexit`` handlers never run
+    and the spans and metrics still buffered would be lost: shut the monitor down in the
+    application's lifespan instead. ``Starlette(routes=..., lifespan=lifespan(monitor))``;
+    an application with its own lifespan calls ``monitor.shutdown()`` at the end of it.
+    """
+
+    @asynccontextmanager
+    async def run(app: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            # It may wait for exporters (up to setup()'s shutdown_timeout): not on the loop.
+            await run_in_threadpool(monitor.shutdown)
+
+    return run
