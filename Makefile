@@ -27,7 +27,7 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) -m examples.icy_backend
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py

@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from json.encoder import encode_basestring as _encode_str
 from typing import Any
 
 __all__ = [
@@ -75,8 +76,24 @@ def dump_json(content: Any) -> bytes:
 _BOOL = {False: "false", True: "true"}
 
 
+def _json_str(text: str | None) -> str:
+    return "null" if text is None else _encode_str(text)
+
+
+_TIME_CACHE: dict[datetime, str] = {}
+
+
 def _json_time(moment: datetime | None) -> str:
-    return "null" if moment is None else f'"{rfc3339(moment)}"'
+    # Many times repeat from one snapshot to the next (created_at, next runs shared by
+    # jobs on one schedule): formatting is the costliest part of a job's member.
+    if moment is None:
+        return "null"
+    text = _TIME_CACHE.get(moment)
+    if text is None:
+        if len(_TIME_CACHE) >= 8192:
+            _TIME_CACHE.clear()
+        text = _TIME_CACHE[moment] = f'"{rfc3339(moment)}"'
+    return text
 
 
 def _json_ms(seconds: float | None) -> str:
@@ -215,8 +232,8 @@ class JobStatus:
         changes, so the endpoint never re-serializes an unchanged job. Written out field by
         field because building the dict and encoding it costs about three times as much.
         """
-        text = _ENCODER.encode
-        name = text(self.job_name)
+        text = _json_str
+        name = _encode_str(self.job_name)
         rate = self.success_rate
         return (
             f"{name}:{{"
@@ -248,7 +265,7 @@ class JobStatus:
             f'"p99_duration_ms":{_json_ms(self.p99_duration_seconds)},'
             f'"success_rate":{"null" if rate is None else repr(round(rate, 4))},'
             f'"history_runs":{self.history_runs},"history_dropped":{self.history_dropped},'
-            f'"metadata":{text(dict(self.metadata)) if self.metadata else "{}"},'
+            f'"metadata":{_ENCODER.encode(dict(self.metadata)) if self.metadata else "{}"},'
             f'"created_at":{_json_time(self.created_at)},'
             f'"updated_at":{_json_time(self.updated_at)}}}'
         ).encode()

@@ -37,6 +37,7 @@ from opentelemetry.sdk.resources import (
     OTELResourceDetector,
     Resource,
 )
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
@@ -173,7 +174,11 @@ def setup(
                 _add_batch(tracer_provider, exporter, export_seconds, owned, new)
             if console:
                 _add_batch(
-                    tracer_provider, ConsoleSpanExporter(out=sys.stdout), export_seconds, owned, new
+                    tracer_provider,
+                    ConsoleSpanExporter(out=sys.stdout, formatter=_one_line),
+                    export_seconds,
+                    owned,
+                    new,
                 )
 
         readers: list[MetricReader] = []
@@ -241,6 +246,11 @@ def _tracer_provider(
     _built_globals.add(provider)
     owned.append(provider.shutdown)
     return provider, True
+
+
+def _one_line(span: ReadableSpan) -> str:
+    # The SDK's default prints each span as about 50 lines of indented JSON.
+    return str(span.to_json(indent=None)) + os.linesep
 
 
 def _add_batch(
