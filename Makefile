@@ -32,6 +32,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/health_endpoint.py
+	$(PY) benchmarks/dead_collector.py
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache .pytest_cache htmlcov

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import replace
@@ -253,4 +254,38 @@ def test_the_health_json_equals_to_dict(monitor: JobMonitor, clock: FakeClock) -
     )
     body = report.to_json()
     assert json.loads(body) == report.to_dict()
-    assert body.startswith(b'{"status":"') and b'", "' not in body.split(b'"jobs"')[0]
+    assert body.startswith(b'{"status":"')
+    assert b'", "' not in body.split(b'"jobs"')[0]
+
+
+def test_registry_snapshots_set_every_field(monitor: JobMonitor) -> None:
+    # The registry builds snapshots without the dataclass __init__: it must still set
+    # exactly the declared fields, and compare equal to a normally built JobStatus.
+    with monitor.run("job") as run:
+        run.set_metadata(rows=1)
+    status = monitor.status("job")
+    assert status is not None
+    declared = {field.name for field in dataclasses.fields(JobStatus)}
+    assert set(vars(status)) == declared
+    rebuilt = JobStatus(**{name: getattr(status, name) for name in declared})
+    assert rebuilt == status
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        status.success_count = 5  # type: ignore[misc]
+
+
+def test_times_are_written_in_utc_whatever_their_zone() -> None:
+    berlin = timezone(timedelta(hours=1))
+    moment = datetime(2026, 3, 1, 13, 30, 15, 123456, tzinfo=berlin)
+    status = _job(last_run_time=moment)
+    assert status.to_dict()["last_run_time"] == "2026-03-01T12:30:15.123Z"
+    assert b'"last_run_time":"2026-03-01T12:30:15.123Z"' in status.json_member
+
+
+def test_the_time_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobpulse import _model
+
+    monkeypatch.setattr(_model, "_TIME_CACHE", {})
+    for second in range(8200):
+        _model._json_time(_EPOCH + timedelta(seconds=second))
+    assert len(_model._TIME_CACHE) <= 8192
+    assert _model._json_time(_EPOCH) == '"2026-01-01T00:00:00.000Z"'

@@ -10,6 +10,7 @@ import threading
 import prometheus_client
 import pytest
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NoOpTracerProvider
@@ -234,3 +235,14 @@ def test_shutdown_waits_at_most_its_deadline(caplog: pytest.LogCaptureFixture) -
     release.set()
     _shutdown_within(5.0, [lambda: done.append("quick")])
     assert "quick" in done
+
+
+def test_a_foreign_global_meter_provider_is_left_alone() -> None:
+    foreign = NoOpMeterProvider()
+    metrics.set_meter_provider(foreign)
+    monitor = jobpulse.setup("svc")
+    assert metrics.get_meter_provider() is foreign
+    assert monitor._prometheus_registry is None
+    with monitor.run("job"):
+        pass
+    assert monitor.status("job") is not None

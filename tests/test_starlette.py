@@ -323,3 +323,8 @@ def test_lifespan_shuts_the_monitor_down_when_the_server_stops(monitor: JobMonit
     sent = asyncio.run(serve_lifespan())
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert monitor.closed
+
+
+def test_metrics_default_to_the_global_registry(monitor: JobMonitor) -> None:
+    with client_for(Starlette(routes=routes(monitor))) as client:
+        assert "python_info" in client.get("/metrics").text  # prometheus_client's own collector

@@ -46,8 +46,8 @@ def _bucket(seconds: float) -> int:
     return math.ceil((math.log2(seconds) - _LOW_EXP) * _STEPS)
 
 
-def _quantile(cumulative: list[int], count: int, q: float) -> float:
-    return _MIDPOINTS[bisect_left(cumulative, max(1, math.ceil(q * count)))]
+def _quantile(cumulative: list[int], count: int, q: float, offset: int = 0) -> float:
+    return _MIDPOINTS[offset + bisect_left(cumulative, max(1, math.ceil(q * count)))]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,8 @@ class RunHistory:
         "_drop_hours",
         "_durations",
         "_head",
+        "_highest",
+        "_lowest",
         "_ok_counts",
         "_quiet_until",
         "_starts",
@@ -102,6 +104,9 @@ class RunHistory:
         self._head = 0  # index of the oldest held run; everything before it is dead
         self._successes = 0
         self._all_counts = self._ok_counts = _UNALLOCATED
+        # The range of buckets ever used: percentiles scan only these (a job's durations
+        # usually span a few doublings of the 250 buckets).
+        self._lowest, self._highest = _BUCKETS, -1
         self._drop_counts = self._drop_hours = _UNALLOCATED
         # Before this time `prune` has nothing to do (0: not known, look).
         self._quiet_until = 0
@@ -128,6 +133,10 @@ class RunHistory:
         if code == 0:
             self._ok_counts[bucket] += 1
             self._successes += 1
+        if bucket < self._lowest:
+            self._lowest = bucket
+        if bucket > self._highest:
+            self._highest = bucket
         head = self._head
         # The common case in one comparison: the oldest run is still within the window.
         if durations[head] * 1e9 < now_ns - WINDOW_NS - self._starts[head]:
@@ -183,8 +192,9 @@ class RunHistory:
         if runs == 0:
             return HistoryStats(0, 0, None, None, None, None)
         successes = self._successes
-        cumulative = list(accumulate(self._all_counts))
-        p50, p95, p99 = (_quantile(cumulative, runs, q) for q in (0.5, 0.95, 0.99))
+        low = self._lowest
+        cumulative = list(accumulate(self._all_counts[low : self._highest + 1]))
+        p50, p95, p99 = (_quantile(cumulative, runs, q, low) for q in (0.5, 0.95, 0.99))
         return HistoryStats(runs, successes, p50, p95, p99, successes / runs)
 
     def success_percentile(self, q: float) -> tuple[int, float | None]:
@@ -195,7 +205,9 @@ class RunHistory:
         successes = self._successes
         if successes == 0:
             return 0, None
-        return successes, _quantile(list(accumulate(self._ok_counts)), successes, q)
+        low = self._lowest
+        cumulative = list(accumulate(self._ok_counts[low : self._highest + 1]))
+        return successes, _quantile(cumulative, successes, q, low)
 
     def records(self) -> list[tuple[int, float, int]]:
         """(start_ns, duration_seconds, code) of every held run, oldest-ended first."""

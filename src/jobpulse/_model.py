@@ -172,6 +172,16 @@ class JobStatus:
     history_runs: int = 0
     history_dropped: int = 0
 
+    @classmethod
+    def _of(cls, **fields: Any) -> JobStatus:
+        # The registry builds one of these per changed job each time the view is read; the
+        # frozen dataclass's __init__ sets 36 fields one object.__setattr__ at a time, which
+        # costs more than everything else in the snapshot. Every field must be passed
+        # (tests check the registry's call against the dataclass fields).
+        status = object.__new__(cls)
+        status.__dict__.update(fields)
+        return status
+
     @property
     def run_count(self) -> int:
         """Finished runs, successful or not."""

@@ -670,11 +670,12 @@ class JobMonitor:
         if self._closed:
             return
         self._closed = True
+        # What setup() built is flushed first: its final metric export reads the view.
+        for step in self._on_shutdown:
+            step()
         self._processor.shutdown()
         if self._private_provider is not None:
             self._private_provider.shutdown()
-        for step in self._on_shutdown:
-            step()
 
 
 def _function_name(func: Callable[..., Any]) -> str:

@@ -235,7 +235,7 @@ class _Job:
         runs = self.success_count + self.failure_count
         stats = self.history_stats()
         schedule = self.schedule
-        return JobStatus(
+        return JobStatus._of(
             job_name=self.name,
             state=self.state(),
             critical=self.critical,

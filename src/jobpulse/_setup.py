@@ -42,6 +42,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
 
+from jobpulse._backoff import BackoffSpanExporter
 from jobpulse._exceptions import InvalidJobError
 from jobpulse._guard import Guard
 from jobpulse._instruments import validate_namespace
@@ -58,11 +59,8 @@ __all__ = ["setup"]
 logger = logging.getLogger("jobpulse")
 
 PROTOCOLS = ("grpc", "http/protobuf")
-_ENDPOINT_VARIABLES = (
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-)
+_TRACES_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+_METRICS_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
 _SHUTDOWN_GUARD = Guard("telemetry shutdown")
 _lock = threading.Lock()
 _active: JobMonitor | None = None
@@ -158,56 +156,76 @@ def setup(
             _active = JobMonitor(**monitor_options)
             return _active
 
-        use_otlp = otlp_endpoint is not None or any(
-            os.environ.get(variable) for variable in _ENDPOINT_VARIABLES
+        otlp_traces = otlp_endpoint is not None or _environment_has(_TRACES_ENDPOINTS)
+        otlp_metrics = otlp_endpoint is not None or _environment_has(_METRICS_ENDPOINTS)
+        _check_extras(
+            prometheus=prometheus, otlp_protocol=protocol if otlp_traces or otlp_metrics else None
         )
-        _check_extras(prometheus=prometheus, otlp_protocol=protocol if use_otlp else None)
         resource = _resource(service_name, resource_attributes)
-        owned: list[Callable[[], object]] = []
+        # Shut down in this order: the final metric export first, while the status view its
+        # observable instruments read is still open (the tracer provider's shutdown closes
+        # it, through the monitor's span processor), then the spans.
+        metric_steps: list[Callable[[], object]] = []
+        span_steps: list[Callable[[], object]] = []
 
-        tracer_provider, new = _tracer_provider(resource, owned)
+        tracer_provider, new_tracer_provider = _tracer_provider(resource)
         if tracer_provider is not None:
-            if use_otlp and (new or otlp_endpoint is not None):
-                exporter = _otlp_span_exporter(
-                    protocol, otlp_endpoint, otlp_headers, export_seconds
+            if new_tracer_provider:
+                span_steps.append(tracer_provider.shutdown)
+            exporters: list[SpanExporter] = []
+            if otlp_traces and (new_tracer_provider or otlp_endpoint is not None):
+                exporters.append(
+                    BackoffSpanExporter(
+                        _otlp_span_exporter(protocol, otlp_endpoint, otlp_headers, export_seconds)
+                    )
                 )
-                _add_batch(tracer_provider, exporter, export_seconds, owned, new)
             if console:
-                _add_batch(
-                    tracer_provider,
-                    ConsoleSpanExporter(out=sys.stdout, formatter=_one_line),
-                    export_seconds,
-                    owned,
-                    new,
+                exporters.append(ConsoleSpanExporter(out=sys.stdout, formatter=_one_line))
+            for exporter in exporters:
+                processor = BatchSpanProcessor(
+                    exporter, export_timeout_millis=export_seconds * 1000.0
                 )
+                tracer_provider.add_span_processor(processor)
+                if not new_tracer_provider:
+                    # Added to the application's provider: ours to close, the provider is not.
+                    span_steps.append(processor.shutdown)
 
-        readers: list[MetricReader] = []
-        registry = None
-        if prometheus:
-            reader, registry = _prometheus_reader(prometheus_registry)
-            readers.append(reader)
-        if use_otlp:
-            readers.append(
-                PeriodicExportingMetricReader(
-                    _otlp_metric_exporter(protocol, otlp_endpoint, otlp_headers, export_seconds),
-                    export_interval_millis=None if interval is None else interval * 1000.0,
-                    export_timeout_millis=export_seconds * 1000.0,
+        def readers() -> tuple[list[MetricReader], CollectorRegistry | None]:
+            built: list[MetricReader] = []
+            registry = None
+            if prometheus:
+                reader, registry = _prometheus_reader(prometheus_registry)
+                built.append(reader)
+            if otlp_metrics:
+                built.append(
+                    PeriodicExportingMetricReader(
+                        _otlp_metric_exporter(
+                            protocol, otlp_endpoint, otlp_headers, export_seconds
+                        ),
+                        export_interval_millis=None if interval is None else interval * 1000.0,
+                        export_timeout_millis=export_seconds * 1000.0,
+                    )
                 )
-            )
-        meter_provider, meter_provider_is_new = _meter_provider(
-            resource, readers, shutdown_seconds, owned
-        )
-        if not meter_provider_is_new:
-            registry = None  # the reader was not attached
+            return built, registry
+
+        meter_provider, registry = _meter_provider(resource, readers)
+        if isinstance(meter_provider, SdkMeterProvider) and meter_provider in _built_globals:
+            built = meter_provider
+            metric_steps.append(lambda: built.shutdown(timeout_millis=shutdown_seconds * 1000.0))
 
         monitor = JobMonitor(tracer_provider, meter_provider, **monitor_options)
         monitor._prometheus_registry = registry
-        if owned:
-            steps = list(owned)
+        steps = metric_steps + span_steps
+        if steps:
             monitor._on_shutdown.append(lambda: _shutdown_within(shutdown_seconds, steps))
         atexit.register(monitor.shutdown)
+        monitor._on_shutdown.append(lambda: atexit.unregister(monitor.shutdown))
         _active = monitor
         return monitor
+
+
+def _environment_has(variables: tuple[str, ...]) -> bool:
+    return any(os.environ.get(variable, "").strip() for variable in variables)
 
 
 def _resource(
@@ -223,9 +241,7 @@ def _resource(
     return Resource.create({**defaults, **from_environment.attributes})
 
 
-def _tracer_provider(
-    resource: Resource, owned: list[Callable[[], object]]
-) -> tuple[SdkTracerProvider | None, bool]:
+def _tracer_provider(resource: Resource) -> tuple[SdkTracerProvider | None, bool]:
     """The provider to use, and whether it is new (built and set global here)."""
     current = trace.get_tracer_provider()
     if isinstance(current, SdkTracerProvider):
@@ -244,7 +260,6 @@ def _tracer_provider(
     )
     trace.set_tracer_provider(provider)
     _built_globals.add(provider)
-    owned.append(provider.shutdown)
     return provider, True
 
 
@@ -253,46 +268,26 @@ def _one_line(span: ReadableSpan) -> str:
     return str(span.to_json(indent=None)) + os.linesep
 
 
-def _add_batch(
-    provider: SdkTracerProvider,
-    exporter: SpanExporter,
-    export_seconds: float,
-    owned: list[Callable[[], object]],
-    new: bool,
-) -> None:
-    processor = BatchSpanProcessor(exporter, export_timeout_millis=export_seconds * 1000.0)
-    provider.add_span_processor(processor)
-    if not new:
-        # Added to the application's provider: ours to close, the provider is not.
-        owned.append(processor.shutdown)
-
-
 def _meter_provider(
     resource: Resource,
-    readers: list[MetricReader],
-    shutdown_seconds: float,
-    owned: list[Callable[[], object]],
-) -> tuple[metrics.MeterProvider | None, bool]:
-    """The meter provider to use, and whether it is new (built and set global here)."""
+    readers: Callable[[], tuple[list[MetricReader], CollectorRegistry | None]],
+) -> tuple[metrics.MeterProvider | None, CollectorRegistry | None]:
+    """The meter provider to use, and the Prometheus registry its reader writes to (if it
+    has one of ours). Readers are built only for a provider built here."""
     current = metrics.get_meter_provider()
     if isinstance(current, SdkMeterProvider):
-        if readers:
-            logger.info(
-                "an OpenTelemetry MeterProvider is already set; it cannot take more readers, "
-                "so the job metrics go to the readers it has"
-            )
-        for reader in readers:
-            # Built but not attached: release what it holds (the Prometheus collector).
-            with _SHUTDOWN_GUARD:
-                reader.shutdown()
-        return current, False
+        logger.info(
+            "an OpenTelemetry MeterProvider is already set; it cannot take more readers, "
+            "so the job metrics go to the readers it has"
+        )
+        return current, None
     if not isinstance(current, _ProxyMeterProvider):
-        return None, False
-    provider = SdkMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+        return None, None
+    built, registry = readers()
+    provider = SdkMeterProvider(resource=resource, metric_readers=built, shutdown_on_exit=False)
     metrics.set_meter_provider(provider)
     _built_globals.add(provider)
-    owned.append(lambda: provider.shutdown(timeout_millis=shutdown_seconds * 1000.0))
-    return provider, True
+    return provider, registry
 
 
 def _prometheus_reader(
@@ -324,17 +319,18 @@ def _check_extras(*, prometheus: bool, otlp_protocol: str | None) -> None:
         try:
             importlib.import_module(f"opentelemetry.exporter.otlp.proto.{package}.trace_exporter")
         except ImportError:
-            raise _otlp_missing() from None
-
-
-def _otlp_missing() -> ImportError:
-    return ImportError("OTLP export needs the OTLP exporters: pip install 'jobpulse[otlp]'")
+            raise ImportError(
+                "OTLP export needs the OTLP exporters: pip install 'jobpulse[otlp]'"
+            ) from None
 
 
 def _http_url(endpoint: str | None, path: str) -> str | None:
     # The HTTP exporters take a full URL when given one, and append the path themselves
     # only to the endpoint they read from the environment.
-    return None if endpoint is None else endpoint.rstrip("/") + path
+    if endpoint is None:
+        return None
+    base = endpoint.rstrip("/")
+    return base if base.endswith(path) else base + path
 
 
 def _grpc_metadata(headers: Mapping[str, str] | None) -> dict[str, str] | None:
@@ -344,21 +340,20 @@ def _grpc_metadata(headers: Mapping[str, str] | None) -> dict[str, str] | None:
     return {name.lower(): value for name, value in headers.items()} if headers else None
 
 
+# The two builders below import what `_check_extras` has already found importable.
+
+
 def _otlp_span_exporter(
     protocol: str, endpoint: str | None, headers: Mapping[str, str] | None, timeout: float
 ) -> SpanExporter:
-    try:
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            return OTLPSpanExporter(
-                endpoint=endpoint, headers=_grpc_metadata(headers), timeout=timeout
-            )
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpSpanExporter,
-        )
-    except ImportError:
-        raise _otlp_missing() from None
+        return OTLPSpanExporter(endpoint=endpoint, headers=_grpc_metadata(headers), timeout=timeout)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
     return HttpSpanExporter(
         endpoint=_http_url(endpoint, "/v1/traces"), headers=headers, timeout=timeout
     )
@@ -367,18 +362,16 @@ def _otlp_span_exporter(
 def _otlp_metric_exporter(
     protocol: str, endpoint: str | None, headers: Mapping[str, str] | None, timeout: float
 ) -> MetricExporter:
-    try:
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-            return OTLPMetricExporter(
-                endpoint=endpoint, headers=_grpc_metadata(headers), timeout=timeout
-            )
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter as HttpMetricExporter,
+        return OTLPMetricExporter(
+            endpoint=endpoint, headers=_grpc_metadata(headers), timeout=timeout
         )
-    except ImportError:
-        raise _otlp_missing() from None
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+
     return HttpMetricExporter(
         endpoint=_http_url(endpoint, "/v1/metrics"), headers=headers, timeout=timeout
     )
