@@ -90,4 +90,4 @@ def test_health_endpoint_benchmark_runs() -> None:
     for situation in ("steady", "churn", "all"):
         assert f"  {situation} " in result.stdout
     assert "target p99 < 5.0 ms" in result.stdout
-    assert result.stdout.count("target >= 0.5") == 2  # the spec's 12 jobs and --jobs
+    assert result.stdout.count("target x trivial >= 0.5") == 3  # 12, 100 and --jobs jobs

@@ -40,20 +40,24 @@ def test_child_after_fork_tracks_its_own_runs(make_monitor: MonitorFactory) -> N
 
     def child() -> dict[str, object]:  # pragma: no cover - runs in the child
         parent_run = monitor.status("parent_job")
+        document = json.loads(monitor.health_json()[1])
         with monitor.run("child_job"):
             pass
         child = monitor.status("child_job")
         return {
             "parent_active_in_child": parent_run.active_runs if parent_run else None,
+            "endpoint_active_in_child": document["jobs"]["parent_job"]["active_runs"],
             "child_state": child.state.value if child else None,
             "child_successes": child.success_count if child else None,
         }
 
     with monitor.run("parent_job"):  # a run in progress in the parent, with a watchdog thread
+        monitor.health_json()  # the endpoint's serialized members are cached before the fork
         report = _in_child(child)
         assert monitor.status("parent_job").active_runs == 1  # type: ignore[union-attr]
     assert report == {
         "parent_active_in_child": 0,  # the parent's run is not the child's
+        "endpoint_active_in_child": 0,
         "child_state": "success",
         "child_successes": 1,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from jobpulse import HealthReport, HealthStatus, JobMonitor, JobsSummary, JobState, JobStatus
 from jobpulse._health import evaluate
 from jobpulse.testing import FakeClock
+from tests.conftest import MonitorFactory
 
 SPEC_JOB_FIELDS = {
     "job_name", "status", "last_run_time", "last_duration_ms", "next_run_time", "success_count",
@@ -281,11 +283,108 @@ def test_times_are_written_in_utc_whatever_their_zone() -> None:
     assert b'"last_run_time":"2026-03-01T12:30:15.123Z"' in status.json_member
 
 
-def test_the_time_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_seconds_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     from jobpulse import _model
 
-    monkeypatch.setattr(_model, "_TIME_CACHE", {})
+    monkeypatch.setattr(_model, "_SECONDS_CACHE", {})
+    start = _model.to_ns(_EPOCH)
     for second in range(8200):
-        _model._json_time(_EPOCH + timedelta(seconds=second))
-    assert len(_model._TIME_CACHE) <= 8192
-    assert _model._json_time(_EPOCH) == '"2026-01-01T00:00:00.000Z"'
+        _model._json_time(start + second * 1_000_000_000 + 999_999_999)
+    assert len(_model._SECONDS_CACHE) <= 8192
+    assert _model._json_time(start + 1_999_999) == '"2026-01-01T00:00:00.001Z"'
+    assert _model._json_time(start - 1) == '"2025-12-31T23:59:59.999Z"'
+
+
+def test_the_endpoint_document_follows_every_change(monitor: JobMonitor, clock: FakeClock) -> None:
+    # health_json() re-serializes only the jobs whose version moved; after any sequence of
+    # changes it must say what health().to_dict() says.
+    rng = random.Random(17)
+    names = [f"job_{index}" for index in range(8)]
+    monitor.register(names[0], critical=True, failure_threshold=2)
+    monitor.register(names[1], schedule="@every 1m")
+    monitor.register(names[2], stall_after=30)
+    open_runs: list[Any] = []
+    for step in range(400):
+        action = rng.random()
+        name = rng.choice(names)
+        if action < 0.4:
+            try:
+                with monitor.run(name) as run:
+                    run.set_metadata(step=step)
+                    clock.advance(rng.choice((0.001, 0.5, 3)))
+                    if rng.random() < 0.3:
+                        raise ConnectionError("https://user:pw@example.com down")
+            except ConnectionError:
+                pass
+        elif action < 0.5 and len(open_runs) < 2:
+            run = monitor.run(names[2])
+            run.__enter__()
+            open_runs.append(run)
+        elif action < 0.6 and open_runs:
+            open_runs.pop().__exit__(None, None, None)
+        elif action < 0.7:
+            clock.advance(rng.choice((1, 31, 61, 3600, 6 * 3600, 25 * 3600)))
+        elif action < 0.75:
+            monitor.unregister(name)
+        elif action < 0.8:
+            monitor.register(name, critical=rng.random() < 0.5)
+        elif action < 0.9:
+            monitor.history(name)  # reading the history prunes it too
+        else:
+            monitor.set_pending("kind", step)
+        if rng.random() < 0.5:  # either reader may be the first to see a change of time
+            expected = monitor.health().to_dict()
+            status, body = monitor.health_json()
+        else:
+            status, body = monitor.health_json()
+            expected = monitor.health().to_dict()
+        document = json.loads(body)
+        assert document["jobs"] == expected["jobs"], step
+        assert document["summary"] == expected["summary"], step
+        assert document["status"] == expected["status"] == status.value, step
+        assert document["timestamp"] == expected["timestamp"]
+    while open_runs:  # last in, first out: each run restores the context it found
+        open_runs.pop().__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("first_reader", ["health", "history", "health_json"])
+def test_runs_leaving_the_window_reach_the_endpoint_whoever_reads_first(
+    make_monitor: MonitorFactory, clock: FakeClock, first_reader: str
+) -> None:
+    monitor = make_monitor(retention=timedelta(days=30))
+    with monitor.run("job"):
+        clock.advance(1)
+    assert json.loads(monitor.health_json()[1])["jobs"]["job"]["history_runs"] == 1
+    clock.advance(25 * 3600)  # the run leaves the 24 h window
+    readers: dict[str, Callable[[], object]] = {
+        "health": monitor.health,
+        "history": lambda: monitor.history("job"),
+        "health_json": monitor.health_json,
+    }
+    readers[first_reader]()
+    assert json.loads(monitor.health_json()[1])["jobs"]["job"]["history_runs"] == 0
+    assert monitor.health().to_dict()["jobs"]["job"]["history_runs"] == 0
+
+
+def test_a_steady_poll_reuses_the_jobs_part(monitor: JobMonitor, clock: FakeClock) -> None:
+    for name in ("a", "b", "c"):
+        with monitor.run(name):
+            pass
+    _, first = monitor._health_parts()
+    clock.advance(1)
+    _, second = monitor._health_parts()
+    assert second[1] is first[1]  # nothing changed: the jobs part is not rebuilt
+    assert second[0] != first[0]  # the timestamp moved
+    with monitor.run("b"):
+        pass
+    _, third = monitor._health_parts()
+    assert third[1] is not first[1]
+    monitor.unregister("c")
+    monitor.register("d")  # as many jobs as before, but not the same ones
+    _, fourth = monitor._health_parts()
+    assert b'"d":{' in fourth[1]
+    assert b'"c":{' not in fourth[1]
+    document = json.loads(b"".join(fourth))
+    expected = monitor.health().to_dict()
+    assert document["jobs"] == expected["jobs"]
+    assert document["summary"] == expected["summary"]

@@ -361,7 +361,7 @@ def test_prune_skips_work_only_while_nothing_can_leave() -> None:
         if rng.random() < 0.5:
             duration = rng.randrange(0, 3 * HOUR)
             history.add(now - duration, duration, rng.choice((0, 1)), now)
-        fast_skipped = now < history._quiet_until
+        fast_skipped = now < history.quiet_until
         changed = history.prune(now)
         if fast_skipped:
             assert changed is False
@@ -370,7 +370,7 @@ def test_prune_skips_work_only_while_nothing_can_leave() -> None:
             reference.add(start, round(seconds * NS), code, now)
         assert reference.prune(now) is False  # nothing held should have left already
         assert_histograms_match(history)
-    assert history._quiet_until > now
+    assert history.quiet_until > now
 
 
 def test_a_quiet_history_wakes_up_when_an_eviction_count_expires() -> None:
@@ -379,6 +379,6 @@ def test_a_quiet_history_wakes_up_when_an_eviction_count_expires() -> None:
     history.add(T0 + 2 * NS, NS, 0, T0 + 3 * NS)  # evicts the first run
     assert history.dropped(T0 + 3 * NS) == 1
     assert history.prune(T0 + 3 * NS) is False
-    assert history._quiet_until <= T0 + 25 * HOUR
+    assert history.quiet_until <= T0 + 25 * HOUR
     assert history.prune(T0 + 25 * HOUR) is True  # both the run and the count left
     assert history.dropped(T0 + 25 * HOUR) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 from datetime import timedelta
@@ -362,24 +363,26 @@ def test_metadata_key_cap(monitor: JobMonitor, caplog: pytest.LogCaptureFixture)
 
 
 def test_overlapping_runs_are_tracked_separately(monitor: JobMonitor, clock: FakeClock) -> None:
-    first = monitor.run("indexer")
-    second = monitor.run("indexer")
-    first.__enter__()
+    # Overlapping runs live in different threads or tasks, each with its own context: the
+    # first may end before the second without either restoring the other's context.
+    first, first_context = monitor.run("indexer"), contextvars.copy_context()
+    second, second_context = monitor.run("indexer"), contextvars.copy_context()
+    first_context.run(first.__enter__)
     clock.advance(1)
-    second.__enter__()
+    second_context.run(second.__enter__)
     status = monitor.status("indexer")
     assert status is not None
     assert status.state is JobState.RUNNING
     assert status.active_runs == 2
     clock.advance(1)
-    first.__exit__(None, None, None)
+    first_context.run(first.__exit__, None, None, None)
     status = monitor.status("indexer")
     assert status is not None
     assert status.state is JobState.RUNNING
     assert status.active_runs == 1
     assert status.last_duration_seconds == 2.0
     clock.advance(3)
-    second.__exit__(None, None, None)
+    second_context.run(second.__exit__, None, None, None)
     status = monitor.status("indexer")
     assert status is not None
     assert status.state is JobState.SUCCESS

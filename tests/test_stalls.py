@@ -75,8 +75,8 @@ def test_each_overlapping_run_has_its_own_deadline(monitor: JobMonitor, clock: F
     assert monitor.status("indexer").stalled_runs == 1  # type: ignore[union-attr]
     clock.advance(0.001)
     assert monitor.status("indexer").stalled_runs == 2  # type: ignore[union-attr]
+    second.__exit__(None, None, None)  # last in, first out: each restores its context
     first.__exit__(None, None, None)
-    second.__exit__(None, None, None)
     assert monitor.status("indexer").state is JobState.SUCCESS  # type: ignore[union-attr]
     third.__enter__()
     clock.advance(9.999)

@@ -211,7 +211,7 @@ def test_a_failure_inside_jobpulse_answers_a_bare_500(
     def broken(*args: Any) -> Any:
         raise RuntimeError("secret=hunter2 in a bug")
 
-    monkeypatch.setattr(monitor, "health", broken)
+    monkeypatch.setattr(monitor, "_health_parts", broken)
     monkeypatch.setattr(monitor, "history", broken)
     for path in (HEALTH_PATH, HEALTH_PATH + "/job"):
         response = client.get(path)

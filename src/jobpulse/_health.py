@@ -3,15 +3,19 @@ health document served at ``GET /api/v1/health/jobs``."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Mapping
+import operator
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from jobpulse._model import JobsSummary, JobState, JobStatus, dump_json, rfc3339
+from jobpulse._registry import HealthRow
 
-__all__ = ["HealthReport", "HealthStatus", "evaluate"]
+__all__ = ["HealthDocument", "HealthReport", "HealthStatus", "evaluate"]
 
 
 class HealthStatus(str, enum.Enum):
@@ -32,6 +36,19 @@ class HealthStatus(str, enum.Enum):
 _HTTP_STATUS = {HealthStatus.HEALTHY: 200, HealthStatus.DEGRADED: 206, HealthStatus.UNHEALTHY: 503}
 
 
+class _Judged(Protocol):
+    """What the rules read of a job: `JobStatus`, or a registry `HealthRow`."""
+
+    @property
+    def state(self) -> JobState: ...
+    @property
+    def critical(self) -> bool: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    @property
+    def failure_threshold(self) -> int: ...
+
+
 def evaluate(statuses: Mapping[str, JobStatus]) -> HealthStatus:
     """The spec's rules, with criticality and the failure threshold set per job.
 
@@ -40,9 +57,13 @@ def evaluate(statuses: Mapping[str, JobStatus]) -> HealthStatus:
     - degraded: any other job whose last run failed, or that missed its schedule;
     - healthy: otherwise (jobs that never ran are healthy).
     """
+    return _judge(statuses.values())
+
+
+def _judge(jobs: Iterable[_Judged]) -> HealthStatus:
     stalled, missed_state = JobState.STALLED, JobState.MISSED  # enum lookups are slow in a loop
     result = HealthStatus.HEALTHY
-    for status in statuses.values():
+    for status in jobs:
         state = status.state
         if state is stalled:
             return HealthStatus.UNHEALTHY
@@ -81,14 +102,43 @@ class HealthReport:
 
     def to_json(self) -> bytes:
         """`to_dict` as compact UTF-8 JSON, assembled from each job's cached member."""
-        head = dump_json({"status": self.status.value, "timestamp": rfc3339(self.timestamp)})
-        tail = dump_json(
-            {"summary": self.summary.to_dict(), "duration_ms": round(self.duration_ms, 3)}
-        )
-        parts = [head[:-1], b',"jobs":{']
-        for job in self.jobs.values():
-            parts += (job.json_member, b",")
-        if self.jobs:
-            parts.pop()
-        parts += (b"},", tail[1:])
-        return b"".join(parts)
+        jobs = b",".join([job.json_member for job in self.jobs.values()])
+        head, tail = _frame(self.status, self.timestamp, self.summary, self.duration_ms)
+        return b"".join((head, jobs, tail))
+
+
+class HealthDocument:
+    """Builds the endpoint's document from `StatusRegistry.health_rows`.
+
+    The ``jobs`` part of the last document, its health and its counts are kept and reused
+    while every row is the very object it was (no job changed, none came or went): a
+    steady poll then costs one pass over the jobs and no copy of their JSON. Thread-safe:
+    the cache is one tuple, replaced whole.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[Sequence[HealthRow], HealthStatus, JobsSummary, bytes] | None = None
+
+    def parts(
+        self, rows: Sequence[HealthRow], now: datetime, started: float
+    ) -> tuple[HealthStatus, list[bytes]]:
+        """The overall health, and the document as parts to send (or join) in order.
+        `started` is when reading the view began (``time.perf_counter()``)."""
+        last = self._last
+        if last is None or len(last[0]) != len(rows) or not all(map(operator.is_, last[0], rows)):
+            status = _judge(rows)
+            counts = JobsSummary.count([row.state for row in rows], now)
+            last = self._last = (rows, status, counts, b",".join([row.member for row in rows]))
+        _, status, counts, jobs = last
+        summary = dataclasses.replace(counts, last_update_time=now)
+        head, tail = _frame(status, now, summary, (time.perf_counter() - started) * 1000.0)
+        return status, [head, jobs, tail]
+
+
+def _frame(
+    status: HealthStatus, timestamp: datetime, summary: JobsSummary, duration_ms: float
+) -> tuple[bytes, bytes]:
+    """What comes before and after the members of ``jobs`` in the document."""
+    head = dump_json({"status": status.value, "timestamp": rfc3339(timestamp)})
+    tail = dump_json({"summary": summary.to_dict(), "duration_ms": round(duration_ms, 3)})
+    return head[:-1] + b',"jobs":{', b"}," + tail[1:]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left
-from dataclasses import dataclass
 from itertools import accumulate
+from typing import NamedTuple
 
 from jobpulse._exceptions import InvalidJobError
 
@@ -50,8 +50,7 @@ def _quantile(cumulative: list[int], count: int, q: float, offset: int = 0) -> f
     return _MIDPOINTS[offset + bisect_left(cumulative, max(1, math.ceil(q * count)))]
 
 
-@dataclass(frozen=True)
-class HistoryStats:
+class HistoryStats(NamedTuple):
     """A summary of the runs a `RunHistory` holds. Durations are in seconds; every field that
     needs at least one run is None when there is none."""
 
@@ -89,9 +88,9 @@ class RunHistory:
         "_highest",
         "_lowest",
         "_ok_counts",
-        "_quiet_until",
         "_starts",
         "_successes",
+        "quiet_until",
     )
 
     def __init__(self, capacity: int = 4096) -> None:
@@ -108,8 +107,9 @@ class RunHistory:
         # usually span a few doublings of the 250 buckets).
         self._lowest, self._highest = _BUCKETS, -1
         self._drop_counts = self._drop_hours = _UNALLOCATED
-        # Before this time `prune` has nothing to do (0: not known, look).
-        self._quiet_until = 0
+        # Before this time `prune` has nothing to do (0: not known, look). Public so that a
+        # caller looping over many histories can skip the call.
+        self.quiet_until = 0
 
     def add(self, start_ns: int, duration_ns: int, code: int, now_ns: int) -> None:
         """Append a finished run; `code` 0 is success, 1..255 a failure category. A negative
@@ -118,7 +118,7 @@ class RunHistory:
 
         Raises OverflowError, leaving the history unchanged, if `code` is outside 0..255.
         """
-        self._quiet_until = 0
+        self.quiet_until = 0
         self._codes.append(code)
         self._starts.append(start_ns)
         durations = self._durations
@@ -153,7 +153,7 @@ class RunHistory:
 
         Reading the view calls this for every job; until the oldest run or eviction count
         leaves the window it costs one comparison."""
-        if now_ns < self._quiet_until:
+        if now_ns < self.quiet_until:
             return False
         changed = self._prune_runs(now_ns)
         oldest_hour = now_ns // _HOUR_NS - _HOURS
@@ -171,7 +171,7 @@ class RunHistory:
             # A microsecond early, so float rounding of the duration can never make it late.
             end_ns = self._starts[head] + int(self._durations[head] * 1e9)
             quiet_until = min(quiet_until, end_ns + WINDOW_NS - 1_000)
-        self._quiet_until = quiet_until
+        self.quiet_until = quiet_until
         return changed
 
     def __len__(self) -> int:

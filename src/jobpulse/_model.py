@@ -5,19 +5,22 @@ from __future__ import annotations
 import enum
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from json.encoder import encode_basestring as _encode_str
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 __all__ = [
+    "JobRecord",
     "JobState",
     "JobStatus",
     "JobsSummary",
     "RunRecord",
     "dump_json",
     "from_ns",
+    "member_json",
     "rfc3339",
     "to_ns",
 ]
@@ -80,20 +83,23 @@ def _json_str(text: str | None) -> str:
     return "null" if text is None else _encode_str(text)
 
 
-_TIME_CACHE: dict[datetime, str] = {}
+_SECONDS_CACHE: dict[int, str] = {}
 
 
-def _json_time(moment: datetime | None) -> str:
-    # Many times repeat from one snapshot to the next (created_at, next runs shared by
-    # jobs on one schedule): formatting is the costliest part of a job's member.
-    if moment is None:
+def _json_time(ns: int | None) -> str:
+    """A JSON string of `rfc3339` (milliseconds, truncated) from epoch nanoseconds."""
+    if ns is None:
         return "null"
-    text = _TIME_CACHE.get(moment)
-    if text is None:
-        if len(_TIME_CACHE) >= 8192:
-            _TIME_CACHE.clear()
-        text = _TIME_CACHE[moment] = f'"{rfc3339(moment)}"'
-    return text
+    seconds, rest = divmod(ns, 1_000_000_000)
+    # Many times share their second (a run's start, end and update; jobs on one schedule).
+    prefix = _SECONDS_CACHE.get(seconds)
+    if prefix is None:
+        if len(_SECONDS_CACHE) >= 8192:
+            _SECONDS_CACHE.clear()
+        prefix = _SECONDS_CACHE[seconds] = from_ns(seconds * 1_000_000_000).strftime(
+            "%Y-%m-%dT%H:%M:%S"
+        )
+    return f'"{prefix}.{rest // 1_000_000:03d}Z"'
 
 
 def _json_ms(seconds: float | None) -> str:
@@ -172,16 +178,6 @@ class JobStatus:
     history_runs: int = 0
     history_dropped: int = 0
 
-    @classmethod
-    def _of(cls, **fields: Any) -> JobStatus:
-        # The registry builds one of these per changed job each time the view is read; the
-        # frozen dataclass's __init__ sets 36 fields one object.__setattr__ at a time, which
-        # costs more than everything else in the snapshot. Every field must be passed
-        # (tests check the registry's call against the dataclass fields).
-        status = object.__new__(cls)
-        status.__dict__.update(fields)
-        return status
-
     @property
     def run_count(self) -> int:
         """Finished runs, successful or not."""
@@ -236,49 +232,126 @@ class JobStatus:
     @functools.cached_property
     def json_member(self) -> bytes:
         """``"name":{...}``: this job's member of the health document's ``jobs`` object,
-        equal to `to_dict` as JSON.
+        equal to `to_dict` as JSON (built once per snapshot)."""
+        values = [getattr(self, name) for name in JobRecord._fields]
+        for index in _TIME_INDEXES:
+            if values[index] is not None:
+                values[index] = to_ns(values[index])
+        return member_json(JobRecord(*values))
 
-        Built once per snapshot; the registry hands out the same snapshot until the job
-        changes, so the endpoint never re-serializes an unchanged job. Written out field by
-        field because building the dict and encoding it costs about three times as much.
-        """
-        text = _json_str
-        name = _encode_str(self.job_name)
-        rate = self.success_rate
-        return (
-            f"{name}:{{"
-            f'"job_name":{name},"status":"{self.state.value}",'
-            f'"critical":{_BOOL[self.critical]},'
-            f'"last_run_time":{_json_time(self.last_run_time)},'
-            f'"last_duration_ms":{_json_ms(self.last_duration_seconds)},'
-            f'"next_run_time":{_json_time(self.next_run_time)},'
-            f'"success_count":{self.success_count},"failure_count":{self.failure_count},'
-            f'"consecutive_failures":{self.consecutive_failures},'
-            f'"failure_threshold":{self.failure_threshold},'
-            f'"last_error":{text(self.last_error)},'
-            f'"last_error_category":{text(self.last_error_category)},'
-            f'"average_execution_ms":{_json_ms(self.average_duration_seconds)},'
-            f'"max_execution_ms":{_json_ms(self.max_duration_seconds)},'
-            f'"min_execution_ms":{_json_ms(self.min_duration_seconds)},'
-            f'"last_success_time":{_json_time(self.last_success_time)},'
-            f'"active_runs":{self.active_runs},"stalled_runs":{self.stalled_runs},'
-            f'"timeout_count":{self.timeout_count},'
-            f'"timeout_ms":{_json_ms(self.timeout_seconds)},'
-            f'"stall_after_ms":{_json_ms(self.stall_after_seconds)},'
-            f'"stall_after_auto":{_BOOL[self.stall_after_auto]},'
-            f'"schedule":{text(self.schedule)},"timezone":{text(self.timezone)},'
-            f'"grace_ms":{_json_ms(self.grace_seconds)},'
-            f'"missed_count":{self.missed_count},'
-            f'"last_missed_run_time":{_json_time(self.last_missed_run_time)},'
-            f'"p50_duration_ms":{_json_ms(self.p50_duration_seconds)},'
-            f'"p95_duration_ms":{_json_ms(self.p95_duration_seconds)},'
-            f'"p99_duration_ms":{_json_ms(self.p99_duration_seconds)},'
-            f'"success_rate":{"null" if rate is None else repr(round(rate, 4))},'
-            f'"history_runs":{self.history_runs},"history_dropped":{self.history_dropped},'
-            f'"metadata":{_ENCODER.encode(dict(self.metadata)) if self.metadata else "{}"},'
-            f'"created_at":{_json_time(self.created_at)},'
-            f'"updated_at":{_json_time(self.updated_at)}}}'
-        ).encode()
+    @classmethod
+    def _of_record(cls, record: JobRecord) -> JobStatus:
+        # The registry builds one of these per changed job each time the view is read; the
+        # frozen dataclass's __init__ sets 36 fields one object.__setattr__ at a time, which
+        # costs more than everything else in the snapshot, so they are set in one go.
+        fields = record._asdict()
+        for name in _TIME_FIELDS:
+            value = fields[name]
+            if value is not None:
+                fields[name] = from_ns(value)
+        fields["metadata"] = MappingProxyType(fields["metadata"])
+        status = object.__new__(cls)
+        status.__dict__.update(fields)
+        return status
+
+
+class JobRecord(NamedTuple):
+    """`JobStatus`'s fields in the registry's own units: times are epoch nanoseconds (or
+    None) and ``metadata`` a private dict copy. The health endpoint serializes these
+    directly; `JobStatus` is built from one only when asked for."""
+
+    job_name: str
+    state: JobState
+    critical: bool
+    failure_threshold: int
+    timeout_seconds: float | None
+    stall_after_seconds: float
+    last_run_time: int | None
+    last_duration_seconds: float | None
+    next_run_time: int | None
+    success_count: int
+    failure_count: int
+    consecutive_failures: int
+    last_error: str | None
+    last_error_category: str | None
+    average_duration_seconds: float | None
+    min_duration_seconds: float | None
+    max_duration_seconds: float | None
+    last_success_time: int | None
+    active_runs: int
+    stalled_runs: int
+    timeout_count: int
+    metadata: dict[str, Any]
+    created_at: int
+    updated_at: int
+    schedule: str | None
+    timezone: str | None
+    grace_seconds: float | None
+    missed_count: int
+    last_missed_run_time: int | None
+    stall_after_auto: bool
+    p50_duration_seconds: float | None
+    p95_duration_seconds: float | None
+    p99_duration_seconds: float | None
+    success_rate: float | None
+    history_runs: int
+    history_dropped: int
+
+
+_TIME_FIELDS = (
+    "last_run_time",
+    "next_run_time",
+    "last_success_time",
+    "created_at",
+    "updated_at",
+    "last_missed_run_time",
+)
+_TIME_INDEXES = tuple(JobRecord._fields.index(name) for name in _TIME_FIELDS)
+
+
+def member_json(job: JobRecord) -> bytes:
+    """``"name":{...}``: the job's member of the health document's ``jobs`` object, equal
+    to ``JobStatus.to_dict()`` as JSON. Written out field by field: building the dict and
+    encoding it costs about three times as much."""
+    text = _json_str
+    time = _json_time
+    ms = _json_ms
+    name = _encode_str(job.job_name)
+    rate = job.success_rate
+    return (
+        f"{name}:{{"
+        f'"job_name":{name},"status":"{job.state.value}",'
+        f'"critical":{_BOOL[job.critical]},'
+        f'"last_run_time":{time(job.last_run_time)},'
+        f'"last_duration_ms":{ms(job.last_duration_seconds)},'
+        f'"next_run_time":{time(job.next_run_time)},'
+        f'"success_count":{job.success_count},"failure_count":{job.failure_count},'
+        f'"consecutive_failures":{job.consecutive_failures},'
+        f'"failure_threshold":{job.failure_threshold},'
+        f'"last_error":{text(job.last_error)},'
+        f'"last_error_category":{text(job.last_error_category)},'
+        f'"average_execution_ms":{ms(job.average_duration_seconds)},'
+        f'"max_execution_ms":{ms(job.max_duration_seconds)},'
+        f'"min_execution_ms":{ms(job.min_duration_seconds)},'
+        f'"last_success_time":{time(job.last_success_time)},'
+        f'"active_runs":{job.active_runs},"stalled_runs":{job.stalled_runs},'
+        f'"timeout_count":{job.timeout_count},'
+        f'"timeout_ms":{ms(job.timeout_seconds)},'
+        f'"stall_after_ms":{ms(job.stall_after_seconds)},'
+        f'"stall_after_auto":{_BOOL[job.stall_after_auto]},'
+        f'"schedule":{text(job.schedule)},"timezone":{text(job.timezone)},'
+        f'"grace_ms":{ms(job.grace_seconds)},'
+        f'"missed_count":{job.missed_count},'
+        f'"last_missed_run_time":{time(job.last_missed_run_time)},'
+        f'"p50_duration_ms":{ms(job.p50_duration_seconds)},'
+        f'"p95_duration_ms":{ms(job.p95_duration_seconds)},'
+        f'"p99_duration_ms":{ms(job.p99_duration_seconds)},'
+        f'"success_rate":{"null" if rate is None else repr(round(rate, 4))},'
+        f'"history_runs":{job.history_runs},"history_dropped":{job.history_dropped},'
+        f'"metadata":{_ENCODER.encode(job.metadata) if job.metadata else "{}"},'
+        f'"created_at":{time(job.created_at)},'
+        f'"updated_at":{time(job.updated_at)}}}'
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -297,11 +370,16 @@ class JobsSummary:
 
     @classmethod
     def of(cls, statuses: Mapping[str, JobStatus], now: datetime) -> JobsSummary:
+        return cls.count([status.state for status in statuses.values()], now)
+
+    @classmethod
+    def count(cls, states: Collection[JobState], now: datetime) -> JobsSummary:
+        """The summary of jobs in `states`, one state per job."""
         counts = dict.fromkeys(JobState, 0)
-        for status in statuses.values():
-            counts[status.state] += 1
+        for state in states:
+            counts[state] += 1
         return cls(
-            total_jobs=len(statuses),
+            total_jobs=len(states),
             pending_jobs=counts[JobState.PENDING],
             running_jobs=counts[JobState.RUNNING],
             healthy_jobs=counts[JobState.SUCCESS],

@@ -25,7 +25,7 @@ from jobpulse import _errors, _metadata
 from jobpulse._clock import SYSTEM_CLOCK, Clock
 from jobpulse._exceptions import InvalidJobError, JobLimitError, JobTimeoutError
 from jobpulse._guard import Guard, report_internal_error
-from jobpulse._health import HealthReport, evaluate
+from jobpulse._health import HealthDocument, HealthReport, HealthStatus, evaluate
 from jobpulse._instruments import Instruments, validate_namespace
 from jobpulse._model import JobsSummary, JobStatus, RunRecord, from_ns, to_ns
 from jobpulse._processor import (
@@ -269,6 +269,7 @@ class JobMonitor:
         # What `setup()` built: the Prometheus registry that /metrics serves, and the
         # exporters to close (within one deadline) when the monitor shuts down.
         self._prometheus_registry: Any = None
+        self._health_document = HealthDocument()
         self._on_shutdown: list[Callable[[], object]] = []
 
     @property
@@ -662,6 +663,18 @@ class JobMonitor:
             summary=JobsSummary.of(statuses, now),
             duration_ms=(time.perf_counter() - started) * 1000.0,
         )
+
+    def health_json(self) -> tuple[HealthStatus, bytes]:
+        """The overall health and the health document as compact UTF-8 JSON: what
+        ``health().to_json()`` gives, built for the endpoint. Only the jobs that changed
+        since the last call are serialized again."""
+        status, parts = self._health_parts()
+        return status, b"".join(parts)
+
+    def _health_parts(self) -> tuple[HealthStatus, list[bytes]]:
+        started = time.perf_counter()
+        rows = self._registry.health_rows()
+        return self._health_document.parts(rows, from_ns(self._clock.time_ns()), started)
 
     def shutdown(self) -> None:
         """Stop the watchdog and stop tracking. Idempotent. Does not shut down providers the

@@ -20,16 +20,15 @@ import logging
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from jobpulse import _errors, _metadata
 from jobpulse._clock import Clock
 from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
 from jobpulse._history import HistoryStats, RunHistory
-from jobpulse._model import JobState, JobStatus, RunRecord, from_ns
+from jobpulse._model import JobRecord, JobState, JobStatus, RunRecord, from_ns, member_json
 from jobpulse._schedule import MAX_GRACE_SECONDS, MIN_GRACE_SECONDS, Schedule
 from jobpulse._validation import validate_name
 from jobpulse._watchdog import Watchdog
@@ -142,6 +141,7 @@ class _Job:
         "last_run_ns",
         "last_success_ns",
         "max_ns",
+        "member",
         "metadata",
         "min_ns",
         "missed",
@@ -163,6 +163,7 @@ class _Job:
         "timeout_count",
         "total_duration_ns",
         "updated_ns",
+        "version",
     )
 
     def __init__(self, name: str, now_ns: int, default_stall_after: float) -> None:
@@ -199,6 +200,10 @@ class _Job:
         self.stalled_ids: set[int] = set()
         self.armed: float | None = None
         self.snapshot: JobStatus | None = None
+        # Bumped with every change (wherever `snapshot` is reset): the health endpoint's
+        # serialized member is valid while it carries the current version.
+        self.version = 0
+        self.member: tuple[int, HealthRow] | None = None
         self.history: RunHistory | None = None
         self.stats: HistoryStats | None = None
         # The schedule, and the expected run ("slot") with its grace. slot_version changes
@@ -232,19 +237,22 @@ class _Job:
         return stats
 
     def to_status(self, now_ns: int) -> JobStatus:
+        return JobStatus._of_record(self.to_record(now_ns))
+
+    def to_record(self, now_ns: int) -> JobRecord:
         runs = self.success_count + self.failure_count
         stats = self.history_stats()
         schedule = self.schedule
-        return JobStatus._of(
+        return JobRecord(
             job_name=self.name,
             state=self.state(),
             critical=self.critical,
             failure_threshold=self.failure_threshold,
             timeout_seconds=self.timeout,
             stall_after_seconds=self.stall_after,
-            last_run_time=_time(self.last_run_ns),
+            last_run_time=self.last_run_ns,
             last_duration_seconds=_seconds(self.last_duration_ns),
-            next_run_time=_time(self.next_run_ns),
+            next_run_time=self.next_run_ns,
             success_count=self.success_count,
             failure_count=self.failure_count,
             consecutive_failures=self.consecutive_failures,
@@ -253,18 +261,18 @@ class _Job:
             average_duration_seconds=self.total_duration_ns / runs / 1e9 if runs else None,
             min_duration_seconds=_seconds(self.min_ns),
             max_duration_seconds=_seconds(self.max_ns),
-            last_success_time=_time(self.last_success_ns),
+            last_success_time=self.last_success_ns,
             active_runs=len(self.runs),
             stalled_runs=len(self.stalled_ids),
             timeout_count=self.timeout_count,
-            metadata=MappingProxyType(dict(self.metadata)),
-            created_at=from_ns(self.created_ns),
-            updated_at=from_ns(self.updated_ns),
+            metadata=dict(self.metadata),
+            created_at=self.created_ns,
+            updated_at=self.updated_ns,
             schedule=None if schedule is None else schedule.text,
             timezone=None if schedule is None else schedule.timezone,
             grace_seconds=self.slot_grace_ns / 1e9 if self.next_run_ns is not None else None,
             missed_count=self.missed_count,
-            last_missed_run_time=_time(self.last_missed_ns),
+            last_missed_run_time=self.last_missed_ns,
             stall_after_auto=self.auto_stall,
             p50_duration_seconds=self.clamp(stats.p50_seconds),
             p95_duration_seconds=self.clamp(stats.p95_seconds),
@@ -289,8 +297,14 @@ class _Job:
             self.stall_after = max(default_stall_after, self.timeout or 0.0)
 
 
-def _time(ns: int | None) -> datetime | None:
-    return None if ns is None else from_ns(ns)
+class HealthRow(NamedTuple):
+    """One job as `StatusRegistry.health_rows` gives it."""
+
+    state: JobState
+    critical: bool
+    consecutive_failures: int
+    failure_threshold: int
+    member: bytes
 
 
 def _seconds(ns: int | None) -> float | None:
@@ -333,6 +347,7 @@ class StatusRegistry:
         self._max_history = max_history
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
+        self._sorted_names: list[str] | None = None  # reset whenever a job comes or goes
         self._pending: dict[str, int] = {}
         self._last_prune_ns: int | None = None
         self._refused: set[str] = set()
@@ -381,6 +396,7 @@ class StatusRegistry:
                         "names built from changing data (ids, dates)."
                     )
                 job = self._jobs[name] = _Job(name, now_ns, self._default_stall_after)
+                self._sorted_names = None
             if settings.critical is not None:
                 job.critical = settings.critical
             if settings.failure_threshold is not None:
@@ -410,6 +426,7 @@ class StatusRegistry:
                 job.slot_version += 1
                 advance = (schedule, now_ns, job.slot_version)
             job.snapshot = None
+            job.version += 1
             rearm = self._rearm_locked(job)
         _log_dropped(dropped, self._retention_ns)
         if rearm is not None:
@@ -420,6 +437,7 @@ class StatusRegistry:
     def unregister(self, name: str) -> bool:
         """Remove the job from the view; True if it was there. Runs in progress end unseen."""
         with self._lock:
+            self._sorted_names = None
             return self._jobs.pop(name, None) is not None
 
     def set_next_run(self, name: str, when_ns: int | None, grace: float | None = None) -> None:
@@ -452,6 +470,7 @@ class StatusRegistry:
             job.last_run_ns = start_ns
             job.updated_ns = start_ns
             job.snapshot = None
+            job.version += 1
             if job.armed is None:
                 arm = job.armed = start_mono + job.stall_after
             if job.next_run_ns is not None or job.schedule is not None or job.missed:
@@ -522,6 +541,7 @@ class StatusRegistry:
                     missed_deadline = self._set_slot_locked(job, after_end, end_ns)
             job.updated_ns = end_ns
             job.snapshot = job.stats = None
+            job.version += 1
             consecutive = job.consecutive_failures
         if rearm is not None:
             self._watchdog.schedule((_STALL, name), rearm)
@@ -594,6 +614,7 @@ class StatusRegistry:
             if stalled:
                 job.updated_ns = self._clock.time_ns()
                 job.snapshot = None
+                job.version += 1
         listener = self.stall_listener
         if stalled and listener is not None:
             listener(stalled)
@@ -615,6 +636,7 @@ class StatusRegistry:
         job.slot_version += 1
         job.next_run_ns = slot_ns
         job.snapshot = None
+        job.version += 1
         if slot_ns is None:
             return None
         job.slot_grace_ns = self._grace_ns_locked(job, slot_ns, now_ns)
@@ -710,17 +732,64 @@ class StatusRegistry:
         now_ns = self._clock.time_ns()
         with self._lock:
             dropped = self._prune_locked(now_ns)
+            jobs = self._jobs
             snapshots = {
-                name: self._snapshot_locked(self._jobs[name], now_ns) for name in sorted(self._jobs)
+                name: self._snapshot_locked(jobs[name], now_ns) for name in self._sorted_locked()
             }
         _log_dropped(dropped, self._retention_ns)
         return snapshots
+
+    def health_rows(self) -> list[HealthRow]:
+        """Every job, sorted by name, as the health endpoint needs it: its state and health
+        settings, and its serialized member of the document.
+
+        Only the jobs that changed since the last call are serialized again, outside the
+        lock: the lock is held for one pass over the jobs and a record copy per changed job.
+        """
+        now_ns = self._clock.time_ns()
+        rows: list[HealthRow | None] = []
+        stale: list[tuple[int, _Job, int, JobRecord]] = []
+        with self._lock:
+            dropped = self._prune_locked(now_ns)
+            jobs = self._jobs
+            for name in self._sorted_locked():
+                job = jobs[name]
+                history = job.history
+                # quiet_until first: a method call per job is most of this loop's cost.
+                if history is not None and history.quiet_until <= now_ns and history.prune(now_ns):
+                    job.snapshot = job.stats = None
+                    job.version += 1
+                cached = job.member
+                if cached is not None and cached[0] == job.version:
+                    rows.append(cached[1])
+                else:
+                    stale.append((len(rows), job, job.version, job.to_record(now_ns)))
+                    rows.append(None)
+        _log_dropped(dropped, self._retention_ns)
+        for index, job, version, record in stale:
+            row = HealthRow(
+                record.state,
+                record.critical,
+                record.consecutive_failures,
+                record.failure_threshold,
+                member_json(record),
+            )
+            rows[index] = row
+            job.member = (version, row)  # one atomic store; a newer version wins later
+        return cast("list[HealthRow]", rows)
+
+    def _sorted_locked(self) -> list[str]:
+        names = self._sorted_names
+        if names is None:
+            names = self._sorted_names = sorted(self._jobs)
+        return names
 
     @staticmethod
     def _snapshot_locked(job: _Job, now_ns: int) -> JobStatus:
         history = job.history
         if history is not None and history.prune(now_ns):
             job.snapshot = job.stats = None
+            job.version += 1
         snapshot = job.snapshot
         if snapshot is None:
             snapshot = job.snapshot = job.to_status(now_ns)
@@ -736,6 +805,7 @@ class StatusRegistry:
                 return []
             if history.prune(now_ns):
                 job.snapshot = job.stats = None
+                job.version += 1
             records = history.records()
             categories = tuple(self._categories)
         records.sort(key=lambda record: record[0], reverse=True)
@@ -820,6 +890,7 @@ class StatusRegistry:
         ]
         for name in stale:
             del self._jobs[name]
+            self._sorted_names = None
         return stale
 
     def close(self) -> None:
@@ -835,3 +906,4 @@ class StatusRegistry:
             job.stalled_ids.clear()
             job.armed = None
             job.snapshot = None
+            job.version += 1
