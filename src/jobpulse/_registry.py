@@ -199,10 +199,10 @@ class _Job:
         self.runs: dict[int, tuple[float, object]] = {}
         self.stalled_ids: set[int] = set()
         self.armed: float | None = None
-        self.snapshot: JobStatus | None = None
-        # Bumped with every change (wherever `snapshot` is reset): the health endpoint's
-        # serialized member is valid while it carries the current version.
+        # Bumped with every change. The cached snapshot and the health endpoint's row are
+        # valid while they carry the current version.
         self.version = 0
+        self.snapshot: tuple[int, JobStatus] | None = None
         self.member: tuple[int, HealthRow] | None = None
         self.history: RunHistory | None = None
         self.stats: HistoryStats | None = None
@@ -425,7 +425,6 @@ class StatusRegistry:
                 )
                 job.slot_version += 1
                 advance = (schedule, now_ns, job.slot_version)
-            job.snapshot = None
             job.version += 1
             rearm = self._rearm_locked(job)
         _log_dropped(dropped, self._retention_ns)
@@ -469,7 +468,6 @@ class StatusRegistry:
             job.runs[run_id] = (start_mono, handle)
             job.last_run_ns = start_ns
             job.updated_ns = start_ns
-            job.snapshot = None
             job.version += 1
             if job.armed is None:
                 arm = job.armed = start_mono + job.stall_after
@@ -540,7 +538,7 @@ class StatusRegistry:
                 if after_end > job.next_run_ns:
                     missed_deadline = self._set_slot_locked(job, after_end, end_ns)
             job.updated_ns = end_ns
-            job.snapshot = job.stats = None
+            job.stats = None
             job.version += 1
             consecutive = job.consecutive_failures
         if rearm is not None:
@@ -613,7 +611,6 @@ class StatusRegistry:
             next_deadline = job.armed = self._earliest_deadline_locked(job)
             if stalled:
                 job.updated_ns = self._clock.time_ns()
-                job.snapshot = None
                 job.version += 1
         listener = self.stall_listener
         if stalled and listener is not None:
@@ -635,7 +632,6 @@ class StatusRegistry:
         """Make `slot_ns` the job's expected run; returns its missed deadline (monotonic)."""
         job.slot_version += 1
         job.next_run_ns = slot_ns
-        job.snapshot = None
         job.version += 1
         if slot_ns is None:
             return None
@@ -757,7 +753,7 @@ class StatusRegistry:
                 history = job.history
                 # quiet_until first: a method call per job is most of this loop's cost.
                 if history is not None and history.quiet_until <= now_ns and history.prune(now_ns):
-                    job.snapshot = job.stats = None
+                    job.stats = None
                     job.version += 1
                 cached = job.member
                 if cached is not None and cached[0] == job.version:
@@ -788,11 +784,13 @@ class StatusRegistry:
     def _snapshot_locked(job: _Job, now_ns: int) -> JobStatus:
         history = job.history
         if history is not None and history.prune(now_ns):
-            job.snapshot = job.stats = None
+            job.stats = None
             job.version += 1
-        snapshot = job.snapshot
-        if snapshot is None:
-            snapshot = job.snapshot = job.to_status(now_ns)
+        cached = job.snapshot
+        if cached is not None and cached[0] == job.version:
+            return cached[1]
+        snapshot = job.to_status(now_ns)
+        job.snapshot = (job.version, snapshot)
         return snapshot
 
     def history(self, name: str) -> list[RunRecord]:
@@ -804,7 +802,7 @@ class StatusRegistry:
             if job is None or history is None:
                 return []
             if history.prune(now_ns):
-                job.snapshot = job.stats = None
+                job.stats = None
                 job.version += 1
             records = history.records()
             categories = tuple(self._categories)
@@ -905,5 +903,4 @@ class StatusRegistry:
             job.runs.clear()
             job.stalled_ids.clear()
             job.armed = None
-            job.snapshot = None
             job.version += 1
