@@ -37,6 +37,7 @@ __all__ = [
     "free_port",
     "require_binary",
     "running_prometheus",
+    "stop_process",
     "value_of",
 ]
 
@@ -170,12 +171,13 @@ def _tail(log_path: Path) -> str:
     return log_path.read_text(errors="replace")[-4000:]
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGTERM, then SIGKILL if `process` has not exited within `timeout` seconds."""
     if process.poll() is not None:
         return
     process.terminate()
     try:
-        process.wait(STOP_TIMEOUT_SECONDS)
+        process.wait(timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -195,7 +197,7 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path) -> b
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-    _stop(process)
+    stop_process(process)
     pytest.fail(
         f"Prometheus was not ready within {READY_TIMEOUT_SECONDS:g} s; its log:\n" + _tail(log_path)
     )
@@ -249,5 +251,5 @@ def running_prometheus(
                 server.close()
             return
         finally:
-            _stop(process)
+            stop_process(process)
     pytest.fail("Prometheus found its port taken three times; its log:\n" + _tail(log_path))

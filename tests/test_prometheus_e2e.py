@@ -31,6 +31,7 @@ from tests.prometheus_server import (
     PrometheusServer,
     Sample,
     running_prometheus,
+    stop_process,
     value_of,
 )
 
@@ -85,17 +86,6 @@ def _forward_lines(stream: Iterator[str], lines: queue.Queue[str]) -> None:
         lines.put(line)
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(APP_STOP_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def _wait_ready_line(
     process: subprocess.Popen[str], lines: queue.Queue[str], log_path: Path
 ) -> str:
@@ -137,7 +127,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
         with httpx.Client(base_url=url, timeout=5.0) as client:
             yield App(url.removeprefix("http://"), client, log_path)
     finally:
-        _stop(process)
+        stop_process(process, APP_STOP_TIMEOUT_SECONDS)
         reader.join(APP_STOP_TIMEOUT_SECONDS)  # the pipe's end came with the process's
         process.stdout.close()
     # What jobpulse's guard swallowed in the app, it logged with a traceback.

@@ -208,10 +208,9 @@ def setup(
                 )
             return built, registry
 
-        meter_provider, registry = _meter_provider(resource, readers)
-        if isinstance(meter_provider, SdkMeterProvider) and meter_provider in _built_globals:
-            built = meter_provider
-            metric_steps.append(lambda: built.shutdown(timeout_millis=shutdown_seconds * 1000.0))
+        meter_provider, registry = _meter_provider(
+            resource, readers, shutdown_seconds, metric_steps
+        )
 
         monitor = JobMonitor(tracer_provider, meter_provider, **monitor_options)
         monitor._prometheus_registry = registry
@@ -271,9 +270,12 @@ def _one_line(span: ReadableSpan) -> str:
 def _meter_provider(
     resource: Resource,
     readers: Callable[[], tuple[list[MetricReader], CollectorRegistry | None]],
+    shutdown_seconds: float,
+    steps: list[Callable[[], object]],
 ) -> tuple[metrics.MeterProvider | None, CollectorRegistry | None]:
     """The meter provider to use, and the Prometheus registry its reader writes to (if it
-    has one of ours). Readers are built only for a provider built here."""
+    has one of ours). Readers are built only for a provider built here, whose shutdown is
+    added to `steps`."""
     current = metrics.get_meter_provider()
     if isinstance(current, SdkMeterProvider):
         logger.info(
@@ -287,6 +289,7 @@ def _meter_provider(
     provider = SdkMeterProvider(resource=resource, metric_readers=built, shutdown_on_exit=False)
     metrics.set_meter_provider(provider)
     _built_globals.add(provider)
+    steps.append(lambda: provider.shutdown(timeout_millis=shutdown_seconds * 1000.0))
     return provider, registry
 
 
