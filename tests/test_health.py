@@ -221,6 +221,8 @@ def _random_status(rng: random.Random, index: int) -> JobStatus:
         grace_seconds=maybe(seconds()),
         missed_count=rng.randrange(4),
         last_missed_run_time=maybe(moment()),
+        skipped_count=rng.randrange(4),
+        last_skip_reason=maybe(rng.choice(("max_instances", "revoked"))),
         stall_after_auto=rng.random() < 0.5,
         p50_duration_seconds=maybe(seconds()),
         p95_duration_seconds=maybe(seconds()),

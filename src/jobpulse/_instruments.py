@@ -1,8 +1,9 @@
 """The metric instruments, their names, and the callbacks that read the status view.
 
 Only the duration histogram is recorded per run. Runs, active and stalled runs, timeouts,
-missed runs, the last success time and pending work are asynchronous instruments that read
-the registry when a reader collects, so a run costs one histogram point and nothing more.
+missed and skipped runs, the last success time and pending work are asynchronous instruments
+that read the registry when a reader collects, so a run costs one histogram point and nothing
+more.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _NAMES = {
     "stalled": "background_jobs.stalled",
     "timeouts": "job.timeouts",
     "missed": "background_job.missed_runs",
+    "skipped": "background_job.skipped_runs",
     "last_success": "background_job.last_success_timestamp",
     "pending": "background_jobs.pending",
 }
@@ -105,6 +107,12 @@ class Instruments:
             names["missed"],
             callbacks=[self._per_job(lambda p: ((p.missed_count, p.attributes),))],
             description="Scheduled runs of background jobs that did not start in time, by job.",
+        )
+        meter.create_observable_counter(
+            names["skipped"],
+            callbacks=[self._per_job(lambda p: p.skipped)],
+            description="Due runs of background jobs that were not started on purpose, by job "
+            "and reason (e.g. max_instances, revoked).",
         )
         meter.create_observable_gauge(
             names["last_success"],

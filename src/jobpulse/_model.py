@@ -170,6 +170,8 @@ class JobStatus:
     grace_seconds: float | None = None
     missed_count: int = 0
     last_missed_run_time: datetime | None = None
+    skipped_count: int = 0
+    last_skip_reason: str | None = None
     stall_after_auto: bool = False
     p50_duration_seconds: float | None = None
     p95_duration_seconds: float | None = None
@@ -218,6 +220,8 @@ class JobStatus:
             "grace_ms": _ms(self.grace_seconds),
             "missed_count": self.missed_count,
             "last_missed_run_time": rfc3339(self.last_missed_run_time),
+            "skipped_count": self.skipped_count,
+            "last_skip_reason": self.last_skip_reason,
             "p50_duration_ms": _ms(self.p50_duration_seconds),
             "p95_duration_ms": _ms(self.p95_duration_seconds),
             "p99_duration_ms": _ms(self.p99_duration_seconds),
@@ -289,6 +293,8 @@ class JobRecord(NamedTuple):
     grace_seconds: float | None
     missed_count: int
     last_missed_run_time: int | None
+    skipped_count: int
+    last_skip_reason: str | None
     stall_after_auto: bool
     p50_duration_seconds: float | None
     p95_duration_seconds: float | None
@@ -343,6 +349,8 @@ def member_json(job: JobRecord) -> bytes:
         f'"grace_ms":{ms(job.grace_seconds)},'
         f'"missed_count":{job.missed_count},'
         f'"last_missed_run_time":{time(job.last_missed_run_time)},'
+        f'"skipped_count":{job.skipped_count},'
+        f'"last_skip_reason":{text(job.last_skip_reason)},'
         f'"p50_duration_ms":{ms(job.p50_duration_seconds)},'
         f'"p95_duration_ms":{ms(job.p95_duration_seconds)},'
         f'"p99_duration_ms":{ms(job.p99_duration_seconds)},'

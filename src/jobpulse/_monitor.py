@@ -39,10 +39,15 @@ from jobpulse._processor import (
 from jobpulse._registry import JOB_NAME, JobSettings, StatusRegistry
 from jobpulse._sampling import JobAwareSampler
 from jobpulse._schedule import parse_schedule
-from jobpulse._validation import to_seconds, validate_name, validate_positive_int
+from jobpulse._validation import (
+    to_seconds,
+    validate_name,
+    validate_positive_int,
+    validate_token,
+)
 from jobpulse._version import __version__
 
-__all__ = ["JobMonitor", "JobRun", "set_metadata"]
+__all__ = ["JobMonitor", "JobRun", "record_failure", "set_metadata"]
 
 logger = logging.getLogger("jobpulse")
 
@@ -59,15 +64,21 @@ _START_GUARD = Guard("run start")
 _FAILURE_GUARD = Guard("run failure")
 _END_GUARD = Guard("run end")
 _METADATA_GUARD = Guard("run metadata")
+_RECORD_GUARD = Guard("recorded run")
 
 
-def _record_failure(span: Span, exc: BaseException, *, timed_out: bool = False) -> None:
-    """Put the job's exception on its span: event, error type, category, ERROR status."""
+def record_failure(
+    span: Span, exc: BaseException, *, timed_out: bool = False, category: str | None = None
+) -> None:
+    """Put the job's exception on its span: event, error type, category (`category`, else
+    classified from the exception), ERROR status. Never raises."""
     with _FAILURE_GUARD:
         span.add_event("exception", _errors.exception_event_attributes(exc))
+        if timed_out:
+            category = _errors.TIMEOUT
         attributes: dict[str, str | bool] = {
             ERROR_TYPE: _errors.qualified_type_name(type(exc)),
-            ERROR_CATEGORY: _errors.TIMEOUT if timed_out else _errors.classify_exception(exc),
+            ERROR_CATEGORY: category or _errors.classify_exception(exc),
         }
         if timed_out:
             attributes[JOB_TIMED_OUT] = True
@@ -158,7 +169,7 @@ class JobRun:
     ) -> None:
         span = cast(Span, self._span)
         if exc is not None:
-            _record_failure(span, exc)
+            record_failure(span, exc)
         self._monitor._finish(span, self._token)
 
     async def __aenter__(self) -> JobRun:
@@ -191,7 +202,7 @@ class JobRun:
             cancelled_elsewhere = uncancel is not None and uncancel() > 0
             if isinstance(exc, asyncio.CancelledError) and not cancelled_elsewhere:
                 error = JobTimeoutError(self.name, self._timeout)
-                _record_failure(cast(Span, self._span), error, timed_out=True)
+                record_failure(cast(Span, self._span), error, timed_out=True)
                 self._monitor._finish(cast(Span, self._span), self._token)
                 raise error from exc
         self.__exit__(exc_type, exc, traceback)
@@ -361,12 +372,78 @@ class JobMonitor:
         none has started by ``when + grace`` the job is ``missed``. A job with a schedule of
         its own goes back to it after the next run. Registers the job on first use.
         """
-        if when is not None and (not isinstance(when, datetime) or when.utcoffset() is None):
-            raise InvalidJobError(f"when must be a timezone-aware datetime or None, got {when!r}")
+        when_ns = None if when is None else _aware_ns(when, "when")
         grace_seconds = None if grace is None else to_seconds(grace, "grace")
         if name not in self._registry:
             self.register(name)
-        self._registry.set_next_run(name, None if when is None else to_ns(when), grace_seconds)
+        self._registry.set_next_run(name, when_ns, grace_seconds)
+
+    def record_run(
+        self,
+        name: str,
+        *,
+        start: datetime,
+        end: datetime,
+        error: BaseException | None = None,
+        category: str | None = None,
+        attributes: Mapping[str, str | bool | int | float] | None = None,
+    ) -> None:
+        """Record a run that executed elsewhere (another process, a pool's child) and has
+        already finished, from `start` to `end` (aware datetimes). It becomes a span with those
+        times, so the view, the metrics and the exporters see it as any other run. `error`
+        makes it a failed run; `category` (a snake_case token such as ``"worker_lost"``)
+        overrides the category classified from the error. Registers the job on first use.
+
+        Raises:
+            InvalidJobError: a bad name, time, category or an `end` before `start`.
+        """
+        start_ns, end_ns = _aware_ns(start, "start"), _aware_ns(end, "end")
+        if end_ns < start_ns:
+            raise InvalidJobError(f"end ({end.isoformat()}) is before start ({start.isoformat()})")
+        if category is not None:
+            validate_token(category, "category")
+        if name not in self._registry:
+            self.register(name)
+        with _RECORD_GUARD:
+            span = self._tracer.start_span(
+                name, attributes={**(attributes or {}), JOB_NAME: name}, start_time=start_ns
+            )
+            if error is not None:
+                record_failure(span, error, category=category)
+            span.end(end_time=end_ns)
+
+    def record_skipped(
+        self, name: str, *, reason: str, scheduled_at: datetime | None = None
+    ) -> None:
+        """Count a due run of `name` that was deliberately not started (a scheduler refused
+        an overlapping run, a task was revoked before it began). `reason` is a snake_case
+        token, the ``reason`` label of ``background_job.skipped_runs``. The job's state is
+        unchanged. Registers the job on first use.
+
+        Raises:
+            InvalidJobError: a bad name, reason or `scheduled_at`.
+        """
+        validate_token(reason, "reason")
+        if scheduled_at is not None:
+            _aware_ns(scheduled_at, "scheduled_at")
+        if name not in self._registry:
+            self.register(name)
+        self._registry.record_skipped(name, reason)
+
+    def record_missed(self, name: str, *, scheduled_at: datetime, reason: str) -> None:
+        """Count the run of `name` due at `scheduled_at` as missed, as the scheduler running
+        it reports (e.g. APScheduler's misfire). Each scheduled time is counted once, also
+        when jobpulse's own deadline already counted it. The job becomes ``missed`` unless a
+        run is in progress; the next run that starts clears it. Registers the job on first use.
+
+        Raises:
+            InvalidJobError: a bad name, reason or `scheduled_at`.
+        """
+        slot_ns = _aware_ns(scheduled_at, "scheduled_at")
+        validate_token(reason, "reason")
+        if name not in self._registry:
+            self.register(name)
+        self._registry.record_missed(name, slot_ns, reason)
 
     @overload
     def job(self, func: Callable[P, R], /) -> Callable[P, R]: ...
@@ -466,7 +543,7 @@ class JobMonitor:
             try:
                 return func(*args, **kwargs)
             except BaseException as exc:
-                _record_failure(span, exc)
+                record_failure(span, exc)
                 raise
             finally:
                 finish(span, token)
@@ -586,9 +663,9 @@ class JobMonitor:
         error = interrupted or outcome.error
         if error is None and outcome.abandoned:
             error = JobTimeoutError(name, timeout)
-            _record_failure(span, error, timed_out=True)
+            record_failure(span, error, timed_out=True)
         elif error is not None:
-            _record_failure(span, error)
+            record_failure(span, error)
         self._finish(span, token)
         if error is not None:
             raise error
@@ -689,6 +766,12 @@ class JobMonitor:
         self._processor.shutdown()
         if self._private_provider is not None:
             self._private_provider.shutdown()
+
+
+def _aware_ns(when: object, what: str) -> int:
+    if not isinstance(when, datetime) or when.utcoffset() is None:
+        raise InvalidJobError(f"{what} must be a timezone-aware datetime, got {when!r}")
+    return to_ns(when)
 
 
 def _function_name(func: Callable[..., Any]) -> str:

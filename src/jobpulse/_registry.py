@@ -51,6 +51,7 @@ logger = logging.getLogger("jobpulse")
 #: Attribute keys shared by spans and metric points.
 JOB_NAME = "job.name"
 STATUS = "status"
+REASON = "reason"
 #: OpenTelemetry semantic conventions for runs of a scheduled job.
 FAAS_TRIGGER = "faas.trigger"
 FAAS_CRON = "faas.cron"
@@ -95,6 +96,7 @@ class MetricPoint:
     timeout_count: int
     missed_count: int
     last_success_ns: int | None
+    skipped: tuple[tuple[int, Mapping[str, str]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ class _Job:
         "last_missed_ns",
         "last_outcome",
         "last_run_ns",
+        "last_skip_reason",
         "last_success_ns",
         "max_ns",
         "member",
@@ -151,6 +154,8 @@ class _Job:
         "runs",
         "schedule",
         "schedule_attributes",
+        "skipped",
+        "skipped_count",
         "slot_grace_ns",
         "slot_version",
         "snapshot",
@@ -219,6 +224,10 @@ class _Job:
         self.missed_count = 0
         self.consecutive_missed = 0
         self.last_missed_ns: int | None = None
+        # reason -> (metric attributes, runs skipped for that reason)
+        self.skipped: dict[str, tuple[Mapping[str, str], int]] = {}
+        self.skipped_count = 0
+        self.last_skip_reason: str | None = None
 
     def state(self) -> JobState:
         if self.stalled_ids:
@@ -273,6 +282,8 @@ class _Job:
             grace_seconds=self.slot_grace_ns / 1e9 if self.next_run_ns is not None else None,
             missed_count=self.missed_count,
             last_missed_run_time=self.last_missed_ns,
+            skipped_count=self.skipped_count,
+            last_skip_reason=self.last_skip_reason,
             stall_after_auto=self.auto_stall,
             p50_duration_seconds=self.clamp(stats.p50_seconds),
             p95_duration_seconds=self.clamp(stats.p95_seconds),
@@ -715,6 +726,54 @@ class StatusRegistry:
             )
         return deadline
 
+    def record_missed(self, name: str, slot_ns: int, reason: str) -> None:
+        """A scheduler reports that the run due at `slot_ns` was missed. Counted once per
+        slot: not again if the watchdog (or an earlier report) already counted it. Unknown
+        jobs are ignored."""
+        now_ns = self._clock.time_ns()
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None or (job.last_missed_ns is not None and job.last_missed_ns >= slot_ns):
+                return
+            if job.next_run_ns is not None and job.next_run_ns <= slot_ns:
+                self._set_slot_locked(job, None, now_ns)  # the watchdog must not count it too
+            if not job.runs:
+                job.missed = True
+            job.missed_count += 1
+            consecutive = job.consecutive_missed = job.consecutive_missed + 1
+            job.last_missed_ns = slot_ns
+            job.updated_ns = now_ns
+            job.version += 1
+        if consecutive & (consecutive - 1) == 0:  # 1, 2, 4, 8, ... in a row
+            logger.warning(
+                "job %r missed its scheduled run at %s (%s; %d missed in a row)",
+                name,
+                from_ns(slot_ns).isoformat(),
+                reason,
+                consecutive,
+            )
+
+    def record_skipped(self, name: str, reason: str) -> None:
+        """A due run of `name` was not started on purpose, for `reason` (a short token).
+        Unknown jobs are ignored."""
+        now_ns = self._clock.time_ns()
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None:
+                return
+            labels, count = job.skipped.get(reason) or (
+                MappingProxyType({JOB_NAME: name, REASON: reason}),
+                0,
+            )
+            job.skipped[reason] = labels, count + 1
+            job.skipped_count += 1
+            job.last_skip_reason = reason
+            job.updated_ns = now_ns
+            job.version += 1
+            total = job.skipped_count
+        if total & (total - 1) == 0:  # logged at the 1st, 2nd, 4th, 8th, ... skip
+            logger.warning("job %r: a due run was skipped (%s); %d skipped", name, reason, total)
+
     # -- reading the view --------------------------------------------------------------
 
     def snapshot(self, name: str) -> JobStatus | None:
@@ -833,6 +892,7 @@ class StatusRegistry:
                     timeout_count=job.timeout_count,
                     missed_count=job.missed_count,
                     last_success_ns=job.last_success_ns,
+                    skipped=tuple((count, labels) for labels, count in job.skipped.values()),
                 )
                 for job in self._jobs.values()
             ]

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 
 from jobpulse._exceptions import InvalidJobError
 
-__all__ = ["MAX_NAME_CHARS", "to_seconds", "validate_name", "validate_positive_int"]
+__all__ = [
+    "MAX_NAME_CHARS",
+    "to_seconds",
+    "validate_name",
+    "validate_positive_int",
+    "validate_token",
+]
 
 MAX_NAME_CHARS = 200
+_TOKEN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 def validate_name(name: object, what: str = "job name") -> str:
@@ -55,4 +63,16 @@ def validate_positive_int(value: object, param: str) -> int:
         raise InvalidJobError(f"{param} must be an int, not {type(value).__name__}")
     if value < 1:
         raise InvalidJobError(f"{param} must be at least 1, got {value}")
+    return value
+
+
+def validate_token(value: object, what: str) -> str:
+    """Return `value` if it is a short snake_case token (a reason or category, which become
+    metric label values): 1 to 32 characters of ``a-z``, ``0-9`` and ``_``, starting with a
+    letter. Else raise `InvalidJobError`."""
+    if not isinstance(value, str) or _TOKEN.fullmatch(value) is None:
+        raise InvalidJobError(
+            f"{what} must be a snake_case token of at most 32 characters (a-z, 0-9, _, "
+            f"starting with a letter), got {value!r}"
+        )
     return value

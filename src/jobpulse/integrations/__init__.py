@@ -1,0 +1,5 @@
+"""Scheduler and task-queue integrations, each behind its own extra:
+
+- `jobpulse.integrations.apscheduler` (``pip install 'jobpulse[apscheduler]'``)
+- `jobpulse.integrations.celery` (``pip install 'jobpulse[celery]'``)
+"""
