@@ -104,6 +104,9 @@ def test_subclass_is_classified_by_its_base() -> None:
         ("token=abc client_secret=xyz", "token=*** client_secret=***"),
         ("nothing secret here: 42 rows", "nothing secret here: 42 rows"),
         ("https://example.com/path", "https://example.com/path"),
+        ("PasswordError: cannot reach db", "PasswordError: cannot reach db"),
+        ("auth.TokenExpiredError: token=abc", "auth.TokenExpiredError: token=***"),
+        ("TokenExpired: abc", "TokenExpired: ***"),
     ],
 )
 def test_redact(text: str, expected: str) -> None:

@@ -144,9 +144,19 @@ _AUTH_SCHEME = re.compile(
 )
 
 
+# "InvalidPasswordError: user not found": an exception type ahead of its message, not a key
+_TYPE_NAME = re.compile(r"[A-Z]\w*(?:Error|Exception|Warning)")
+# what follows a type name may itself start with a pair ("Error: token=abc")
+_INNER_PAIR = re.compile(r"(?P<key>[\w.\-]+)(?P<sep>[=:])")
+
+
 def _redact_pair(match: re.Match[str]) -> str:
-    if _SECRET_KEY.search(match["key"]):
-        return f"{match['key']}{match['sep']}***"
+    key, sep, value = match["key"], match["sep"], match["value"]
+    if not _TYPE_NAME.fullmatch(key.rpartition(".")[2]):
+        return f"{key}{sep}***" if _SECRET_KEY.search(key) else match[0]
+    inner = _INNER_PAIR.match(value)
+    if inner is not None and _SECRET_KEY.search(inner["key"]) and inner.end() < len(value):
+        return f"{key}{sep}{inner[0]}***"
     return match[0]
 
 
