@@ -1,8 +1,8 @@
 """The demo service: jobpulse setup, the jobs on a scheduler, the HTTP server, clean stops.
 
 One asyncio loop owns everything: uvicorn serves the Starlette app, whose lifespan starts
-the scheduler (and a task that logs each change of the overall health) and stops them when
-the server shuts down.
+the scheduler (APScheduler's ``AsyncIOScheduler``, monitored by jobpulse's integration) and a
+task that logs each change of the overall health, and stops them when the server shuts down.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from jobpulse import HealthStatus, JobMonitor, JobState
 from jobpulse.starlette import HEALTH_PATH, METRICS_PATH, routes
 
 from .jobs import JOB_NAMES, STALLING_JOB, create_jobs
-from .scheduler import IntervalScheduler
+from .scheduler import start_scheduler, stop_scheduler
 from .settings import DemoSettings, SettingsError
 
 __all__ = ["build_app", "main"]
@@ -38,19 +38,17 @@ logger = logging.getLogger("icy_backend")
 
 def build_app(monitor: JobMonitor, settings: DemoSettings) -> Starlette:
     """The service's app: the jobpulse routes, with the jobs running while it is served."""
-    scheduler = IntervalScheduler()
-    for name, func in create_jobs(monitor, settings).items():
-        scheduler.add(name, func, settings.index_interval_seconds)
+    jobs = create_jobs(monitor, settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        scheduler.start()
+        scheduler = start_scheduler(monitor, jobs, settings.index_interval_seconds)
         health_log = asyncio.create_task(_log_health_changes(monitor), name="health-log")
         try:
             yield
         finally:
             health_log.cancel()
-            await scheduler.shutdown()
+            await stop_scheduler(scheduler, monitor)
             with contextlib.suppress(asyncio.CancelledError):
                 await health_log
             logger.info("jobs stopped")
@@ -142,6 +140,10 @@ def main() -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # jobpulse logs each failed run once, redacted and without a traceback: APScheduler's
+    # executor would log it again with its traceback, and its INFO lines every run.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
     monitor = jobpulse.setup(
         SERVICE_NAME,
         namespace=NAMESPACE,

@@ -171,7 +171,9 @@ class IcyBackendJobs:
 
 def create_jobs(monitor: jobpulse.JobMonitor, settings: DemoSettings) -> dict[str, JobFunction]:
     """Register the spec's jobs on `monitor` (criticality, timeout, stall_after, schedule)
-    and return their monitored coroutine functions by name, in the spec's order."""
+    and return their coroutine functions by name, in the spec's order. The functions are
+    not decorated: the instrumented scheduler that runs them makes each run a monitored
+    run of the job whose name is the scheduler's job id."""
     jobs = IcyBackendJobs(monitor, settings)
     bodies: tuple[tuple[str, JobFunction, float], ...] = (
         ("btc_transaction_indexing", jobs.index_btc_transactions, 10),
@@ -180,14 +182,13 @@ def create_jobs(monitor: jobpulse.JobMonitor, settings: DemoSettings) -> dict[st
         ("swap_request_processing", jobs.process_swap_requests, 15),
         ("pending_btc_transaction_processing", jobs.process_pending_btc_transactions, 10),
     )
-    return {
-        name: monitor.job(
+    for name, _, timeout_minutes in bodies:
+        monitor.register(
             name,
             critical=name in CRITICAL_JOBS,
             failure_threshold=3,  # the spec's "more than 2 consecutive failures"
             timeout=timeout_minutes * _MINUTES,
             stall_after=settings.stall_after_seconds,
             schedule=settings.schedule,
-        )(body)
-        for name, body, timeout_minutes in bodies
-    }
+        )
+    return {name: body for name, body, _ in bodies}

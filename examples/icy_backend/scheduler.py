@@ -1,93 +1,61 @@
-"""A minimal interval scheduler on the running event loop: the stand-in for APScheduler.
+"""The demo's scheduler: APScheduler's ``AsyncIOScheduler`` on the app's event loop, with
+every job monitored by jobpulse's APScheduler integration (no decorator on the jobs).
 
-It keeps APScheduler's shape so that swapping it is a few lines in `app.py`: `add` is
-``scheduler.add_job(func, "interval", seconds=..., next_run_time=now, max_instances=1,
-id=name)``, `start` and `shutdown` are the scheduler's own.
+Each job runs at once when the scheduler starts, then every interval on a fixed grid, as the
+spec's cron line runs them. A tick that comes while the job's previous run still goes is
+skipped (``max_instances=1``), so a hung run never piles up copies of itself; jobpulse counts
+it as a skipped run. A late tick still runs (``misfire_grace_time=None``, coalesced into one),
+as with robfig/cron.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import math
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timezone
 
-__all__ = ["IntervalScheduler", "JobFunction"]
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-logger = logging.getLogger("icy_backend.scheduler")
+import jobpulse
+from jobpulse.integrations.apscheduler import instrument_scheduler
+
+__all__ = ["JobFunction", "start_scheduler", "stop_scheduler"]
 
 #: A job: a coroutine function taking no arguments.
 JobFunction = Callable[[], Awaitable[object]]
 
 
-@dataclass(frozen=True)
-class _Entry:
-    name: str
-    func: JobFunction
-    interval_seconds: float
+def start_scheduler(
+    monitor: jobpulse.JobMonitor, jobs: Mapping[str, JobFunction], interval_seconds: float
+) -> AsyncIOScheduler:
+    """Start an instrumented scheduler running each of `jobs` (job id: its name) at once and
+    then every `interval_seconds`. Call it on the running event loop, which runs the jobs."""
+    scheduler = AsyncIOScheduler(timezone=timezone.utc)
+    instrument_scheduler(scheduler, monitor)
+    now = datetime.now(timezone.utc)
+    for name, func in jobs.items():
+        scheduler.add_job(
+            func,
+            "interval",
+            seconds=interval_seconds,
+            id=name,
+            next_run_time=now,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
+    scheduler.start()
+    return scheduler
 
 
-class IntervalScheduler:
-    """Runs each added job at once on `start`, then every `interval_seconds` on a fixed grid.
-
-    A tick that comes while the job's previous run is still going is skipped (APScheduler's
-    ``max_instances=1``), so a hung run never piles up copies of itself. An exception from a
-    run does not end the schedule; it is logged at DEBUG by type only, since the jobs are
-    monitored and the monitor logs their failures with credentials redacted.
-
-    Not thread-safe: use it from the event loop's thread only.
-    """
-
-    def __init__(self) -> None:
-        self._entries: list[_Entry] = []
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def add(self, name: str, func: JobFunction, interval_seconds: float) -> None:
-        """Schedule `func` under `name`; takes effect at the next `start`."""
-        if not interval_seconds > 0:
-            raise ValueError(f"interval_seconds must be positive, got {interval_seconds!r}")
-        self._entries.append(_Entry(name, func, interval_seconds))
-
-    def start(self) -> None:
-        """Start every job's loop on the running event loop. Raises `RuntimeError` when
-        called outside a running loop or twice without `shutdown`."""
-        if self._tasks:
-            raise RuntimeError("the scheduler is already running")
-        self._tasks = [
-            asyncio.create_task(self._loop(entry), name=f"job:{entry.name}")
-            for entry in self._entries
-        ]
-
-    async def shutdown(self) -> None:
-        """Cancel every job loop, and the runs in progress with them, and wait until they
-        are done. Idempotent."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self, entry: _Entry) -> None:
-        loop = asyncio.get_running_loop()
-        interval = entry.interval_seconds
-        next_tick = loop.time()
-        while True:
-            try:
-                await entry.func()
-            except Exception as exc:  # noqa: BLE001 - a failed run must not end its schedule
-                logger.debug("job %s raised %s", entry.name, type(exc).__name__)
-            next_tick += interval
-            now = loop.time()
-            if now > next_tick:
-                skipped = math.ceil((now - next_tick) / interval)
-                next_tick += skipped * interval
-                logger.info(
-                    "job %s: skipped %d run%s while its previous run was still going",
-                    entry.name,
-                    skipped,
-                    "" if skipped == 1 else "s",
-                )
-            await asyncio.sleep(next_tick - now)
+async def stop_scheduler(
+    scheduler: AsyncIOScheduler, monitor: jobpulse.JobMonitor, timeout_seconds: float = 2.0
+) -> None:
+    """Shut the scheduler down, cancelling the runs in progress, and wait (at most
+    `timeout_seconds`) until they have ended, so that their end is recorded."""
+    scheduler.shutdown()  # done on the loop at its next turn; cancels the running jobs
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_seconds
+    while loop.time() < deadline and (
+        scheduler.running or any(status.active_runs for status in monitor.statuses().values())
+    ):
+        await asyncio.sleep(0.01)
