@@ -1,25 +1,84 @@
-"""A sampler wrapper under which no job run is ever sampled out of the status view."""
+"""A sampler wrapper under which no job run is ever sampled out of the status view.
+
+Two hooks serve integrations:
+
+- an *adopter* (`add_span_adopter`) turns a span that another instrumentation creates for a
+  job run (opentelemetry-instrumentation-celery's ``run/<task>``) into the run itself, by
+  adding ``job.name`` to its attributes at creation, so that a task run is one span, not
+  two;
+- a span created with ``job.record_only=True`` is tracked but never exported: a run that
+  another process exports already (Celery beat's view of a task a worker runs).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind, TraceState
-from opentelemetry.util.types import Attributes
+from opentelemetry.util.types import Attributes, AttributeValue
 
+from jobpulse._guard import report_internal_error
 from jobpulse._registry import JOB_NAME
 
-__all__ = ["JobAwareSampler"]
+__all__ = [
+    "JOB_RECORD_ONLY",
+    "JobAwareSampler",
+    "SpanAdopter",
+    "add_span_adopter",
+    "remove_span_adopter",
+]
+
+#: Span attribute: a job run for the status view only, never handed to exporters.
+JOB_RECORD_ONLY = "job.record_only"
+
+#: ``adopter(span_name, kind)`` returns the attributes (with ``job.name``) that make a span
+#: about to be created a job run, or None to leave it alone. Called for every span without
+#: ``job.name`` while registered, on the thread creating the span: it must be fast and must
+#: not raise (`add_span_adopter` guards it anyway).
+SpanAdopter = Callable[[str, "SpanKind | None"], "Mapping[str, AttributeValue] | None"]
+
+_adopters: tuple[SpanAdopter, ...] = ()
+_adopters_lock = threading.Lock()
+
+
+def add_span_adopter(adopter: SpanAdopter) -> None:
+    """Consult `adopter` for every span created through a `JobAwareSampler` from now on."""
+    global _adopters
+    with _adopters_lock:
+        if adopter not in _adopters:
+            _adopters = (*_adopters, adopter)
+
+
+def remove_span_adopter(adopter: SpanAdopter) -> None:
+    """Stop consulting `adopter`; unknown adopters are ignored."""
+    global _adopters
+    with _adopters_lock:
+        _adopters = tuple(known for known in _adopters if known != adopter)
+
+
+def _adopt(name: str, kind: SpanKind | None) -> Mapping[str, AttributeValue] | None:
+    for adopter in _adopters:
+        try:
+            adopted = adopter(name, kind)
+        except Exception as exc:  # noqa: BLE001 - an integration's bug must not stop a span
+            report_internal_error("span adopter", exc)
+            continue
+        if adopted:
+            return adopted
+    return None
 
 
 class JobAwareSampler(Sampler):
     """Wraps another sampler; a span carrying ``job.name`` that it would drop is recorded
     instead (``RECORD_ONLY``): span processors, and so the status view and the metrics, see
-    every run, while exporters still receive only sampled spans.
+    every run, while exporters still receive only sampled spans. A job span created with
+    ``job.record_only=True`` is always ``RECORD_ONLY``.
 
-    ``job.name`` must be passed when the span is created, not set afterwards.
+    ``job.name`` must be passed when the span is created, not set afterwards (or added by a
+    registered adopter).
     """
 
     def __init__(self, delegate: Sampler) -> None:
@@ -35,11 +94,20 @@ class JobAwareSampler(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
+        adopted = None
+        if _adopters and not (attributes and JOB_NAME in attributes):
+            adopted = _adopt(name, kind)
+            if adopted is not None:
+                attributes = {**(attributes or {}), **adopted}
         result = self.delegate.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
-        if result.decision is Decision.DROP and attributes and JOB_NAME in attributes:
-            return SamplingResult(Decision.RECORD_ONLY, attributes, result.trace_state)
+        if attributes and JOB_NAME in attributes:
+            if result.decision is Decision.DROP or attributes.get(JOB_RECORD_ONLY) is True:
+                return SamplingResult(Decision.RECORD_ONLY, attributes, result.trace_state)
+            if adopted is not None:  # whatever the delegate echoed, the span gets them
+                echoed: Mapping[str, AttributeValue] = result.attributes or {}
+                return SamplingResult(result.decision, {**echoed, **adopted}, result.trace_state)
         return result
 
     def get_description(self) -> str:

@@ -23,14 +23,20 @@ import sys
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics._internal import _ProxyMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import (
     SERVICE_INSTANCE_ID,
     SERVICE_NAME,
@@ -39,7 +45,12 @@ from opentelemetry.sdk.resources import (
 )
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
 
 from jobpulse._backoff import BackoffSpanExporter
@@ -51,7 +62,6 @@ from jobpulse._sampling import JobAwareSampler
 from jobpulse._validation import to_seconds, validate_positive_int
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.metrics.export import MetricExporter
     from prometheus_client import CollectorRegistry
 
 __all__ = ["setup"]
@@ -176,7 +186,11 @@ def setup(
             if otlp_traces and (new_tracer_provider or otlp_endpoint is not None):
                 exporters.append(
                     BackoffSpanExporter(
-                        _otlp_span_exporter(protocol, otlp_endpoint, otlp_headers, export_seconds)
+                        PerProcessSpanExporter(
+                            lambda: _otlp_span_exporter(
+                                protocol, otlp_endpoint, otlp_headers, export_seconds
+                            )
+                        )
                     )
                 )
             if console:
@@ -199,8 +213,10 @@ def setup(
             if otlp_metrics:
                 built.append(
                     PeriodicExportingMetricReader(
-                        _otlp_metric_exporter(
-                            protocol, otlp_endpoint, otlp_headers, export_seconds
+                        PerProcessMetricExporter(
+                            lambda: _otlp_metric_exporter(
+                                protocol, otlp_endpoint, otlp_headers, export_seconds
+                            )
                         ),
                         export_interval_millis=None if interval is None else interval * 1000.0,
                         export_timeout_millis=export_seconds * 1000.0,
@@ -325,6 +341,11 @@ def _check_extras(*, prometheus: bool, otlp_protocol: str | None) -> None:
             raise ImportError(
                 "OTLP export needs the OTLP exporters: pip install 'jobpulse[otlp]'"
             ) from None
+        if package == "http":
+            # requests imports netrc at its first request, on an exporter thread. A process
+            # that forks during that import (a Celery pool replacing a child) leaves the
+            # module's import lock held in the child, whose own exports then hang on it.
+            importlib.import_module("netrc")
 
 
 def _http_url(endpoint: str | None, path: str) -> str | None:
@@ -378,6 +399,68 @@ def _otlp_metric_exporter(
     return HttpMetricExporter(
         endpoint=_http_url(endpoint, "/v1/metrics"), headers=headers, timeout=timeout
     )
+
+
+class PerProcessSpanExporter(SpanExporter):
+    """A span exporter built by `factory` in each process that uses it.
+
+    A forked child (a Celery or gunicorn worker) inherits its parent's exporters with their
+    connections: an HTTP session's keep-alive sockets, which parent and child would then
+    share (each reading the other's responses), or a gRPC channel, which gRPC does not
+    support across fork. In a child, the first call builds a new exporter; the parent's is
+    left alone (shutting it down would close the parent's sockets).
+    """
+
+    def __init__(self, factory: Callable[[], SpanExporter]) -> None:
+        self._factory = factory
+        self._pid = os.getpid()
+        self._delegate = factory()
+
+    def _current(self) -> SpanExporter:
+        if self._pid != os.getpid():
+            self._delegate, self._pid = self._factory(), os.getpid()
+        return self._delegate
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._current().export(spans)
+
+    def shutdown(self) -> None:
+        if self._pid == os.getpid():
+            self._delegate.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._current().force_flush(timeout_millis)
+
+
+class PerProcessMetricExporter(MetricExporter):
+    """A metric exporter built by `factory` in each process that uses it (see
+    `PerProcessSpanExporter`)."""
+
+    def __init__(self, factory: Callable[[], MetricExporter]) -> None:
+        self._factory = factory
+        self._pid = os.getpid()
+        self._delegate = factory()
+        super().__init__(
+            preferred_temporality=self._delegate._preferred_temporality,
+            preferred_aggregation=self._delegate._preferred_aggregation,
+        )
+
+    def _current(self) -> MetricExporter:
+        if self._pid != os.getpid():
+            self._delegate, self._pid = self._factory(), os.getpid()
+        return self._delegate
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        return self._current().export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._current().force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        if self._pid == os.getpid():
+            self._delegate.shutdown(timeout_millis=timeout_millis, **kwargs)
 
 
 def _shutdown_within(seconds: float, steps: list[Callable[[], object]]) -> None:
