@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -175,3 +176,20 @@ def otel_globals() -> Iterator[None]:
             _setup._active.shutdown()
             _setup._active = None
         _reset_otel_globals()
+
+
+def in_child(work: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Run `work` in a forked child and return the report it made there."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        try:
+            os.close(read_end)
+            os.write(write_end, json.dumps(work()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)  # type: ignore[no-any-return]

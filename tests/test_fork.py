@@ -4,35 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 
 import pytest
 
 from jobpulse import JobMonitor, JobState
 from jobpulse.testing import FakeClock
-from tests.conftest import MonitorFactory
+from tests.conftest import MonitorFactory, in_child
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
     pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning"),
 ]
-
-
-def _in_child(work: Callable[[], dict[str, object]]) -> dict[str, object]:
-    """Run `work` in a forked child and return the report it made there."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's coverage is not collected
-        try:
-            os.close(read_end)
-            os.write(write_end, json.dumps(work()).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)  # type: ignore[no-any-return]
 
 
 def test_child_after_fork_tracks_its_own_runs(make_monitor: MonitorFactory) -> None:
@@ -53,7 +35,7 @@ def test_child_after_fork_tracks_its_own_runs(make_monitor: MonitorFactory) -> N
 
     with monitor.run("parent_job"):  # a run in progress in the parent, with a watchdog thread
         monitor.health_json()  # the endpoint's serialized members are cached before the fork
-        report = _in_child(child)
+        report = in_child(child)
         assert monitor.status("parent_job").active_runs == 1  # type: ignore[union-attr]
     assert report == {
         "parent_active_in_child": 0,  # the parent's run is not the child's
@@ -85,6 +67,6 @@ def test_child_watches_a_schedule_once_it_runs_the_job(
             "missed": after.missed_count if after else None,
         }
 
-    assert _in_child(child) == {"before": "pending", "after": "missed", "missed": 1}
+    assert in_child(child) == {"before": "pending", "after": "missed", "missed": 1}
     clock.advance(70)  # the parent kept its own deadline
     assert monitor.status("nightly").state is JobState.MISSED  # type: ignore[union-attr]

@@ -3,9 +3,7 @@ with exporters of its own, under its own ``service.instance.id``."""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable
 
 import pytest
 from opentelemetry.sdk.metrics.export import (
@@ -17,29 +15,13 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 import jobpulse
 from jobpulse._setup import PerProcessMetricExporter, PerProcessSpanExporter
+from tests.conftest import in_child
 from tests.otlp_receiver import ReceivedSpan, http_receiver
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
     pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning"),
 ]
-
-
-def _in_child(work: Callable[[], dict[str, object]]) -> dict[str, object]:
-    """Run `work` in a forked child and return the report it made there."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's coverage is not collected
-        try:
-            os.close(read_end)
-            os.write(write_end, json.dumps(work()).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)  # type: ignore[no-any-return]
 
 
 class _Recording(SpanExporter):
@@ -78,7 +60,7 @@ def test_a_forked_child_builds_its_own_span_exporter() -> None:
             "childs_shut_down": built[-1].shut_down,
         }
 
-    assert _in_child(child) == {
+    assert in_child(child) == {
         "built": 2,  # one more, in the child, at its first export
         "parents_exports": 1,
         "childs_exports": 2,
@@ -97,7 +79,7 @@ def test_a_forked_child_that_never_exported_shuts_nothing_down() -> None:
         exporter.shutdown()
         return {"built": len(built), "parents_shut_down": built[0].shut_down}
 
-    assert _in_child(child) == {"built": 1, "parents_shut_down": False}
+    assert in_child(child) == {"built": 1, "parents_shut_down": False}
 
 
 class _Metrics(MetricExporter):
@@ -137,7 +119,7 @@ def test_a_forked_child_builds_its_own_metric_exporter() -> None:
             "childs": [built[-1].exported, built[-1].shut_down],
         }
 
-    assert _in_child(child) == {"built": 2, "parents": [1, False], "childs": [1, True]}
+    assert in_child(child) == {"built": 2, "parents": [1, False], "childs": [1, True]}
     exporter.shutdown()
     assert built[0].shut_down
 
@@ -163,7 +145,7 @@ def test_after_fork_setup_exports_from_the_child_under_its_own_instance_id() -> 
             status = monitor.status("in_child")
             return {"child_successes": status.success_count if status else None}
 
-        assert _in_child(child) == {"child_successes": 1}
+        assert in_child(child) == {"child_successes": 1}
         with monitor.run("in_parent"):  # the parent's exporter still works after the fork
             pass
         _flush()
