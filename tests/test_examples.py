@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from examples.icy_backend.settings import DemoSettings, SettingsError
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -92,3 +95,16 @@ def test_health_endpoint_benchmark_runs() -> None:
     assert result.stdout.count("target p99 < 5.0 ms") == 2
     assert "each job changed since the last request" in result.stdout
     assert result.stdout.count("target x trivial >= 0.5") == 3  # 12, 100 and --jobs jobs
+
+
+@pytest.mark.parametrize("text", ["0.5", "500ms", "3601", "soon", ""])
+def test_demo_rejects_an_interval_its_schedule_cannot_take(text: str) -> None:
+    with pytest.raises(SettingsError, match="INDEX_INTERVAL must be seconds from 1 to 3600"):
+        DemoSettings.from_environ({"INDEX_INTERVAL": text})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("1", 1.0), ("1500ms", 1.5), ("2m", 120.0)])
+def test_demo_interval_forms(text: str, seconds: float) -> None:
+    settings = DemoSettings.from_environ({"INDEX_INTERVAL": text})
+    assert settings.index_interval_seconds == seconds
+    assert settings.schedule == f"@every {seconds:g}s"

@@ -11,7 +11,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 from prometheus_client import CollectorRegistry, generate_latest
 
-from jobpulse import JobMonitor
+from jobpulse import JobMonitor, JobState
 from jobpulse._instruments import DURATION_BUCKETS, instrument_names
 from jobpulse.testing import FakeClock
 from tests.conftest import MonitorFactory, Otel
@@ -100,9 +100,10 @@ def test_prometheus_exposition_has_the_specs_names_and_labels(
     assert samples['icy_backend_background_jobs_pending{kind="btc"}'] == 12
     last_success = samples[f"icy_backend_background_job_last_success_timestamp_seconds{{{job}}}"]
     assert last_success == pytest.approx(clock.now().timestamp() - 2)
-    # only the spec's labels: job_name and status (and le, kind where they belong)
+    # only the spec's labels: job_name and status (and le, kind, state, critical where they
+    # belong)
     labels = set(re.findall(r"[{,]([a-z_]+)=", text))
-    assert labels == {"job_name", "status", "le", "kind"}
+    assert labels == {"job_name", "status", "le", "kind", "state", "critical"}
 
 
 def test_active_and_stalled_gauges_while_running(
@@ -176,3 +177,50 @@ def test_unregistered_idle_jobs_have_zero_gauges(make_monitor: MonitorFactory, o
     assert metrics["background_jobs.active"] == {(("job.name", "idle"),): 0}
     assert metrics["background_job.runs"][(("job.name", "idle"), ("status", "success"))] == 0
     assert "background_job.last_success_timestamp" not in metrics
+
+
+def test_state_gauge_has_every_state_with_one_current(
+    prometheus: tuple[JobMonitor, CollectorRegistry], clock: FakeClock
+) -> None:
+    monitor, registry = prometheus
+    monitor.register("swap_request_processing", critical=True, stall_after=60)
+    monitor.register("report")
+
+    def states(job: str, critical: str) -> dict[str, float]:
+        samples = _samples(registry)
+        return {
+            state.value: samples[
+                f'icy_backend_background_job_state{{critical="{critical}",'
+                f'job_name="{job}",state="{state.value}"}}'
+            ]
+            for state in JobState
+        }
+
+    def current(job: str, critical: str = "true") -> list[str]:
+        values = states(job, critical)
+        assert sorted(values.values()) == [0, 0, 0, 0, 0, 1], values
+        return [state for state, value in values.items() if value == 1]
+
+    assert current("swap_request_processing") == ["pending"]
+    assert current("report", critical="false") == ["pending"]
+    with monitor.run("swap_request_processing"):
+        assert current("swap_request_processing") == ["running"]
+        clock.advance(61)
+        assert current("swap_request_processing") == ["stalled"]
+    assert current("swap_request_processing") == ["success"]
+
+
+def test_consecutive_failures_gauge_counts_failures_in_a_row(
+    prometheus: tuple[JobMonitor, CollectorRegistry],
+) -> None:
+    monitor, registry = prometheus
+    series = 'icy_backend_background_job_consecutive_failures{job_name="index"}'
+    monitor.register("index")
+    assert _samples(registry)[series] == 0
+    for expected in (1, 2, 3):
+        with pytest.raises(ValueError, match="boom"), monitor.run("index"):
+            raise ValueError("boom")
+        assert _samples(registry)[series] == expected
+    with monitor.run("index"):
+        pass
+    assert _samples(registry)[series] == 0

@@ -62,6 +62,8 @@ EXPECTED_LABELS = {
     "e2e_background_job_missed_runs_total": {"job_name"},
     "e2e_background_job_last_success_timestamp_seconds": {"job_name"},
     "e2e_background_jobs_pending": {"kind"},
+    "e2e_background_job_state": {"job_name", "state", "critical"},
+    "e2e_background_job_consecutive_failures": {"job_name"},
 }
 
 

@@ -65,6 +65,17 @@ def test_builds_global_providers_with_the_prometheus_reader() -> None:
     assert monitor.status("btc_transaction_indexing") is not None
 
 
+def test_every_state_series_of_max_jobs_jobs_fits_without_overflow() -> None:
+    # 6 states x 400 jobs = 2400 series: past the SDK's default limit of 2000 per instrument.
+    registry = CollectorRegistry()
+    monitor = jobpulse.setup("many", namespace="many", max_jobs=400, prometheus_registry=registry)
+    for number in range(400):
+        monitor.register(f"job_{number}")
+    exposition = generate_latest(registry).decode()
+    assert exposition.count("many_background_job_state{") == 6 * 400
+    assert "overflow" not in exposition
+
+
 def test_resource_from_the_argument_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monitor = jobpulse.setup("from-code", prometheus=False, resource_attributes={"team": "core"})
     first = resource_attributes()

@@ -19,12 +19,13 @@ Served by uvicorn: ``GET /api/v1/health/jobs``, ``GET /api/v1/health/jobs/{name}
 
 Environment:
 
-- ``INDEX_INTERVAL``: seconds between runs (``5``, ``2.5``, ``500ms``, ``2m``); default 5.
+- ``INDEX_INTERVAL``: seconds between runs, 1 to 3600 (``5``, ``2.5``, ``1500ms``, ``2m``);
+  default 5.
 - ``HOST``, ``PORT``: where to listen; default 127.0.0.1 and 8000 (``PORT=0``: any free
   port; the ready line names it).
 - ``DEMO_SEED``: seed of the simulation's random draws; default a new one, printed at start.
 - ``DEMO_FAILURE_RATE``: share of runs that fail, 0 to 1; default 0.1.
-- ``DEMO_STALL_EVERY``: every how many runs the stalling job hangs; default 6, 0 for never.
+- ``DEMO_STALL_EVERY``: every how many runs the stalling job hangs; default 4, 0 for never.
 - ``DEMO_CONSOLE_SPANS``: ``0`` stops printing spans to stdout. Spans are printed by default
   (the demo is there to show them), as JSON, one document per run; that is a lot of output,
   so turn it off to watch the logs alone.

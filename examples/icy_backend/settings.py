@@ -78,13 +78,13 @@ class DemoSettings:
 
 
 def _interval(text: str) -> float:
-    """Seconds from ``5``, ``2.5``, ``500ms``, ``5s``, ``2m`` (the spec's IndexInterval form)."""
+    """Seconds from ``5``, ``2.5``, ``1500ms``, ``5s``, ``2m`` (the spec's IndexInterval form),
+    at least 1: the jobs' ``@every`` schedule takes nothing shorter."""
     match = _DURATION.fullmatch(text.strip())
     seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"] or "s"] if match else math.nan
-    if not 0.1 <= seconds <= 3600:
+    if not 1 <= seconds <= 3600:
         raise SettingsError(
-            f"INDEX_INTERVAL must be seconds from 0.1 to 3600 (e.g. 5, 2.5, 500ms, 2m), "
-            f"got {text!r}"
+            f"INDEX_INTERVAL must be seconds from 1 to 3600 (e.g. 5, 2.5, 1500ms, 2m), got {text!r}"
         )
     return seconds
 

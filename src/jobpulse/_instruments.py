@@ -1,9 +1,9 @@
 """The metric instruments, their names, and the callbacks that read the status view.
 
 Only the duration histogram is recorded per run. Runs, active and stalled runs, timeouts,
-missed and skipped runs, the last success time and pending work are asynchronous instruments
-that read the registry when a reader collects, so a run costs one histogram point and nothing
-more.
+missed and skipped runs, the last success time, each job's state and consecutive failures, and
+pending work are asynchronous instruments that read the registry when a reader collects, so a
+run costs one histogram point and nothing more.
 """
 
 from __future__ import annotations
@@ -15,9 +15,20 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 
 from jobpulse._exceptions import InvalidJobError
 from jobpulse._guard import Guard
+from jobpulse._model import JobState
 from jobpulse._registry import MetricPoint, StatusRegistry
 
-__all__ = ["DURATION_BUCKETS", "Instruments", "instrument_names", "validate_namespace"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "METER_NAME",
+    "Instruments",
+    "instrument_names",
+    "series_limit",
+    "validate_namespace",
+]
+
+#: The instrumentation scope (meter) every jobpulse instrument belongs to.
+METER_NAME = "jobpulse"
 
 #: Histogram bucket bounds in seconds: 5 ms to 1 h.
 DURATION_BUCKETS = (
@@ -38,6 +49,8 @@ _NAMES = {
     "skipped": "background_job.skipped_runs",
     "last_success": "background_job.last_success_timestamp",
     "pending": "background_jobs.pending",
+    "state": "background_job.state",
+    "consecutive_failures": "background_job.consecutive_failures",
 }
 
 
@@ -51,6 +64,12 @@ def validate_namespace(namespace: object) -> str:
     return namespace
 
 
+def series_limit(max_jobs: int) -> int:
+    """The per-instrument cardinality limit that `max_jobs` jobs need: the state gauge has a
+    series per job and state. Never below the OpenTelemetry SDK's default of 2000."""
+    return max(2000, len(JobState) * max_jobs + 1)
+
+
 def instrument_names(namespace: str = "") -> dict[str, str]:
     """OpenTelemetry instrument names by role; with a namespace, each is prefixed "ns."."""
     prefix = f"{namespace}." if namespace else ""
@@ -58,6 +77,20 @@ def instrument_names(namespace: str = "") -> dict[str, str]:
 
 
 _Values = Callable[[MetricPoint], Iterable[tuple[float, Mapping[str, str]]]]
+
+
+def _state_values(point: MetricPoint) -> Iterable[tuple[float, Mapping[str, str]]]:
+    # Every state, 1 or 0, as kube-state-metrics does: a series per state stays put when the
+    # state changes, so an OTLP path (where a series that stops being reported lingers until
+    # the collector expires it) never shows two current states.
+    critical = "true" if point.critical else "false"
+    return [
+        (
+            1 if state is point.state else 0,
+            {**point.attributes, "state": state.value, "critical": critical},
+        )
+        for state in JobState
+    ]
 
 
 class Instruments:
@@ -127,6 +160,17 @@ class Instruments:
                 )
             ],
             description="When each background job last finished successfully (Unix time).",
+        )
+        meter.create_observable_gauge(
+            names["state"],
+            callbacks=[self._per_job(_state_values)],
+            description="Each background job's state: 1 for its current state, 0 for the others "
+            "(labels state, critical).",
+        )
+        meter.create_observable_gauge(
+            names["consecutive_failures"],
+            callbacks=[self._per_job(lambda p: ((p.consecutive_failures, p.attributes),))],
+            description="Failed runs in a row of each background job (0 after a success).",
         )
         meter.create_observable_gauge(
             names["pending"],

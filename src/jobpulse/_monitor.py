@@ -26,7 +26,7 @@ from jobpulse._clock import SYSTEM_CLOCK, Clock
 from jobpulse._exceptions import InvalidJobError, JobLimitError, JobTimeoutError
 from jobpulse._guard import Guard, report_internal_error
 from jobpulse._health import HealthDocument, HealthReport, HealthStatus, evaluate
-from jobpulse._instruments import Instruments, validate_namespace
+from jobpulse._instruments import METER_NAME, Instruments, validate_namespace
 from jobpulse._model import JobsSummary, JobStatus, RunRecord, from_ns, to_ns
 from jobpulse._processor import (
     ERROR_CATEGORY,
@@ -268,7 +268,7 @@ class JobMonitor:
             retention_seconds=to_seconds(retention, "retention"),
             max_history=validate_positive_int(max_history, "max_history"),
         )
-        meter = (meter_provider or metrics.get_meter_provider()).get_meter("jobpulse", __version__)
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter(METER_NAME, __version__)
         self._processor = JobStatusProcessor(
             self._registry, Instruments(meter, self._registry, namespace)
         )

@@ -97,6 +97,9 @@ class MetricPoint:
     missed_count: int
     last_success_ns: int | None
     skipped: tuple[tuple[int, Mapping[str, str]], ...] = ()
+    state: JobState = JobState.PENDING
+    critical: bool = False
+    consecutive_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -893,6 +896,9 @@ class StatusRegistry:
                     missed_count=job.missed_count,
                     last_success_ns=job.last_success_ns,
                     skipped=tuple((count, labels) for labels, count in job.skipped.values()),
+                    state=job.state(),
+                    critical=job.critical,
+                    consecutive_failures=job.consecutive_failures,
                 )
                 for job in self._jobs.values()
             ]

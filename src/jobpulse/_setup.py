@@ -37,6 +37,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
     PeriodicExportingMetricReader,
 )
+from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import (
     SERVICE_INSTANCE_ID,
     SERVICE_NAME,
@@ -56,7 +57,7 @@ from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
 from jobpulse._backoff import BackoffSpanExporter
 from jobpulse._exceptions import InvalidJobError
 from jobpulse._guard import Guard
-from jobpulse._instruments import validate_namespace
+from jobpulse._instruments import METER_NAME, series_limit, validate_namespace
 from jobpulse._monitor import JobMonitor
 from jobpulse._sampling import JobAwareSampler
 from jobpulse._validation import to_seconds, validate_positive_int
@@ -225,7 +226,7 @@ def setup(
             return built, registry
 
         meter_provider, registry = _meter_provider(
-            resource, readers, shutdown_seconds, metric_steps
+            resource, readers, shutdown_seconds, metric_steps, monitor_options["max_jobs"]
         )
 
         monitor = JobMonitor(tracer_provider, meter_provider, **monitor_options)
@@ -288,6 +289,7 @@ def _meter_provider(
     readers: Callable[[], tuple[list[MetricReader], CollectorRegistry | None]],
     shutdown_seconds: float,
     steps: list[Callable[[], object]],
+    max_jobs: int,
 ) -> tuple[metrics.MeterProvider | None, CollectorRegistry | None]:
     """The meter provider to use, and the Prometheus registry its reader writes to (if it
     has one of ours). Readers are built only for a provider built here, whose shutdown is
@@ -302,7 +304,11 @@ def _meter_provider(
     if not isinstance(current, _ProxyMeterProvider):
         return None, None
     built, registry = readers()
-    provider = SdkMeterProvider(resource=resource, metric_readers=built, shutdown_on_exit=False)
+    # Room for every series of max_jobs jobs: the SDK folds the rest into one overflow series.
+    views = [View(meter_name=METER_NAME, aggregation_cardinality_limit=series_limit(max_jobs))]
+    provider = SdkMeterProvider(
+        resource=resource, metric_readers=built, views=views, shutdown_on_exit=False
+    )
     metrics.set_meter_provider(provider)
     _built_globals.add(provider)
     steps.append(lambda: provider.shutdown(timeout_millis=shutdown_seconds * 1000.0))
