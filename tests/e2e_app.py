@@ -1,23 +1,29 @@
 """An application monitored by jobpulse, driven over HTTP by the end-to-end tests.
 
-Run as ``python tests/e2e_app.py PORT`` (or ``python -m tests.e2e_app PORT``); PORT 0 picks
-a free port. Once uvicorn accepts connections on 127.0.0.1 it prints one line,
+Run as ``python tests/e2e_app.py PORT [--namespace NAMESPACE]`` (or ``python -m
+tests.e2e_app ...``); PORT 0 picks a free port. Its metrics are named ``NAMESPACE_...``
+(default ``e2e``; ``icy_backend`` makes them the demo's, for the rules and the dashboard of
+collector-config/). Once uvicorn accepts connections on 127.0.0.1 it prints one line,
 ``e2e_app ready http://127.0.0.1:PORT``, to stdout.
 
 Besides jobpulse's routes (health, ``/metrics``) it serves control routes that drive jobs
 deterministically; each answers once what it asked for has happened:
 
+- ``POST /register/{name}?critical=1&schedule=@every%201s``: ``monitor.register(name,
+  critical=..., schedule=...)``; a parameter left out leaves that setting as it is, and
+  ``critical`` is ``1`` or ``0``;
 - ``POST /run/{name}?fail=1``: one run of job `name` (failing with ``fail=1``);
 - ``POST /stall/{name}``: starts a run that blocks until ``POST /release/{name}``, which
   answers when the run has finished. Job `STALLING_JOB` stalls after 1 s; other jobs use
   the default ``stall_after``;
 - ``POST /pending/{kind}?count=N``: ``monitor.set_pending(kind, N)``.
 
-A bad job name or count answers 400 with jobpulse's message.
+A bad job name, setting or count answers 400 with jobpulse's message.
 """
 
 from __future__ import annotations
 
+import argparse
 import socket
 import sys
 import threading
@@ -34,11 +40,19 @@ from starlette.routing import Route
 import jobpulse
 from jobpulse.starlette import routes
 
-__all__ = ["STALLING_JOB", "StallingRuns", "create_app", "main"]
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "READY_PREFIX",
+    "STALLING_JOB",
+    "StallingRuns",
+    "create_app",
+    "main",
+]
 
 STALLING_JOB = "e2e_stuck"
 STALL_AFTER_SECONDS = 1.0
 READY_PREFIX = "e2e_app ready "
+DEFAULT_NAMESPACE = "e2e"
 
 
 class JobFailure(Exception):
@@ -105,6 +119,23 @@ def create_app(monitor: jobpulse.JobMonitor) -> Starlette:
     shuts `monitor` down when it stops."""
     stalling = StallingRuns(monitor)
 
+    async def register(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        critical_text = request.query_params.get("critical")
+        if critical_text not in (None, "0", "1"):
+            return JSONResponse({"error": "critical must be 1 or 0"}, status_code=400)
+        critical = None if critical_text is None else critical_text == "1"
+        schedule = request.query_params.get("schedule")
+        try:
+            monitor.register(name, critical=critical, schedule=schedule)
+        except jobpulse.InvalidJobError as exc:
+            return _bad_request(exc)
+        status = monitor.status(name)
+        assert status is not None  # just registered, and jobs are never removed here
+        return JSONResponse(
+            {"job_name": name, "critical": status.critical, "schedule": status.schedule}
+        )
+
     async def run_job(request: Request) -> JSONResponse:
         name = request.path_params["name"]
         fail = request.query_params.get("fail") == "1"
@@ -159,6 +190,7 @@ def create_app(monitor: jobpulse.JobMonitor) -> Starlette:
     return Starlette(
         routes=[
             *routes(monitor),
+            Route("/register/{name}", register, methods=["POST"]),
             Route("/run/{name}", run_job, methods=["POST"]),
             Route("/stall/{name}", stall, methods=["POST"]),
             Route("/release/{name}", release, methods=["POST"]),
@@ -181,15 +213,25 @@ class _AnnouncingServer(uvicorn.Server):
             print(READY_PREFIX + self._url, flush=True)
 
 
+def _parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python tests/e2e_app.py")
+    parser.add_argument("port", type=int, help="port on 127.0.0.1 (0: any free port)")
+    parser.add_argument(
+        "--namespace",
+        default=DEFAULT_NAMESPACE,
+        help=f"prefix of the metric names (default {DEFAULT_NAMESPACE!r})",
+    )
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) != 1 or not argv[0].isdigit():
-        raise SystemExit("usage: python tests/e2e_app.py PORT   (0: any free port)")
-    monitor = jobpulse.setup(service_name="e2e", namespace="e2e", prometheus=True)
+    arguments = _parse_arguments(argv)
+    monitor = jobpulse.setup(service_name="e2e", namespace=arguments.namespace, prometheus=True)
     monitor.register(STALLING_JOB, critical=True, stall_after=STALL_AFTER_SECONDS)
     # Bound here, not by uvicorn, so that port 0 works and the ready line names the port.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", int(argv[0])))
+    listener.bind(("127.0.0.1", arguments.port))
     port = listener.getsockname()[1]
     config = uvicorn.Config(
         create_app(monitor), log_level="warning", access_log=False, lifespan="on"

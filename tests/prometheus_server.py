@@ -11,6 +11,10 @@ assertions on what it stored go through `PrometheusServer.wait_for`, which re-qu
 the answer is the expected one or a deadline passes. The first scrape comes about 5 s after
 the server is ready (Prometheus hands discovered targets to its scrapers every 5 s), then
 one every second.
+
+A test that needs a configuration of its own (several scrape jobs, static labels, rule files)
+builds the whole mapping, starting from `one_second_global()`, and runs
+``running_prometheus_with_config(config, tmp_path)``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,8 +39,10 @@ __all__ = [
     "PrometheusServer",
     "Sample",
     "free_port",
+    "one_second_global",
     "require_binary",
     "running_prometheus",
+    "running_prometheus_with_config",
     "stop_process",
     "value_of",
 ]
@@ -96,23 +102,49 @@ class PrometheusServer:
     def api(self, path: str, params: dict[str, str] | None = None) -> Any:
         """GET an HTTP API path (``/api/v1/rules``, ``/api/v1/alerts``...) and return its
         ``data``; raises AssertionError when Prometheus answers an error."""
+        return self._get(path, params)["data"]
+
+    def _get(self, path: str, params: dict[str, str] | None) -> dict[str, Any]:
         response = self._client.get(path, params=params)
-        body = response.json()
+        body: dict[str, Any] = response.json()
         if response.status_code != 200 or body.get("status") != "success":
             raise AssertionError(
                 f"Prometheus {path} {params or ''} answered {response.status_code}: "
                 f"{body.get('errorType')}: {body.get('error')}"
             )
-        return body["data"]
+        return body
 
     def query(self, promql: str) -> list[Sample]:
         """Evaluate `promql` now (an instant query). A scalar or string answer is returned as
         one sample without labels. Raises AssertionError for a query Prometheus rejects."""
-        data = self.api("/api/v1/query", {"query": promql})
+        return self.query_with_warnings(promql)[0]
+
+    def query_with_warnings(self, promql: str) -> tuple[list[Sample], list[str]]:
+        """`query`, plus the warnings Prometheus sent with the answer (none: an empty list)."""
+        body = self._get("/api/v1/query", {"query": promql})
+        data = body["data"]
+        warnings: list[str] = body.get("warnings") or []
         if data["resultType"] in ("scalar", "string"):
-            return [{"metric": {}, "value": data["result"]}]
+            return [{"metric": {}, "value": data["result"]}], warnings
         result: list[Sample] = data["result"]
-        return result
+        return result, warnings
+
+    def series(self, selector: str) -> list[dict[str, str]]:
+        """The label sets of the stored series that `selector` (``name{label="value"}``)
+        matches, over all the data Prometheus holds."""
+        found: list[dict[str, str]] = self.api("/api/v1/series", {"match[]": selector})
+        return found
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every loaded recording and alerting rule, with its group's file added as
+        ``"file"``: name, query, health, lastError, labels (alerts: state, alerts)..."""
+        groups = self.api("/api/v1/rules")["groups"]
+        return [{**rule, "file": group["file"]} for group in groups for rule in group["rules"]]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The active (pending or firing) alerts: labels, annotations, state, activeAt."""
+        active: list[dict[str, Any]] = self.api("/api/v1/alerts")["alerts"]
+        return active
 
     def targets(self) -> list[dict[str, Any]]:
         """The active scrape targets with their health and last error."""
@@ -149,19 +181,19 @@ class PrometheusServer:
         )
 
 
-def _write_config(
-    directory: Path, targets: Sequence[str], job_name: str, rule_files: Sequence[Path]
-) -> Path:
-    # JSON is YAML: no YAML library needed. Prometheus durations take whole units (ms).
-    config = {
-        "global": {
-            "scrape_interval": f"{SCRAPE_INTERVAL_MILLIS}ms",
-            "scrape_timeout": f"{SCRAPE_TIMEOUT_MILLIS}ms",
-            "evaluation_interval": f"{SCRAPE_INTERVAL_MILLIS}ms",
-        },
-        "rule_files": [str(path) for path in rule_files],
-        "scrape_configs": [{"job_name": job_name, "static_configs": [{"targets": list(targets)}]}],
+def one_second_global() -> dict[str, str]:
+    """The ``global`` section of the servers started here: a scrape and a rule evaluation
+    every second, a scrape timing out after 0.8 s."""
+    # Prometheus durations take whole units: milliseconds.
+    return {
+        "scrape_interval": f"{SCRAPE_INTERVAL_MILLIS}ms",
+        "scrape_timeout": f"{SCRAPE_TIMEOUT_MILLIS}ms",
+        "evaluation_interval": f"{SCRAPE_INTERVAL_MILLIS}ms",
     }
+
+
+def _write_config(directory: Path, config: Mapping[str, Any]) -> Path:
+    # JSON is YAML: no YAML library needed.
     path = directory / "prometheus.yml"
     path.write_text(json.dumps(config, indent=2))
     return path
@@ -217,8 +249,28 @@ def running_prometheus(
     `rule_files` are recording/alerting rule files, evaluated every second. Blocks until
     the server is ready (at most 20 s); skips or fails when the binary is missing.
     """
+    config = {
+        "global": one_second_global(),
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": [{"job_name": job_name, "static_configs": [{"targets": list(targets)}]}],
+    }
+    with running_prometheus_with_config(config, directory) as server:
+        yield server
+
+
+@contextmanager
+def running_prometheus_with_config(
+    config: Mapping[str, Any], directory: Path
+) -> Iterator[PrometheusServer]:
+    """Run Prometheus on 127.0.0.1 with the configuration `config` (the mapping that
+    prometheus.yml holds; paths in it absolute), its configuration file, data and log in
+    `directory`; stop it on exit.
+
+    Blocks until the server is ready (at most 20 s); fails when Prometheus rejects the
+    configuration, skips or fails when the binary is missing.
+    """
     binary = require_binary("prometheus")
-    config = _write_config(directory, targets, job_name, rule_files)
+    config_path = _write_config(directory, config)
     log_path = directory / "prometheus.log"
     for _attempt in range(3):  # another process may take the free port before Prometheus
         port = free_port()
@@ -227,7 +279,7 @@ def running_prometheus(
             process = subprocess.Popen(
                 [
                     binary,
-                    f"--config.file={config}",
+                    f"--config.file={config_path}",
                     f"--storage.tsdb.path={directory / 'data'}",
                     f"--web.listen-address=127.0.0.1:{port}",
                     "--log.level=warn",

@@ -3,26 +3,19 @@ real HTTP on 127.0.0.1, its jobs on a fast schedule, stopped by real signals."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.demo_process import DEMO_COMMAND, HEALTH_PATH, ROOT, Demo, poll, start_demo
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-#: `make demo` runs ``$(PY) -m examples.icy_backend`` (checked below) from the repository root.
-DEMO_COMMAND = (sys.executable, "-m", "examples.icy_backend")
-HEALTH_PATH = "/api/v1/health/jobs"
 #: The spec's jobs, and whether each is critical.
 JOBS = {
     "btc_transaction_indexing": True,
@@ -45,82 +38,22 @@ FAST = {
     "PORT": "0",
 }
 HEALTH_OF_HTTP_STATUS = {200: "healthy", 206: "degraded", 503: "unhealthy"}
-POLL_SECONDS = 0.15
-READY = re.compile(r"health:\s+(http://\S+?)" + re.escape(HEALTH_PATH) + r"\s")
-
-T = TypeVar("T")
 
 
-@dataclass
-class Demo:
-    """A running demo process; its output goes to files, so a full pipe never blocks it."""
-
-    process: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-    base_url: str = ""
-
-    def output(self) -> tuple[str, str]:
-        return (
-            self.stdout_path.read_text(errors="replace"),
-            self.stderr_path.read_text(errors="replace"),
-        )
-
-    def stop(self, signum: signal.Signals) -> tuple[int, float]:
-        """Send `signum`; the exit code and the seconds it took to exit."""
-        started = time.monotonic()
-        self.process.send_signal(signum)
-        code = self.process.wait(timeout=15)
-        return code, time.monotonic() - started
-
-
-def poll(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Call `check` every POLL_SECONDS until it returns something other than None."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL_SECONDS)
-
-
-@pytest.fixture
-def start_demo(tmp_path: Path) -> Iterator[Callable[..., Demo]]:
+@pytest.fixture(name="start_demo")
+def start_demo_fixture(tmp_path: Path) -> Iterator[Callable[..., Demo]]:
     """Start the demo with the FAST settings (overridden by keyword arguments) and wait for
     its ready line; a demo still running at the end of the test is killed."""
     demos: list[Demo] = []
 
     def start(**overrides: str) -> Demo:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-        env.update(FAST)
-        env.update(overrides)
-        index = len(demos)
-        stdout_path = tmp_path / f"demo{index}.out"
-        stderr_path = tmp_path / f"demo{index}.err"
-        with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-            process = subprocess.Popen(
-                DEMO_COMMAND, cwd=ROOT, env=env, stdout=stdout, stderr=stderr
-            )
-        demo = Demo(process, stdout_path, stderr_path)
+        demo = start_demo(tmp_path, {**FAST, **overrides}, name=f"demo{len(demos)}")
         demos.append(demo)
-
-        def ready() -> str | None:
-            out, err = demo.output()
-            if process.poll() is not None:
-                pytest.fail(f"the demo exited with {process.returncode}:\n{err}")
-            match = READY.search(out)
-            return match[1] if match else None
-
-        demo.base_url = poll(ready, 30, "the demo's ready line")
         return demo
 
     yield start
     for demo in demos:
-        if demo.process.poll() is None:
-            demo.process.kill()
-            demo.process.wait()
+        demo.kill()
 
 
 def get(client: httpx.Client, path: str) -> httpx.Response:

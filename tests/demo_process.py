@@ -1,0 +1,133 @@
+"""The icy-backend demo (examples/icy_backend) run as `make demo` runs it, for the tests that
+need it: a real process serving real HTTP on 127.0.0.1.
+
+::
+
+    demo = start_demo(tmp_path, {"INDEX_INTERVAL": "1", "PORT": "0"})
+    ...  # demo.base_url is "http://127.0.0.1:PORT"
+    demo.kill()
+
+The demo's output goes to files in the directory given, so that a full pipe never blocks it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+__all__ = [
+    "DEMO_COMMAND",
+    "HEALTH_PATH",
+    "POLL_SECONDS",
+    "READY",
+    "READY_TIMEOUT_SECONDS",
+    "ROOT",
+    "AppProcess",
+    "Demo",
+    "poll",
+    "start_demo",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+#: `make demo` runs ``$(PY) -m examples.icy_backend`` (tests/test_demo.py checks it) from the
+#: repository root.
+DEMO_COMMAND = (sys.executable, "-m", "examples.icy_backend")
+HEALTH_PATH = "/api/v1/health/jobs"
+POLL_SECONDS = 0.15
+READY_TIMEOUT_SECONDS = 30.0
+#: The banner line the demo prints once it listens: ``  health:   http://HOST:PORT/api/...``.
+READY = re.compile(r"health:\s+(http://\S+?)" + re.escape(HEALTH_PATH) + r"\s")
+
+T = TypeVar("T")
+
+
+@dataclass
+class AppProcess:
+    """A server started by a test; its output goes to files, so a full pipe never blocks it."""
+
+    process: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    base_url: str = ""
+
+    @property
+    def address(self) -> str:
+        """``host:port``, as a Prometheus scrape target names it."""
+        return self.base_url.removeprefix("http://")
+
+    def output(self) -> tuple[str, str]:
+        return (
+            self.stdout_path.read_text(errors="replace"),
+            self.stderr_path.read_text(errors="replace"),
+        )
+
+
+class Demo(AppProcess):
+    """A running demo process."""
+
+    def stop(self, signum: signal.Signals) -> tuple[int, float]:
+        """Send `signum`; the exit code and the seconds it took to exit."""
+        started = time.monotonic()
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=15)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        """SIGKILL the process if it is still running, and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def poll(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Call `check` every POLL_SECONDS until it returns something other than None."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(POLL_SECONDS)
+
+
+def start_demo(directory: Path, settings: Mapping[str, str], name: str = "demo") -> Demo:
+    """Start the demo with the environment of this process less its ``OTEL_*`` variables,
+    plus `settings`; its stdout and stderr go to ``directory/NAME.out`` and ``.err``.
+
+    Blocks until the demo prints its ready line (at most 30 s) and fails the test if it
+    exits or stays silent, killing it first. The caller kills (or stops) the returned demo.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env.update(settings)
+    stdout_path = directory / f"{name}.out"
+    stderr_path = directory / f"{name}.err"
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(DEMO_COMMAND, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+    demo = Demo(process, stdout_path, stderr_path)
+
+    def ready() -> str | None:
+        out, err = demo.output()
+        if process.poll() is not None:
+            pytest.fail(f"the demo exited with {process.returncode}:\n{err}")
+        match = READY.search(out)
+        return match[1] if match else None
+
+    started = False
+    try:
+        demo.base_url = poll(ready, READY_TIMEOUT_SECONDS, "the demo's ready line")
+        started = True
+    finally:
+        if not started:
+            demo.kill()
+    return demo
