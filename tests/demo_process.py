@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -49,6 +49,7 @@ READY_TIMEOUT_SECONDS = 30.0
 READY = re.compile(r"health:\s+(http://\S+?)" + re.escape(HEALTH_PATH) + r"\s")
 
 T = TypeVar("T")
+P = TypeVar("P", bound="AppProcess")
 
 
 @dataclass
@@ -59,6 +60,44 @@ class AppProcess:
     stdout_path: Path
     stderr_path: Path
     base_url: str = ""
+
+    @classmethod
+    def launch(
+        cls: type[P],
+        command: Sequence[str],
+        directory: Path,
+        name: str,
+        env: Mapping[str, str] | None = None,
+    ) -> P:
+        """Start `command` in the repository root; its stdout and stderr go to
+        ``directory/NAME.out`` and ``.err``. Does not wait: see `wait_ready`."""
+        stdout_path = directory / f"{name}.out"
+        stderr_path = directory / f"{name}.err"
+        with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+            process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+            )
+        return cls(process, stdout_path, stderr_path)
+
+    def wait_ready(self, ready: re.Pattern[str], what: str) -> None:
+        """Set `base_url` from the first match of `ready` (its group 1) in the output, once
+        the process prints it (at most 30 s). Fails the test, killing the process first, if it
+        exits or stays silent."""
+
+        def url() -> str | None:
+            out, err = self.output()
+            if self.process.poll() is not None:
+                pytest.fail(f"{what} exited with {self.process.returncode}:\n{err}")
+            match = ready.search(out)
+            return match[1] if match else None
+
+        started = False
+        try:
+            self.base_url = poll(url, READY_TIMEOUT_SECONDS, f"{what}'s ready line")
+            started = True
+        finally:
+            if not started:
+                self.kill()
 
     @property
     def address(self) -> str:
@@ -71,6 +110,12 @@ class AppProcess:
             self.stderr_path.read_text(errors="replace"),
         )
 
+    def kill(self) -> None:
+        """SIGKILL the process if it is still running, and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
 
 class Demo(AppProcess):
     """A running demo process."""
@@ -81,12 +126,6 @@ class Demo(AppProcess):
         self.process.send_signal(signum)
         code = self.process.wait(timeout=15)
         return code, time.monotonic() - started
-
-    def kill(self) -> None:
-        """SIGKILL the process if it is still running, and reap it."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 def poll(check: Callable[[], T | None], timeout: float, what: str) -> T:
@@ -110,24 +149,6 @@ def start_demo(directory: Path, settings: Mapping[str, str], name: str = "demo")
     """
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
     env.update(settings)
-    stdout_path = directory / f"{name}.out"
-    stderr_path = directory / f"{name}.err"
-    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(DEMO_COMMAND, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
-    demo = Demo(process, stdout_path, stderr_path)
-
-    def ready() -> str | None:
-        out, err = demo.output()
-        if process.poll() is not None:
-            pytest.fail(f"the demo exited with {process.returncode}:\n{err}")
-        match = READY.search(out)
-        return match[1] if match else None
-
-    started = False
-    try:
-        demo.base_url = poll(ready, READY_TIMEOUT_SECONDS, "the demo's ready line")
-        started = True
-    finally:
-        if not started:
-            demo.kill()
+    demo = Demo.launch(DEMO_COMMAND, directory, name, env)
+    demo.wait_ready(READY, "the demo")
     return demo

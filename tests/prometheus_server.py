@@ -41,6 +41,7 @@ __all__ = [
     "free_port",
     "one_second_global",
     "require_binary",
+    "run_promtool",
     "running_prometheus",
     "running_prometheus_with_config",
     "stop_process",
@@ -57,6 +58,7 @@ READY_TIMEOUT_SECONDS = 20.0
 WAIT_TIMEOUT_SECONDS = 20.0
 POLL_INTERVAL_SECONDS = 0.25
 STOP_TIMEOUT_SECONDS = 10.0
+PROMTOOL_TIMEOUT_SECONDS = 120.0
 
 
 def require_binary(name: str) -> str:
@@ -69,6 +71,19 @@ def require_binary(name: str) -> str:
             pytest.fail(f"{message}; JOBPULSE_REQUIRE_SERVERS=1 requires it", pytrace=False)
         pytest.skip(message)
     return path
+
+
+def run_promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``promtool ARGS`` in `cwd` and return what it did (a failed check is a result,
+    not an exception); skips or fails as `require_binary` when promtool is missing."""
+    return subprocess.run(
+        [require_binary("promtool"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=PROMTOOL_TIMEOUT_SECONDS,
+        check=False,
+    )
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from tests.dashboard_queries import (
     variable_query_expression,
     variable_tokens,
 )
-from tests.prometheus_server import require_binary
+from tests.prometheus_server import run_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASOURCES_PATH = ROOT / "collector-config/grafana/provisioning/datasources/prometheus.yml"
@@ -45,7 +44,6 @@ JOB_NAME_MATCHER = 'job_name=~"$job_name"'
 UNSCOPED_BY_JOB = {"icy_backend_background_jobs_pending"}
 _SELECTOR = re.compile(r"\b(?P<metric>icy_backend_\w+)\s*(?:\{(?P<matchers>[^}]*)\})?")
 _COMPARISON = re.compile(r"(?:[<>]=?|!=)\s*-?[0-9]")
-PROMTOOL_TIMEOUT_SECONDS = 60.0
 
 Panel = dict[str, Any]
 
@@ -363,20 +361,13 @@ def test_variable_query_expression() -> None:
 def promtool_problems(expressions: Sequence[tuple[str, str]], directory: Path) -> list[str]:
     """``promtool check rules`` over every expression as a recording rule, each in a group
     named after its panel, so that promtool's message names the panel. Empty: all parse."""
-    promtool = require_binary("promtool")
     groups = [
         {"name": f"{index}: {where}", "rules": [{"record": "dashboard:expression", "expr": expr}]}
         for index, (where, expr) in enumerate(expressions)
     ]
     rules = directory / "dashboard-rules.yml"
     rules.write_text(json.dumps({"groups": groups}, indent=2), encoding="utf-8")  # JSON is YAML
-    result = subprocess.run(
-        [promtool, "check", "rules", str(rules)],
-        capture_output=True,
-        text=True,
-        timeout=PROMTOOL_TIMEOUT_SECONDS,
-        check=False,
-    )
+    result = run_promtool("check", "rules", str(rules))
     if result.returncode == 0:
         return []
     return [line for line in (result.stdout + result.stderr).splitlines() if "group" in line] or [

@@ -23,7 +23,7 @@ the tests run in file order.
 from __future__ import annotations
 
 import json
-import subprocess
+import re
 import sys
 import time
 from collections import Counter
@@ -59,7 +59,8 @@ SCRAPE_JOB = "icy-backend"
 NAMESPACE = "icy_backend"
 DEADLINE_SECONDS = 60.0
 POLL_SECONDS = 0.5
-APP_READY_TIMEOUT_SECONDS = 30.0
+E2E_COMMAND = (sys.executable, "tests/e2e_app.py", "0", "--namespace", NAMESPACE)
+E2E_READY = re.compile("^" + re.escape(READY_PREFIX) + r"(\S+)", re.MULTILINE)
 
 #: Jobs every second, half of the runs failing, every third run of
 #: pending_btc_transaction_processing hanging past its stall_after (which also makes
@@ -201,33 +202,6 @@ class Kit:
         return (*self.shipped_rule_files, self.test_rule_file)
 
 
-def _start_e2e_app(directory: Path) -> E2eApp:
-    stdout_path, stderr_path = directory / "e2e_app.out", directory / "e2e_app.err"
-    command = [sys.executable, str(ROOT / "tests" / "e2e_app.py"), "0", "--namespace", NAMESPACE]
-    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
-        )
-    return E2eApp(process, stdout_path, stderr_path)
-
-
-def _wait_e2e_ready(app: E2eApp) -> None:
-    deadline = time.monotonic() + APP_READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        for line in app.stdout_path.read_text(errors="replace").splitlines():
-            if line.startswith(READY_PREFIX):
-                app.base_url = line.removeprefix(READY_PREFIX).strip()
-                return
-        if app.process.poll() is not None:
-            break
-        time.sleep(0.1)
-    app.stop()
-    pytest.fail(
-        f"the e2e app printed no ready line within {APP_READY_TIMEOUT_SECONDS:g} s (exit "
-        f"code {app.process.poll()}); its stderr:\n" + app.stderr_path.read_text(errors="replace")
-    )
-
-
 def _window_rules(directory: Path) -> Path:
     """A rule file of the test's own, as alerts.yml tells users to write one: the success
     window of e2e_window_job for JobNoRecentSuccess."""
@@ -296,11 +270,11 @@ def _wait(check: Callable[[], str | None], what: str, timeout: float = DEADLINE_
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
     require_binary("prometheus")  # before starting the apps it would be useless without
     directory = tmp_path_factory.mktemp("operations")
-    app = _start_e2e_app(directory)  # starts while the demo does
+    app = E2eApp.launch(E2E_COMMAND, directory, "e2e_app")  # starts while the demo does
     demo: Demo | None = None
     try:
         demo = start_demo(directory, DEMO_SETTINGS)
-        _wait_e2e_ready(app)
+        app.wait_ready(E2E_READY, "the e2e app")
         for name, settings in (
             (CRITICAL_FAILING_JOB, {"critical": "1"}),
             (FAILING_JOB, {"critical": "0"}),
@@ -388,11 +362,7 @@ def _selectors(expression: Expression) -> list[str]:
     try:
         parsed = promql_parser.parse(promql)
     except ValueError as exc:
-        error = str(exc)
-    else:
-        error = ""
-    if error:
-        pytest.fail(f"{expression}\ndoes not parse: {error}", pytrace=False)
+        pytest.fail(f"{expression}\ndoes not parse: {exc}", pytrace=False)
     promql_parser.walk(parsed, visit)
     return found
 
@@ -434,11 +404,7 @@ def _has_data_check(
             try:
                 result, warnings = prometheus.query_with_warnings(expression.promql)
             except AssertionError as exc:
-                error = str(exc)
-            else:
-                error = ""
-            if error:
-                pytest.fail(f"{expression}\nfails: {error}", pytrace=False)
+                pytest.fail(f"{expression}\nfails: {exc}", pytrace=False)
             assert not warnings, f"{expression}\nwarns: {warnings}"
             if not table[expression.key]:
                 assert not result, f"{expression}\nshould answer nothing here, got {result}"

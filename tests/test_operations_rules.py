@@ -14,7 +14,7 @@ import pytest
 import yaml
 from examples.icy_backend.jobs import JOB_NAMES
 
-from tests.prometheus_server import require_binary
+from tests.prometheus_server import run_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "collector-config"
@@ -25,22 +25,10 @@ RUNBOOK_BASE = "https://github.com/jobpulse/jobpulse/blob/main/docs/operations.m
 SEVERITIES = {"critical", "warning"}
 WINDOW_GROUP = "jobpulse-success-windows"
 WINDOW_RECORD = "jobpulse:success_window_seconds"
-PROMTOOL_TIMEOUT_SECONDS = 120.0
 # A Prometheus duration that is not zero: "1m", "90s", "1h30m" (promtool checks the syntax).
 _NONZERO_DURATION = re.compile(r"^(?=.*[1-9])(\d+(ms|[smhdwy]))+$")
 _HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _FENCED_BLOCK = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
-
-
-def _promtool(*args: str, cwd: Path = CONFIG_DIR) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [require_binary("promtool"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=PROMTOOL_TIMEOUT_SECONDS,
-        check=False,
-    )
 
 
 def _assert_succeeds(result: subprocess.CompletedProcess[str]) -> None:
@@ -93,15 +81,15 @@ def test_markdown_headings_skip_code_blocks() -> None:
 
 def test_prometheus_config_is_valid() -> None:
     # Also checks the rule files the configuration names (alerts.yml).
-    _assert_succeeds(_promtool("check", "config", "prometheus.yml"))
+    _assert_succeeds(run_promtool("check", "config", "prometheus.yml", cwd=CONFIG_DIR))
 
 
 def test_alert_rules_are_valid() -> None:
-    _assert_succeeds(_promtool("check", "rules", "alerts.yml"))
+    _assert_succeeds(run_promtool("check", "rules", "alerts.yml", cwd=CONFIG_DIR))
 
 
 def test_alert_rule_unit_tests_pass() -> None:
-    _assert_succeeds(_promtool("test", "rules", "alerts.test.yml"))
+    _assert_succeeds(run_promtool("test", "rules", "alerts.test.yml", cwd=CONFIG_DIR))
 
 
 def test_promtool_rejects_a_broken_expression(tmp_path: Path) -> None:
@@ -111,7 +99,7 @@ def test_promtool_rejects_a_broken_expression(tmp_path: Path) -> None:
     broken = tmp_path / "alerts.yml"
     broken.write_text(text.replace(correct, "(icy_backend_background_jobs_stalled > 0", 1))
 
-    result = _promtool("check", "rules", str(broken), cwd=tmp_path)
+    result = run_promtool("check", "rules", str(broken), cwd=tmp_path)
 
     assert result.returncode != 0, result.stdout
     assert "parse error" in result.stdout + result.stderr
@@ -124,7 +112,7 @@ def test_rule_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
     (tmp_path / "alerts.yml").write_text(text.replace(threshold, threshold[:-1] + "2", 1))
     shutil.copy(ALERT_TESTS, tmp_path / "alerts.test.yml")
 
-    result = _promtool("test", "rules", "alerts.test.yml", cwd=tmp_path)
+    result = run_promtool("test", "rules", "alerts.test.yml", cwd=tmp_path)
 
     assert result.returncode != 0, result.stdout
     assert "CriticalJobFailing" in result.stdout + result.stderr

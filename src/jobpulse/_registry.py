@@ -96,10 +96,10 @@ class MetricPoint:
     timeout_count: int
     missed_count: int
     last_success_ns: int | None
+    state: JobState
+    critical: bool
+    consecutive_failures: int
     skipped: tuple[tuple[int, Mapping[str, str]], ...] = ()
-    state: JobState = JobState.PENDING
-    critical: bool = False
-    consecutive_failures: int = 0
 
 
 @dataclass(frozen=True)
