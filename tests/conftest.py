@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from jobpulse import JobMonitor
+from jobpulse import JobMonitor, JobRun
 from jobpulse._guard import add_internal_error_hook, remove_internal_error_hook
 from jobpulse.testing import FakeClock
 
@@ -193,3 +194,15 @@ def in_child(work: Callable[[], dict[str, object]]) -> dict[str, object]:
         data = pipe.read()
     os.waitpid(pid, 0)
     return json.loads(data)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def in_own_context(run: JobRun) -> Iterator[JobRun]:
+    """Run `run` in a context of its own, as a run on another thread or task would be (a
+    run opened inside a run of the same job in the same context is that run)."""
+    context = contextvars.Context()
+    context.run(run.__enter__)
+    try:
+        yield run
+    finally:
+        context.run(run.__exit__, None, None, None)

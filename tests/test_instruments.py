@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from jobpulse import JobMonitor, JobState
 from jobpulse._instruments import DURATION_BUCKETS, instrument_names
 from jobpulse.testing import FakeClock
-from tests.conftest import MonitorFactory, Otel
+from tests.conftest import MonitorFactory, Otel, in_own_context
 
 SPEC_NAMES = {
     "icy_backend_background_job_duration_seconds": "histogram",
@@ -111,7 +111,10 @@ def test_active_and_stalled_gauges_while_running(
 ) -> None:
     monitor, registry = prometheus
     monitor.register("swap_request_processing", stall_after=60)
-    with monitor.run("swap_request_processing"), monitor.run("swap_request_processing"):
+    with (
+        in_own_context(monitor.run("swap_request_processing")),
+        in_own_context(monitor.run("swap_request_processing")),
+    ):
         clock.advance(61)
         samples = _samples(registry)
         job = 'job_name="swap_request_processing"'

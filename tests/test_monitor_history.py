@@ -9,7 +9,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from jobpulse import JobMonitor, JobState, JobStatus, RunRecord
 from jobpulse.testing import FakeClock
-from tests.conftest import MonitorFactory, Otel
+from tests.conftest import MonitorFactory, Otel, in_own_context
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -175,7 +175,7 @@ def test_auto_stall_after_lowered_mid_run_rearms_the_deadline(
 ) -> None:
     monitor = make_monitor(stall_after=3600)
     monitor.register("etl", stall_after="auto")
-    with monitor.run("etl"):  # armed at the default, 3600 s
+    with in_own_context(monitor.run("etl")):  # armed at the default, 3600 s
         for _ in range(20):
             run_for(monitor, clock, "etl", 10)  # overlapping runs teach it: 60 s (the floor)
         clock.advance(1)

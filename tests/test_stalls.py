@@ -13,7 +13,7 @@ from jobpulse import HealthStatus, JobMonitor, JobState
 from jobpulse._clock import SYSTEM_CLOCK
 from jobpulse._watchdog import Watchdog
 from jobpulse.testing import FakeClock
-from tests.conftest import InternalErrors, MonitorFactory, Otel, log_signal
+from tests.conftest import InternalErrors, MonitorFactory, Otel, in_own_context, log_signal
 
 
 def test_run_past_stall_after_becomes_stalled_at_the_deadline(
@@ -61,8 +61,8 @@ def test_run_past_stall_after_becomes_stalled_at_the_deadline(
 
 def test_each_overlapping_run_has_its_own_deadline(monitor: JobMonitor, clock: FakeClock) -> None:
     monitor.register("indexer", stall_after=10)
-    first = monitor.run("indexer")
-    second = monitor.run("indexer")
+    # Each run in a context of its own, as runs on different threads are.
+    first, second = in_own_context(monitor.run("indexer")), in_own_context(monitor.run("indexer"))
     third = monitor.run("indexer")
     first.__enter__()
     clock.advance(6)
@@ -75,7 +75,7 @@ def test_each_overlapping_run_has_its_own_deadline(monitor: JobMonitor, clock: F
     assert monitor.status("indexer").stalled_runs == 1  # type: ignore[union-attr]
     clock.advance(0.001)
     assert monitor.status("indexer").stalled_runs == 2  # type: ignore[union-attr]
-    second.__exit__(None, None, None)  # last in, first out: each restores its context
+    second.__exit__(None, None, None)
     first.__exit__(None, None, None)
     assert monitor.status("indexer").state is JobState.SUCCESS  # type: ignore[union-attr]
     third.__enter__()

@@ -14,7 +14,7 @@ import threading
 import pytest
 from opentelemetry.trace import StatusCode
 
-from jobpulse import JobMonitor, JobState, JobTimeoutError, _monitor
+from jobpulse import JobMonitor, JobSkippedError, JobState, JobTimeoutError, _monitor
 from tests.conftest import MonitorFactory, Otel
 
 SHORT = 0.05
@@ -236,3 +236,46 @@ def test_async_cancel_from_outside_is_not_a_timeout(monitor: JobMonitor) -> None
     status = monitor.status("both")
     assert status is not None
     assert status.last_error_category == "cancelled"
+
+
+def test_a_hung_sync_job_leaves_one_thread_behind_and_refuses_calls_meanwhile(
+    monitor: JobMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+
+    @monitor.job("hangs", timeout=0.01)
+    def hang() -> None:
+        release.wait(30)
+
+    def job_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("jobpulse-job-hangs")]
+
+    with pytest.raises(JobTimeoutError):
+        hang()
+    refused = 0
+    with caplog.at_level(logging.WARNING, logger="jobpulse"):
+        for _ in range(299):
+            with pytest.raises(JobSkippedError) as caught:
+                hang()
+            refused += 1
+    assert refused == 299
+    assert caught.value.job_name == "hangs"
+    assert caught.value.reason == "abandoned_thread"
+    assert "still running in its thread" in str(caught.value)
+    assert isinstance(caught.value, RuntimeError)
+    assert len(job_threads()) == 1
+    assert monitor.abandoned_threads("hangs") == 1
+    status = monitor.status("hangs")
+    assert status is not None
+    assert (status.run_count, status.timeout_count) == (1, 1)
+    assert (status.skipped_count, status.last_skip_reason) == (299, "abandoned_thread")
+    assert "a due run was skipped (abandoned_thread)" in caplog.text
+
+    release.set()
+    for thread in job_threads():
+        thread.join(10)
+    assert monitor.abandoned_threads("hangs") == 0
+    hang()  # runs again once the hung thread has returned (and now returns at once)
+    status = monitor.status("hangs")
+    assert status is not None
+    assert (status.run_count, status.state) == (2, JobState.SUCCESS)

@@ -6,7 +6,13 @@ that stop firing, and `JobMonitor.health` turns the view into the health documen
 README.md and docs/.
 """
 
-from jobpulse._exceptions import InvalidJobError, JobLimitError, JobpulseError, JobTimeoutError
+from jobpulse._exceptions import (
+    InvalidJobError,
+    JobLimitError,
+    JobpulseError,
+    JobSkippedError,
+    JobTimeoutError,
+)
 from jobpulse._health import HealthReport, HealthStatus
 from jobpulse._model import JobsSummary, JobState, JobStatus, RunRecord
 from jobpulse._monitor import JobMonitor, JobRun, set_metadata
@@ -23,6 +29,7 @@ __all__ = [
     "JobLimitError",
     "JobMonitor",
     "JobRun",
+    "JobSkippedError",
     "JobState",
     "JobStatus",
     "JobStatusProcessor",

@@ -6,6 +6,7 @@ naturally catch for the same mistake::
     JobpulseError
     ├── InvalidJobError     (also ValueError)    a bad job name, setting, namespace or pending count
     ├── JobLimitError       (also RuntimeError)  registering a job past the monitor's `max_jobs`
+    ├── JobSkippedError     (also RuntimeError)  a call of a job refused (its hung run still runs)
     └── JobTimeoutError     (also TimeoutError)  a run passed its job's `timeout`
 
 A job's own exceptions are never wrapped: they are recorded and re-raised unchanged.
@@ -37,3 +38,21 @@ class JobTimeoutError(JobpulseError, TimeoutError):
         super().__init__(f"job {job_name!r} timed out after {timeout_seconds:g}s")
         self.job_name = job_name
         self.timeout_seconds = timeout_seconds
+
+
+class JobSkippedError(JobpulseError, RuntimeError):
+    """A call of a job was refused and counted as skipped (``skipped_count``, the
+    ``background_job.skipped_runs`` counter with label ``reason``).
+
+    Raised by a sync job with a ``timeout`` while its run abandoned at an earlier timeout
+    is still running in its thread: Python cannot stop a thread, so each job leaves at
+    most one behind.
+    """
+
+    def __init__(self, job_name: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.job_name = job_name
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[JobSkippedError], tuple[str, str, str]]:
+        return type(self), (self.job_name, self.reason, str(self))

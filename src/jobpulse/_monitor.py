@@ -23,7 +23,12 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from jobpulse import _errors, _metadata
 from jobpulse._clock import SYSTEM_CLOCK, Clock
-from jobpulse._exceptions import InvalidJobError, JobLimitError, JobTimeoutError
+from jobpulse._exceptions import (
+    InvalidJobError,
+    JobLimitError,
+    JobSkippedError,
+    JobTimeoutError,
+)
 from jobpulse._guard import Guard, report_internal_error
 from jobpulse._health import HealthDocument, HealthReport, HealthStatus, evaluate
 from jobpulse._instruments import METER_NAME, Instruments, validate_namespace
@@ -60,6 +65,16 @@ StallAfter = float | timedelta | Literal["auto"]
 
 CODE_FUNCTION = "code.function.name"
 
+#: What `JobMonitor._start` hands to `_finish`: the context token to detach (or None), the
+#: start on the monotonic clock, and the start in epoch nanoseconds.
+RunToken = tuple[object, float, int]
+#: The token of a run opened inside a run of the same job: that outer run is the run.
+NESTED: RunToken = (None, 0.0, 0)
+#: The `skipped` reason of a sync job's call refused while its abandoned thread still runs.
+ABANDONED_THREAD = "abandoned_thread"
+#: Attribute of a function decorated with `JobMonitor.job`: its job name.
+JOB_NAME_ATTRIBUTE = "_jobpulse_job"
+
 _START_GUARD = Guard("run start")
 _FAILURE_GUARD = Guard("run failure")
 _END_GUARD = Guard("run end")
@@ -74,7 +89,8 @@ def record_failure(
     classified from the exception), ERROR status. Never raises."""
     with _FAILURE_GUARD:
         span.add_event("exception", _errors.exception_event_attributes(exc))
-        if timed_out:
+        if timed_out or isinstance(exc, JobTimeoutError):
+            timed_out = True
             category = _errors.TIMEOUT
         attributes: dict[str, str | bool] = {
             ERROR_TYPE: _errors.qualified_type_name(type(exc)),
@@ -139,7 +155,7 @@ class JobRun:
         self.name = name
         self._attributes = attributes
         self._span: Span | None = None
-        self._token: object = None
+        self._token: RunToken | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._timeout = 0.0
         self._timed_out = False
@@ -168,14 +184,14 @@ class JobRun:
         traceback: TracebackType | None,
     ) -> None:
         span = cast(Span, self._span)
-        if exc is not None:
+        if exc is not None and self._token is not NESTED:
             record_failure(span, exc)
         self._monitor._finish(span, self._token)
 
     async def __aenter__(self) -> JobRun:
         self.__enter__()
         timeout = self._monitor._registry.timeout_of(self.name)
-        if timeout is not None:
+        if timeout is not None and self._token is not NESTED:
             with _START_GUARD:
                 task = asyncio.current_task()
                 if task is not None:
@@ -526,6 +542,7 @@ class JobMonitor:
                 async with JobRun(self, job_name, attributes):
                     return await async_func(*args, **kwargs)
 
+            setattr(run_async, JOB_NAME_ATTRIBUTE, job_name)
             return cast(Callable[P, R], run_async)
 
         tracer_start = self._start
@@ -543,11 +560,13 @@ class JobMonitor:
             try:
                 return func(*args, **kwargs)
             except BaseException as exc:
-                record_failure(span, exc)
+                if token is not NESTED:
+                    record_failure(span, exc)
                 raise
             finally:
                 finish(span, token)
 
+        setattr(run_sync, JOB_NAME_ATTRIBUTE, job_name)
         return run_sync
 
     def run(self, name: str) -> JobRun:
@@ -603,24 +622,55 @@ class JobMonitor:
 
     # -- the run machinery (hot path) ---------------------------------------------------
 
-    def _start(self, name: str, attributes: Mapping[str, str]) -> tuple[Span, object]:
+    def _start(
+        self, name: str, attributes: Mapping[str, str], *, current: bool = True
+    ) -> tuple[Span, RunToken | None]:
+        """Open a run of `name`: its span, made current unless `current` is False, and the
+        token that `_finish` (or `_release`) takes. Inside a run of the same job on this
+        thread or task the run is that one: its span comes back with `NESTED`, and ending
+        or failing it is left to the outer run. Never raises: if the span cannot be made,
+        the job runs unmonitored (`INVALID_SPAN`, token None)."""
         try:
+            outer = trace.get_current_span()
+            if (
+                outer is not trace.INVALID_SPAN
+                and span_attribute(outer, JOB_NAME) == name  # type: ignore[arg-type]
+                and outer.is_recording()
+            ):
+                return outer, NESTED
             scheduled = self._registry.schedule_attributes(name)
             if scheduled is not None:
                 attributes = {**attributes, **scheduled}
-            span = self._tracer.start_span(
-                name, attributes=attributes, start_time=self._clock.time_ns()
-            )
-            return span, context_api.attach(trace.set_span_in_context(span))
+            clock = self._clock
+            start_ns = clock.time_ns()
+            started = clock.monotonic()
+            span = self._tracer.start_span(name, attributes=attributes, start_time=start_ns)
+            context = context_api.attach(trace.set_span_in_context(span)) if current else None
+            return span, (context, started, start_ns)
         except Exception as exc:  # noqa: BLE001 - the job runs, unmonitored, rather than fail
             report_internal_error("run start", exc)
             return trace.INVALID_SPAN, None
 
-    def _finish(self, span: Span, token: object) -> None:
+    def _finish(self, span: Span, token: RunToken | None) -> None:
+        """End the run `_start` opened. Its end time is its start plus the time elapsed on
+        the monotonic clock, so a step of the wall clock never changes a duration."""
+        if token is NESTED:
+            return
         with _END_GUARD:
-            if token is not None:
-                context_api.detach(token)  # type: ignore[arg-type]
-            span.end(end_time=self._clock.time_ns())
+            if token is None:
+                span.end(end_time=self._clock.time_ns())
+                return
+            context, started, start_ns = token
+            if context is not None:
+                _detach(context)
+            elapsed_ns = round((self._clock.monotonic() - started) * 1e9)
+            span.end(end_time=start_ns + max(elapsed_ns, 0))
+
+    @staticmethod
+    def _release(token: RunToken | None) -> None:
+        """Make the run's span stop being current here, without ending it."""
+        if token is not None and token is not NESTED and token[0] is not None:
+            _detach(token[0])
 
     def _call_in_thread(
         self,
@@ -631,7 +681,20 @@ class JobMonitor:
         args: Any,
         kwargs: Any,
     ) -> R:
+        with self._abandoned_lock:
+            hung = self._abandoned.get(name, 0)
+        if hung:
+            # A thread cannot be stopped: one left behind per job is the bound.
+            self._registry.record_skipped(name, ABANDONED_THREAD)
+            raise JobSkippedError(
+                name,
+                ABANDONED_THREAD,
+                f"job {name!r} was not started: the run abandoned at its {timeout:g}s timeout "
+                "is still running in its thread, and a sync job leaves at most one thread "
+                "behind",
+            )
         span, token = self._start(name, attributes)
+        nested = token is NESTED
         outcome = _Outcome()
         started = time.monotonic()
         job_context = contextvars.copy_context()  # the run's span is current in the thread
@@ -663,8 +726,7 @@ class JobMonitor:
         error = interrupted or outcome.error
         if error is None and outcome.abandoned:
             error = JobTimeoutError(name, timeout)
-            record_failure(span, error, timed_out=True)
-        elif error is not None:
+        if error is not None and not nested:
             record_failure(span, error)
         self._finish(span, token)
         if error is not None:
@@ -766,6 +828,21 @@ class JobMonitor:
         self._processor.shutdown()
         if self._private_provider is not None:
             self._private_provider.shutdown()
+
+
+def _detach(context: object) -> None:
+    """Restore the context that was current before the run's span was attached.
+
+    A run that ends in another context than it began in (an async generator finalized by
+    the event loop) has nothing to restore there: a contextvars token refuses to reset, and
+    that is not an error. Other runtime contexts go through OpenTelemetry's own detach."""
+    if isinstance(context, contextvars.Token):
+        try:  # noqa: SIM105 - contextlib.suppress costs a context manager per run
+            context.var.reset(context)
+        except (ValueError, RuntimeError):
+            pass
+    else:
+        context_api.detach(context)  # type: ignore[arg-type]
 
 
 def _aware_ns(when: object, what: str) -> int:

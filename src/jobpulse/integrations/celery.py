@@ -62,7 +62,6 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from opentelemetry import context as context_api
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -437,8 +436,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if state is None and self._pool_child:  # pragma: no cover - runs in the child
                 # Killed (time limit, revoke, shutdown): the parent records this run, so the
                 # child leaves its span unended, never exported.
-                if run.token is not None:
-                    context_api.detach(run.token)  # type: ignore[arg-type]
+                self._monitor._release(run.token)  # type: ignore[union-attr,arg-type]
                 return
             if run.error is None and state not in (states.SUCCESS, states.IGNORED):
                 if state == states.REJECTED:
@@ -803,9 +801,8 @@ class _BeatWatch:
                 TASK_ID_ATTRIBUTE: sent.task_id,
                 JOB_RECORD_ONLY: True,
             }
-            span, token = self._monitor._start(sent.job, attributes)
-            if token is not None:  # this thread is not the run's: nothing stays current
-                context_api.detach(token)  # type: ignore[arg-type]
+            # This thread is not the run's: nothing is made current.
+            span, _ = self._monitor._start(sent.job, attributes, current=False)
             sent.span = span
             if expected is not None:  # the run took its slot: expect the entry's next one
                 self._expect(sent.job, *expected, _now())
