@@ -29,11 +29,12 @@ from jobpulse._exceptions import (
     JobSkippedError,
     JobTimeoutError,
 )
-from jobpulse._guard import Guard, report_internal_error
+from jobpulse._guard import Guard, report_foreign_error, report_internal_error
 from jobpulse._health import HealthDocument, HealthReport, HealthStatus, evaluate
 from jobpulse._instruments import METER_NAME, Instruments, validate_namespace
 from jobpulse._model import JobsSummary, JobStatus, RunRecord, from_ns, to_ns
 from jobpulse._processor import (
+    ARMED,
     ERROR_CATEGORY,
     ERROR_TYPE,
     JOB_METADATA,
@@ -644,7 +645,20 @@ class JobMonitor:
             clock = self._clock
             start_ns = clock.time_ns()
             started = clock.monotonic()
-            span = self._tracer.start_span(name, attributes=attributes, start_time=start_ns)
+            starting = self._processor.starting
+            starting.span = ARMED
+            try:
+                span = self._tracer.start_span(name, attributes=attributes, start_time=start_ns)
+            except Exception as exc:  # noqa: BLE001 - the application's processor or sampler
+                # Our on_start may have opened the run before another processor raised: then
+                # the run goes on with that span, else the job runs unmonitored.
+                span, starting.span = starting.span, None
+                if span is ARMED:
+                    report_foreign_error(
+                        "starting a span", exc, f"the run of {name!r} is not monitored"
+                    )
+                    return trace.INVALID_SPAN, None
+                report_foreign_error("a span processor's on_start", exc, "the run is monitored")
             context = context_api.attach(trace.set_span_in_context(span)) if current else None
             return span, (context, started, start_ns)
         except Exception as exc:  # noqa: BLE001 - the job runs, unmonitored, rather than fail
@@ -664,7 +678,11 @@ class JobMonitor:
             if context is not None:
                 _detach(context)
             elapsed_ns = round((self._clock.monotonic() - started) * 1e9)
-            span.end(end_time=start_ns + max(elapsed_ns, 0))
+            try:
+                span.end(end_time=start_ns + max(elapsed_ns, 0))
+            except Exception as exc:  # noqa: BLE001 - the application's span processor
+                report_foreign_error("a span processor's on_end", exc, "the run is recorded")
+                self._processor.close_if_open(span)  # type: ignore[arg-type]
 
     @staticmethod
     def _release(token: RunToken | None) -> None:

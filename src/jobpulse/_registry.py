@@ -16,8 +16,10 @@ progress is missed and counted once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -27,6 +29,7 @@ from jobpulse import _errors, _metadata
 from jobpulse._clock import Clock
 from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
+from jobpulse._guard import Guard
 from jobpulse._history import HistoryStats, RunHistory
 from jobpulse._model import JobRecord, JobState, JobStatus, RunRecord, from_ns, member_json
 from jobpulse._schedule import MAX_GRACE_SECONDS, MIN_GRACE_SECONDS, Schedule
@@ -119,6 +122,13 @@ class JobSettings:
 
 
 StallListener = Callable[[list[StalledRun]], None]
+#: Given a run's handle, closes the run and returns True if the handle has already ended.
+FinishedProbe = Callable[[object], bool]
+
+#: The category of a run whose span was dropped without ending, and its error text.
+LOST = "lost"
+LOST_ERROR = "the run's span was dropped without being ended"
+_LOST_GUARD = Guard("lost run")
 
 
 class _Job:
@@ -203,8 +213,9 @@ class _Job:
         self.last_error: str | None = None
         self.last_error_category: str | None = None
         self.metadata: dict[str, Any] = {}
-        # run id -> (start on the monotonic clock, opaque handle)
-        self.runs: dict[int, tuple[float, object]] = {}
+        # run id -> (start on the monotonic clock, opaque handle, start in epoch ns). A
+        # stalled run's handle is held weakly (see StatusRegistry._on_stall).
+        self.runs: dict[int, tuple[float, object, int]] = {}
         self.stalled_ids: set[int] = set()
         self.armed: float | None = None
         # Bumped with every change. The cached snapshot and the health endpoint's row are
@@ -369,6 +380,7 @@ class StatusRegistry:
         self._categories: list[str] = list(_errors.CATEGORIES)
         self._category_codes = {name: i + 1 for i, name in enumerate(self._categories)}
         self.stall_listener: StallListener | None = None
+        self.finished_elsewhere: FinishedProbe | None = None
         self._watchdog = Watchdog(clock, self._on_deadline)
         after_fork_in_child(self._reset_after_fork)
 
@@ -479,7 +491,7 @@ class StatusRegistry:
             job = self._jobs.get(name)
             if job is None:
                 return
-            job.runs[run_id] = (start_mono, handle)
+            job.runs[run_id] = (start_mono, handle, start_ns)
             job.last_run_ns = start_ns
             job.updated_ns = start_ns
             job.version += 1
@@ -511,7 +523,9 @@ class StatusRegistry:
             job = self._jobs.get(name)
             if job is None:
                 return None
-            job.runs.pop(run_id, None)
+            entry = job.runs.pop(run_id, None)
+            if duration_ns < 0:  # the wall clock stepped back: the monotonic clock knows
+                duration_ns = 0 if entry is None else self._elapsed_ns(entry[0])
             if job.stalled_ids:
                 job.stalled_ids.discard(run_id)
             job.last_duration_ns = duration_ns
@@ -567,6 +581,14 @@ class StatusRegistry:
             )
         return attributes, consecutive
 
+    def _elapsed_ns(self, start_mono: float) -> int:
+        return max(round((self._clock.monotonic() - start_mono) * 1e9), 0)
+
+    def is_open(self, name: str, run_id: int) -> bool:
+        """Whether the run is in progress in the view (no lock: one dict read)."""
+        job = self._jobs.get(name)
+        return job is not None and run_id in job.runs
+
     def _category_code_locked(self, category: str | None) -> int:
         key = category or _errors.UNKNOWN
         code = self._category_codes.get(key)
@@ -581,7 +603,9 @@ class StatusRegistry:
 
     def _earliest_deadline_locked(self, job: _Job) -> float | None:
         stall_after = job.stall_after
-        starts = [start for run_id, (start, _) in job.runs.items() if run_id not in job.stalled_ids]
+        starts = [
+            start for run_id, (start, *_) in job.runs.items() if run_id not in job.stalled_ids
+        ]
         return min(starts) + stall_after if starts else None
 
     def _rearm_locked(self, job: _Job) -> float | None:
@@ -612,16 +636,43 @@ class StatusRegistry:
         return self._on_stall(name, now)
 
     def _on_stall(self, name: str, now: float) -> float | None:
-        stalled: list[StalledRun] = []
+        """Runs of `name` past its ``stall_after``: those whose handle has ended without the
+        view being told (another span processor raised before ours) are closed by
+        `finished_elsewhere`; the others are marked stalled and reported. A stalled run's
+        handle is then held weakly: if it is dropped without ever ending (its span was lost
+        when another processor raised in ``on_start``), the run is closed as failed, category
+        ``lost``, so no phantom run stays in the view."""
         with self._lock:
             job = self._jobs.get(name)
             if job is None:
                 return None
             stall_after = job.stall_after
-            for run_id, (start, handle) in job.runs.items():
-                if run_id not in job.stalled_ids and start + stall_after <= now:
-                    job.stalled_ids.add(run_id)
-                    stalled.append(StalledRun(name, handle, now - start, stall_after))
+            due = [
+                (run_id, handle)
+                for run_id, (start, handle, _) in job.runs.items()
+                if run_id not in job.stalled_ids and start + stall_after <= now
+            ]
+        probe = self.finished_elsewhere
+        if due and probe is not None:
+            due = [(run_id, handle) for run_id, handle in due if not probe(handle)]
+        stalled: list[StalledRun] = []
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None:
+                return None
+            for run_id, handle in due:
+                entry = job.runs.get(run_id)
+                if entry is None or run_id in job.stalled_ids:
+                    continue
+                start, _, start_ns = entry
+                job.stalled_ids.add(run_id)
+                try:
+                    watch = weakref.ref(handle, functools.partial(self._on_lost, name, run_id))
+                except TypeError:  # a handle that cannot be watched stays held
+                    pass
+                else:
+                    job.runs[run_id] = (start, watch, start_ns)
+                stalled.append(StalledRun(name, handle, now - start, stall_after))
             next_deadline = job.armed = self._earliest_deadline_locked(job)
             if stalled:
                 job.updated_ns = self._clock.time_ns()
@@ -630,6 +681,24 @@ class StatusRegistry:
         if stalled and listener is not None:
             listener(stalled)
         return next_deadline
+
+    def _on_lost(self, name: str, run_id: int, watch: weakref.ref[object]) -> None:
+        with _LOST_GUARD:
+            with self._lock:
+                job = self._jobs.get(name)
+                entry = None if job is None else job.runs.get(run_id)
+            if entry is None or entry[1] is not watch:
+                return
+            start_mono, _, start_ns = entry
+            elapsed_ns = self._elapsed_ns(start_mono)
+            self.end_run(name, run_id, start_ns, start_ns + elapsed_ns, LOST_ERROR, LOST)
+            logger.warning(
+                "job %r: a stalled run's span was dropped without being ended after %.1fs; "
+                "the run is recorded as failed (category %s)",
+                name,
+                elapsed_ns / 1e9,
+                LOST,
+            )
 
     # -- schedules and missed runs -----------------------------------------------------
 
