@@ -70,8 +70,8 @@ _AUTO_STALL_REFRESH_NS = 60 * 1_000_000_000
 _PRUNE_EVERY_NS = 60 * 1_000_000_000
 _STALL = "stall"
 _MISSED = "missed"
-#: Slots counted in one go when the watchdog finds several already overdue (after a suspend).
-_MAX_CATCH_UP = 1000
+#: Float noise allowed when comparing monotonic times that should be equal.
+_EPSILON_SECONDS = 1e-6
 _NO_STATS = HistoryStats(0, 0, None, None, None, None)
 
 
@@ -169,6 +169,7 @@ class _Job:
         "schedule_attributes",
         "skipped",
         "skipped_count",
+        "slot_due",
         "slot_grace_ns",
         "slot_version",
         "snapshot",
@@ -232,6 +233,10 @@ class _Job:
         self.schedule_attributes: Mapping[str, str] | None = None
         self.grace: float | None = None
         self.next_run_ns: int | None = None
+        # When the slot is due on the monotonic clock: what deadlines and the check of a
+        # run against the slot use, except for calendar schedules (their slots are wall
+        # times of a zone; next_run_ns is theirs).
+        self.slot_due = 0.0
         self.slot_grace_ns = 0
         self.slot_version = 0
         self.missed = False
@@ -442,7 +447,9 @@ class StatusRegistry:
             if settings.grace is not None:
                 job.grace = settings.grace
                 if job.next_run_ns is not None:
-                    missed_deadline = self._set_slot_locked(job, job.next_run_ns, now_ns)
+                    missed_deadline = self._set_slot_locked(
+                        job, job.next_run_ns, now_ns, due=job.slot_due
+                    )
             schedule = settings.schedule
             if schedule is not None and schedule != job.schedule:
                 job.schedule = schedule
@@ -486,7 +493,7 @@ class StatusRegistry:
         if name not in self._jobs and not self._admit(name):
             return
         start_mono = self._clock.monotonic()
-        arm = advance = None
+        arm = advance = missed_deadline = None
         with self._lock:
             job = self._jobs.get(name)
             if job is None:
@@ -498,9 +505,10 @@ class StatusRegistry:
             if job.armed is None:
                 arm = job.armed = start_mono + job.stall_after
             if job.next_run_ns is not None or job.schedule is not None or job.missed:
-                advance = self._take_slot_locked(job, start_ns)
+                advance, missed_deadline = self._take_slot_locked(job, start_ns, start_mono)
         if arm is not None:
             self._watchdog.schedule((_STALL, name), arm)
+        self._arm_missed(name, missed_deadline)
         self._advance(name, advance)
 
     def end_run(
@@ -562,9 +570,11 @@ class StatusRegistry:
                 refused = _metadata.merge(job.metadata, metadata)
             schedule = job.schedule
             if schedule is not None and schedule.is_interval and job.next_run_ns is not None:
-                after_end = schedule.next_after(end_ns)  # an integer addition
-                if after_end > job.next_run_ns:
-                    missed_deadline = self._set_slot_locked(job, after_end, end_ns)
+                due = self._clock.monotonic() + schedule.period_seconds
+                if due > job.slot_due + _EPSILON_SECONDS:
+                    missed_deadline = self._set_slot_locked(
+                        job, schedule.next_after(end_ns), end_ns, due=due
+                    )
             job.updated_ns = end_ns
             job.stats = None
             job.version += 1
@@ -711,33 +721,62 @@ class StatusRegistry:
             seconds = min(max(0.1 * (slot_ns - now_ns) / 1e9, MIN_GRACE_SECONDS), MAX_GRACE_SECONDS)
         return int(seconds * 1e9)
 
-    def _set_slot_locked(self, job: _Job, slot_ns: int | None, now_ns: int) -> float | None:
-        """Make `slot_ns` the job's expected run; returns its missed deadline (monotonic)."""
+    def _set_slot_locked(
+        self, job: _Job, slot_ns: int | None, now_ns: int, *, due: float | None = None
+    ) -> float | None:
+        """Make `slot_ns` (epoch ns, as shown) the job's expected run, due at `due` on the
+        monotonic clock (default: as far from now as `slot_ns` is from `now_ns`); returns
+        its missed deadline (monotonic)."""
         job.slot_version += 1
         job.next_run_ns = slot_ns
         job.version += 1
         if slot_ns is None:
             return None
+        if due is None:
+            due = self._clock.monotonic() + (slot_ns - now_ns) / 1e9
+        job.slot_due = due
         job.slot_grace_ns = self._grace_ns_locked(job, slot_ns, now_ns)
-        return self._clock.monotonic() + (slot_ns + job.slot_grace_ns - now_ns) / 1e9
+        return due + job.slot_grace_ns / 1e9
 
     def _arm_missed(self, name: str, deadline: float | None) -> None:
         if deadline is not None:
             self._watchdog.schedule((_MISSED, name), deadline)
 
-    def _take_slot_locked(self, job: _Job, start_ns: int) -> tuple[Schedule, int, int] | None:
+    def _take_slot_locked(
+        self, job: _Job, start_ns: int, start_mono: float
+    ) -> tuple[tuple[Schedule, int, int] | None, float | None]:
         """A run started: it clears `missed`, and takes the expected slot unless it started
-        more than the grace ahead of it. Returns what `_advance` needs to find the next slot."""
+        more than the grace ahead of it. Returns what `_advance` needs to find the next slot
+        of a calendar schedule, and the missed deadline of an interval's next slot (found
+        here: an addition)."""
         job.missed = False
         job.consecutive_missed = 0
-        slot = job.next_run_ns
-        if slot is not None and start_ns < slot - job.slot_grace_ns:
-            return None  # an extra run ahead of the expected one
-        if job.schedule is None:  # a slot set by an integration, which will set the next one
+        slot, schedule = job.next_run_ns, job.schedule
+        calendar = schedule is not None and not schedule.is_interval
+        if slot is not None:
+            grace_ns = job.slot_grace_ns
+            if (
+                start_ns < slot - grace_ns
+                if calendar
+                else start_mono < job.slot_due - grace_ns / 1e9
+            ):
+                return None, None  # an extra run ahead of the expected one
+        if schedule is None:  # a slot set by an integration, which will set the next one
             self._set_slot_locked(job, None, start_ns)
-            return None
-        job.slot_version += 1
-        return job.schedule, start_ns if slot is None else max(start_ns, slot), job.slot_version
+            return None, None
+        if calendar:
+            job.slot_version += 1
+            base_ns = start_ns if slot is None else max(start_ns, slot)
+            return (schedule, base_ns, job.slot_version), None
+        # An interval counts from the run's start, or from the slot if it started early.
+        if slot is None or start_mono >= job.slot_due:
+            base_ns, base_due = start_ns, start_mono
+        else:
+            base_ns, base_due = slot, job.slot_due
+        deadline = self._set_slot_locked(
+            job, schedule.next_after(base_ns), start_ns, due=base_due + schedule.period_seconds
+        )
+        return None, deadline
 
     def _advance(self, name: str, advance: tuple[Schedule, int, int] | None) -> None:
         """Find the slot after a base time (outside the lock: cron arithmetic is slow) and
@@ -760,19 +799,25 @@ class StatusRegistry:
             job = self._jobs.get(name)
             if job is None or job.next_run_ns is None:
                 return None
-            slot, grace_ns = job.next_run_ns, job.slot_grace_ns
-            if now_ns < slot + grace_ns:  # the slot moved later since this deadline was set
-                return now + (slot + grace_ns - now_ns) / 1e9
+            slot, grace_ns, due = job.next_run_ns, job.slot_grace_ns, job.slot_due
             schedule, version = job.schedule, job.slot_version
-        count, last, next_slot = 1, slot, None
-        if schedule is not None:
-            next_slot = schedule.next_after(slot)
-            while next_slot + grace_ns <= now_ns:  # more slots passed (e.g. a suspended host)
-                if count >= _MAX_CATCH_UP:
-                    next_slot = schedule.next_after(now_ns)
-                    break
-                count, last = count + 1, next_slot
-                next_slot = schedule.next_after(next_slot)
+            if schedule is not None and not schedule.is_interval:
+                # A calendar slot is a wall time: it is late once the wall clock says so.
+                if now_ns < slot + grace_ns:
+                    return now + (slot + grace_ns - now_ns) / 1e9
+            elif now < due + grace_ns / 1e9:  # the slot moved later since this was set
+                return due + grace_ns / 1e9
+        count, last, next_slot, next_due = 1, slot, None, None
+        if schedule is not None and schedule.is_interval:
+            # Every slot that passed since (a suspended host): counted, not looped.
+            period, step_ns = schedule.period_seconds, schedule.next_after(0)
+            extra = int((now - due - grace_ns / 1e9 + _EPSILON_SECONDS) // period)
+            count, last = 1 + extra, slot + extra * step_ns
+            next_slot, next_due = last + step_ns, due + (extra + 1) * period
+        elif schedule is not None:
+            more, last_more = schedule.count_until(slot, now_ns - grace_ns)
+            count, last = 1 + more, last_more or slot
+            next_slot = schedule.next_after(last)
         with self._lock:
             job = self._jobs.get(name)
             if job is None or job.slot_version != version:
@@ -785,7 +830,7 @@ class StatusRegistry:
                 job.last_missed_ns = last
                 job.updated_ns = now_ns
             consecutive = job.consecutive_missed
-            deadline = self._set_slot_locked(job, next_slot, now_ns)
+            deadline = self._set_slot_locked(job, next_slot, now_ns, due=next_due)
         # Logged at 1, 2, 4, 8, ... missed in a row: a dead scheduler does not flood the log.
         if not running and consecutive.bit_length() > (consecutive - count).bit_length():
             logger.warning(

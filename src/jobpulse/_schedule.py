@@ -71,6 +71,13 @@ class Schedule:
         """The first expected run strictly after `instant_ns`; both are epoch nanoseconds (UTC)."""
         raise NotImplementedError
 
+    def count_until(self, after_ns: int, until_ns: int) -> tuple[int, int | None]:
+        """How many expected runs fall in ``(after_ns, until_ns]``, and the last of them
+        (None if none). Computed, not stepped run by run: an interval by division, a
+        calendar schedule a day at a time (so a year of a minutely cron costs a few hundred
+        steps)."""
+        raise NotImplementedError
+
     @property
     def is_interval(self) -> bool:
         """True for a constant interval (``@every``, seconds): it has no time zone."""
@@ -111,14 +118,19 @@ class _IntervalSchedule(Schedule):
     def next_after(self, instant_ns: int) -> int:
         return instant_ns + self._interval_ns
 
+    def count_until(self, after_ns: int, until_ns: int) -> tuple[int, int | None]:
+        count = max(until_ns - after_ns, 0) // self._interval_ns
+        return count, after_ns + count * self._interval_ns if count else None
+
 
 _Step = Callable[[datetime], datetime]  # naive wall time -> the next grid wall time after it
 
 
 class _CalendarSchedule(Schedule):
-    __slots__ = ("_step", "_zone")
+    __slots__ = ("_per_day", "_step", "_zone")
     _step: _Step
     _zone: tzinfo
+    _per_day: int
 
     def __init__(self, text: str, zone: tuple[str, tzinfo], period: float, step: _Step) -> None:
         super().__init__(text, zone[0], period)
@@ -136,6 +148,57 @@ class _CalendarSchedule(Schedule):
             candidate = _resolve(wall, self._zone)
             if candidate > instant_ns:
                 return candidate
+
+    def count_until(self, after_ns: int, until_ns: int) -> tuple[int, int | None]:
+        count, last = 0, None
+        slot = self.next_after(after_ns)
+        while slot <= until_ns:
+            day_start, next_day = self._day_of(slot)
+            if (
+                next_day <= until_ns
+                and slot == self.next_after(day_start - 1)  # the day's first run
+                and not self._changes_offset(day_start, next_day)
+            ):
+                count += self._runs_per_day(day_start, next_day)  # the whole day at once
+                last = None
+                slot = self.next_after(next_day - 1)
+                if slot > until_ns:  # the day just counted holds the last run
+                    last = self._last_before(day_start, next_day)
+                continue
+            while slot <= until_ns and slot < next_day:  # a part of a day: run by run
+                count, last = count + 1, slot
+                slot = self.next_after(slot)
+        return count, last
+
+    def _day_of(self, instant_ns: int) -> tuple[int, int]:
+        """The instants where the local day of `instant_ns` starts and the next one does."""
+        local = (_EPOCH + timedelta(seconds=instant_ns // _NS)).astimezone(self._zone)
+        day = datetime(local.year, local.month, local.day)
+        return _resolve(day, self._zone), _resolve(day + timedelta(days=1), self._zone)
+
+    def _changes_offset(self, start_ns: int, end_ns: int) -> bool:
+        def offset(ns: int) -> timedelta | None:
+            return (_EPOCH + timedelta(seconds=ns // _NS)).astimezone(self._zone).utcoffset()
+
+        return offset(start_ns) != offset(end_ns - _NS)
+
+    def _runs_per_day(self, start_ns: int, end_ns: int) -> int:
+        # The same on every day that has runs and no offset change: the days differ only in
+        # whether they have runs at all. Found once by stepping through one such day.
+        try:
+            return self._per_day
+        except AttributeError:
+            count, slot = 0, self.next_after(start_ns - 1)
+            while slot < end_ns:
+                count, slot = count + 1, self.next_after(slot)
+            object.__setattr__(self, "_per_day", count)
+            return count
+
+    def _last_before(self, start_ns: int, end_ns: int) -> int:
+        last = slot = self.next_after(start_ns - 1)
+        while slot < end_ns:
+            last, slot = slot, self.next_after(slot)
+        return last
 
 
 def _resolve(wall: datetime, zone: tzinfo) -> int:
