@@ -9,7 +9,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
@@ -77,8 +77,6 @@ ABANDONED_THREAD = "abandoned_thread"
 JOB_NAME_ATTRIBUTE = "_jobpulse_job"
 
 _START_GUARD = Guard("run start")
-_FAILURE_GUARD = Guard("run failure")
-_END_GUARD = Guard("run end")
 _METADATA_GUARD = Guard("run metadata")
 _RECORD_GUARD = Guard("recorded run")
 
@@ -87,8 +85,9 @@ def record_failure(
     span: Span, exc: BaseException, *, timed_out: bool = False, category: str | None = None
 ) -> None:
     """Put the job's exception on its span: event, error type, category (`category`, else
-    classified from the exception), ERROR status. Never raises."""
-    with _FAILURE_GUARD:
+    classified from the exception), ERROR status. Never raises, also at the recursion limit
+    (no context manager: its ``__enter__`` is a call that can fail there)."""
+    try:
         span.add_event("exception", _errors.exception_event_attributes(exc))
         if timed_out or isinstance(exc, JobTimeoutError):
             timed_out = True
@@ -101,6 +100,15 @@ def record_failure(
             attributes[JOB_TIMED_OUT] = True
         span.set_attributes(attributes)
         span.set_status(Status(StatusCode.ERROR, _errors.describe_exception(exc)))
+    except Exception as error:  # noqa: BLE001 - the job's own exception is what matters
+        _report("run failure", error)
+
+
+def _report(where: str, error: Exception) -> None:
+    try:  # noqa: SIM105 - a context manager more is a call more at the recursion limit
+        report_internal_error(where, error)
+    except RecursionError:
+        pass
 
 
 def _merge_metadata(span: Span, values: Mapping[Any, object]) -> None:
@@ -534,6 +542,14 @@ class JobMonitor:
                 except JobLimitError as exc:  # the run goes ahead, unmonitored
                     logger.warning("%s", exc)
 
+        if inspect.isgeneratorfunction(func):
+            generator = self._generator_job(func, job_name, attributes, ensure_registered)
+            setattr(generator, JOB_NAME_ATTRIBUTE, job_name)
+            return cast(Callable[P, R], generator)
+        if inspect.isasyncgenfunction(func):
+            agenerator = self._async_generator_job(func, job_name, attributes, ensure_registered)
+            setattr(agenerator, JOB_NAME_ATTRIBUTE, job_name)
+            return cast(Callable[P, R], agenerator)
         if inspect.iscoroutinefunction(func):
             async_func = cast(Callable[..., Awaitable[Any]], func)
 
@@ -551,13 +567,17 @@ class JobMonitor:
 
         @functools.wraps(func)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> R:
-            ensure_registered()
-            timeout_seconds = registry.timeout_of(job_name)
+            try:
+                ensure_registered()
+                timeout_seconds = registry.timeout_of(job_name)
+                if timeout_seconds is None:
+                    span, token = tracer_start(job_name, attributes)
+            except RecursionError:  # no room left to monitor: the job runs as if undecorated
+                return func(*args, **kwargs)
             if timeout_seconds is not None:
                 return self._call_in_thread(
                     job_name, attributes, timeout_seconds, func, args, kwargs
                 )
-            span, token = tracer_start(job_name, attributes)
             try:
                 return func(*args, **kwargs)
             except BaseException as exc:
@@ -569,6 +589,111 @@ class JobMonitor:
 
         setattr(run_sync, JOB_NAME_ATTRIBUTE, job_name)
         return run_sync
+
+    def _generator_job(
+        self,
+        func: Callable[..., Generator[Any, Any, Any]],
+        name: str,
+        attributes: Mapping[str, str],
+        ensure_registered: Callable[[], None],
+    ) -> Callable[..., Generator[Any, Any, Any]]:
+        """A generator function's wrapper: a run spans the iteration, from the first
+        ``next()`` to exhaustion, an exception, or ``close()`` (a consumer that stops early:
+        a success). The run's span is current only while the generator's own code runs."""
+
+        @functools.wraps(func)
+        def run_generator(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            ensure_registered()
+            inner = func(*args, **kwargs)
+            span, token = self._start(name, attributes, current=False)
+            step_context = trace.set_span_in_context(span)
+            sent: Any = None
+            thrown: BaseException | None = None
+            while True:
+                step = context_api.attach(step_context)
+                try:
+                    item = inner.send(sent) if thrown is None else inner.throw(thrown)
+                except StopIteration as stop:
+                    _detach(step)
+                    self._finish(span, token)
+                    return stop.value
+                except BaseException as exc:
+                    _detach(step)
+                    self._fail(span, token, exc)
+                    raise
+                _detach(step)
+                sent, thrown = None, None
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    step = context_api.attach(step_context)
+                    try:
+                        inner.close()
+                    except BaseException as exc:
+                        self._fail(span, token, exc)
+                        raise
+                    finally:
+                        _detach(step)
+                    self._finish(span, token)
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - thrown in: handed to the job
+                    thrown = exc
+
+        return run_generator
+
+    def _async_generator_job(
+        self,
+        func: Callable[..., AsyncGenerator[Any, Any]],
+        name: str,
+        attributes: Mapping[str, str],
+        ensure_registered: Callable[[], None],
+    ) -> Callable[..., AsyncGenerator[Any, Any]]:
+        """`_generator_job` for an async generator function (``aclose()`` is a success)."""
+
+        @functools.wraps(func)
+        async def run_async_generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+            ensure_registered()
+            inner = func(*args, **kwargs)
+            span, token = self._start(name, attributes, current=False)
+            step_context = trace.set_span_in_context(span)
+            sent: Any = None
+            thrown: BaseException | None = None
+            while True:
+                step = context_api.attach(step_context)
+                try:
+                    item = await (inner.asend(sent) if thrown is None else inner.athrow(thrown))
+                except StopAsyncIteration:
+                    _detach(step)
+                    self._finish(span, token)
+                    return
+                except BaseException as exc:
+                    _detach(step)
+                    self._fail(span, token, exc)
+                    raise
+                _detach(step)
+                sent, thrown = None, None
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    step = context_api.attach(step_context)
+                    try:
+                        await inner.aclose()
+                    except BaseException as exc:
+                        self._fail(span, token, exc)
+                        raise
+                    finally:
+                        _detach(step)
+                    self._finish(span, token)
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - thrown in: handed to the job
+                    thrown = exc
+
+        return run_async_generator
+
+    def _fail(self, span: Span, token: RunToken | None, exc: BaseException) -> None:
+        if token is not NESTED:
+            record_failure(span, exc)
+        self._finish(span, token)
 
     def run(self, name: str) -> JobRun:
         """A run of `name` as a context manager: ``with monitor.run("nightly_report") as run:``
@@ -662,7 +787,7 @@ class JobMonitor:
             context = context_api.attach(trace.set_span_in_context(span)) if current else None
             return span, (context, started, start_ns)
         except Exception as exc:  # noqa: BLE001 - the job runs, unmonitored, rather than fail
-            report_internal_error("run start", exc)
+            _report("run start", exc)
             return trace.INVALID_SPAN, None
 
     def _finish(self, span: Span, token: RunToken | None) -> None:
@@ -670,7 +795,7 @@ class JobMonitor:
         the monotonic clock, so a step of the wall clock never changes a duration."""
         if token is NESTED:
             return
-        with _END_GUARD:
+        try:
             if token is None:
                 span.end(end_time=self._clock.time_ns())
                 return
@@ -683,6 +808,8 @@ class JobMonitor:
             except Exception as exc:  # noqa: BLE001 - the application's span processor
                 report_foreign_error("a span processor's on_end", exc, "the run is recorded")
                 self._processor.close_if_open(span)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - never into the job (no guard: see record_failure)
+            _report("run end", exc)
 
     @staticmethod
     def _release(token: RunToken | None) -> None:
