@@ -65,7 +65,7 @@ def test_monitor_default_stall_after(make_monitor: MonitorFactory) -> None:
         ({"critical": "yes"}, "critical must be a bool"),
         ({"failure_threshold": 0}, "failure_threshold must be at least 1"),
         ({"timeout": -1}, "timeout must be a positive"),
-        ({"stall_after": "5m"}, "stall_after must be seconds"),
+        ({"stall_after": "five"}, "must be a duration such as '90s'"),
     ],
 )
 def test_register_rejects_bad_settings(

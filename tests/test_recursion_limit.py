@@ -31,8 +31,10 @@ def _innermost(tb: TracebackType | None) -> str:
     frame = last.tb_frame
     where = f"{frame.f_globals.get('__name__')}.{frame.f_code.co_name}"
     if where == "jobpulse._monitor.run_sync":
+        # Calling the job, or entering the wrapper at all (a tracer such as coverage's runs
+        # at frame entry).
         line = linecache.getline(frame.f_code.co_filename, last.tb_lineno).strip()
-        assert line == "return func(*args, **kwargs)", line
+        assert line in ("return func(*args, **kwargs)", "@functools.wraps(func)"), line
         return "the call of the job"
     return where
 

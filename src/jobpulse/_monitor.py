@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from opentelemetry import context as context_api
 from opentelemetry import metrics, trace
@@ -46,6 +46,7 @@ from jobpulse._registry import JOB_NAME, JobSettings, StatusRegistry
 from jobpulse._sampling import JobAwareSampler
 from jobpulse._schedule import parse_schedule
 from jobpulse._validation import (
+    Duration,
     to_seconds,
     validate_name,
     validate_positive_int,
@@ -62,7 +63,7 @@ R = TypeVar("R")
 
 #: What ``schedule=`` takes: "@every 2m", "@daily", "30 2 * * *", seconds or a timedelta.
 ScheduleSpec = str | float | timedelta
-StallAfter = float | timedelta | Literal["auto"]
+StallAfter = Duration  # or "auto"
 
 CODE_FUNCTION = "code.function.name"
 
@@ -278,9 +279,9 @@ class JobMonitor:
         meter_provider: metrics.MeterProvider | None = None,
         *,
         namespace: str = "",
-        stall_after: float | timedelta = 300.0,
+        stall_after: Duration = 300.0,
         max_jobs: int = 1000,
-        retention: float | timedelta = timedelta(hours=24),
+        retention: Duration = timedelta(hours=24),
         max_history: int = 4096,
         clock: Clock | None = None,
     ) -> None:
@@ -346,10 +347,10 @@ class JobMonitor:
         *,
         critical: bool | None = None,
         failure_threshold: int | None = None,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         stall_after: StallAfter | None = None,
         schedule: ScheduleSpec | None = None,
-        grace: float | timedelta | None = None,
+        grace: Duration | None = None,
         timezone: str | tzinfo | None = None,
     ) -> None:
         """Add a job to the view (state ``pending``) or change the settings passed.
@@ -389,7 +390,7 @@ class JobMonitor:
         return self._registry.unregister(name)
 
     def set_next_run(
-        self, name: str, when: datetime | None, *, grace: float | timedelta | None = None
+        self, name: str, when: datetime | None, *, grace: Duration | None = None
     ) -> None:
         """Expect the next run of `name` at `when` (an aware datetime), for scheduler
         integrations that know it better than a schedule string; None expects no run (a
@@ -481,10 +482,10 @@ class JobMonitor:
         *,
         critical: bool | None = None,
         failure_threshold: int | None = None,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         stall_after: StallAfter | None = None,
         schedule: ScheduleSpec | None = None,
-        grace: float | timedelta | None = None,
+        grace: Duration | None = None,
         timezone: str | tzinfo | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
@@ -495,10 +496,10 @@ class JobMonitor:
         *,
         critical: bool | None = None,
         failure_threshold: int | None = None,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         stall_after: StallAfter | None = None,
         schedule: ScheduleSpec | None = None,
-        grace: float | timedelta | None = None,
+        grace: Duration | None = None,
         timezone: str | tzinfo | None = None,
     ) -> Any:
         """Decorate a sync or async function so that each call is a monitored run.
@@ -708,10 +709,10 @@ class JobMonitor:
         name: str,
         critical: bool | None,
         failure_threshold: int | None,
-        timeout: float | timedelta | None,
+        timeout: Duration | None,
         stall_after: StallAfter | None,
         schedule: ScheduleSpec | None,
-        grace: float | timedelta | None,
+        grace: Duration | None,
         timezone: str | tzinfo | None,
     ) -> JobSettings:
         if critical is not None and not isinstance(critical, bool):
@@ -728,10 +729,6 @@ class JobMonitor:
                 )
             parsed = parse_schedule(current.text, timezone)
         auto = stall_after == "auto"
-        if isinstance(stall_after, str) and not auto:
-            raise InvalidJobError(
-                f'stall_after must be seconds, a timedelta or "auto", got {stall_after!r}'
-            )
         return JobSettings(
             critical=critical,
             failure_threshold=None
@@ -740,7 +737,7 @@ class JobMonitor:
             timeout=None if timeout is None else to_seconds(timeout, "timeout"),
             stall_after=None
             if stall_after is None or auto
-            else to_seconds(stall_after, "stall_after"),
+            else to_seconds(stall_after, 'stall_after (or "auto")'),
             auto_stall=None if stall_after is None else auto,
             schedule=parsed,
             grace=None if grace is None else to_seconds(grace, "grace"),

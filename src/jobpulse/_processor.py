@@ -18,6 +18,7 @@ from jobpulse import _errors, _metadata
 from jobpulse._guard import Guard
 from jobpulse._instruments import Instruments
 from jobpulse._registry import JOB_NAME, StalledRun, StatusRegistry
+from jobpulse._validation import is_token
 
 __all__ = [
     "ERROR_CATEGORY",
@@ -195,7 +196,7 @@ def _failure_of(span: ReadableSpan) -> tuple[str, str]:
             message = str(event.attributes.get("exception.message", ""))
             break
     category = span_attribute(span, ERROR_CATEGORY)
-    if not isinstance(category, str):
+    if not is_token(category):  # absent, or another tracer's free text: classified here
         type_name = exception_type or str(span_attribute(span, ERROR_TYPE) or "")
         category = _errors.classify_names(
             [type_name] if type_name else [], message or description or ""

@@ -31,7 +31,15 @@ from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard
 from jobpulse._history import HistoryStats, RunHistory
-from jobpulse._model import JobRecord, JobState, JobStatus, RunRecord, from_ns, member_json
+from jobpulse._model import (
+    JobRecord,
+    JobState,
+    JobStatus,
+    RunRecord,
+    encode_json_str,
+    from_ns,
+    member_json,
+)
 from jobpulse._schedule import MAX_GRACE_SECONDS, MIN_GRACE_SECONDS, Schedule
 from jobpulse._validation import validate_name
 from jobpulse._watchdog import Watchdog
@@ -129,6 +137,7 @@ FinishedProbe = Callable[[object], bool]
 LOST = "lost"
 LOST_ERROR = "the run's span was dropped without being ended"
 _LOST_GUARD = Guard("lost run")
+_ROW_GUARD = Guard("health document row")
 
 
 class _Job:
@@ -335,6 +344,27 @@ class HealthRow(NamedTuple):
     consecutive_failures: int
     failure_threshold: int
     member: bytes
+
+
+def _unavailable_row(job: _Job) -> HealthRow:
+    """A job whose member of the health document could not be built: its name, its state
+    and an error marker, judged by the health rules like any other job."""
+    name = encode_json_str(job.name)
+    state = job.state()
+    member = (
+        f'{name}:{{"job_name":{name},"status":"{state.value}",'
+        f'"critical":{"true" if job.critical else "false"},'
+        f'"consecutive_failures":{job.consecutive_failures},'
+        f'"failure_threshold":{job.failure_threshold},'
+        '"error":"this job\'s status could not be shown"}'
+    )
+    return HealthRow(
+        state,
+        job.critical,
+        job.consecutive_failures,
+        job.failure_threshold,
+        member.encode("utf-8", "backslashreplace"),
+    )
 
 
 def _seconds(ns: int | None) -> float | None:
@@ -920,7 +950,7 @@ class StatusRegistry:
         """
         now_ns = self._clock.time_ns()
         rows: list[HealthRow | None] = []
-        stale: list[tuple[int, _Job, int, JobRecord]] = []
+        stale: list[tuple[int, _Job, int, JobRecord | None]] = []
         with self._lock:
             dropped = self._prune_locked(now_ns)
             jobs = self._jobs
@@ -935,17 +965,25 @@ class StatusRegistry:
                 if cached is not None and cached[0] == job.version:
                     rows.append(cached[1])
                 else:
-                    stale.append((len(rows), job, job.version, job.to_record(now_ns)))
+                    record = None
+                    with _ROW_GUARD:
+                        record = job.to_record(now_ns)
+                    stale.append((len(rows), job, job.version, record))
                     rows.append(None)
         _log_dropped(dropped, self._retention_ns)
         for index, job, version, record in stale:
-            row = HealthRow(
-                record.state,
-                record.critical,
-                record.consecutive_failures,
-                record.failure_threshold,
-                member_json(record),
-            )
+            row = None
+            if record is not None:
+                with _ROW_GUARD:
+                    row = HealthRow(
+                        record.state,
+                        record.critical,
+                        record.consecutive_failures,
+                        record.failure_threshold,
+                        member_json(record),
+                    )
+            if row is None:  # one bad job is served as such; the others as usual
+                row = _unavailable_row(job)
             rows[index] = row
             job.member = (version, row)  # one atomic store; a newer version wins later
         return cast("list[HealthRow]", rows)
