@@ -156,24 +156,3 @@ def test_exception_event_attributes_redact_message_and_stacktrace() -> None:
 def test_qualified_type_name() -> None:
     assert _errors.qualified_type_name(ValueError) == "ValueError"
     assert _errors.qualified_type_name(sqlite3.OperationalError) == "sqlite3.OperationalError"
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "v" * 50_000,
-        "a." * 25_000,
-        "x://" + "a:" * 25_000,
-        "password" * 6_000,
-        "bearer " * 7_000,
-        ("k" * 40 + "=") * 1_000,
-    ],
-)
-def test_redaction_stays_linear_on_hostile_text(text: str) -> None:
-    import time
-
-    started = time.perf_counter()
-    redact(text)
-    safe_error_text(text * 20)
-    # Linear regexes take milliseconds here; a backtracking one takes minutes.
-    assert time.perf_counter() - started < 5.0

@@ -1,8 +1,9 @@
 """What went wrong in a job, told safely: error categories, redaction and truncation.
 
 The health document is served without authentication, so every error text that reaches it
-passes through `safe_error_text`: credentials are replaced by ``***`` first, then the text
-is cut to `MAX_ERROR_CHARS`. Stack traces go to the span only, redacted the same way.
+passes through `safe_error_text`: credentials are replaced by ``***`` first (see
+`jobpulse._redaction`), characters that cannot be encoded are escaped, then the text is cut
+to `MAX_ERROR_CHARS`. Stack traces go to the span only, redacted the same way.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Sequence
+
+from jobpulse._redaction import escape_unsafe_chars, redact
 
 __all__ = [
     "CATEGORIES",
@@ -119,57 +122,6 @@ def classify_exception(exc: BaseException) -> str:
     return classify_names(names, _message_of(exc))
 
 
-# Every pattern below starts only where a run of its characters starts (a lookbehind, not
-# \b), so that no text makes them backtrack more than linearly: error texts are user input.
-
-# scheme://user:password@host -> scheme://user:***@host
-_URL_PASSWORD = re.compile(
-    r"(?P<head>(?<![a-zA-Z0-9+.\-])[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:)[^\s@/]+@"
-)
-# key=value and "key": "value" pairs whose key names a secret (see _SECRET_KEY)
-_KEY_VALUE = re.compile(
-    r"(?<![\w.\-])(?P<key>[\w.\-]+)"
-    r"(?P<sep>[\"']?[ \t]*[=:][ \t]*(?:(?:bearer|basic)[ \t]+)?[\"']?)"
-    r"(?P<value>[^\s\"'&,;)}\]]+)",
-    re.IGNORECASE,
-)
-_SECRET_KEY = re.compile(
-    r"password|passwd|pwd|secret|token|api[_\-]?key|credential|private[_\-]?key|signature|"
-    r"session[_\-]?id",
-    re.IGNORECASE,
-)
-# Authorization: Bearer <token> / Basic <b64>
-_AUTH_SCHEME = re.compile(
-    r"(?P<head>(?<![\w])(?:bearer|basic)[ \t]+)[A-Za-z0-9._~+/\-]+=*", re.IGNORECASE
-)
-
-
-# "InvalidPasswordError: user not found": an exception type ahead of its message, not a key
-_TYPE_NAME = re.compile(r"[A-Z]\w*(?:Error|Exception|Warning)")
-# what follows a type name may itself start with a pair ("Error: token=abc")
-_INNER_PAIR = re.compile(r"(?P<key>[\w.\-]+)(?P<sep>[=:])")
-
-
-def _redact_pair(match: re.Match[str]) -> str:
-    key, sep, value = match["key"], match["sep"], match["value"]
-    if not _TYPE_NAME.fullmatch(key.rpartition(".")[2]):
-        return f"{key}{sep}***" if _SECRET_KEY.search(key) else match[0]
-    inner = _INNER_PAIR.match(value)
-    if inner is not None and _SECRET_KEY.search(inner["key"]) and inner.end() < len(value):
-        return f"{key}{sep}{inner[0]}***"
-    return match[0]
-
-
-def redact(text: str) -> str:
-    """Replace credentials in `text` with ``***``: URL passwords, secret key=value pairs, tokens.
-
-    Linear in the length of `text`.
-    """
-    text = _URL_PASSWORD.sub(r"\g<head>***@", text)
-    text = _KEY_VALUE.sub(_redact_pair, text)
-    return _AUTH_SCHEME.sub(r"\g<head>***", text)
-
-
 def truncate(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     """`text` cut to at most `limit` characters plus a note of how many were dropped."""
     if len(text) <= limit:
@@ -178,11 +130,12 @@ def truncate(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 
 
 def safe_error_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """Redacted, then cut to `limit` characters: fit for the unauthenticated health document.
+    """Redacted, made encodable (`escape_unsafe_chars`), then cut to `limit` characters: fit
+    for the unauthenticated health document.
 
     Only the first ``4 * limit`` characters are examined, so huge texts cost little.
     """
-    head = redact(text[: limit * 4])
+    head = escape_unsafe_chars(redact(text[: limit * 4]))
     if len(head) <= limit and len(text) <= limit * 4:
         return head
     kept = head[:limit]
@@ -208,7 +161,7 @@ def exception_event_attributes(exc: BaseException) -> dict[str, str]:
     stacktrace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return {
         "exception.type": qualified_type_name(type(exc)),
-        "exception.message": redact(_message_of(exc)),
-        "exception.stacktrace": redact(stacktrace),
+        "exception.message": escape_unsafe_chars(redact(_message_of(exc))),
+        "exception.stacktrace": escape_unsafe_chars(redact(stacktrace)),
         "exception.escaped": "True",
     }
