@@ -342,7 +342,7 @@ def test_metadata_merges_across_runs_and_is_json_safe(monitor: JobMonitor) -> No
     meta(float("nan"))
     status = monitor.status("meta")
     assert status is not None
-    assert dict(status.metadata) == {"value": "nan", "dsn": "redis://:***@cache"}
+    assert dict(status.metadata) == {"value": "nan", "dsn": "***"}
     json.dumps(status.to_dict(), allow_nan=False)
 
 
