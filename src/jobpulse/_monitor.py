@@ -119,7 +119,10 @@ def _merge_metadata(span: Span, values: Mapping[Any, object]) -> None:
         span.set_attribute(JOB_METADATA, _metadata.encode(current))
         if refused:
             logger.warning(
-                "run metadata: %d keys dropped (at most %d keys)", refused, _metadata.MAX_KEYS
+                "run metadata: %d keys dropped (at most %d keys, %d bytes of JSON)",
+                refused,
+                _metadata.MAX_KEYS,
+                _metadata.MAX_METADATA_BYTES,
             )
 
 

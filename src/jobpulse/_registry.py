@@ -614,10 +614,11 @@ class StatusRegistry:
         self._arm_missed(name, missed_deadline)
         if refused:
             logger.warning(
-                "job %r: %d metadata keys dropped (at most %d keys per job)",
+                "job %r: %d metadata keys dropped (at most %d keys, %d bytes of JSON per job)",
                 name,
                 refused,
                 _metadata.MAX_KEYS,
+                _metadata.MAX_METADATA_BYTES,
             )
         return attributes, consecutive
 
