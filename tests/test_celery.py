@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -744,3 +745,25 @@ def test_a_task_over_a_decorated_function_of_the_same_name_is_one_run(
     runs = runs_of(otel.spans(), "tests.flaky_export")
     assert len(runs) == 3  # one span per run
     assert [len(run.events) for run in runs] == [1, 1, 1]
+
+
+def test_a_task_whose_request_is_none_is_a_run(monitor: JobMonitor, otel: Otel) -> None:
+    # As in Celery's own test_trace_catches_exception: its signals come with no request.
+    from celery.app.trace import trace_task
+
+    @celery_app.app.task(name="tests.no_request", request=None, shared=False)  # type: ignore[untyped-decorator]
+    def no_request() -> None:
+        raise KeyError("baz")
+
+    instrumentor = CeleryJobInstrumentor()
+    instrumentor.instrument(monitor=monitor, send_task_events=False)
+    try:
+        with warnings.catch_warnings():  # Celery may warn of the request it lacks
+            warnings.simplefilter("ignore", RuntimeWarning)
+            trace_task(no_request, "jobpulse-test-no-request", [], {}, app=celery_app.app)
+    finally:
+        instrumentor.uninstrument()
+        celery_app.app.tasks.pop("tests.no_request", None)
+    [run] = otel.spans()
+    assert (run.attributes or {})[TASK_ID_ATTRIBUTE] == "jobpulse-test-no-request"
+    assert _status(monitor, "tests.no_request").failure_count == 1

@@ -17,11 +17,13 @@ from celery.beat import EmbeddedService
 
 import jobpulse
 from jobpulse import JobMonitor, JobStatus
+from jobpulse.integrations import celery as celery_integration
 from jobpulse.integrations.apscheduler import APSchedulerInstrumentor
 from jobpulse.integrations.celery import CeleryJobInstrumentor, beat_job_name
 from tests import celery_app, celery_support, redis_server
 from tests.celery_support import running_beat
 from tests.conftest import Otel
+from tests.prometheus_server import free_port
 
 redis_url = redis_server.redis_url
 monitor = celery_support.monitor
@@ -203,3 +205,21 @@ def test_an_embedded_beat_thread_stopped_leaves_no_thread(
         celery_app.app.conf.beat_schedule = {}
     assert not BEAT_THREADS & set(new_jobpulse_threads(before))
     assert status_of(monitor, beat_job_name("embedded")).next_run_time is None
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("redis_url")
+def test_a_beat_stopped_while_its_event_broker_is_unreachable_leaves_no_thread(
+    monitor: JobMonitor,
+    beat_sent: threading.Event,
+    before: set[threading.Thread],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An AMQP broker connects eagerly, and kombu retries a failed connect with sleeps.
+    monkeypatch.setattr(celery_integration, "RECEIVER_READY_SECONDS", 0.5)
+    monkeypatch.setitem(
+        celery_app.app.conf, "broker_read_url", f"amqp://guest@127.0.0.1:{free_port()}//"
+    )
+    with running_beat({"unreachable": ENTRY}):
+        assert beat_sent.wait(30), "beat sent nothing"
+    assert not BEAT_THREADS & set(new_jobpulse_threads(before))

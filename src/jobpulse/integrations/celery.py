@@ -172,6 +172,13 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _attempt(request: Any) -> int:
+    """Which attempt of its task `request` is (0 the first; also for a task whose request
+    is None, as a task may declare)."""
+    retries = getattr(request, "retries", None)
+    return retries if isinstance(retries, int) else 0
+
+
 def _beat_entry_of(request: Any) -> str | None:
     entry = getattr(request, BEAT_HEADER, None)
     if entry is None:
@@ -349,18 +356,21 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if task is None or getattr(task, "name", None) != name[4:]:
             return None
         request = task.request
-        key = (request.id, request.retries or 0)
+        task_id = getattr(request, "id", None)
+        if not isinstance(task_id, str):
+            return None
+        key = (task_id, _attempt(request))
         run = self._runs.get(key)
         if run is not None:
             run.adopted = True
         else:  # its task_prerun handler runs before ours: ours picks this up
             self._local.adopted = key
-        return self._attributes(task.name, request)
+        return self._attributes(task.name, task_id, request)
 
     # -- runs in this process ------------------------------------------------------------
 
-    def _attributes(self, name: str, request: Any) -> dict[str, AttributeValue]:
-        attributes: dict[str, AttributeValue] = {JOB_NAME: name, TASK_ID_ATTRIBUTE: request.id}
+    def _attributes(self, name: str, task_id: str, request: Any) -> dict[str, AttributeValue]:
+        attributes: dict[str, AttributeValue] = {JOB_NAME: name, TASK_ID_ATTRIBUTE: task_id}
         entry = _beat_entry_of(request)
         if entry is not None:
             attributes[BEAT_ENTRY_ATTRIBUTE] = entry
@@ -374,7 +384,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         with _PRERUN_GUARD:
             task = kwargs["task"]
             request = task.request
-            key = (task_id, request.retries or 0)
+            key = (task_id, _attempt(request))
             run = _Run(task.name, _now())
             if getattr(self._local, "adopted", None) == key:  # made before this handler ran
                 self._local.adopted = None
@@ -385,7 +395,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             else:
                 # Its run/<task> span, on another provider, keeps its own parent and links,
                 # and the task's spans stay its children: ours is not made current there.
-                attributes: Any = self._attributes(task.name, request)
+                attributes: Any = self._attributes(task.name, task_id, request)
                 run.span, run.token = self._monitor._start(
                     task.name, attributes, current=found is None
                 )
@@ -424,7 +434,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self, sender: Any, task_id: str, exception: BaseException, **kwargs: Any
     ) -> None:
         with _FAILURE_GUARD:
-            run = self._runs.get((task_id, sender.request.retries or 0))
+            run = self._runs.get((task_id, _attempt(sender.request)))
             if run is not None:
                 category = _errors.TIMEOUT if isinstance(exception, SoftTimeLimitExceeded) else None
                 self._fail(run, task_id, exception, category)
@@ -468,7 +478,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     ) -> None:
         with _POSTRUN_GUARD:
             task = kwargs["task"]
-            run = self._runs.pop((task_id, task.request.retries or 0), None)
+            run = self._runs.pop((task_id, _attempt(task.request)), None)
             if run is None:
                 return
             if state is None and self._pool_child:  # pragma: no cover - runs in the child
@@ -483,6 +493,8 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 elif state is None:  # a BaseException (SystemExit, KeyboardInterrupt) left it
                     error = _NoResult("the task was interrupted")
                     self._fail(run, task_id, error, _errors.INTERRUPTED)
+                elif state == states.FAILURE:  # Celery failed it without task_failure
+                    self._fail(run, task_id, _NoResult("the task failed"), None)
             if run.own:
                 self._monitor._finish(run.span, run.token)  # type: ignore[arg-type]
             elif run.adopted:
@@ -563,7 +575,9 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         # A pool child leaves with os._exit: exit handlers do not run, so what the monitor
         # of setup() holds is flushed here, within its shutdown deadline.
         with _WORKER_GUARD:
-            self._monitor.shutdown()
+            monitor = self._choice.peek()  # none chosen: nothing to flush
+            if monitor is not None:
+                monitor.shutdown()
 
     # -- beat ----------------------------------------------------------------------------
 
@@ -606,7 +620,7 @@ class _LateRelease:
     def _on_postrun(self, sender: Any = None, task_id: str | None = None, **kwargs: Any) -> None:
         with _POSTRUN_GUARD:
             task = kwargs.get("task", sender)
-            key = (task_id, getattr(task.request, "retries", 0) or 0)
+            key = (task_id, _attempt(task.request))
             with self._lock:
                 token = self._tokens.pop(key, None)  # type: ignore[arg-type]
                 done = not self._tokens
@@ -862,6 +876,10 @@ class _BeatWatch:
         while not self._stop.is_set():
             try:
                 with self._app.connection_for_read() as connection:
+                    # One attempt: kombu's own retries (broker_connection_max_retries, with
+                    # sleeps) would keep this thread from seeing that it is to stop; this
+                    # loop retries, with a backoff that `close` interrupts.
+                    connection.ensure_connection(max_retries=0)
                     self._receiver = _ReadyReceiver(
                         connection, handlers=handlers, app=self._app, ready=self._ready
                     )
