@@ -1,7 +1,9 @@
 """jobpulse in one file: jobs run, one fails, one stalls, one misses its schedule; then the
 health document.
 
-Run with ``make demo`` (or ``python examples/quickstart.py``). Takes about two seconds.
+Run with ``python examples/quickstart.py`` (after ``make install``, ``.venv/bin/python
+examples/quickstart.py``). Takes about two seconds and serves nothing: ``make demo`` runs the
+demo service (examples/icy_backend), ``examples/quickstart_app.py`` is the README's app.
 """
 
 from __future__ import annotations

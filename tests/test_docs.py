@@ -8,15 +8,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README = ROOT / "README.md"
+DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def blocks_in(text: str) -> list[str]:
+    """The code of each ```python block of a Markdown `text`, in order."""
+    return [match.group(1) for match in _BLOCK.finditer(text)]
+
+
+def blocks_of(document: Path) -> list[str]:
+    """The code of each ```python block of the Markdown file `document`, in order."""
+    return blocks_in(document.read_text())
 
 
 def _blocks() -> list[tuple[str, str]]:
     blocks = []
     for document in DOCUMENTS:
-        for index, match in enumerate(_BLOCK.finditer(document.read_text())):
-            blocks.append((f"{document.relative_to(ROOT)}#{index + 1}", match.group(1)))
+        for index, code in enumerate(blocks_of(document)):
+            blocks.append((f"{document.relative_to(ROOT)}#{index + 1}", code))
     return blocks
 
 
@@ -33,3 +44,59 @@ def test_code_block_runs(where: str, code: str, capsys: pytest.CaptureFixture[st
     shutdown = getattr(monitor, "shutdown", None)
     if callable(shutdown):
         shutdown()
+
+
+def _row(document: str, field: str) -> str:
+    """The line of the field table in docs/`document` that describes `field`."""
+    text = (ROOT / "docs" / document).read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith(f"| `{field}` |")]
+    return line
+
+
+def test_the_last_error_row_says_what_the_code_does() -> None:
+    from jobpulse import JobMonitor
+    from jobpulse._errors import MAX_ERROR_CHARS
+
+    monitor = JobMonitor()
+    with pytest.raises(RuntimeError), monitor.run("job"):
+        raise RuntimeError("x" * 5000)
+    failed = monitor.status("job")
+    with monitor.run("job"):
+        pass
+    succeeded = monitor.status("job")
+    monitor.shutdown()
+    assert failed is not None
+    assert succeeded is not None
+    row = _row("api.md", "last_error")
+    kept = ("RuntimeError: " + "x" * 5000)[:MAX_ERROR_CHARS]
+    assert (failed.last_error or "").startswith(kept + "… [")
+    assert (failed.last_error or "").endswith(" more characters]")
+    assert f"past {MAX_ERROR_CHARS:,} characters cut there" in row
+    assert succeeded.last_error is None
+    assert "`null` again after a success" in row
+
+
+def test_every_error_category_is_documented() -> None:
+    from jobpulse._errors import CATEGORIES
+    from jobpulse._registry import LOST
+    from jobpulse.integrations import celery
+
+    celery_categories = [
+        celery.RETRY,
+        celery.TIME_LIMIT,
+        celery.WORKER_LOST,
+        celery.REVOKED,
+        celery.REJECTED,
+        LOST,
+    ]
+    row = _row("api.md", "last_error_category")
+    concepts = (ROOT / "docs" / "concepts.md").read_text().split("## Errors", 1)[1]
+    for category in [*CATEGORIES, *celery_categories]:
+        assert f"`{category}`" in row, category
+        assert f"`{category}`" in concepts, category
+
+
+def test_the_readme_says_where_exemplars_appear() -> None:
+    (row,) = [line for line in README.read_text().splitlines() if line.startswith("| Metrics |")]
+    assert "over OTLP" in row
+    assert "the app's own `/metrics` has none" in row

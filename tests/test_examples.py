@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +110,17 @@ def test_demo_interval_forms(text: str, seconds: float) -> None:
     settings = DemoSettings.from_environ({"INDEX_INTERVAL": text})
     assert settings.index_interval_seconds == seconds
     assert settings.schedule == f"@every {seconds:g}s"
+
+
+def test_the_make_targets_examples_name_run_them() -> None:
+    """An example that says ``make X`` runs it is the module the X recipe runs."""
+    makefile = (ROOT / "Makefile").read_text()
+    named = 0
+    for path in sorted((ROOT / "examples").rglob("*.py")):
+        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for target in re.findall(r"Run (?:it )?(?:from [\w ]+ )?with ``make (\w+)``", docstring):
+            named += 1
+            recipe = makefile.split(f"\n{target}:", 1)[1].splitlines()[1]
+            assert recipe.split()[-1] == module, f"{path}: make {target} runs {recipe.strip()}"
+    assert named >= 1  # examples/icy_backend says `make demo`

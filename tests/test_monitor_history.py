@@ -204,7 +204,7 @@ def test_auto_stall_after_follows_the_window_and_can_be_turned_off(
 
 def test_auto_is_the_only_word_stall_after_takes(monitor: JobMonitor) -> None:
     with pytest.raises(ValueError, match='"auto"'):
-        monitor.register("etl", stall_after="automatic")  # type: ignore[arg-type]
+        monitor.register("etl", stall_after="automatic")
 
 
 def test_many_error_categories_fit_in_the_history(monitor: JobMonitor, otel: Otel) -> None:

@@ -84,6 +84,10 @@ def test_descriptors(spec: str, text: str, period_seconds: float) -> None:
         ("@every 1s1ns", "@every 1.000000001s", 1_000_000_001),
         ("@every 1h0.25s", "@every 1h0.25s", 3600 * NS + 250_000_000),
         ("@every +5m", "@every 5m", 300 * NS),
+        ("@every 1d", "@every 24h", 86400 * NS),
+        ("@every 1d12h", "@every 36h", 129600 * NS),
+        ("@every 0.5d", "@every 12h", 43200 * NS),
+        ("@every 366d", "@every 8784h", 366 * 86400 * NS),
         ("  @every   2m  ", "@every 2m", 120 * NS),
     ],
 )
@@ -263,6 +267,47 @@ def test_rejections(spec: object, zone: object, message: str) -> None:
         parse_schedule(spec, zone)
     assert str(caught.value).startswith(("schedule", "timezone"))
     assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "@every 366d1s",
+        "@every 8784h0.001s",
+        "@every 367d",
+        "@every 99999999999999999999h",
+        366 * 86400 + 1,
+        timedelta(days=366, microseconds=1),
+        3600 * 10**9,
+    ],
+)
+def test_intervals_longer_than_366_days_are_rejected(spec: str | int | timedelta) -> None:
+    with pytest.raises(InvalidJobError, match=r"the interval must be at most 366 days$"):
+        parse_schedule(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("5m", "schedule '5m': a bare duration is not a schedule; for a run every 5m, write"
+         " '@every 5m'"),
+        ("1h30m", "write '@every 1h30m'"),
+        ("  90s ", "schedule '  90s ': a bare duration is not a schedule; for a run every 90s,"),
+        ("1d", "write '@every 1d'"),
+        ("TZ=UTC 5m", "write '@every 5m'"),
+        ("90", "schedule '90': a number in a string is not a schedule; for a run every 90"
+         " seconds, write '@every 90s' or pass the number 90"),
+    ],
+)  # fmt: skip
+def test_a_bare_duration_suggests_every(spec: str, message: str) -> None:
+    with pytest.raises(InvalidJobError, match=re.escape(message)):
+        parse_schedule(spec)
+
+
+def test_a_duration_text_too_long_to_be_one_is_rejected_without_converting_it() -> None:
+    for duration in ("1" * 5000 + "s", "1." + "0" * 5000 + "1s", "1s" * 40):
+        with pytest.raises(InvalidJobError, match="is not a Go duration"):
+            parse_schedule("@every " + duration)
 
 
 def test_a_zone_without_an_iana_key_is_rejected() -> None:

@@ -438,14 +438,25 @@ def test_concurrent_runs_of_a_scheduled_job(make_monitor: MonitorFactory) -> Non
     assert status.next_run_time > status.last_run_time  # type: ignore[operator]
 
 
-def test_at_most_1000_overdue_slots_are_counted_at_once(
+def test_every_overdue_slot_is_counted_after_a_suspend(
     monitor: JobMonitor, clock: FakeClock
 ) -> None:
     monitor.register("every_second", schedule="@every 1s")
-    clock.advance(timedelta(hours=2))
+    clock.advance(timedelta(hours=2))  # one step: the watchdog wakes once, two hours late
     status = status_of(monitor, "every_second")
-    assert status.missed_count == 1000
-    assert status.next_run_time == clock.now() + timedelta(seconds=1)
+    assert status.missed_count == 7199  # every slot whose grace (1 s) ran out
+    assert status.next_run_time == clock.now()  # the slot at the moment of waking
+    assert status.last_missed_run_time == clock.now() - timedelta(seconds=1)
+
+
+def test_a_year_of_missed_slots_is_counted_exactly(monitor: JobMonitor, clock: FakeClock) -> None:
+    pytest.importorskip("croniter")
+    monitor.register("minutely", schedule="@every 1m")
+    monitor.register("cron", schedule="* * * * *")
+    clock.advance(timedelta(days=365))
+    # Slots at every minute; the grace is 6 s (10% of the period): the last one is still due.
+    assert status_of(monitor, "minutely").missed_count == 365 * 24 * 60 - 1
+    assert status_of(monitor, "cron").missed_count == 365 * 24 * 60 - 1
 
 
 class Interfering(Schedule):

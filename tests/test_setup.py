@@ -201,7 +201,7 @@ def test_setup_twice_is_refused_until_the_first_monitor_is_shut_down() -> None:
     [
         ({"otlp_protocol": "http/json"}, "otlp_protocol must be one of"),
         ({"export_timeout": -1}, "export_timeout"),
-        ({"shutdown_timeout": "2s"}, "shutdown_timeout"),
+        ({"shutdown_timeout": "2 seconds"}, "shutdown_timeout"),
         ({"metric_export_interval": 0}, "metric_export_interval"),
         ({"namespace": "icy-backend"}, "namespace"),
     ],

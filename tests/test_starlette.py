@@ -138,21 +138,80 @@ def test_unknown_job_and_bad_limit(monitor: JobMonitor, client: httpx.Client) ->
 
     with monitor.run("known"):
         pass
-    for bad in ("-1", "ten", "1.5", ""):
+    for bad in BAD_LIMITS:
         response = client.get(HEALTH_PATH + "/known", params={"limit": bad})
         assert response.status_code == 400, bad
-        assert response.json() == {"error": "limit must be an integer >= 0"}
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {"error": "limit must be an integer from 0 to 10000"}
+    for good in ("0", "007", "10000"):
+        response = client.get(HEALTH_PATH + "/known", params={"limit": good})
+        assert response.status_code == 200, good
+        assert len(response.json()["history"]) == min(int(good), 1)
 
 
-def test_bad_paths_and_methods(client: httpx.Client) -> None:
-    assert client.get("/api/v1/health").status_code == 404
-    assert client.get("/api/v1/health/jobsx").status_code == 404
-    for method in ("POST", "PUT", "DELETE"):
-        response = client.request(method, HEALTH_PATH)
-        assert response.status_code == 405
-        assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
-    assert client.post("/metrics").status_code == 405
-    assert client.post(HEALTH_PATH + "/known").status_code == 405
+#: Refused by ?limit=: not ASCII digits ("²" and "٣" pass str.isdigit, and int() refuses
+#: "²"), too large, or more digits than int() converts (4,300).
+BAD_LIMITS = ["-1", "ten", "1.5", "", "\u00b2", "\u0663", "+5", " 5", "1e3", "10001", "9" * 5000]
+
+
+def test_the_health_path_with_a_trailing_slash_serves_the_document(
+    monitor: JobMonitor, client: httpx.Client
+) -> None:
+    with monitor.run("reports/"):  # a name ending in "/" is still a job
+        pass
+    fail(monitor, "swaps")
+    plain = client.get(HEALTH_PATH)
+    slashed = client.get(HEALTH_PATH + "/")
+    assert slashed.status_code == plain.status_code == 206
+    assert slashed.headers["content-type"] == "application/json"
+    body = slashed.json()
+    assert set(body) == {"status", "timestamp", "jobs", "summary", "duration_ms"}
+    assert body["jobs"] == plain.json()["jobs"]
+    assert client.head(HEALTH_PATH + "/").status_code == 206
+    assert client.get(HEALTH_PATH + "/reports/").json()["job"]["job_name"] == "reports/"
+
+
+#: A path of each jobpulse route (the job route with a name holding a "/").
+JSON_ROUTES = [HEALTH_PATH, HEALTH_PATH + "/", HEALTH_PATH + "/a/b", "/metrics"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+@pytest.mark.parametrize("path", JSON_ROUTES)
+def test_other_methods_answer_json_405(client: httpx.Client, method: str, path: str) -> None:
+    assert_json_405(client.request(method, path))
+
+
+def assert_json_405(response: httpx.Response) -> None:
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["allow"] == "GET, HEAD"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.json() == {"error": "method not allowed"}
+
+
+def test_head_answers_every_route_without_a_body(monitor: JobMonitor, client: httpx.Client) -> None:
+    with monitor.run("a/b"):
+        pass
+    for path in JSON_ROUTES:
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_bad_paths_and_methods(monitor: JobMonitor, registry: CollectorRegistry) -> None:
+    inner = routes(monitor, registry=registry)
+    for app in (
+        Starlette(routes=routes(monitor, registry=registry)),
+        Starlette(routes=[Mount("/ops", routes=inner)]),
+    ):
+        prefix = "/ops" if app.routes[0].path == "/ops" else ""  # type: ignore[attr-defined]
+        with client_for(app) as client:
+            assert client.get(prefix + "/api/v1/health").status_code == 404
+            assert client.get(prefix + "/api/v1/health/jobsx").status_code == 404
+            for path in JSON_ROUTES:
+                assert_json_405(client.post(prefix + path))
+                assert_json_405(client.delete(prefix + path))
 
 
 def test_metrics_text_and_openmetrics(
@@ -242,7 +301,10 @@ def test_missing_optional_packages_say_what_to_install(
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     with pytest.raises(ImportError, match=r"pip install 'jobpulse\[prometheus\]'"):
         routes(monitor)
-    assert len(routes(monitor, metrics=False)) == 2
+    assert [route.name for route in routes(monitor, metrics=False)] == [  # type: ignore[attr-defined]
+        "jobpulse_health",
+        "jobpulse_job",
+    ]
 
     monkeypatch.setitem(sys.modules, "starlette.routing", None)
     monkeypatch.delitem(sys.modules, "jobpulse.starlette")
@@ -255,6 +317,8 @@ def test_real_uvicorn_server(make_monitor: Any) -> None:
     monitor: JobMonitor = make_monitor(clock=None, namespace="icy_backend")
     registry = CollectorRegistry()
     with monitor.run("btc_transaction_indexing"):
+        pass
+    with monitor.run("reports/nightly"):
         pass
     app = Starlette(routes=[Mount("/ops", routes=routes(monitor, registry=registry))])
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
@@ -284,8 +348,26 @@ def test_real_uvicorn_server(make_monitor: Any) -> None:
             assert body["jobs"]["btc_transaction_indexing"]["success_count"] == 1
             assert client.get(HEALTH_PATH + "/btc_transaction_indexing").status_code == 200
             assert client.get(HEALTH_PATH + "/nope").status_code == 404
-            assert client.put(HEALTH_PATH).status_code == 405
             assert client.get("/metrics").status_code == 200
+            # The edges, as a real HTTP server sends them.
+            slashed = client.get(HEALTH_PATH + "/")
+            assert slashed.status_code == 200
+            assert set(json.loads(slashed.content)["jobs"]) == {
+                "btc_transaction_indexing",
+                "reports/nightly",
+            }
+            one = client.get(HEALTH_PATH + "/reports/nightly", params={"limit": "1"})
+            assert json.loads(one.content)["job"]["job_name"] == "reports/nightly"
+            for bad in ("\u00b2", "9" * 5000):
+                response = client.get(HEALTH_PATH + "/reports/nightly", params={"limit": bad})
+                assert response.status_code == 400
+                assert response.json() == {"error": "limit must be an integer from 0 to 10000"}
+            for path in JSON_ROUTES:
+                assert_json_405(client.put(path))
+            for path in (HEALTH_PATH, HEALTH_PATH + "/", HEALTH_PATH + "/reports/nightly"):
+                head = client.head(path)
+                assert (head.status_code, head.content) == (200, b"")
+                assert int(head.headers["content-length"]) > 0  # what GET would send
     finally:
         server.should_exit = True
         thread.join(30)
@@ -303,10 +385,11 @@ def test_metrics_are_gzipped_when_the_scraper_asks(
     assert "content-encoding" not in plain.headers
 
 
-def test_lifespan_shuts_the_monitor_down_when_the_server_stops(monitor: JobMonitor) -> None:
-    app = Starlette(routes=routes(monitor, metrics=False), lifespan=lifespan(monitor))
+def run_lifespan(app: Any) -> list[str]:
+    """Run the ASGI lifespan of `app` (startup, then shutdown) as a server does; the types
+    of the messages the app sent back."""
 
-    async def serve_lifespan() -> list[str]:
+    async def serve() -> list[str]:
         messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
         sent: list[str] = []
 
@@ -316,15 +399,57 @@ def test_lifespan_shuts_the_monitor_down_when_the_server_stops(monitor: JobMonit
         async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message["type"])
 
-        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
         return sent
 
+    return asyncio.run(serve())
+
+
+def test_lifespan_shuts_the_monitor_down_when_the_server_stops(monitor: JobMonitor) -> None:
+    app = Starlette(routes=routes(monitor, metrics=False), lifespan=lifespan(monitor))
     assert not monitor.closed
-    sent = asyncio.run(serve_lifespan())
-    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert run_lifespan(app) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert monitor.closed
 
 
 def test_metrics_default_to_the_global_registry(monitor: JobMonitor) -> None:
     with client_for(Starlette(routes=routes(monitor))) as client:
         assert "python_info" in client.get("/metrics").text  # prometheus_client's own collector
+
+
+def test_metrics_carry_no_exemplars_while_otlp_readers_get_them(otel: Any) -> None:
+    """What the README says: exemplars go out over OTLP, not on the app's /metrics (the
+    OpenTelemetry Prometheus exporter drops them)."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    registry = CollectorRegistry()
+    otlp_like = InMemoryMetricReader()
+    meter_provider = MeterProvider(
+        metric_readers=[PrometheusMetricReader(registry=registry), otlp_like],
+        shutdown_on_exit=False,
+    )
+    monitor = JobMonitor(otel.tracer_provider, meter_provider)
+    try:
+        for _ in range(2):  # the SDK may keep no exemplar for a series' first point
+            fail(monitor, "job")
+        with client_for(Starlette(routes=routes(monitor, registry=registry))) as client:
+            exposition = client.get(
+                "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}
+            ).text
+        data = otlp_like.get_metrics_data()
+        assert data is not None
+        (duration,) = [
+            metric
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "background_job.duration"
+        ]
+        assert any(point.exemplars for point in duration.data.data_points)
+        assert 'background_job_duration_seconds_bucket{job_name="job"' in exposition
+        assert " # {" not in exposition  # OpenMetrics writes an exemplar as `# {trace_id=...}`
+    finally:
+        monitor.shutdown()
+        meter_provider.shutdown()

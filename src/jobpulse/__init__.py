@@ -17,6 +17,7 @@ from jobpulse._health import HealthReport, HealthStatus
 from jobpulse._model import JobsSummary, JobState, JobStatus, RunRecord
 from jobpulse._monitor import JobMonitor, JobRun, set_metadata
 from jobpulse._processor import JobStatusProcessor
+from jobpulse._redaction import RedactingFilter, add_redaction_pattern, redact
 from jobpulse._sampling import JobAwareSampler
 from jobpulse._setup import setup
 from jobpulse._version import __version__
@@ -36,8 +37,11 @@ __all__ = [
     "JobTimeoutError",
     "JobpulseError",
     "JobsSummary",
+    "RedactingFilter",
     "RunRecord",
     "__version__",
+    "add_redaction_pattern",
+    "redact",
     "set_metadata",
     "setup",
 ]

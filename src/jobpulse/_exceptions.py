@@ -10,9 +10,23 @@ naturally catch for the same mistake::
     └── JobTimeoutError     (also TimeoutError)  a run passed its job's `timeout`
 
 A job's own exceptions are never wrapped: they are recorded and re-raised unchanged.
+
+Each class says it belongs to ``jobpulse`` (its ``__module__``), where it is imported from, so
+that tracebacks and logs print ``jobpulse.InvalidJobError``, not this private module's name;
+pickle finds the classes there too.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "InvalidJobError",
+    "JobLimitError",
+    "JobSkippedError",
+    "JobTimeoutError",
+    "JobpulseError",
+]
 
 
 class JobpulseError(Exception):
@@ -39,6 +53,11 @@ class JobTimeoutError(JobpulseError, TimeoutError):
         self.job_name = job_name
         self.timeout_seconds = timeout_seconds
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds from `args` (the message alone), which this __init__ refuses:
+        # without this, a pickled timeout (a process pool's, a result backend's) fails to load.
+        return type(self), (self.job_name, self.timeout_seconds), self.__dict__
+
 
 class JobSkippedError(JobpulseError, RuntimeError):
     """A call of a job was refused and counted as skipped (``skipped_count``, the
@@ -54,5 +73,10 @@ class JobSkippedError(JobpulseError, RuntimeError):
         self.job_name = job_name
         self.reason = reason
 
-    def __reduce__(self) -> tuple[type[JobSkippedError], tuple[str, str, str]]:
-        return type(self), (self.job_name, self.reason, str(self))
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.job_name, self.reason, str(self)), self.__dict__
+
+
+for _public in (JobpulseError, InvalidJobError, JobLimitError, JobSkippedError, JobTimeoutError):
+    _public.__module__ = "jobpulse"
+del _public

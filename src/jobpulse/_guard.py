@@ -19,6 +19,7 @@ __all__ = [
     "Guard",
     "add_internal_error_hook",
     "remove_internal_error_hook",
+    "report_foreign_error",
     "report_internal_error",
 ]
 
@@ -28,6 +29,7 @@ InternalErrorHook = Callable[[str, BaseException], None]
 
 _hooks: list[InternalErrorHook] = []
 _counts: dict[str, int] = {}
+_foreign_counts: dict[str, int] = {}
 _counts_lock = threading.Lock()
 
 
@@ -40,20 +42,49 @@ def remove_internal_error_hook(hook: InternalErrorHook) -> None:
     _hooks.remove(hook)
 
 
-def report_internal_error(where: str, exc: BaseException) -> None:
-    """Log an internal error (the 1st, 2nd, 4th, 8th, ... at each place) and tell the hooks."""
+def _occurrence(counts: dict[str, int], where: str) -> int:
     with _counts_lock:
-        count = _counts.get(where, 0) + 1
-        _counts[where] = count
-    if count & (count - 1) == 0:
-        logger.error(
-            "jobpulse internal error in %s (occurrence %d); the job is not affected",
-            where,
-            count,
-            exc_info=exc,
-        )
+        count = counts[where] = counts.get(where, 0) + 1
+    return count
+
+
+def report_internal_error(where: str, exc: BaseException) -> None:
+    """Log an internal error (the 1st, 2nd, 4th, 8th, ... at each place) and tell the hooks.
+
+    Never raises: logging that fails (a job near the recursion limit) is given up."""
+    count = _occurrence(_counts, where)
+    try:
+        if count & (count - 1) == 0:
+            logger.error(
+                "jobpulse internal error in %s (occurrence %d); the job is not affected",
+                where,
+                count,
+                exc_info=exc,
+            )
+    except Exception:  # noqa: BLE001 - nowhere left to report it
+        pass
     for hook in list(_hooks):
         hook(where, exc)
+
+
+def report_foreign_error(where: str, exc: BaseException, consequence: str) -> None:
+    """Log an exception that the application's own code (one of its span processors or
+    samplers) raised into a run's start or end: at the 1st, 2nd, 4th, 8th, ... occurrence,
+    with its traceback the first time. `consequence` says what became of the run. Not an
+    internal error of jobpulse's: the hooks are not told. Never raises."""
+    count = _occurrence(_foreign_counts, where)
+    try:
+        if count & (count - 1) == 0:
+            logger.warning(
+                "%s raised %s (occurrence %d); the job is not affected: %s",
+                where,
+                type(exc).__name__,
+                count,
+                consequence,
+                exc_info=exc if count == 1 else None,
+            )
+    except Exception:  # noqa: BLE001 - nowhere left to report it
+        pass
 
 
 class Guard:
@@ -79,5 +110,8 @@ class Guard:
     ) -> bool:
         if exc is None or not isinstance(exc, Exception):
             return False
-        report_internal_error(self.where, exc)
+        try:  # noqa: SIM105 - one context manager fewer at the recursion limit
+            report_internal_error(self.where, exc)
+        except RecursionError:  # at the recursion limit even the call can fail
+            pass
         return True

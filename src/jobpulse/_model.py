@@ -8,7 +8,7 @@ import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from json.encoder import encode_basestring as _encode_str
+from json.encoder import encode_basestring as encode_json_str
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -19,6 +19,7 @@ __all__ = [
     "JobsSummary",
     "RunRecord",
     "dump_json",
+    "encode_json_str",
     "from_ns",
     "member_json",
     "rfc3339",
@@ -80,7 +81,7 @@ _BOOL = {False: "false", True: "true"}
 
 
 def _json_str(text: str | None) -> str:
-    return "null" if text is None else _encode_str(text)
+    return "null" if text is None else encode_json_str(text)
 
 
 _SECONDS_CACHE: dict[int, str] = {}
@@ -322,7 +323,7 @@ def member_json(job: JobRecord) -> bytes:
     text = _json_str
     time = _json_time
     ms = _json_ms
-    name = _encode_str(job.job_name)
+    name = encode_json_str(job.job_name)
     rate = job.success_rate
     return (
         f"{name}:{{"

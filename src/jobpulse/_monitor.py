@@ -9,10 +9,10 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from opentelemetry import context as context_api
 from opentelemetry import metrics, trace
@@ -29,11 +29,12 @@ from jobpulse._exceptions import (
     JobSkippedError,
     JobTimeoutError,
 )
-from jobpulse._guard import Guard, report_internal_error
+from jobpulse._guard import Guard, report_foreign_error, report_internal_error
 from jobpulse._health import HealthDocument, HealthReport, HealthStatus, evaluate
 from jobpulse._instruments import METER_NAME, Instruments, validate_namespace
 from jobpulse._model import JobsSummary, JobStatus, RunRecord, from_ns, to_ns
 from jobpulse._processor import (
+    ARMED,
     ERROR_CATEGORY,
     ERROR_TYPE,
     JOB_METADATA,
@@ -45,6 +46,7 @@ from jobpulse._registry import JOB_NAME, JobSettings, StatusRegistry
 from jobpulse._sampling import JobAwareSampler
 from jobpulse._schedule import parse_schedule
 from jobpulse._validation import (
+    Duration,
     to_seconds,
     validate_name,
     validate_positive_int,
@@ -61,7 +63,7 @@ R = TypeVar("R")
 
 #: What ``schedule=`` takes: "@every 2m", "@daily", "30 2 * * *", seconds or a timedelta.
 ScheduleSpec = str | float | timedelta
-StallAfter = float | timedelta | Literal["auto"]
+StallAfter = Duration  # or "auto"
 
 CODE_FUNCTION = "code.function.name"
 
@@ -76,8 +78,6 @@ ABANDONED_THREAD = "abandoned_thread"
 JOB_NAME_ATTRIBUTE = "_jobpulse_job"
 
 _START_GUARD = Guard("run start")
-_FAILURE_GUARD = Guard("run failure")
-_END_GUARD = Guard("run end")
 _METADATA_GUARD = Guard("run metadata")
 _RECORD_GUARD = Guard("recorded run")
 
@@ -86,8 +86,9 @@ def record_failure(
     span: Span, exc: BaseException, *, timed_out: bool = False, category: str | None = None
 ) -> None:
     """Put the job's exception on its span: event, error type, category (`category`, else
-    classified from the exception), ERROR status. Never raises."""
-    with _FAILURE_GUARD:
+    classified from the exception), ERROR status. Never raises, also at the recursion limit
+    (no context manager: its ``__enter__`` is a call that can fail there)."""
+    try:
         span.add_event("exception", _errors.exception_event_attributes(exc))
         if timed_out or isinstance(exc, JobTimeoutError):
             timed_out = True
@@ -100,6 +101,15 @@ def record_failure(
             attributes[JOB_TIMED_OUT] = True
         span.set_attributes(attributes)
         span.set_status(Status(StatusCode.ERROR, _errors.describe_exception(exc)))
+    except Exception as error:  # noqa: BLE001 - the job's own exception is what matters
+        _report("run failure", error)
+
+
+def _report(where: str, error: Exception) -> None:
+    try:  # noqa: SIM105 - a context manager more is a call more at the recursion limit
+        report_internal_error(where, error)
+    except RecursionError:
+        pass
 
 
 def _merge_metadata(span: Span, values: Mapping[Any, object]) -> None:
@@ -109,7 +119,10 @@ def _merge_metadata(span: Span, values: Mapping[Any, object]) -> None:
         span.set_attribute(JOB_METADATA, _metadata.encode(current))
         if refused:
             logger.warning(
-                "run metadata: %d keys dropped (at most %d keys)", refused, _metadata.MAX_KEYS
+                "run metadata: %d keys dropped (at most %d keys, %d bytes of JSON)",
+                refused,
+                _metadata.MAX_KEYS,
+                _metadata.MAX_METADATA_BYTES,
             )
 
 
@@ -269,9 +282,9 @@ class JobMonitor:
         meter_provider: metrics.MeterProvider | None = None,
         *,
         namespace: str = "",
-        stall_after: float | timedelta = 300.0,
+        stall_after: Duration = 300.0,
         max_jobs: int = 1000,
-        retention: float | timedelta = timedelta(hours=24),
+        retention: Duration = timedelta(hours=24),
         max_history: int = 4096,
         clock: Clock | None = None,
     ) -> None:
@@ -337,10 +350,10 @@ class JobMonitor:
         *,
         critical: bool | None = None,
         failure_threshold: int | None = None,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         stall_after: StallAfter | None = None,
         schedule: ScheduleSpec | None = None,
-        grace: float | timedelta | None = None,
+        grace: Duration | None = None,
         timezone: str | tzinfo | None = None,
     ) -> None:
         """Add a job to the view (state ``pending``) or change the settings passed.
@@ -380,7 +393,7 @@ class JobMonitor:
         return self._registry.unregister(name)
 
     def set_next_run(
-        self, name: str, when: datetime | None, *, grace: float | timedelta | None = None
+        self, name: str, when: datetime | None, *, grace: Duration | None = None
     ) -> None:
         """Expect the next run of `name` at `when` (an aware datetime), for scheduler
         integrations that know it better than a schedule string; None expects no run (a
@@ -472,10 +485,10 @@ class JobMonitor:
         *,
         critical: bool | None = None,
         failure_threshold: int | None = None,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         stall_after: StallAfter | None = None,
         schedule: ScheduleSpec | None = None,
-        grace: float | timedelta | None = None,
+        grace: Duration | None = None,
         timezone: str | tzinfo | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
@@ -486,10 +499,10 @@ class JobMonitor:
         *,
         critical: bool | None = None,
         failure_threshold: int | None = None,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         stall_after: StallAfter | None = None,
         schedule: ScheduleSpec | None = None,
-        grace: float | timedelta | None = None,
+        grace: Duration | None = None,
         timezone: str | tzinfo | None = None,
     ) -> Any:
         """Decorate a sync or async function so that each call is a monitored run.
@@ -533,6 +546,14 @@ class JobMonitor:
                 except JobLimitError as exc:  # the run goes ahead, unmonitored
                     logger.warning("%s", exc)
 
+        if inspect.isgeneratorfunction(func):
+            generator = self._generator_job(func, job_name, attributes, ensure_registered)
+            setattr(generator, JOB_NAME_ATTRIBUTE, job_name)
+            return cast(Callable[P, R], generator)
+        if inspect.isasyncgenfunction(func):
+            agenerator = self._async_generator_job(func, job_name, attributes, ensure_registered)
+            setattr(agenerator, JOB_NAME_ATTRIBUTE, job_name)
+            return cast(Callable[P, R], agenerator)
         if inspect.iscoroutinefunction(func):
             async_func = cast(Callable[..., Awaitable[Any]], func)
 
@@ -550,13 +571,17 @@ class JobMonitor:
 
         @functools.wraps(func)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> R:
-            ensure_registered()
-            timeout_seconds = registry.timeout_of(job_name)
+            try:
+                ensure_registered()
+                timeout_seconds = registry.timeout_of(job_name)
+                if timeout_seconds is None:
+                    span, token = tracer_start(job_name, attributes)
+            except RecursionError:  # no room left to monitor: the job runs as if undecorated
+                return func(*args, **kwargs)
             if timeout_seconds is not None:
                 return self._call_in_thread(
                     job_name, attributes, timeout_seconds, func, args, kwargs
                 )
-            span, token = tracer_start(job_name, attributes)
             try:
                 return func(*args, **kwargs)
             except BaseException as exc:
@@ -568,6 +593,111 @@ class JobMonitor:
 
         setattr(run_sync, JOB_NAME_ATTRIBUTE, job_name)
         return run_sync
+
+    def _generator_job(
+        self,
+        func: Callable[..., Generator[Any, Any, Any]],
+        name: str,
+        attributes: Mapping[str, str],
+        ensure_registered: Callable[[], None],
+    ) -> Callable[..., Generator[Any, Any, Any]]:
+        """A generator function's wrapper: a run spans the iteration, from the first
+        ``next()`` to exhaustion, an exception, or ``close()`` (a consumer that stops early:
+        a success). The run's span is current only while the generator's own code runs."""
+
+        @functools.wraps(func)
+        def run_generator(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            ensure_registered()
+            inner = func(*args, **kwargs)
+            span, token = self._start(name, attributes, current=False)
+            step_context = trace.set_span_in_context(span)
+            sent: Any = None
+            thrown: BaseException | None = None
+            while True:
+                step = context_api.attach(step_context)
+                try:
+                    item = inner.send(sent) if thrown is None else inner.throw(thrown)
+                except StopIteration as stop:
+                    _detach(step)
+                    self._finish(span, token)
+                    return stop.value
+                except BaseException as exc:
+                    _detach(step)
+                    self._fail(span, token, exc)
+                    raise
+                _detach(step)
+                sent, thrown = None, None
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    step = context_api.attach(step_context)
+                    try:
+                        inner.close()
+                    except BaseException as exc:
+                        self._fail(span, token, exc)
+                        raise
+                    finally:
+                        _detach(step)
+                    self._finish(span, token)
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - thrown in: handed to the job
+                    thrown = exc
+
+        return run_generator
+
+    def _async_generator_job(
+        self,
+        func: Callable[..., AsyncGenerator[Any, Any]],
+        name: str,
+        attributes: Mapping[str, str],
+        ensure_registered: Callable[[], None],
+    ) -> Callable[..., AsyncGenerator[Any, Any]]:
+        """`_generator_job` for an async generator function (``aclose()`` is a success)."""
+
+        @functools.wraps(func)
+        async def run_async_generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+            ensure_registered()
+            inner = func(*args, **kwargs)
+            span, token = self._start(name, attributes, current=False)
+            step_context = trace.set_span_in_context(span)
+            sent: Any = None
+            thrown: BaseException | None = None
+            while True:
+                step = context_api.attach(step_context)
+                try:
+                    item = await (inner.asend(sent) if thrown is None else inner.athrow(thrown))
+                except StopAsyncIteration:
+                    _detach(step)
+                    self._finish(span, token)
+                    return
+                except BaseException as exc:
+                    _detach(step)
+                    self._fail(span, token, exc)
+                    raise
+                _detach(step)
+                sent, thrown = None, None
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    step = context_api.attach(step_context)
+                    try:
+                        await inner.aclose()
+                    except BaseException as exc:
+                        self._fail(span, token, exc)
+                        raise
+                    finally:
+                        _detach(step)
+                    self._finish(span, token)
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - thrown in: handed to the job
+                    thrown = exc
+
+        return run_async_generator
+
+    def _fail(self, span: Span, token: RunToken | None, exc: BaseException) -> None:
+        if token is not NESTED:
+            record_failure(span, exc)
+        self._finish(span, token)
 
     def run(self, name: str) -> JobRun:
         """A run of `name` as a context manager: ``with monitor.run("nightly_report") as run:``
@@ -582,10 +712,10 @@ class JobMonitor:
         name: str,
         critical: bool | None,
         failure_threshold: int | None,
-        timeout: float | timedelta | None,
+        timeout: Duration | None,
         stall_after: StallAfter | None,
         schedule: ScheduleSpec | None,
-        grace: float | timedelta | None,
+        grace: Duration | None,
         timezone: str | tzinfo | None,
     ) -> JobSettings:
         if critical is not None and not isinstance(critical, bool):
@@ -602,10 +732,6 @@ class JobMonitor:
                 )
             parsed = parse_schedule(current.text, timezone)
         auto = stall_after == "auto"
-        if isinstance(stall_after, str) and not auto:
-            raise InvalidJobError(
-                f'stall_after must be seconds, a timedelta or "auto", got {stall_after!r}'
-            )
         return JobSettings(
             critical=critical,
             failure_threshold=None
@@ -614,7 +740,7 @@ class JobMonitor:
             timeout=None if timeout is None else to_seconds(timeout, "timeout"),
             stall_after=None
             if stall_after is None or auto
-            else to_seconds(stall_after, "stall_after"),
+            else to_seconds(stall_after, 'stall_after (or "auto")'),
             auto_stall=None if stall_after is None else auto,
             schedule=parsed,
             grace=None if grace is None else to_seconds(grace, "grace"),
@@ -644,11 +770,24 @@ class JobMonitor:
             clock = self._clock
             start_ns = clock.time_ns()
             started = clock.monotonic()
-            span = self._tracer.start_span(name, attributes=attributes, start_time=start_ns)
+            starting = self._processor.starting
+            starting.span = ARMED
+            try:
+                span = self._tracer.start_span(name, attributes=attributes, start_time=start_ns)
+            except Exception as exc:  # noqa: BLE001 - the application's processor or sampler
+                # Our on_start may have opened the run before another processor raised: then
+                # the run goes on with that span, else the job runs unmonitored.
+                span, starting.span = starting.span, None
+                if span is ARMED:
+                    report_foreign_error(
+                        "starting a span", exc, f"the run of {name!r} is not monitored"
+                    )
+                    return trace.INVALID_SPAN, None
+                report_foreign_error("a span processor's on_start", exc, "the run is monitored")
             context = context_api.attach(trace.set_span_in_context(span)) if current else None
             return span, (context, started, start_ns)
         except Exception as exc:  # noqa: BLE001 - the job runs, unmonitored, rather than fail
-            report_internal_error("run start", exc)
+            _report("run start", exc)
             return trace.INVALID_SPAN, None
 
     def _finish(self, span: Span, token: RunToken | None) -> None:
@@ -656,7 +795,7 @@ class JobMonitor:
         the monotonic clock, so a step of the wall clock never changes a duration."""
         if token is NESTED:
             return
-        with _END_GUARD:
+        try:
             if token is None:
                 span.end(end_time=self._clock.time_ns())
                 return
@@ -664,7 +803,13 @@ class JobMonitor:
             if context is not None:
                 _detach(context)
             elapsed_ns = round((self._clock.monotonic() - started) * 1e9)
-            span.end(end_time=start_ns + max(elapsed_ns, 0))
+            try:
+                span.end(end_time=start_ns + max(elapsed_ns, 0))
+            except Exception as exc:  # noqa: BLE001 - the application's span processor
+                report_foreign_error("a span processor's on_end", exc, "the run is recorded")
+                self._processor.close_if_open(span)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - never into the job (no guard: see record_failure)
+            _report("run end", exc)
 
     @staticmethod
     def _release(token: RunToken | None) -> None:

@@ -8,6 +8,7 @@ left alone after one dictionary lookup.
 from __future__ import annotations
 
 import logging
+import threading
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -17,6 +18,7 @@ from jobpulse import _errors, _metadata
 from jobpulse._guard import Guard
 from jobpulse._instruments import Instruments
 from jobpulse._registry import JOB_NAME, StalledRun, StatusRegistry
+from jobpulse._validation import is_token
 
 __all__ = [
     "ERROR_CATEGORY",
@@ -34,6 +36,9 @@ ERROR_CATEGORY = "job.error.category"
 JOB_TIMED_OUT = "job.timed_out"
 JOB_METADATA = "job.metadata"
 STALLED_EVENT = "job.stalled"
+
+#: See `JobStatusProcessor.starting`.
+ARMED = object()
 
 #: Runs at least this long are recorded with their span as context, for exemplars.
 SLOW_RUN_SECONDS = 0.1
@@ -67,12 +72,21 @@ class JobStatusProcessor(SpanProcessor):
         self._instruments = instruments
         self._histogram = instruments.duration
         self._closed = False
+        # Set to ARMED by `JobMonitor._start` before it starts a span on this thread; the
+        # span's on_start replaces it with the span, which `_start` takes back when another
+        # processor raises in on_start after this one (the SDK then loses the span). Only
+        # the monitor's own spans are kept here, so a lost span of another tracer is freed.
+        self.starting = threading.local()
         registry.stall_listener = self._report_stalls
+        registry.finished_elsewhere = self._finish_if_ended
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         name = span_attribute(span, JOB_NAME)
         if name is None or self._closed:
             return
+        starting = self.starting
+        if getattr(starting, "span", None) is ARMED:
+            starting.span = span
         with _START_GUARD:
             self._registry.start_run(
                 name,  # type: ignore[arg-type]  # validated by the registry when new
@@ -125,6 +139,24 @@ class JobStatusProcessor(SpanProcessor):
                     error,
                 )
 
+    def close_if_open(self, span: ReadableSpan) -> None:
+        """Record the end of `span` if the view still has it running: its ``span.end()``
+        raised in a span processor that comes before this one, so ``on_end`` never came."""
+        name = span_attribute(span, JOB_NAME)
+        if isinstance(name, str) and self._registry.is_open(name, span.context.span_id):
+            self.on_end(span)
+
+    def _finish_if_ended(self, handle: object) -> bool:
+        if not isinstance(handle, ReadableSpan) or handle.end_time is None:
+            return False
+        logger.warning(
+            "job %r: a run ended without jobpulse's span processor being told (a span "
+            "processor before it raised in on_end); the run is recorded now",
+            span_attribute(handle, JOB_NAME),
+        )
+        self.on_end(handle)
+        return True
+
     def _report_stalls(self, stalled: list[StalledRun]) -> None:
         for run in stalled:
             with _STALL_GUARD:
@@ -164,7 +196,7 @@ def _failure_of(span: ReadableSpan) -> tuple[str, str]:
             message = str(event.attributes.get("exception.message", ""))
             break
     category = span_attribute(span, ERROR_CATEGORY)
-    if not isinstance(category, str):
+    if not is_token(category):  # absent, or another tracer's free text: classified here
         type_name = exception_type or str(span_attribute(span, ERROR_TYPE) or "")
         category = _errors.classify_names(
             [type_name] if type_name else [], message or description or ""

@@ -16,8 +16,10 @@ progress is missed and counted once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -27,8 +29,17 @@ from jobpulse import _errors, _metadata
 from jobpulse._clock import Clock
 from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
+from jobpulse._guard import Guard
 from jobpulse._history import HistoryStats, RunHistory
-from jobpulse._model import JobRecord, JobState, JobStatus, RunRecord, from_ns, member_json
+from jobpulse._model import (
+    JobRecord,
+    JobState,
+    JobStatus,
+    RunRecord,
+    encode_json_str,
+    from_ns,
+    member_json,
+)
 from jobpulse._schedule import MAX_GRACE_SECONDS, MIN_GRACE_SECONDS, Schedule
 from jobpulse._validation import validate_name
 from jobpulse._watchdog import Watchdog
@@ -67,8 +78,8 @@ _AUTO_STALL_REFRESH_NS = 60 * 1_000_000_000
 _PRUNE_EVERY_NS = 60 * 1_000_000_000
 _STALL = "stall"
 _MISSED = "missed"
-#: Slots counted in one go when the watchdog finds several already overdue (after a suspend).
-_MAX_CATCH_UP = 1000
+#: Float noise allowed when comparing monotonic times that should be equal.
+_EPSILON_SECONDS = 1e-6
 _NO_STATS = HistoryStats(0, 0, None, None, None, None)
 
 
@@ -119,6 +130,14 @@ class JobSettings:
 
 
 StallListener = Callable[[list[StalledRun]], None]
+#: Given a run's handle, closes the run and returns True if the handle has already ended.
+FinishedProbe = Callable[[object], bool]
+
+#: The category of a run whose span was dropped without ending, and its error text.
+LOST = "lost"
+LOST_ERROR = "the run's span was dropped without being ended"
+_LOST_GUARD = Guard("lost run")
+_ROW_GUARD = Guard("health document row")
 
 
 class _Job:
@@ -159,6 +178,7 @@ class _Job:
         "schedule_attributes",
         "skipped",
         "skipped_count",
+        "slot_due",
         "slot_grace_ns",
         "slot_version",
         "snapshot",
@@ -203,8 +223,9 @@ class _Job:
         self.last_error: str | None = None
         self.last_error_category: str | None = None
         self.metadata: dict[str, Any] = {}
-        # run id -> (start on the monotonic clock, opaque handle)
-        self.runs: dict[int, tuple[float, object]] = {}
+        # run id -> (start on the monotonic clock, opaque handle, start in epoch ns). A
+        # stalled run's handle is held weakly (see StatusRegistry._on_stall).
+        self.runs: dict[int, tuple[float, object, int]] = {}
         self.stalled_ids: set[int] = set()
         self.armed: float | None = None
         # Bumped with every change. The cached snapshot and the health endpoint's row are
@@ -221,6 +242,10 @@ class _Job:
         self.schedule_attributes: Mapping[str, str] | None = None
         self.grace: float | None = None
         self.next_run_ns: int | None = None
+        # When the slot is due on the monotonic clock: what deadlines and the check of a
+        # run against the slot use, except for calendar schedules (their slots are wall
+        # times of a zone; next_run_ns is theirs).
+        self.slot_due = 0.0
         self.slot_grace_ns = 0
         self.slot_version = 0
         self.missed = False
@@ -321,6 +346,27 @@ class HealthRow(NamedTuple):
     member: bytes
 
 
+def _unavailable_row(job: _Job) -> HealthRow:
+    """A job whose member of the health document could not be built: its name, its state
+    and an error marker, judged by the health rules like any other job."""
+    name = encode_json_str(job.name)
+    state = job.state()
+    member = (
+        f'{name}:{{"job_name":{name},"status":"{state.value}",'
+        f'"critical":{"true" if job.critical else "false"},'
+        f'"consecutive_failures":{job.consecutive_failures},'
+        f'"failure_threshold":{job.failure_threshold},'
+        '"error":"this job\'s status could not be shown"}'
+    )
+    return HealthRow(
+        state,
+        job.critical,
+        job.consecutive_failures,
+        job.failure_threshold,
+        member.encode("utf-8", "backslashreplace"),
+    )
+
+
 def _seconds(ns: int | None) -> float | None:
     return None if ns is None else ns / 1e9
 
@@ -369,6 +415,7 @@ class StatusRegistry:
         self._categories: list[str] = list(_errors.CATEGORIES)
         self._category_codes = {name: i + 1 for i, name in enumerate(self._categories)}
         self.stall_listener: StallListener | None = None
+        self.finished_elsewhere: FinishedProbe | None = None
         self._watchdog = Watchdog(clock, self._on_deadline)
         after_fork_in_child(self._reset_after_fork)
 
@@ -430,7 +477,9 @@ class StatusRegistry:
             if settings.grace is not None:
                 job.grace = settings.grace
                 if job.next_run_ns is not None:
-                    missed_deadline = self._set_slot_locked(job, job.next_run_ns, now_ns)
+                    missed_deadline = self._set_slot_locked(
+                        job, job.next_run_ns, now_ns, due=job.slot_due
+                    )
             schedule = settings.schedule
             if schedule is not None and schedule != job.schedule:
                 job.schedule = schedule
@@ -474,21 +523,22 @@ class StatusRegistry:
         if name not in self._jobs and not self._admit(name):
             return
         start_mono = self._clock.monotonic()
-        arm = advance = None
+        arm = advance = missed_deadline = None
         with self._lock:
             job = self._jobs.get(name)
             if job is None:
                 return
-            job.runs[run_id] = (start_mono, handle)
+            job.runs[run_id] = (start_mono, handle, start_ns)
             job.last_run_ns = start_ns
             job.updated_ns = start_ns
             job.version += 1
             if job.armed is None:
                 arm = job.armed = start_mono + job.stall_after
             if job.next_run_ns is not None or job.schedule is not None or job.missed:
-                advance = self._take_slot_locked(job, start_ns)
+                advance, missed_deadline = self._take_slot_locked(job, start_ns, start_mono)
         if arm is not None:
             self._watchdog.schedule((_STALL, name), arm)
+        self._arm_missed(name, missed_deadline)
         self._advance(name, advance)
 
     def end_run(
@@ -511,7 +561,9 @@ class StatusRegistry:
             job = self._jobs.get(name)
             if job is None:
                 return None
-            job.runs.pop(run_id, None)
+            entry = job.runs.pop(run_id, None)
+            if duration_ns < 0:  # the wall clock stepped back: the monotonic clock knows
+                duration_ns = 0 if entry is None else self._elapsed_ns(entry[0])
             if job.stalled_ids:
                 job.stalled_ids.discard(run_id)
             job.last_duration_ns = duration_ns
@@ -548,9 +600,11 @@ class StatusRegistry:
                 refused = _metadata.merge(job.metadata, metadata)
             schedule = job.schedule
             if schedule is not None and schedule.is_interval and job.next_run_ns is not None:
-                after_end = schedule.next_after(end_ns)  # an integer addition
-                if after_end > job.next_run_ns:
-                    missed_deadline = self._set_slot_locked(job, after_end, end_ns)
+                due = self._clock.monotonic() + schedule.period_seconds
+                if due > job.slot_due + _EPSILON_SECONDS:
+                    missed_deadline = self._set_slot_locked(
+                        job, schedule.next_after(end_ns), end_ns, due=due
+                    )
             job.updated_ns = end_ns
             job.stats = None
             job.version += 1
@@ -560,12 +614,21 @@ class StatusRegistry:
         self._arm_missed(name, missed_deadline)
         if refused:
             logger.warning(
-                "job %r: %d metadata keys dropped (at most %d keys per job)",
+                "job %r: %d metadata keys dropped (at most %d keys, %d bytes of JSON per job)",
                 name,
                 refused,
                 _metadata.MAX_KEYS,
+                _metadata.MAX_METADATA_BYTES,
             )
         return attributes, consecutive
+
+    def _elapsed_ns(self, start_mono: float) -> int:
+        return max(round((self._clock.monotonic() - start_mono) * 1e9), 0)
+
+    def is_open(self, name: str, run_id: int) -> bool:
+        """Whether the run is in progress in the view (no lock: one dict read)."""
+        job = self._jobs.get(name)
+        return job is not None and run_id in job.runs
 
     def _category_code_locked(self, category: str | None) -> int:
         key = category or _errors.UNKNOWN
@@ -581,7 +644,9 @@ class StatusRegistry:
 
     def _earliest_deadline_locked(self, job: _Job) -> float | None:
         stall_after = job.stall_after
-        starts = [start for run_id, (start, _) in job.runs.items() if run_id not in job.stalled_ids]
+        starts = [
+            start for run_id, (start, *_) in job.runs.items() if run_id not in job.stalled_ids
+        ]
         return min(starts) + stall_after if starts else None
 
     def _rearm_locked(self, job: _Job) -> float | None:
@@ -612,16 +677,43 @@ class StatusRegistry:
         return self._on_stall(name, now)
 
     def _on_stall(self, name: str, now: float) -> float | None:
-        stalled: list[StalledRun] = []
+        """Runs of `name` past its ``stall_after``: those whose handle has ended without the
+        view being told (another span processor raised before ours) are closed by
+        `finished_elsewhere`; the others are marked stalled and reported. A stalled run's
+        handle is then held weakly: if it is dropped without ever ending (its span was lost
+        when another processor raised in ``on_start``), the run is closed as failed, category
+        ``lost``, so no phantom run stays in the view."""
         with self._lock:
             job = self._jobs.get(name)
             if job is None:
                 return None
             stall_after = job.stall_after
-            for run_id, (start, handle) in job.runs.items():
-                if run_id not in job.stalled_ids and start + stall_after <= now:
-                    job.stalled_ids.add(run_id)
-                    stalled.append(StalledRun(name, handle, now - start, stall_after))
+            due = [
+                (run_id, handle)
+                for run_id, (start, handle, _) in job.runs.items()
+                if run_id not in job.stalled_ids and start + stall_after <= now
+            ]
+        probe = self.finished_elsewhere
+        if due and probe is not None:
+            due = [(run_id, handle) for run_id, handle in due if not probe(handle)]
+        stalled: list[StalledRun] = []
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None:
+                return None
+            for run_id, handle in due:
+                entry = job.runs.get(run_id)
+                if entry is None or run_id in job.stalled_ids:
+                    continue
+                start, _, start_ns = entry
+                job.stalled_ids.add(run_id)
+                try:
+                    watch = weakref.ref(handle, functools.partial(self._on_lost, name, run_id))
+                except TypeError:  # a handle that cannot be watched stays held
+                    pass
+                else:
+                    job.runs[run_id] = (start, watch, start_ns)
+                stalled.append(StalledRun(name, handle, now - start, stall_after))
             next_deadline = job.armed = self._earliest_deadline_locked(job)
             if stalled:
                 job.updated_ns = self._clock.time_ns()
@@ -630,6 +722,24 @@ class StatusRegistry:
         if stalled and listener is not None:
             listener(stalled)
         return next_deadline
+
+    def _on_lost(self, name: str, run_id: int, watch: weakref.ref[object]) -> None:
+        with _LOST_GUARD:
+            with self._lock:
+                job = self._jobs.get(name)
+                entry = None if job is None else job.runs.get(run_id)
+            if entry is None or entry[1] is not watch:
+                return
+            start_mono, _, start_ns = entry
+            elapsed_ns = self._elapsed_ns(start_mono)
+            self.end_run(name, run_id, start_ns, start_ns + elapsed_ns, LOST_ERROR, LOST)
+            logger.warning(
+                "job %r: a stalled run's span was dropped without being ended after %.1fs; "
+                "the run is recorded as failed (category %s)",
+                name,
+                elapsed_ns / 1e9,
+                LOST,
+            )
 
     # -- schedules and missed runs -----------------------------------------------------
 
@@ -642,33 +752,62 @@ class StatusRegistry:
             seconds = min(max(0.1 * (slot_ns - now_ns) / 1e9, MIN_GRACE_SECONDS), MAX_GRACE_SECONDS)
         return int(seconds * 1e9)
 
-    def _set_slot_locked(self, job: _Job, slot_ns: int | None, now_ns: int) -> float | None:
-        """Make `slot_ns` the job's expected run; returns its missed deadline (monotonic)."""
+    def _set_slot_locked(
+        self, job: _Job, slot_ns: int | None, now_ns: int, *, due: float | None = None
+    ) -> float | None:
+        """Make `slot_ns` (epoch ns, as shown) the job's expected run, due at `due` on the
+        monotonic clock (default: as far from now as `slot_ns` is from `now_ns`); returns
+        its missed deadline (monotonic)."""
         job.slot_version += 1
         job.next_run_ns = slot_ns
         job.version += 1
         if slot_ns is None:
             return None
+        if due is None:
+            due = self._clock.monotonic() + (slot_ns - now_ns) / 1e9
+        job.slot_due = due
         job.slot_grace_ns = self._grace_ns_locked(job, slot_ns, now_ns)
-        return self._clock.monotonic() + (slot_ns + job.slot_grace_ns - now_ns) / 1e9
+        return due + job.slot_grace_ns / 1e9
 
     def _arm_missed(self, name: str, deadline: float | None) -> None:
         if deadline is not None:
             self._watchdog.schedule((_MISSED, name), deadline)
 
-    def _take_slot_locked(self, job: _Job, start_ns: int) -> tuple[Schedule, int, int] | None:
+    def _take_slot_locked(
+        self, job: _Job, start_ns: int, start_mono: float
+    ) -> tuple[tuple[Schedule, int, int] | None, float | None]:
         """A run started: it clears `missed`, and takes the expected slot unless it started
-        more than the grace ahead of it. Returns what `_advance` needs to find the next slot."""
+        more than the grace ahead of it. Returns what `_advance` needs to find the next slot
+        of a calendar schedule, and the missed deadline of an interval's next slot (found
+        here: an addition)."""
         job.missed = False
         job.consecutive_missed = 0
-        slot = job.next_run_ns
-        if slot is not None and start_ns < slot - job.slot_grace_ns:
-            return None  # an extra run ahead of the expected one
-        if job.schedule is None:  # a slot set by an integration, which will set the next one
+        slot, schedule = job.next_run_ns, job.schedule
+        calendar = schedule is not None and not schedule.is_interval
+        if slot is not None:
+            grace_ns = job.slot_grace_ns
+            if (
+                start_ns < slot - grace_ns
+                if calendar
+                else start_mono < job.slot_due - grace_ns / 1e9
+            ):
+                return None, None  # an extra run ahead of the expected one
+        if schedule is None:  # a slot set by an integration, which will set the next one
             self._set_slot_locked(job, None, start_ns)
-            return None
-        job.slot_version += 1
-        return job.schedule, start_ns if slot is None else max(start_ns, slot), job.slot_version
+            return None, None
+        if calendar:
+            job.slot_version += 1
+            base_ns = start_ns if slot is None else max(start_ns, slot)
+            return (schedule, base_ns, job.slot_version), None
+        # An interval counts from the run's start, or from the slot if it started early.
+        if slot is None or start_mono >= job.slot_due:
+            base_ns, base_due = start_ns, start_mono
+        else:
+            base_ns, base_due = slot, job.slot_due
+        deadline = self._set_slot_locked(
+            job, schedule.next_after(base_ns), start_ns, due=base_due + schedule.period_seconds
+        )
+        return None, deadline
 
     def _advance(self, name: str, advance: tuple[Schedule, int, int] | None) -> None:
         """Find the slot after a base time (outside the lock: cron arithmetic is slow) and
@@ -691,19 +830,25 @@ class StatusRegistry:
             job = self._jobs.get(name)
             if job is None or job.next_run_ns is None:
                 return None
-            slot, grace_ns = job.next_run_ns, job.slot_grace_ns
-            if now_ns < slot + grace_ns:  # the slot moved later since this deadline was set
-                return now + (slot + grace_ns - now_ns) / 1e9
+            slot, grace_ns, due = job.next_run_ns, job.slot_grace_ns, job.slot_due
             schedule, version = job.schedule, job.slot_version
-        count, last, next_slot = 1, slot, None
-        if schedule is not None:
-            next_slot = schedule.next_after(slot)
-            while next_slot + grace_ns <= now_ns:  # more slots passed (e.g. a suspended host)
-                if count >= _MAX_CATCH_UP:
-                    next_slot = schedule.next_after(now_ns)
-                    break
-                count, last = count + 1, next_slot
-                next_slot = schedule.next_after(next_slot)
+            if schedule is not None and not schedule.is_interval:
+                # A calendar slot is a wall time: it is late once the wall clock says so.
+                if now_ns < slot + grace_ns:
+                    return now + (slot + grace_ns - now_ns) / 1e9
+            elif now < due + grace_ns / 1e9:  # the slot moved later since this was set
+                return due + grace_ns / 1e9
+        count, last, next_slot, next_due = 1, slot, None, None
+        if schedule is not None and schedule.is_interval:
+            # Every slot that passed since (a suspended host): counted, not looped.
+            period, step_ns = schedule.period_seconds, schedule.next_after(0)
+            extra = int((now - due - grace_ns / 1e9 + _EPSILON_SECONDS) // period)
+            count, last = 1 + extra, slot + extra * step_ns
+            next_slot, next_due = last + step_ns, due + (extra + 1) * period
+        elif schedule is not None:
+            more, last_more = schedule.count_until(slot, now_ns - grace_ns)
+            count, last = 1 + more, last_more or slot
+            next_slot = schedule.next_after(last)
         with self._lock:
             job = self._jobs.get(name)
             if job is None or job.slot_version != version:
@@ -716,7 +861,7 @@ class StatusRegistry:
                 job.last_missed_ns = last
                 job.updated_ns = now_ns
             consecutive = job.consecutive_missed
-            deadline = self._set_slot_locked(job, next_slot, now_ns)
+            deadline = self._set_slot_locked(job, next_slot, now_ns, due=next_due)
         # Logged at 1, 2, 4, 8, ... missed in a row: a dead scheduler does not flood the log.
         if not running and consecutive.bit_length() > (consecutive - count).bit_length():
             logger.warning(
@@ -806,7 +951,7 @@ class StatusRegistry:
         """
         now_ns = self._clock.time_ns()
         rows: list[HealthRow | None] = []
-        stale: list[tuple[int, _Job, int, JobRecord]] = []
+        stale: list[tuple[int, _Job, int, JobRecord | None]] = []
         with self._lock:
             dropped = self._prune_locked(now_ns)
             jobs = self._jobs
@@ -821,17 +966,25 @@ class StatusRegistry:
                 if cached is not None and cached[0] == job.version:
                     rows.append(cached[1])
                 else:
-                    stale.append((len(rows), job, job.version, job.to_record(now_ns)))
+                    record = None
+                    with _ROW_GUARD:
+                        record = job.to_record(now_ns)
+                    stale.append((len(rows), job, job.version, record))
                     rows.append(None)
         _log_dropped(dropped, self._retention_ns)
         for index, job, version, record in stale:
-            row = HealthRow(
-                record.state,
-                record.critical,
-                record.consecutive_failures,
-                record.failure_threshold,
-                member_json(record),
-            )
+            row = None
+            if record is not None:
+                with _ROW_GUARD:
+                    row = HealthRow(
+                        record.state,
+                        record.critical,
+                        record.consecutive_failures,
+                        record.failure_threshold,
+                        member_json(record),
+                    )
+            if row is None:  # one bad job is served as such; the others as usual
+                row = _unavailable_row(job)
             rows[index] = row
             job.member = (version, row)  # one atomic store; a newer version wins later
         return cast("list[HealthRow]", rows)

@@ -1,6 +1,7 @@
 """Schedules: when a job's next run is expected, so a run that did not start can be flagged.
 
-`parse_schedule` accepts robfig/cron (Go) style specs: ``@every 1h30m``; the descriptors
+`parse_schedule` accepts robfig/cron (Go) style specs: ``@every 1h30m`` (a Go duration, plus
+``d`` for days of 24 hours: ``@every 1d``; at most 366 days); the descriptors
 ``@hourly``, ``@daily`` (``@midnight``), ``@weekly`` (Sunday 00:00), ``@monthly`` (the 1st,
 00:00) and ``@yearly`` (``@annually``); a 5-field cron expression (needs croniter); a plain
 interval in seconds or as a `timedelta`; and a ``CRON_TZ=<zone>`` or ``TZ=<zone>`` prefix.
@@ -22,7 +23,6 @@ rules for daylight-saving changes are:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
 from datetime import timezone as _timezone
@@ -31,6 +31,7 @@ from typing import NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jobpulse._exceptions import InvalidJobError
+from jobpulse._validation import DURATION_UNITS, MAX_DURATION_NS, duration_ns
 
 __all__ = ["MAX_GRACE_SECONDS", "MIN_GRACE_SECONDS", "Schedule", "parse_schedule"]
 
@@ -39,12 +40,6 @@ MAX_GRACE_SECONDS = 300.0
 
 _NS = 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=_timezone.utc)
-_UNIT_NS = {"ns": 1, "us": 10**3, "\u00b5s": 10**3, "\u03bcs": 10**3, "ms": 10**6, "s": _NS}
-_UNIT_NS |= {"m": 60 * _NS, "h": 3600 * _NS}
-_UNIT = "(ns|us|\u00b5s|\u03bcs|ms|s|m|h)"
-_PART = re.compile(rf"([0-9]*)(?:\.([0-9]*))?{_UNIT}")
-# Go's time.ParseDuration syntax: an optional sign, then "0" or one or more <number><unit>.
-_DURATION = re.compile(rf"[-+]?(?:0|(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+){_UNIT})+)")
 # A fixed (naive) start, so that a cron schedule's period does not depend on when it was parsed.
 _CRON_REFERENCE = datetime(2026, 1, 5)
 
@@ -69,6 +64,13 @@ class Schedule:
 
     def next_after(self, instant_ns: int) -> int:
         """The first expected run strictly after `instant_ns`; both are epoch nanoseconds (UTC)."""
+        raise NotImplementedError
+
+    def count_until(self, after_ns: int, until_ns: int) -> tuple[int, int | None]:
+        """How many expected runs fall in ``(after_ns, until_ns]``, and the last of them
+        (None if none). Computed, not stepped run by run: an interval by division, a
+        calendar schedule a day at a time (so a year of a minutely cron costs a few hundred
+        steps)."""
         raise NotImplementedError
 
     @property
@@ -111,14 +113,19 @@ class _IntervalSchedule(Schedule):
     def next_after(self, instant_ns: int) -> int:
         return instant_ns + self._interval_ns
 
+    def count_until(self, after_ns: int, until_ns: int) -> tuple[int, int | None]:
+        count = max(until_ns - after_ns, 0) // self._interval_ns
+        return count, after_ns + count * self._interval_ns if count else None
+
 
 _Step = Callable[[datetime], datetime]  # naive wall time -> the next grid wall time after it
 
 
 class _CalendarSchedule(Schedule):
-    __slots__ = ("_step", "_zone")
+    __slots__ = ("_per_day", "_step", "_zone")
     _step: _Step
     _zone: tzinfo
+    _per_day: int
 
     def __init__(self, text: str, zone: tuple[str, tzinfo], period: float, step: _Step) -> None:
         super().__init__(text, zone[0], period)
@@ -136,6 +143,57 @@ class _CalendarSchedule(Schedule):
             candidate = _resolve(wall, self._zone)
             if candidate > instant_ns:
                 return candidate
+
+    def count_until(self, after_ns: int, until_ns: int) -> tuple[int, int | None]:
+        count, last = 0, None
+        slot = self.next_after(after_ns)
+        while slot <= until_ns:
+            day_start, next_day = self._day_of(slot)
+            if (
+                next_day <= until_ns
+                and slot == self.next_after(day_start - 1)  # the day's first run
+                and not self._changes_offset(day_start, next_day)
+            ):
+                count += self._runs_per_day(day_start, next_day)  # the whole day at once
+                last = None
+                slot = self.next_after(next_day - 1)
+                if slot > until_ns:  # the day just counted holds the last run
+                    last = self._last_before(day_start, next_day)
+                continue
+            while slot <= until_ns and slot < next_day:  # a part of a day: run by run
+                count, last = count + 1, slot
+                slot = self.next_after(slot)
+        return count, last
+
+    def _day_of(self, instant_ns: int) -> tuple[int, int]:
+        """The instants where the local day of `instant_ns` starts and the next one does."""
+        local = (_EPOCH + timedelta(seconds=instant_ns // _NS)).astimezone(self._zone)
+        day = datetime(local.year, local.month, local.day)
+        return _resolve(day, self._zone), _resolve(day + timedelta(days=1), self._zone)
+
+    def _changes_offset(self, start_ns: int, end_ns: int) -> bool:
+        def offset(ns: int) -> timedelta | None:
+            return (_EPOCH + timedelta(seconds=ns // _NS)).astimezone(self._zone).utcoffset()
+
+        return offset(start_ns) != offset(end_ns - _NS)
+
+    def _runs_per_day(self, start_ns: int, end_ns: int) -> int:
+        # The same on every day that has runs and no offset change: the days differ only in
+        # whether they have runs at all. Found once by stepping through one such day.
+        try:
+            return self._per_day
+        except AttributeError:
+            count, slot = 0, self.next_after(start_ns - 1)
+            while slot < end_ns:
+                count, slot = count + 1, self.next_after(slot)
+            object.__setattr__(self, "_per_day", count)
+            return count
+
+    def _last_before(self, start_ns: int, end_ns: int) -> int:
+        last = slot = self.next_after(start_ns - 1)
+        while slot < end_ns:
+            last, slot = slot, self.next_after(slot)
+        return last
 
 
 def _resolve(wall: datetime, zone: tzinfo) -> int:
@@ -215,6 +273,8 @@ def parse_schedule(spec: object, timezone: object = None) -> Schedule:
             )
     if not fields:
         raise InvalidJobError(f"schedule must not be empty, got {spec!r}")
+    if len(fields) == 1:
+        _refuse_bare_duration(spec, fields[0])
     if fields[0] == "@every":
         _refuse_timezone(zone[0] if zone else timezone, spec)
         return _IntervalSchedule(_duration_ns(spec, " ".join(fields[1:])))
@@ -282,6 +342,19 @@ def _zone(timezone: object) -> tuple[str, tzinfo]:
         ) from None
 
 
+def _refuse_bare_duration(spec: str, field: str) -> None:
+    if field.isascii() and field.isdigit():
+        raise InvalidJobError(
+            f"schedule {spec!r}: a number in a string is not a schedule; for a run every"
+            f" {field} seconds, write '@every {field}s' or pass the number {field}"
+        )
+    if (duration_ns(field) or 0) > 0:
+        raise InvalidJobError(
+            f"schedule {spec!r}: a bare duration is not a schedule; for a run every {field},"
+            f" write '@every {field}'"
+        )
+
+
 def _refuse_timezone(timezone: object, spec: object) -> None:
     if timezone is not None:
         raise InvalidJobError(
@@ -299,22 +372,20 @@ def _number_ns(spec: float | timedelta) -> int:
 
 
 def _duration_ns(spec: str, duration: str) -> int:
-    if not _DURATION.fullmatch(duration):
+    ns = duration_ns(duration)
+    if ns is None:
         raise InvalidJobError(
-            f"schedule {spec!r}: {duration!r} is not a Go duration such as '90s', '2m' or '1h30m'"
-            " (units: ns, us, ms, s, m, h)"
+            f"schedule {spec!r}: {duration!r} is not a Go duration such as '90s', '2m', '1h30m' or"
+            f" '1d' (units: {DURATION_UNITS})"
         )
-    ns = sum(
-        int(whole or "0") * _UNIT_NS[unit]
-        + int(fraction or "0") * _UNIT_NS[unit] // 10 ** len(fraction)
-        for whole, fraction, unit in _PART.findall(duration)
-    )
-    return _at_least_a_second(-ns if duration.startswith("-") else ns, spec)
+    return _at_least_a_second(ns, spec)
 
 
 def _at_least_a_second(interval_ns: int, spec: object) -> int:
     if interval_ns < _NS:
         raise InvalidJobError(f"schedule {spec!r}: the interval must be at least 1s")
+    if interval_ns > MAX_DURATION_NS:
+        raise InvalidJobError(f"schedule {spec!r}: the interval must be at most 366 days")
     return interval_ns
 
 

@@ -24,7 +24,6 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
@@ -60,7 +59,7 @@ from jobpulse._guard import Guard
 from jobpulse._instruments import METER_NAME, series_limit, validate_namespace
 from jobpulse._monitor import JobMonitor
 from jobpulse._sampling import JobAwareSampler
-from jobpulse._validation import to_seconds, validate_positive_int
+from jobpulse._validation import Duration, to_seconds, validate_positive_int
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -90,10 +89,10 @@ def setup(
     otlp_headers: Mapping[str, str] | None = None,
     console: bool = False,
     resource_attributes: Mapping[str, str | bool | int | float] | None = None,
-    export_timeout: float | timedelta = 2.0,
-    metric_export_interval: float | timedelta | None = None,
-    shutdown_timeout: float | timedelta = 2.0,
-    stall_after: float | timedelta = 300.0,
+    export_timeout: Duration = 2.0,
+    metric_export_interval: Duration | None = None,
+    shutdown_timeout: Duration = 2.0,
+    stall_after: Duration = 300.0,
     max_jobs: int = 1000,
     max_history: int = 4096,
 ) -> JobMonitor:

@@ -20,7 +20,10 @@ from jobpulse._guard import Guard
 __all__ = ["Watchdog"]
 
 _DUE_GUARD = Guard("watchdog deadline")
-_MAX_WAIT_SECONDS = 3600.0
+# The thread's waits run on CLOCK_MONOTONIC, which stops while a host is suspended, and the
+# deadlines on the clock's monotonic time, which does not (CLOCK_BOOTTIME): after a resume
+# the thread looks again within this long.
+_MAX_WAIT_SECONDS = 60.0
 
 DueCallback = Callable[[Hashable, float], "float | None"]
 
@@ -112,7 +115,6 @@ class Watchdog:
                     delay = self._heap[0][0] - self._clock.monotonic()
                     if delay <= 0:
                         break
-                    # Capped: a deadline years away (a far next run) would overflow the wait.
                     self._cond.wait(min(delay, _MAX_WAIT_SECONDS))
                 if self._stopped:
                     return

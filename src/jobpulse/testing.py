@@ -17,8 +17,10 @@ class FakeClock(Clock):
     """A clock that moves only when told to.
 
     Pass it as ``JobMonitor(clock=...)``. The monitor then runs no watchdog thread:
-    `advance` fires every stall deadline that has come due before it returns, so tests
-    are exact and never sleep. Thread-safe.
+    `advance` fires every deadline that has come due before it returns, so tests are exact
+    and never sleep. `advance` moves the wall clock and the monotonic clock together (time
+    passing, also a suspended host); `step_wall` moves only the wall clock, either way, as
+    NTP or an operator setting the system clock does. Thread-safe.
     """
 
     def __init__(self, start: datetime = _DEFAULT_START) -> None:
@@ -57,3 +59,10 @@ class FakeClock(Clock):
             callbacks = list(self._callbacks)
         for callback in callbacks:
             callback()
+
+    def step_wall(self, seconds: float | timedelta) -> None:
+        """Set the wall clock forward (or back, with a negative step) by `seconds`, leaving
+        the monotonic clock where it is. Nothing comes due: deadlines are monotonic."""
+        step = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
+        with self._lock:
+            self._time_ns += round(step * 1e9)

@@ -46,13 +46,12 @@ import re
 import sys
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from jobpulse import _errors
+from jobpulse import RedactingFilter, _errors
 from jobpulse._exceptions import InvalidJobError
 from jobpulse._guard import Guard
 from jobpulse._model import from_ns
@@ -140,7 +139,6 @@ _EVENT_MASK = (
 
 _LISTENER_GUARD = Guard("apscheduler listener")
 _RUN_GUARD = Guard("apscheduler run bookkeeping")
-_LOG_GUARD = Guard("apscheduler log redaction")
 _START_GUARD = Guard("apscheduler instrumentor start")
 
 # The executor modules and the run functions each imported from apscheduler.executors.base.
@@ -307,27 +305,8 @@ def _run_job_measured(
 # -- logging -----------------------------------------------------------------------------
 
 
-class _RedactingFilter(logging.Filter):
-    """Redacts credentials in the records of APScheduler's executor loggers: the message,
-    and the formatted exception (put in ``exc_text``, which formatters use as is;
-    ``exc_info`` is kept for handlers that read the exception itself)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        with _LOG_GUARD:
-            if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-                text = "".join(traceback.format_exception(*record.exc_info))
-                record.exc_text = _errors.redact(text.rstrip("\n"))
-            try:
-                message = record.getMessage()
-            except Exception:  # noqa: BLE001 - a malformed record is logging's to report
-                return True
-            redacted = _errors.redact(message)
-            if redacted != message:
-                record.msg, record.args = redacted, None
-        return True
-
-
-_REDACTOR = _RedactingFilter()
+# Redacts the records of APScheduler's executor loggers (which log the job's exception).
+_REDACTOR = RedactingFilter()
 
 
 def _filter_logger(logger_name: str) -> None:

@@ -1,0 +1,168 @@
+"""No phantom runs: a run jobpulse registered is always closed, whatever the application's
+own span processors do (OpenTelemetry calls them one after another, unguarded)."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+from collections.abc import Callable
+
+import pytest
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import StatusCode
+
+from jobpulse import JobMonitor, JobState, _guard
+from jobpulse.testing import FakeClock
+from tests.conftest import MonitorFactory, Otel
+
+
+class RaisingProcessor(SpanProcessor):
+    """The application's processor with a bug in one hook."""
+
+    def __init__(self, hook: str) -> None:
+        self.hook = hook
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if self.hook == "on_start":
+            raise RuntimeError("processor bug in on_start")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.hook == "on_end":
+            raise RuntimeError("processor bug in on_end")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Those warnings are logged at the 1st, 2nd, 4th, ... occurrence in the process.
+    monkeypatch.setattr(_guard, "_foreign_counts", {})
+
+
+HOOKS = ["on_start", "on_end"]
+PLACES = ["before", "after"]
+
+
+def _monitor_with(make_monitor: MonitorFactory, otel: Otel, hook: str, place: str) -> JobMonitor:
+    processor = RaisingProcessor(hook)
+    if place == "before":
+        otel.tracer_provider.add_span_processor(processor)
+    monitor = make_monitor()
+    if place == "after":
+        otel.tracer_provider.add_span_processor(processor)
+    return monitor
+
+
+def _decorated(monitor: JobMonitor) -> Callable[[], None]:
+    @monitor.job("decorated", critical=True)
+    def job() -> None:
+        raise ValueError("declined")
+
+    def call() -> None:
+        with pytest.raises(ValueError, match="declined"):
+            job()
+
+    return call
+
+
+def _block(monitor: JobMonitor) -> Callable[[], None]:
+    def call() -> None:
+        with monitor.run("block"):
+            pass
+
+    return call
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize("hook", HOOKS)
+@pytest.mark.parametrize("kind", ["decorated", "block"])
+def test_runs_of_the_monitor_are_always_closed(
+    make_monitor: MonitorFactory,
+    otel: Otel,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    hook: str,
+    place: str,
+    kind: str,
+) -> None:
+    monitor = _monitor_with(make_monitor, otel, hook, place)
+    call = _decorated(monitor) if kind == "decorated" else _block(monitor)
+    with caplog.at_level(logging.WARNING, logger="jobpulse"):
+        for _ in range(3):
+            call()  # the job's own outcome, never the processor's exception
+    status = monitor.status(kind)
+    assert status is not None
+    assert status.active_runs == 0
+    monitored = not (hook == "on_start" and place == "before")
+    assert status.run_count == (3 if monitored else 0)
+    if monitored and kind == "decorated":
+        assert (status.state, status.consecutive_failures) == (JobState.FAILED, 3)
+    clock.advance(3600)  # far past stall_after: nothing was left open
+    status = monitor.status(kind)
+    assert status is not None
+    assert status.stalled_runs == 0
+    assert status.active_runs == 0
+    assert monitor.health().http_status == (503 if monitored and kind == "decorated" else 200)
+    assert "processor" in caplog.text
+    assert "raised RuntimeError" in caplog.text
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_a_foreign_span_whose_end_was_not_seen_is_closed_at_its_stall_deadline(
+    make_monitor: MonitorFactory, otel: Otel, clock: FakeClock, place: str
+) -> None:
+    monitor = _monitor_with(make_monitor, otel, "on_end", place)
+    monitor.register("own", stall_after=60)
+    tracer = otel.tracer_provider.get_tracer("app")
+    span = tracer.start_span("own", attributes={"job.name": "own"}, start_time=clock.time_ns())
+    clock.advance(5)
+    with pytest.raises(RuntimeError, match="on_end"):
+        span.end(clock.time_ns())  # the application's own code gets its processor's exception
+    clock.advance(60)
+    status = monitor.status("own")
+    assert status is not None
+    assert (status.state, status.active_runs, status.stalled_runs) == (JobState.SUCCESS, 0, 0)
+    assert status.run_count == 1
+    assert status.last_duration_seconds == pytest.approx(5.0)
+    assert monitor.health().http_status == 200
+
+
+def test_a_foreign_span_lost_in_on_start_is_closed_as_lost(
+    make_monitor: MonitorFactory, otel: Otel, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    monitor = _monitor_with(make_monitor, otel, "on_start", "after")
+    monitor.register("own", stall_after=60)
+    tracer = otel.tracer_provider.get_tracer("app")
+
+    def start() -> None:
+        # The application carries on; the span it was making is gone.
+        with contextlib.suppress(RuntimeError):
+            tracer.start_span("own", attributes={"job.name": "own"})
+
+    start()
+    gc.collect()
+    status = monitor.status("own")
+    assert status is not None
+    assert status.active_runs == 1  # our on_start saw it start
+    with caplog.at_level(logging.WARNING, logger="jobpulse"):
+        clock.advance(60)
+    status = monitor.status("own")
+    assert status is not None
+    assert (status.state, status.active_runs, status.stalled_runs) == (JobState.FAILED, 0, 0)
+    assert (status.last_error_category, status.run_count) == ("lost", 1)
+    assert "dropped without being ended" in caplog.text
+    assert monitor.health().http_status == 206
+
+
+def test_the_span_recovered_from_on_start_is_exported_and_ended_once(
+    make_monitor: MonitorFactory, otel: Otel
+) -> None:
+    monitor = _monitor_with(make_monitor, otel, "on_start", "after")
+    with pytest.raises(KeyError), monitor.run("recovered"):
+        raise KeyError("missing")
+    (span,) = otel.spans()
+    assert span.name == "recovered"
+    assert span.status.status_code is StatusCode.ERROR
+    status = monitor.status("recovered")
+    assert status is not None
+    assert (status.run_count, status.last_error_category) == (1, "panic")
