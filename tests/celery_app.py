@@ -14,12 +14,15 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
+from opentelemetry import trace
 
 import jobpulse
 
 __all__ = [
     "add",
     "app",
+    "current_span",
+    "current_spans",
     "fail",
     "hard_limited",
     "ignored",
@@ -114,3 +117,14 @@ def ignored() -> None:
 def tagged(rows: int) -> int:
     jobpulse.set_metadata(rows=rows)
     return rows
+
+
+#: The span current in each run of `current_span` (the parent of the spans a task makes), by
+#: task id: (trace id, span id).
+current_spans: dict[str, tuple[int, int]] = {}
+
+
+@_task("tests.current_span", bind=True)
+def current_span(self: Task) -> None:
+    context = trace.get_current_span().get_span_context()
+    current_spans[self.request.id] = (context.trace_id, context.span_id)

@@ -808,6 +808,7 @@ def test_opentelemetry_instrument_turns_it_on_with_no_code_change() -> None:
     command = Path(sys.executable).with_name("opentelemetry-instrument")
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
     env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "celery,jobpulse_celery"
+    env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none")
     script = str(ROOT / "tests" / "aps_autoinstrumented.py")
     result = subprocess.run(
         [str(command), sys.executable, script],
@@ -912,3 +913,109 @@ def test_example_serves_the_health_of_its_scheduled_jobs(tmp_path: Path) -> None
     finally:
         stop_process(process)
     assert "Traceback" not in log.read_text()
+
+
+# -- one monitor, chosen at first use ------------------------------------------------------
+
+
+def test_instrument_with_a_monitor_switches_an_instrumentor_instrumented_without_one(
+    background: Schedulers, live_monitor: JobMonitor, make_monitor: MonitorFactory, otel: Otel
+) -> None:
+    instrumentor = APSchedulerInstrumentor()
+    instrumentor.instrument(tracer_provider=otel.tracer_provider)  # as opentelemetry-instrument
+    try:
+        scheduler = background(executors={"default": DebugExecutor()})
+        scheduler.add_job(report, "interval", hours=1, id="switched")
+        scheduler.start(paused=True)
+        made = instrumentor.monitor
+        assert made is not live_monitor
+        instrumentor.instrument(monitor=live_monitor)  # the application's own call
+        assert instrumentor.monitor is live_monitor
+        assert made.closed  # the instrumentor's own monitor is shut down
+        executed = on_event(scheduler, EVENT_JOB_EXECUTED)
+        scheduler.resume()
+        scheduler.modify_job("switched", next_run_time=now())
+        wait_for(lambda: len(executed) == 1, "the run")
+        assert status_of(live_monitor, "switched").success_count == 1
+        instrumentor.instrument(monitor=live_monitor)  # the same: nothing more
+        with pytest.raises(ValueError, match="another monitor"):
+            instrumentor.instrument(monitor=make_monitor())
+    finally:
+        instrumentor.uninstrument()
+    assert not live_monitor.closed  # given, not the instrumentor's to shut down
+
+
+@pytest.mark.usefixtures("otel_globals")
+def test_instrumentor_uses_a_setup_made_after_it_was_instrumented(
+    background: Schedulers,
+) -> None:
+    instrumentor = APSchedulerInstrumentor()
+    instrumentor.instrument()
+    try:
+        monitor = jobpulse.setup("aps-test", prometheus=False)
+        scheduler = background()
+        scheduler.add_job(report, "interval", hours=1, id="late_setup")
+        scheduler.start(paused=True)
+        assert instrumentor.monitor is monitor
+        assert monitor.status("late_setup") is not None
+    finally:
+        instrumentor.uninstrument()
+    assert not monitor.closed
+
+
+def test_instrument_scheduler_shuts_down_the_monitor_it_made(background: Schedulers) -> None:
+    scheduler = background()
+    made = instrument_scheduler(scheduler)
+    uninstrument_scheduler(scheduler)
+    assert made.closed
+
+
+# -- a job decorated with monitor.job ------------------------------------------------------
+
+
+def flaky_report() -> None:
+    raise ConnectionError("upstream down")
+
+
+@pytest.mark.parametrize(
+    ("wrap", "job_id"),
+    [
+        (lambda func: func, None),
+        (lambda func: functools.partial(func), None),
+        (lambda func: func, "nightly_report"),  # an id equal to the decorator's name
+    ],
+    ids=["decorated", "partial", "same-id"],
+)
+def test_a_decorated_job_function_run_by_the_scheduler_is_one_run(
+    background: Schedulers,
+    live_monitor: JobMonitor,
+    otel: Otel,
+    wrap: Callable[[Callable[[], None]], Callable[[], None]],
+    job_id: str | None,
+) -> None:
+    decorated = live_monitor.job("nightly_report", critical=True, failure_threshold=3)(flaky_report)
+    scheduler = background(executors={"default": DebugExecutor()})
+    instrument_scheduler(scheduler, live_monitor)
+    errors = on_event(scheduler, EVENT_JOB_ERROR)
+    job = scheduler.add_job(wrap(decorated), "interval", hours=1, id=job_id)
+    assert job_name(job) == "nightly_report"
+    scheduler.start()
+    health = []
+    for count in (1, 2, 3):
+        scheduler.modify_job(job.id, next_run_time=now())
+        wait_for(lambda count=count: len(errors) == count, f"failed run {count}")  # type: ignore[misc]
+        health.append(live_monitor.health().status.value)
+    assert health == ["degraded", "degraded", "unhealthy"]  # unhealthy at the threshold
+    assert sorted(live_monitor.statuses()) == ["nightly_report"]
+    status = status_of(live_monitor, "nightly_report")
+    assert (status.failure_count, status.consecutive_failures) == (3, 3)
+    runs = [span for span in otel.spans() if (span.attributes or {}).get("job.name")]
+    assert [span.name for span in runs] == ["nightly_report"] * 3  # one span per run
+    assert [len(span.events) for span in runs] == [1, 1, 1]  # one exception event each
+
+
+def test_an_explicit_id_wins_over_the_decorators_name(live_monitor: JobMonitor) -> None:
+    decorated = live_monitor.job("nightly_report")(flaky_report)
+    scheduler = BackgroundScheduler(timezone="UTC")
+    job = scheduler.add_job(decorated, "interval", hours=1, id="reports")
+    assert job_name(job) == "reports"

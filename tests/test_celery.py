@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import NoOpTracerProvider, SpanKind
+from opentelemetry.trace import NoOpTracerProvider, SpanContext, SpanKind
 
 from jobpulse import JobMonitor, JobState
 from jobpulse.integrations import celery as celery_integration
@@ -300,6 +301,7 @@ def test_beat_tags_its_runs_and_follows_each_entry_to_a_worker(
             celery_app.fail.delay("not beat's")  # its task events are not beat's business
             task_run = waiter.wait_for_runs("tests.add")[0]
             entry_run = waiter.wait_for_runs(beat_job_name("add-every-second"))[0]
+            assert _status(monitor, beat_job_name("add-every-second")).next_run_time is not None
     finally:
         instrumentor.uninstrument()
     assert (task_run.attributes or {})[BEAT_ENTRY_ATTRIBUTE] == "add-every-second"
@@ -311,7 +313,7 @@ def test_beat_tags_its_runs_and_follows_each_entry_to_a_worker(
     status = _status(monitor, beat_job_name("add-every-second"))
     assert status.success_count >= 1
     assert status.missed_count == 0
-    assert status.next_run_time is not None
+    assert status.next_run_time is None  # beat stopped: no run is expected of it
 
 
 @pytest.mark.slow
@@ -595,3 +597,173 @@ def test_uninstrument_ends_the_runs_in_progress(
         signals.task_postrun.disconnect(on_postrun)
     assert len(otel.spans()) == 1
     assert _status(monitor, "tests.slow").success_count == 1
+    # The ended run stopped being current on the worker's thread at the task's end: the next
+    # task there (nothing instrumented) has no current span.
+    ran = threading.Event()
+
+    def on_current_span_postrun(task_id: str | None = None, **kwargs: Any) -> None:
+        ran.set()
+
+    signals.task_postrun.connect(on_current_span_postrun, weak=False)
+    try:
+        result = celery_app.current_span.delay()
+        assert ran.wait(30)
+    finally:
+        signals.task_postrun.disconnect(on_current_span_postrun)
+    assert celery_app.current_spans[result.id] == (0, 0)
+
+
+# -- whose span is the parent ----------------------------------------------------------
+
+
+def _span_id(span: ReadableSpan) -> tuple[int, int]:
+    context = span.get_span_context()
+    assert context is not None
+    return context.trace_id, context.span_id
+
+
+@pytest.mark.usefixtures("solo_worker", "instrumented")
+def test_without_opentelemetry_instrumentation_celery_the_tasks_spans_are_the_runs_children(
+    waiter: SpanWaiter,
+) -> None:
+    result = celery_app.current_span.delay()
+    [run] = waiter.wait_for_runs("tests.current_span")
+    assert celery_app.current_spans[result.id] == _span_id(run)
+
+
+@pytest.mark.usefixtures("solo_worker")
+def test_with_opentelemetry_instrumentation_celery_on_our_provider_its_run_span_is_the_run(
+    monitor: JobMonitor, waiter: SpanWaiter, otel: Otel, otel_celery: BaseInstrumentor
+) -> None:
+    otel_celery.instrument(tracer_provider=otel.tracer_provider)
+    ours = CeleryJobInstrumentor()
+    ours.instrument(monitor=monitor)
+    try:
+        result = celery_app.current_span.delay()
+        [run] = waiter.wait_for_runs("tests.current_span")
+    finally:
+        ours.uninstrument()
+    assert run.name == "run/tests.current_span"
+    assert celery_app.current_spans[result.id] == _span_id(run)
+
+
+@pytest.mark.parametrize("use_span_links", [True, False], ids=["links", "parent"])
+@pytest.mark.usefixtures("solo_worker")
+def test_with_opentelemetry_instrumentation_celery_on_another_provider_its_trace_is_unchanged(
+    monitor: JobMonitor, waiter: SpanWaiter, otel_celery: BaseInstrumentor, use_span_links: bool
+) -> None:
+    other = TracerProvider(shutdown_on_exit=False)
+    theirs = SpanWaiter()
+    other.add_span_processor(theirs)
+    otel_celery.instrument(tracer_provider=other, use_span_links=use_span_links)
+    ours = CeleryJobInstrumentor()
+    ours.instrument(monitor=monitor)
+    try:
+        result = celery_app.current_span.delay()
+        [our_run] = waiter.wait_for_runs("tests.current_span")
+        spans = theirs.wait_for(
+            lambda spans: any(span.name == "run/tests.current_span" for span in spans)
+        )
+    finally:
+        ours.uninstrument()
+        other.shutdown()
+    [consumer] = [span for span in spans if span.name == "run/tests.current_span"]
+    [producer] = [span for span in spans if span.name == "apply_async/tests.current_span"]
+    if use_span_links:  # as opentelemetry-instrumentation-celery's own test expects
+        assert consumer.parent is None
+        assert [_span_id_of(link.context) for link in consumer.links] == [_span_id(producer)]
+    else:
+        assert consumer.parent is not None
+        assert _span_id_of(consumer.parent) == _span_id(producer)
+    # The task's own spans are children of run/<task>, not of jobpulse's run.
+    assert celery_app.current_spans[result.id] == _span_id(consumer)
+    assert _span_id(our_run) not in {_span_id_of(span.parent) for span in spans if span.parent}
+    assert _status(monitor, "tests.current_span").success_count == 1
+
+
+def _span_id_of(context: SpanContext) -> tuple[int, int]:
+    return context.trace_id, context.span_id
+
+
+# -- one monitor -------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("solo_worker")
+def test_instrument_with_a_monitor_switches_an_instrumentor_instrumented_without_one(
+    monitor: JobMonitor, make_monitor: MonitorFactory, waiter: SpanWaiter, otel: Otel
+) -> None:
+    instrumentor = CeleryJobInstrumentor()
+    instrumentor.instrument(tracer_provider=otel.tracer_provider)  # as opentelemetry-instrument
+    try:
+        made = instrumentor.monitor
+        assert made is not None
+        assert made is not monitor
+        instrumentor.instrument(monitor=monitor)  # the application's own call
+        assert instrumentor.monitor is monitor
+        assert made.closed
+        revoked_id = "jobpulse-test-switch-revoked"
+        with celery_app.app.connection_for_write() as connection:
+            celery_app.app.control.revoke(
+                revoked_id, reply=True, timeout=10, limit=1, connection=connection
+            )
+        celery_app.add.apply_async((1, 1), task_id=revoked_id)
+        celery_app.add.delay(1, 2)
+        waiter.wait_for_runs("tests.add")
+        with pytest.raises(ValueError, match="another monitor"):
+            instrumentor.instrument(monitor=make_monitor())
+    finally:
+        instrumentor.uninstrument()
+    status = _status(monitor, "tests.add")
+    assert (status.success_count, status.skipped_count) == (1, 1)
+    assert made.status("tests.add") is None
+    assert not monitor.closed
+
+
+# -- a task over monitor.job ---------------------------------------------------------------
+
+
+def flaky_export() -> None:
+    raise ConnectionError("upstream down")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("redis_url", "instrumented")
+def test_a_task_over_a_decorated_function_of_the_same_name_is_one_run(
+    monitor: JobMonitor, waiter: SpanWaiter, otel: Otel
+) -> None:
+    decorated = monitor.job("tests.flaky_export", critical=True, failure_threshold=3)(flaky_export)
+    task = celery_app.app.task(name="tests.flaky_export")(decorated)
+    health = []
+    with running_worker("solo", queue="decorated"):  # a worker that knows the new task
+        for count in (1, 2, 3):
+            task.apply_async(queue="decorated")
+            waiter.wait_for_runs("tests.flaky_export", count)
+            health.append(monitor.health().status.value)
+    assert health == ["degraded", "degraded", "unhealthy"]  # unhealthy at the threshold
+    status = _status(monitor, "tests.flaky_export")
+    assert (status.failure_count, status.consecutive_failures) == (3, 3)
+    runs = runs_of(otel.spans(), "tests.flaky_export")
+    assert len(runs) == 3  # one span per run
+    assert [len(run.events) for run in runs] == [1, 1, 1]
+
+
+def test_a_task_whose_request_is_none_is_a_run(monitor: JobMonitor, otel: Otel) -> None:
+    # As in Celery's own test_trace_catches_exception: its signals come with no request.
+    from celery.app.trace import trace_task
+
+    @celery_app.app.task(name="tests.no_request", request=None, shared=False)  # type: ignore[untyped-decorator]
+    def no_request() -> None:
+        raise KeyError("baz")
+
+    instrumentor = CeleryJobInstrumentor()
+    instrumentor.instrument(monitor=monitor, send_task_events=False)
+    try:
+        with warnings.catch_warnings():  # Celery may warn of the request it lacks
+            warnings.simplefilter("ignore", RuntimeWarning)
+            trace_task(no_request, "jobpulse-test-no-request", [], {}, app=celery_app.app)
+    finally:
+        instrumentor.uninstrument()
+        celery_app.app.tasks.pop("tests.no_request", None)
+    [run] = otel.spans()
+    assert (run.attributes or {})[TASK_ID_ATTRIBUTE] == "jobpulse-test-no-request"
+    assert _status(monitor, "tests.no_request").failure_count == 1

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib import metadata
 
 import pytest
 
 import jobpulse
 from jobpulse import JobMonitor
-from jobpulse.integrations._common import require_version, resolve_monitor
-from tests.conftest import Otel
+from jobpulse.integrations._common import MonitorChoice, require_version, resolve_monitor
+from tests.conftest import MonitorFactory, Otel
 
 
 @pytest.fixture
@@ -69,3 +71,47 @@ def test_require_version_refuses_outside_the_range(versions: dict[str, str], fou
 def test_require_version_names_the_extra_when_missing(versions: dict[str, str]) -> None:
     with pytest.raises(ImportError, match=r"pip install 'jobpulse\[celery\]'"):
         require_version("celery", "5.3", "6", "celery")
+
+
+@pytest.mark.parametrize("integration", ["apscheduler", "celery"])
+def test_import_without_packaging_names_the_extra(integration: str) -> None:
+    # packaging (and what imports it) made unimportable, as in an install without the extra.
+    code = (
+        "import sys\n"
+        "for name in ('packaging', 'packaging.version', 'packaging.requirements'):\n"
+        "    sys.modules[name] = None\n"
+        f"import jobpulse.integrations.{integration}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: jobpulse.integrations."), result.stderr
+    assert f"pip install 'jobpulse[{integration}]'" in last
+    assert "No module named 'packaging'" not in result.stderr
+
+
+def test_a_monitor_choice_is_made_at_first_use_and_closes_only_its_own(otel: Otel) -> None:
+    choice = MonitorChoice(None, otel.tracer_provider, otel.meter_provider)
+    assert choice.peek() is None
+    made = choice.get()
+    assert (choice.get(), choice.owned) == (made, True)
+    choice.close()
+    assert made.closed
+    assert choice.peek() is None
+    with pytest.raises(TypeError, match=r"jobpulse\.JobMonitor"):
+        MonitorChoice("monitor")  # type: ignore[arg-type]
+
+
+def test_a_monitor_choice_given_a_monitor_refuses_another(
+    monitor: JobMonitor, make_monitor: MonitorFactory
+) -> None:
+    choice = MonitorChoice(monitor)
+    assert not choice.replaced_by({"monitor": monitor})
+    assert not choice.replaced_by({})
+    with pytest.raises(ValueError, match="another monitor"):
+        choice.replaced_by({"monitor": make_monitor()})
+    choice.close()
+    assert not monitor.closed
+    assert MonitorChoice().replaced_by({"monitor": monitor})

@@ -55,10 +55,10 @@ from jobpulse import RedactingFilter, _errors
 from jobpulse._exceptions import InvalidJobError
 from jobpulse._guard import Guard
 from jobpulse._model import from_ns
-from jobpulse._monitor import CODE_FUNCTION, JobMonitor, JobRun
+from jobpulse._monitor import CODE_FUNCTION, JOB_NAME_ATTRIBUTE, JobMonitor, JobRun
 from jobpulse._registry import FAAS_TRIGGER, JOB_NAME
 from jobpulse._validation import MAX_NAME_CHARS, validate_name
-from jobpulse.integrations._common import require_version, resolve_monitor
+from jobpulse.integrations._common import MonitorChoice, check_monitor, require_version
 
 try:
     APSCHEDULER_VERSION = require_version("apscheduler", "3.10", "4", "apscheduler")
@@ -168,9 +168,14 @@ _warned_ids: set[str] = set()
 # -- job names ---------------------------------------------------------------------------
 
 
-def _callable_name(func: Any) -> str:
+def _unwrapped(func: Any) -> Any:
     while isinstance(func, functools.partial):
         func = func.func
+    return func
+
+
+def _callable_name(func: Any) -> str:
+    func = _unwrapped(func)
     module = getattr(func, "__module__", None) or type(func).__module__
     return f"{module}:{get_callable_name(func)}"
 
@@ -180,12 +185,19 @@ def _function_name(job: Any) -> str:
     return ref if isinstance(ref, str) and ref else _callable_name(job.func)
 
 
+def _decorated_name(func: Any) -> str | None:
+    name = getattr(_unwrapped(func), JOB_NAME_ATTRIBUTE, None)
+    return name if isinstance(name, str) and name else None
+
+
 def job_name(job: Any) -> str:
     """The job name jobpulse gives an APScheduler job: its id when the user set one, else
-    its function's ``module:qualname`` (APScheduler's default id, 32 hex digits of a uuid4,
-    changes on every restart, so it is never used). Two jobs without an id that run the
-    same function therefore share one name: give them ids. An id that is not a valid job
-    name (over 200 characters, unprintable) falls back to the function's name."""
+    the job name of its function if that is decorated with `JobMonitor.job` (seen through
+    `functools.partial`), so that a run is one run, else its function's ``module:qualname``
+    (APScheduler's default id, 32 hex digits of a uuid4, changes on every restart, so it is
+    never used). Two jobs without an id that run the same function therefore share one
+    name: give them ids. An id that is not a valid job name (over 200 characters,
+    unprintable) falls back to the function's name."""
     job_id = job.id
     if isinstance(job_id, str) and not _DEFAULT_ID.fullmatch(job_id):
         try:
@@ -194,7 +206,7 @@ def job_name(job: Any) -> str:
             if job_id not in _warned_ids and len(_warned_ids) < 100:
                 _warned_ids.add(job_id)
                 logger.warning("APScheduler job named after its function: %s", exc)
-    return _function_name(job)[:MAX_NAME_CHARS]
+    return _decorated_name(job.func) or _function_name(job)[:MAX_NAME_CHARS]
 
 
 def _run_attributes(job: Any, name: str) -> dict[str, str]:
@@ -358,8 +370,9 @@ class _SchedulerState:
     decided in one order reach the monitor in that order; the monitor never calls back.
     """
 
-    def __init__(self, scheduler: Any, monitor: JobMonitor) -> None:
+    def __init__(self, scheduler: Any, monitor: JobMonitor, owned: bool = False) -> None:
         self._scheduler = weakref.ref(scheduler)
+        self.owned = owned  # made by instrument_scheduler: uninstrument_scheduler shuts it down
         self.monitor = monitor
         self._lock = threading.Lock()
         self._tracks: dict[str, _Track] = {}
@@ -659,7 +672,8 @@ _REPLACEMENTS: dict[str, Callable[..., Any]] = {
 
 def instrument_scheduler(scheduler: Any, monitor: JobMonitor | None = None) -> JobMonitor:
     """Monitor every job of `scheduler`, present and future; returns the monitor it reports
-    to: `monitor`, else `jobpulse.setup()`'s, else a new `JobMonitor` on the global providers.
+    to: `monitor`, else `jobpulse.setup()`'s, else a new `JobMonitor` on the global providers
+    (which `uninstrument_scheduler` shuts down).
 
     Works before or after ``scheduler.start()`` (call it from the thread that owns the
     scheduler). Idempotent: a scheduler already instrumented keeps its monitor.
@@ -683,13 +697,14 @@ def _instrument(
     with _lock:
         state = _states.get(scheduler)
         if state is not None:
-            if strict and monitor is not None and monitor is not state.monitor:
+            if strict and check_monitor(monitor) is not None and monitor is not state.monitor:
                 raise ValueError(
                     "this scheduler is already instrumented with another monitor: "
                     "call uninstrument_scheduler() first"
                 )
             return state, False
-        state = _SchedulerState(scheduler, resolve_monitor(monitor))
+        choice = MonitorChoice(monitor)
+        state = _SchedulerState(scheduler, choice.get(), choice.owned)
         _states[scheduler] = state
         _patch_executors()
         scheduler.add_listener(state.on_event, _EVENT_MASK)
@@ -700,7 +715,8 @@ def _instrument(
 
 def uninstrument_scheduler(scheduler: Any) -> None:
     """Stop monitoring `scheduler`'s jobs. Runs already started finish monitored; the jobs
-    stay in the view with no next run expected. Does nothing if it is not instrumented."""
+    stay in the view with no next run expected. A monitor that `instrument_scheduler` made
+    is shut down (with its threads). Does nothing if it is not instrumented."""
     with _lock:
         state = _states.pop(scheduler, None)
         if state is None:
@@ -710,6 +726,8 @@ def uninstrument_scheduler(scheduler: Any) -> None:
             _unpatch_executors()
     with _LISTENER_GUARD:
         state.expect_nothing()
+    if state.owned:
+        state.monitor.shutdown()
 
 
 def _running_schedulers() -> list[Any]:
@@ -722,19 +740,29 @@ class APSchedulerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     ``APSchedulerInstrumentor().instrument(monitor=None, tracer_provider=None,
     meter_provider=None)``; ``opentelemetry-instrument`` calls it with no argument. The
-    monitor is resolved when the first scheduler starts (or `monitor` is first read): the
-    one given, else `jobpulse.setup()`'s, else a new one on the given or global providers.
-    A singleton, as every `BaseInstrumentor`; instrumenting twice does nothing more.
+    monitor is chosen at first use (when the first scheduler starts, or `monitor` is first
+    read), not when instrumented: the one given, else `jobpulse.setup()`'s if one is open by
+    then, else a new one on the given or global providers, which `uninstrument` shuts down.
+    A singleton, as every `BaseInstrumentor`. Instrumenting again with the same monitor, or
+    none, does nothing more; ``instrument(monitor=m)`` on an instrumentor instrumented
+    without one (as ``opentelemetry-instrument`` does) switches every scheduler it adopted to
+    `m`; with another monitor given before, it raises `ValueError`.
     """
 
-    _options: tuple[JobMonitor | None, Any, Any] = (None, None, None)
-    _resolved: JobMonitor | None = None
+    _choice: MonitorChoice = MonitorChoice()
     _original_start: Any = None
     _patched_start: Any = None
     _adopted: weakref.WeakSet[Any] | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("apscheduler >= 3.10, < 4",)
+
+    def instrument(self, **kwargs: Any) -> Any:
+        """`BaseInstrumentor.instrument`, but a monitor passed to an instrumentor already
+        instrumented without one becomes its monitor (see the class documentation)."""
+        if self.is_instrumented_by_opentelemetry and self._choice.replaced_by(kwargs):
+            self.uninstrument()
+        return super().instrument(**kwargs)
 
     @property
     def monitor(self) -> JobMonitor:
@@ -745,21 +773,10 @@ class APSchedulerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 "APSchedulerInstrumentor is not instrumented: call instrument() first "
                 "or run under opentelemetry-instrument"
             )
-        return self._monitor()
-
-    def _monitor(self) -> JobMonitor:
-        with _lock:
-            if self._resolved is None:
-                monitor, tracer_provider, meter_provider = self._options
-                self._resolved = resolve_monitor(monitor, tracer_provider, meter_provider)
-            return self._resolved
+        return self._choice.get()
 
     def _instrument(self, **kwargs: Any) -> None:
-        monitor = kwargs.get("monitor")
-        if monitor is not None and not isinstance(monitor, JobMonitor):
-            raise TypeError(f"monitor must be a jobpulse.JobMonitor, not {type(monitor).__name__}")
-        self._options = (monitor, kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
-        self._resolved = None
+        self._choice = MonitorChoice.of(kwargs)
         self._adopted = weakref.WeakSet()
         original = BaseScheduler.start
         instrumentor = self
@@ -777,7 +794,7 @@ class APSchedulerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _adopt(self, scheduler: Any) -> None:
         adopted = self._adopted
-        if adopted is not None and _instrument(scheduler, self._monitor(), strict=False)[1]:
+        if adopted is not None and _instrument(scheduler, self._choice.get(), strict=False)[1]:
             adopted.add(scheduler)  # not those the application instrumented itself
 
     def _uninstrument(self, **kwargs: Any) -> None:
@@ -785,6 +802,6 @@ class APSchedulerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if BaseScheduler.start is self._patched_start:
                 BaseScheduler.start = self._original_start
             adopted, self._adopted = list(self._adopted or ()), None
-            self._resolved = None
         for scheduler in adopted:
             uninstrument_scheduler(scheduler)
+        self._choice.close()

@@ -28,9 +28,11 @@ Everything is done with Celery's signals (connected with ``weak=False``, disconn
   at now. The child's own view of such a run is not ended (the parent's record is the run).
   A task revoked or expired before it started is counted with `JobMonitor.record_skipped`
   (reason ``revoked`` / ``expired``).
-- With opentelemetry-instrumentation-celery active, its ``run/<task>`` span becomes the run
-  (it gets ``job.name`` at creation through `JobAwareSampler`'s adopter hook): one span per
-  task run, not two.
+- With opentelemetry-instrumentation-celery active on the monitor's provider, its
+  ``run/<task>`` span becomes the run (it gets ``job.name`` at creation through
+  `JobAwareSampler`'s adopter hook): one span per task run, not two. Active on another
+  provider, it keeps its span, and ours is not made current: its trace (parent, links, the
+  task's own spans as children of ``run/<task>``) is unchanged.
 - In a beat process (``celery beat`` or ``worker -B``), each schedule entry is a job named
   ``beat:<entry>`` whose next run is known; every task beat sends carries the entry's name
   (message header ``jobpulse_beat_entry``, run attribute ``celery.beat_entry`` and run
@@ -42,8 +44,10 @@ A pool child leaves with ``os._exit``: at ``worker_process_shutdown`` the monito
 down, which flushes what `jobpulse.setup()` built.
 
 Threading: signal handlers run on Celery's threads; the beat part adds a thread that
-receives task events and a deadline thread. No handler blocks beyond a lock, except
-``beat_init``, which waits up to 5 s for the event receiver to be ready, and
+receives task events and a deadline thread, both stopped when beat's scheduler closes (or at
+`uninstrument`). A monitor the instrumentor made itself is shut down by `uninstrument`. No
+handler blocks beyond a lock, except ``beat_init``, which waits up to 5 s for the event
+receiver to be ready, ``close`` of beat's scheduler (up to 4 s, stopping those threads), and
 ``worker_process_shutdown`` (the flush, within ``setup(shutdown_timeout=...)``). Every
 handler runs under jobpulse's guard: monitoring never fails a task.
 """
@@ -62,14 +66,14 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from jobpulse import _errors, _metadata
 from jobpulse._guard import Guard
-from jobpulse._monitor import JobMonitor, record_failure
+from jobpulse._monitor import NESTED, JobMonitor, RunToken, record_failure
 from jobpulse._processor import ERROR_CATEGORY, ERROR_TYPE, JOB_METADATA, span_attribute
 from jobpulse._registry import JOB_NAME
 from jobpulse._sampling import (
@@ -80,7 +84,7 @@ from jobpulse._sampling import (
 )
 from jobpulse._validation import to_seconds
 from jobpulse._watchdog import Watchdog
-from jobpulse.integrations._common import require_version, resolve_monitor
+from jobpulse.integrations._common import MonitorChoice, require_version
 
 try:
     from celery import signals, states
@@ -168,6 +172,13 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _attempt(request: Any) -> int:
+    """Which attempt of its task `request` is (0 the first; also for a task whose request
+    is None, as a task may declare)."""
+    retries = getattr(request, "retries", None)
+    return retries if isinstance(retries, int) else 0
+
+
 def _beat_entry_of(request: Any) -> str | None:
     entry = getattr(request, BEAT_HEADER, None)
     if entry is None:
@@ -194,7 +205,7 @@ class _Run:
         self.name = name
         self.started = started
         self.span: Span | None = None  # ours, or the adopted run/<task> span once seen
-        self.token: object = None
+        self.token: RunToken | None = None
         self.own = False  # the span is ours, opened at task_prerun
         self.adopted = False  # the span is opentelemetry-instrumentation-celery's
         self.error: BaseException | None = None
@@ -214,32 +225,46 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     ``instrument()`` keyword arguments:
 
-    - ``monitor``: the `JobMonitor` to report to; default the open monitor of
-      `jobpulse.setup()`, else a new one on ``tracer_provider`` / ``meter_provider``.
+    - ``monitor``: the `JobMonitor` to report to. Without one, the monitor is chosen at
+      first use (the worker starting, beat starting, the first task run), not when
+      instrumented: the open monitor of `jobpulse.setup()` by then, else a new one on
+      ``tracer_provider`` / ``meter_provider``, which `uninstrument` shuts down. Passed to
+      an instrumentor already instrumented without one (as ``opentelemetry-instrument``
+      does), it is instrumented again with this monitor and these arguments; with another
+      monitor given before, `ValueError`.
     - ``send_task_events`` (default True): turn on the workers' task events
       (``worker_send_task_events``), which a beat process needs to see tasks start.
     - ``beat_grace``: seconds (or a timedelta) a task sent by beat may take to start on a
       worker; default 10% of the entry's period, at least 1 s and at most 5 min.
     """
 
-    _monitor: JobMonitor | None = None
+    _choice: MonitorChoice = MonitorChoice()
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("celery >= 5.3, < 6",)
 
+    def instrument(self, **kwargs: Any) -> Any:
+        """`BaseInstrumentor.instrument`, but a monitor passed to an instrumentor already
+        instrumented without one becomes its monitor (see the class documentation)."""
+        if self.is_instrumented_by_opentelemetry and self._choice.replaced_by(kwargs):
+            self.uninstrument()
+        return super().instrument(**kwargs)
+
     @property
     def monitor(self) -> JobMonitor | None:
-        """The monitor runs are reported to; None while not instrumented."""
-        return self._monitor
+        """The monitor runs are reported to (chosen now if it was not yet); None while not
+        instrumented."""
+        return self._choice.get() if self.is_instrumented_by_opentelemetry else None
+
+    @property
+    def _monitor(self) -> JobMonitor:
+        return self._choice.get()
 
     def _instrument(self, **kwargs: Any) -> None:
-        monitor: JobMonitor | None = kwargs.get("monitor")
-        tracer_provider: trace.TracerProvider | None = kwargs.get("tracer_provider")
-        meter_provider: metrics.MeterProvider | None = kwargs.get("meter_provider")
         beat_grace = kwargs.get("beat_grace")
         self._beat_grace = None if beat_grace is None else to_seconds(beat_grace, "beat_grace")
         self._send_task_events = bool(kwargs.get("send_task_events", True))
-        self._monitor = resolve_monitor(monitor, tracer_provider, meter_provider)
+        self._choice = MonitorChoice.of(kwargs)
         self._runs: dict[_Key, _Run] = {}
         self._local = threading.local()
         # The parent process sees requests arrive and reads their start time when a failure
@@ -266,47 +291,63 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for signal, handler in self._connections:
             signal.connect(handler, weak=False)
         add_span_adopter(self._adopt_span)
-        self._share_sampler()
+        if self._choice.given is not None:  # else at first use
+            self._share_sampler()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         for signal, handler in self._connections:
             signal.disconnect(handler)
         remove_span_adopter(self._adopt_span)
-        if self._beat is not None:
-            self._beat.close()
-            self._beat = None
-        for run in self._runs.values():
-            if run.own:
-                self._monitor._finish(run.span, None)  # type: ignore[arg-type,union-attr]
+        beat, self._beat = self._beat, None
+        if beat is not None:
+            beat.close()
+        monitor = self._choice.peek()
+        attached: dict[_Key, RunToken] = {}
+        for key, run in self._runs.items():
+            if not run.own or monitor is None:
+                continue
+            token = run.token
+            if token is not None and token is not NESTED and token[0] is not None:
+                # Ended here, but still current in the task's context, which only the task's
+                # own thread can restore: at its task_postrun.
+                attached[key] = token
+                token = (None, token[1], token[2])
+            monitor._finish(run.span, token)  # type: ignore[arg-type]
+        if attached:
+            _LateRelease(attached)
         self._runs.clear()
         self._received.clear()
-        self._monitor = None
+        self._choice.close()
 
     # -- opentelemetry-instrumentation-celery --------------------------------------------
 
-    def _otel_celery_tracer(self) -> SdkTracer | None:
-        """The SDK tracer of opentelemetry-instrumentation-celery if it is instrumented on
-        the provider our monitor feeds, else None."""
+    def _otel_celery(self) -> tuple[SdkTracer, bool] | None:
+        """The SDK tracer of opentelemetry-instrumentation-celery if it is instrumented and
+        records spans (not on a no-op provider), with whether it is on the provider the
+        monitor feeds; None otherwise."""
         module = sys.modules.get(_OTEL_CELERY_MODULE)
         instance = getattr(getattr(module, "CeleryInstrumentor", None), "_instance", None)
         if instance is None or not instance.is_instrumented_by_opentelemetry:
             return None
         tracer = getattr(instance, "_tracer", None)
-        ours = self._monitor._tracer  # type: ignore[union-attr]
-        if not isinstance(tracer, SdkTracer) or not isinstance(ours, SdkTracer):
+        if isinstance(tracer, trace.ProxyTracer):  # made before a global provider was set
+            tracer = tracer._tracer
+        if not isinstance(tracer, SdkTracer):
             return None
-        if tracer.span_processor is not ours.span_processor:
-            return None
-        return tracer
+        ours = self._monitor._tracer
+        return tracer, isinstance(ours, SdkTracer) and tracer.span_processor is ours.span_processor
 
-    def _share_sampler(self) -> SdkTracer | None:
-        """Make opentelemetry-instrumentation-celery's tracer sample with the monitor's
-        `JobAwareSampler` (its tracer may predate the monitor), so that its run span can
-        be adopted. Returns that tracer, or None if it is not active here."""
-        tracer = self._otel_celery_tracer()
-        if tracer is not None and not isinstance(tracer.sampler, JobAwareSampler):
-            tracer.sampler = self._monitor._tracer.sampler  # type: ignore[union-attr]
-        return tracer
+    def _share_sampler(self) -> tuple[SdkTracer, bool] | None:
+        """If opentelemetry-instrumentation-celery is active on the monitor's provider, make
+        its tracer sample with the monitor's `JobAwareSampler` (its tracer may predate the
+        monitor), so that its run span can be adopted. Returns what `_otel_celery` found."""
+        found = self._otel_celery()
+        if found is None or not found[1]:
+            return found
+        tracer, ours = found[0], self._monitor._tracer
+        if isinstance(ours, SdkTracer) and not isinstance(tracer.sampler, JobAwareSampler):
+            tracer.sampler = ours.sampler
+        return found
 
     def _adopt_span(self, name: str, kind: SpanKind | None) -> Mapping[str, AttributeValue] | None:
         if kind is not SpanKind.CONSUMER or not name.startswith("run/"):
@@ -315,23 +356,26 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if task is None or getattr(task, "name", None) != name[4:]:
             return None
         request = task.request
-        key = (request.id, request.retries or 0)
+        task_id = getattr(request, "id", None)
+        if not isinstance(task_id, str):
+            return None
+        key = (task_id, _attempt(request))
         run = self._runs.get(key)
         if run is not None:
             run.adopted = True
         else:  # its task_prerun handler runs before ours: ours picks this up
             self._local.adopted = key
-        return self._attributes(task.name, request)
+        return self._attributes(task.name, task_id, request)
 
     # -- runs in this process ------------------------------------------------------------
 
-    def _attributes(self, name: str, request: Any) -> dict[str, AttributeValue]:
-        attributes: dict[str, AttributeValue] = {JOB_NAME: name, TASK_ID_ATTRIBUTE: request.id}
+    def _attributes(self, name: str, task_id: str, request: Any) -> dict[str, AttributeValue]:
+        attributes: dict[str, AttributeValue] = {JOB_NAME: name, TASK_ID_ATTRIBUTE: task_id}
         entry = _beat_entry_of(request)
         if entry is not None:
             attributes[BEAT_ENTRY_ATTRIBUTE] = entry
             attributes[JOB_METADATA] = _metadata.encode({"beat_entry": entry})
-        scheduled = self._monitor._registry.schedule_attributes(name)  # type: ignore[union-attr]
+        scheduled = self._monitor._registry.schedule_attributes(name)
         if scheduled:
             attributes.update(scheduled)
         return attributes
@@ -340,17 +384,21 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         with _PRERUN_GUARD:
             task = kwargs["task"]
             request = task.request
-            key = (task_id, request.retries or 0)
+            key = (task_id, _attempt(request))
             run = _Run(task.name, _now())
             if getattr(self._local, "adopted", None) == key:  # made before this handler ran
                 self._local.adopted = None
                 run.adopted = True
                 self._span_of(run, task_id)
-            elif self._share_sampler() is not None:
+            elif (found := self._share_sampler()) is not None and found[1]:
                 pass  # opentelemetry-instrumentation-celery makes the run's span
             else:
-                attributes: Any = self._attributes(task.name, request)
-                run.span, run.token = self._monitor._start(task.name, attributes)  # type: ignore[union-attr]
+                # Its run/<task> span, on another provider, keeps its own parent and links,
+                # and the task's spans stay its children: ours is not made current there.
+                attributes: Any = self._attributes(task.name, task_id, request)
+                run.span, run.token = self._monitor._start(
+                    task.name, attributes, current=found is None
+                )
                 run.own = True
             self._runs[key] = run
 
@@ -386,7 +434,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self, sender: Any, task_id: str, exception: BaseException, **kwargs: Any
     ) -> None:
         with _FAILURE_GUARD:
-            run = self._runs.get((task_id, sender.request.retries or 0))
+            run = self._runs.get((task_id, _attempt(sender.request)))
             if run is not None:
                 category = _errors.TIMEOUT if isinstance(exception, SoftTimeLimitExceeded) else None
                 self._fail(run, task_id, exception, category)
@@ -423,20 +471,20 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                     self._record_elsewhere(sender, request.id, error, REVOKED)
             else:
                 reason = "expired" if kwargs.get("expired") else REVOKED
-                self._monitor.record_skipped(sender.name, reason=reason)  # type: ignore[union-attr]
+                self._monitor.record_skipped(sender.name, reason=reason)
 
     def _on_postrun(
         self, sender: Any, task_id: str, state: str | None = None, **kwargs: Any
     ) -> None:
         with _POSTRUN_GUARD:
             task = kwargs["task"]
-            run = self._runs.pop((task_id, task.request.retries or 0), None)
+            run = self._runs.pop((task_id, _attempt(task.request)), None)
             if run is None:
                 return
             if state is None and self._pool_child:  # pragma: no cover - runs in the child
                 # Killed (time limit, revoke, shutdown): the parent records this run, so the
                 # child leaves its span unended, never exported.
-                self._monitor._release(run.token)  # type: ignore[union-attr,arg-type]
+                self._monitor._release(run.token)
                 return
             if run.error is None and state not in (states.SUCCESS, states.IGNORED):
                 if state == states.REJECTED:
@@ -445,8 +493,10 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 elif state is None:  # a BaseException (SystemExit, KeyboardInterrupt) left it
                     error = _NoResult("the task was interrupted")
                     self._fail(run, task_id, error, _errors.INTERRUPTED)
+                elif state == states.FAILURE:  # Celery failed it without task_failure
+                    self._fail(run, task_id, _NoResult("the task failed"), None)
             if run.own:
-                self._monitor._finish(run.span, run.token)  # type: ignore[arg-type,union-attr]
+                self._monitor._finish(run.span, run.token)  # type: ignore[arg-type]
             elif run.adopted:
                 span = run.span
                 if run.error is not None and span is not None and span.is_recording():
@@ -461,7 +511,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                     "celery was not seen; the run is recorded when it ends",
                     run.name,
                 )
-                self._monitor.record_run(  # type: ignore[union-attr]
+                self._monitor.record_run(
                     run.name, start=run.started, end=_now(), error=run.error, category=run.category
                 )
 
@@ -503,7 +553,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         entry = headers.get(BEAT_HEADER) if isinstance(headers, dict) else None
         if isinstance(entry, str) and entry:
             attributes[BEAT_ENTRY_ATTRIBUTE] = entry
-        self._monitor.record_run(  # type: ignore[union-attr]
+        self._monitor.record_run(
             task.name, start=start, end=end, error=error, category=category, attributes=attributes
         )
 
@@ -511,6 +561,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _on_worker_init(self, sender: Any, **kwargs: Any) -> None:
         with _WORKER_GUARD:
+            self._share_sampler()  # the monitor is chosen here, before a pool forks
             if self._send_task_events:
                 sender.task_events = True
 
@@ -524,7 +575,9 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         # A pool child leaves with os._exit: exit handlers do not run, so what the monitor
         # of setup() holds is flushed here, within its shutdown deadline.
         with _WORKER_GUARD:
-            self._monitor.shutdown()  # type: ignore[union-attr]
+            monitor = self._choice.peek()  # none chosen: nothing to flush
+            if monitor is not None:
+                monitor.shutdown()
 
     # -- beat ----------------------------------------------------------------------------
 
@@ -533,12 +586,13 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if self._beat is not None:
                 self._beat.close()
             self._beat = _BeatWatch(
-                self._monitor,  # type: ignore[arg-type]
-                sender.app,
-                sender.scheduler,
-                self._beat_grace,
+                self._monitor, sender.app, sender.scheduler, self._beat_grace, self._beat_closed
             )
             self._beat.start()
+
+    def _beat_closed(self, beat: _BeatWatch) -> None:
+        if self._beat is beat:
+            self._beat = None
 
     def _on_before_publish(self, headers: Any = None, **kwargs: Any) -> None:
         with _PUBLISH_GUARD:
@@ -554,6 +608,28 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 beat.sent(entry, headers["id"])
 
 
+class _LateRelease:
+    """The runs `uninstrument` ended while their tasks still ran: each one's span stops being
+    current at its task's ``task_postrun``, on the task's thread; then this disconnects."""
+
+    def __init__(self, tokens: dict[_Key, RunToken]) -> None:
+        self._tokens = tokens
+        self._lock = threading.Lock()
+        signals.task_postrun.connect(self._on_postrun, weak=False)
+
+    def _on_postrun(self, sender: Any = None, task_id: str | None = None, **kwargs: Any) -> None:
+        with _POSTRUN_GUARD:
+            task = kwargs.get("task", sender)
+            key = (task_id, _attempt(task.request))
+            with self._lock:
+                token = self._tokens.pop(key, None)  # type: ignore[arg-type]
+                done = not self._tokens
+            if token is not None:
+                JobMonitor._release(token)
+            if done:
+                signals.task_postrun.disconnect(self._on_postrun)
+
+
 class _NoResult(Exception):
     """A task run that ended without a result: it rejected its message, or was interrupted."""
 
@@ -561,7 +637,7 @@ class _NoResult(Exception):
 class _Sent:
     """A task beat sent, followed until a worker reports how it ended."""
 
-    __slots__ = ("entry", "job", "slot", "span", "task_id")
+    __slots__ = ("entry", "job", "slot", "span", "task_id", "token")
 
     def __init__(self, entry: str, task_id: str, slot: datetime) -> None:
         self.entry = entry
@@ -569,6 +645,7 @@ class _Sent:
         self.task_id = task_id
         self.slot = slot  # when beat was to send it
         self.span: Span | None = None  # the run, once a worker started it
+        self.token: RunToken | None = None  # what JobMonitor._start gave for it
 
 
 class _Entry:
@@ -611,13 +688,26 @@ class _BeatWatch:
     the grace makes the job missed, and a beat that stops sending leaves the next slot
     unrun, so missed as well.
 
+    It lives as long as beat's scheduler: closing the scheduler (what ``Service.stop()`` leads
+    to, as beat's loop ends) closes it, which stops its two threads and expects no more runs
+    of the entries.
+
     Thread-safe: `sent` runs on beat's thread, the event handlers on the receiver thread,
     the deadlines on the watchdog thread; `_lock` guards the bookkeeping, and the monitor
     is called outside it.
     """
 
-    def __init__(self, monitor: JobMonitor, app: Any, scheduler: Any, grace: float | None) -> None:
+    def __init__(
+        self,
+        monitor: JobMonitor,
+        app: Any,
+        scheduler: Any,
+        grace: float | None,
+        on_closed: Callable[[_BeatWatch], None] | None = None,
+    ) -> None:
         self._monitor = monitor
+        self._on_closed = on_closed
+        self._closed = False
         self._app = app
         self._scheduler = scheduler
         self._grace = grace
@@ -652,7 +742,17 @@ class _BeatWatch:
             finally:
                 _APPLYING.reset(token)
 
+        original_close = self._scheduler.close
+
+        def close(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return original_close(*args, **kwargs)
+            finally:
+                with _BEAT_GUARD:
+                    self.close()
+
         self._scheduler.apply_async = apply_async
+        self._scheduler.close = close
         self._thread.start()
         if not self._ready.wait(RECEIVER_READY_SECONDS):
             logger.warning(
@@ -662,10 +762,16 @@ class _BeatWatch:
             )
 
     def close(self) -> None:
-        """Stop following tasks: restore the scheduler, stop the threads (bounded wait)."""
+        """Stop following tasks: restore the scheduler, stop the threads (bounded wait),
+        end the runs in progress and expect no run of the entries. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._stop.set()
-        if self._scheduler.__dict__.get("apply_async") is not None:
-            del self._scheduler.apply_async
+        for method in ("apply_async", "close"):
+            if self._scheduler.__dict__.get(method) is not None:
+                delattr(self._scheduler, method)
         receiver = self._receiver
         if receiver is not None:
             receiver.should_stop = True
@@ -674,11 +780,16 @@ class _BeatWatch:
         self._watchdog.stop()
         with self._lock:
             tasks = list(self._tasks.values())
+            jobs = sorted(self._entries)
             self._tasks.clear()
             self._entries.clear()
         for sent in tasks:
             if sent.span is not None:
-                self._monitor._finish(sent.span, None)
+                self._monitor._finish(sent.span, sent.token)
+        for job in jobs:  # a stopped beat sends nothing: nothing is missed
+            self._monitor.set_next_run(job, None)
+        if self._on_closed is not None:
+            self._on_closed(self)
 
     @staticmethod
     def _next_run(entry: Any, now: datetime) -> datetime:
@@ -765,6 +876,10 @@ class _BeatWatch:
         while not self._stop.is_set():
             try:
                 with self._app.connection_for_read() as connection:
+                    # One attempt: kombu's own retries (broker_connection_max_retries, with
+                    # sleeps) would keep this thread from seeing that it is to stop; this
+                    # loop retries, with a backoff that `close` interrupts.
+                    connection.ensure_connection(max_retries=0)
                     self._receiver = _ReadyReceiver(
                         connection, handlers=handlers, app=self._app, ready=self._ready
                     )
@@ -802,8 +917,7 @@ class _BeatWatch:
                 JOB_RECORD_ONLY: True,
             }
             # This thread is not the run's: nothing is made current.
-            span, _ = self._monitor._start(sent.job, attributes, current=False)
-            sent.span = span
+            sent.span, sent.token = self._monitor._start(sent.job, attributes, current=False)
             if expected is not None:  # the run took its slot: expect the entry's next one
                 self._expect(sent.job, *expected, _now())
 
@@ -811,7 +925,7 @@ class _BeatWatch:
         with _EVENT_GUARD:
             sent = self._task(event, done=True)
             if sent is not None and sent.span is not None:
-                self._monitor._finish(sent.span, None)
+                self._monitor._finish(sent.span, sent.token)
 
     def _on_failed(self, event: Mapping[str, Any]) -> None:
         with _EVENT_GUARD:
@@ -849,7 +963,8 @@ class _BeatWatch:
 
     def _end(self, sent: _Sent, error: str, category: str | None) -> None:
         """End the run of `sent` as failed; the worker's event gives the error as text."""
-        span, sent.span = sent.span, None
+        span, token = sent.span, sent.token
+        sent.span = sent.token = None
         if span is None:
             return
         match = _EXCEPTION_REPR.match(error)
@@ -862,4 +977,4 @@ class _BeatWatch:
             }
         )
         span.set_status(Status(StatusCode.ERROR, error))
-        self._monitor._finish(span, None)
+        self._monitor._finish(span, token)
