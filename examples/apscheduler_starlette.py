@@ -74,6 +74,15 @@ def build_app(monitor: jobpulse.JobMonitor, interval_seconds: float) -> Starlett
         try:
             yield
         finally:
+            # Let runs in progress finish (at most 10 s): shutting an AsyncIOScheduler down
+            # cancels its running coroutine jobs, which APScheduler logs as errors.
+            scheduler.pause()
+            await asyncio.sleep(0)  # runs just submitted start
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(
+                status.active_runs for status in monitor.statuses().values()
+            ):
+                await asyncio.sleep(0.05)
             scheduler.shutdown()
             await asyncio.sleep(0)  # an AsyncIOScheduler shuts down at the loop's next turn
             await asyncio.to_thread(monitor.shutdown)  # flushes exporters: not on the loop

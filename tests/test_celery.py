@@ -664,9 +664,12 @@ def test_with_opentelemetry_instrumentation_celery_on_another_provider_its_trace
         spans = theirs.wait_for(
             lambda spans: any(span.name == "run/tests.current_span" for span in spans)
         )
+        celery_app.tagged.delay(7)  # set_metadata still finds jobpulse's run
+        waiter.wait_for_runs("tests.tagged")
     finally:
         ours.uninstrument()
         other.shutdown()
+    assert _status(monitor, "tests.tagged").metadata == {"rows": 7}
     [consumer] = [span for span in spans if span.name == "run/tests.current_span"]
     [producer] = [span for span in spans if span.name == "apply_async/tests.current_span"]
     if use_span_links:  # as opentelemetry-instrumentation-celery's own test expects

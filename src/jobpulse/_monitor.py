@@ -74,6 +74,11 @@ RunToken = tuple[object, float, int]
 NESTED: RunToken = (None, 0.0, 0)
 #: The `skipped` reason of a sync job's call refused while its abandoned thread still runs.
 ABANDONED_THREAD = "abandoned_thread"
+#: A run current in jobpulse's context only (`JobMonitor._start(current=False)`): its job
+#: name and span.
+_OWN_RUN: contextvars.ContextVar[tuple[str, Span] | None] = contextvars.ContextVar(
+    "jobpulse_run", default=None
+)
 #: Attribute of a function decorated with `JobMonitor.job`: its job name.
 JOB_NAME_ATTRIBUTE = "_jobpulse_job"
 
@@ -135,7 +140,10 @@ def set_metadata(values: Mapping[str, object] | None = None, /, **more: object) 
     """
     span = trace.get_current_span()
     if span_attribute(span, JOB_NAME) is None:  # type: ignore[arg-type]
-        return False
+        own = _OWN_RUN.get()
+        if own is None:
+            return False
+        span = own[1]
     _merge_metadata(span, {**(values or {}), **more})
     return True
 
@@ -609,7 +617,7 @@ class JobMonitor:
         def run_generator(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             ensure_registered()
             inner = func(*args, **kwargs)
-            span, token = self._start(name, attributes, current=False)
+            span, token = self._start(name, attributes, current=None)
             step_context = trace.set_span_in_context(span)
             sent: Any = None
             thrown: BaseException | None = None
@@ -658,7 +666,7 @@ class JobMonitor:
         async def run_async_generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
             ensure_registered()
             inner = func(*args, **kwargs)
-            span, token = self._start(name, attributes, current=False)
+            span, token = self._start(name, attributes, current=None)
             step_context = trace.set_span_in_context(span)
             sent: Any = None
             thrown: BaseException | None = None
@@ -749,10 +757,13 @@ class JobMonitor:
     # -- the run machinery (hot path) ---------------------------------------------------
 
     def _start(
-        self, name: str, attributes: Mapping[str, str], *, current: bool = True
+        self, name: str, attributes: Mapping[str, str], *, current: bool | None = True
     ) -> tuple[Span, RunToken | None]:
-        """Open a run of `name`: its span, made current unless `current` is False, and the
-        token that `_finish` (or `_release`) takes. Inside a run of the same job on this
+        """Open a run of `name`: its span and the token that `_finish` (or `_release`)
+        takes. The span is made current: in OpenTelemetry's context (`current` True, so
+        spans made during the run are its children), in jobpulse's own only (False: nested
+        runs and `set_metadata` find it, other tracers' spans do not take it as parent), or
+        nowhere (None: the run is not this thread's or task's). Inside a run of the same job on this
         thread or task the run is that one: its span comes back with `NESTED`, and ending
         or failing it is left to the outer run. Never raises: if the span cannot be made,
         the job runs unmonitored (`INVALID_SPAN`, token None)."""
@@ -764,6 +775,9 @@ class JobMonitor:
                 and outer.is_recording()
             ):
                 return outer, NESTED
+            own = _OWN_RUN.get()
+            if own is not None and own[0] == name and own[1].is_recording():
+                return own[1], NESTED
             scheduled = self._registry.schedule_attributes(name)
             if scheduled is not None:
                 attributes = {**attributes, **scheduled}
@@ -784,7 +798,10 @@ class JobMonitor:
                     )
                     return trace.INVALID_SPAN, None
                 report_foreign_error("a span processor's on_start", exc, "the run is monitored")
-            context = context_api.attach(trace.set_span_in_context(span)) if current else None
+            if current:
+                context: object = context_api.attach(trace.set_span_in_context(span))
+            else:
+                context = None if current is None else _OWN_RUN.set((name, span))
             return span, (context, started, start_ns)
         except Exception as exc:  # noqa: BLE001 - the job runs, unmonitored, rather than fail
             _report("run start", exc)

@@ -917,7 +917,7 @@ class _BeatWatch:
                 JOB_RECORD_ONLY: True,
             }
             # This thread is not the run's: nothing is made current.
-            sent.span, sent.token = self._monitor._start(sent.job, attributes, current=False)
+            sent.span, sent.token = self._monitor._start(sent.job, attributes, current=None)
             if expected is not None:  # the run took its slot: expect the entry's next one
                 self._expect(sent.job, *expected, _now())
 
@@ -976,5 +976,5 @@ class _BeatWatch:
                 or _errors.classify_names([type_name] if type_name else [], error),
             }
         )
-        span.set_status(Status(StatusCode.ERROR, error))
+        span.set_status(Status(StatusCode.ERROR, _errors.safe_error_text(error)))
         self._monitor._finish(span, token)
