@@ -7,7 +7,9 @@ import contextlib
 import gc
 import logging
 import threading
+import weakref
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from opentelemetry.context import Context
@@ -248,3 +250,49 @@ def test_a_lost_span_collected_while_a_lock_of_jobpulse_is_held_deadlocks_nothin
         "lost",
     )
     assert status.run_count == 1
+
+
+def test_the_monitor_keeps_no_span_once_its_run_is_over(monitor: JobMonitor) -> None:
+    with monitor.run("brief") as run:
+        span = weakref.ref(run.span)
+    del run
+    gc.collect()
+    assert span() is None
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_recorded_run_is_closed_whatever_the_applications_processors_raise(
+    make_monitor: MonitorFactory,
+    otel: Otel,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    hook: str,
+    place: str,
+) -> None:
+    monitor = _monitor_with(make_monitor, otel, hook, place)
+    end = clock.now()
+    with caplog.at_level(logging.WARNING, logger="jobpulse"):
+        monitor.record_run("elsewhere", start=end - timedelta(seconds=5), end=end)
+    status = monitor.status("elsewhere")
+    assert status is not None
+    assert status.active_runs == 0  # nothing left running until a stall deadline
+    monitored = not (hook == "on_start" and place == "before")
+    assert status.run_count == (1 if monitored else 0)
+    if monitored:
+        assert status.last_duration_seconds == pytest.approx(5.0)
+    assert "raised RuntimeError" in caplog.text  # the application's, not an internal error
+
+
+def test_an_integrations_run_is_closed_when_span_end_raises(
+    make_monitor: MonitorFactory, otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the Celery event receiver does: a run started without a token, ended by span."""
+    monitor = _monitor_with(make_monitor, otel, "on_end", "before")
+    span, _ = monitor._start("from_events", {"job.name": "from_events"}, current=False)
+    with caplog.at_level(logging.WARNING, logger="jobpulse"):
+        monitor._finish(span, None)
+    status = monitor.status("from_events")
+    assert status is not None
+    assert (status.active_runs, status.run_count) == (0, 1)
+    assert "raised RuntimeError" in caplog.text

@@ -434,12 +434,12 @@ class JobMonitor:
         if name not in self._registry:
             self.register(name)
         with _RECORD_GUARD:
-            span = self._tracer.start_span(
-                name, attributes={**(attributes or {}), JOB_NAME: name}, start_time=start_ns
-            )
+            span = self._open_span(name, {**(attributes or {}), JOB_NAME: name}, start_ns)
+            if span is None:
+                return
             if error is not None:
                 record_failure(span, error, category=category)
-            span.end(end_time=end_ns)
+            self._end_span(span, end_ns)
 
     def record_skipped(
         self, name: str, *, reason: str, scheduled_at: datetime | None = None
@@ -770,25 +770,43 @@ class JobMonitor:
             clock = self._clock
             start_ns = clock.time_ns()
             started = clock.monotonic()
-            starting = self._processor.starting
-            starting.span = ARMED
-            try:
-                span = self._tracer.start_span(name, attributes=attributes, start_time=start_ns)
-            except Exception as exc:  # noqa: BLE001 - the application's processor or sampler
-                # Our on_start may have opened the run before another processor raised: then
-                # the run goes on with that span, else the job runs unmonitored.
-                span, starting.span = starting.span, None
-                if span is ARMED:
-                    report_foreign_error(
-                        "starting a span", exc, f"the run of {name!r} is not monitored"
-                    )
-                    return trace.INVALID_SPAN, None
-                report_foreign_error("a span processor's on_start", exc, "the run is monitored")
+            span = self._open_span(name, attributes, start_ns)
+            if span is None:
+                return trace.INVALID_SPAN, None
             context = context_api.attach(trace.set_span_in_context(span)) if current else None
             return span, (context, started, start_ns)
         except Exception as exc:  # noqa: BLE001 - the job runs, unmonitored, rather than fail
             _report("run start", exc)
             return trace.INVALID_SPAN, None
+
+    def _open_span(self, name: str, attributes: Mapping[str, Any], start_ns: int) -> Span | None:
+        """Start the span of a run of `name`; None if the application's sampler or span
+        processor raised before this monitor's processor saw the span start (the run is
+        then not monitored)."""
+        starting = self._processor.starting
+        starting.span = ARMED
+        try:
+            span = self._tracer.start_span(name, attributes=attributes, start_time=start_ns)
+        except Exception as exc:  # noqa: BLE001 - the application's processor or sampler
+            # Our on_start may have opened the run before another processor raised: then
+            # the run goes on with that span, else the job runs unmonitored.
+            recovered, starting.span = starting.span, None
+            if recovered is ARMED:
+                report_foreign_error(
+                    "starting a span", exc, f"the run of {name!r} is not monitored"
+                )
+                return None
+            report_foreign_error("a span processor's on_start", exc, "the run is monitored")
+            return cast(Span, recovered)
+        starting.span = None  # holding no span once it is the caller's
+        return span
+
+    def _end_span(self, span: Span, end_ns: int) -> None:
+        try:
+            span.end(end_time=end_ns)
+        except Exception as exc:  # noqa: BLE001 - the application's span processor
+            report_foreign_error("a span processor's on_end", exc, "the run is recorded")
+            self._processor.close_if_open(span)  # type: ignore[arg-type]
 
     def _finish(self, span: Span, token: RunToken | None) -> None:
         """End the run `_start` opened. Its end time is its start plus the time elapsed on
@@ -797,17 +815,14 @@ class JobMonitor:
             return
         try:
             if token is None:
-                span.end(end_time=self._clock.time_ns())
-                return
-            context, started, start_ns = token
-            if context is not None:
-                _detach(context)
-            elapsed_ns = round((self._clock.monotonic() - started) * 1e9)
-            try:
-                span.end(end_time=start_ns + max(elapsed_ns, 0))
-            except Exception as exc:  # noqa: BLE001 - the application's span processor
-                report_foreign_error("a span processor's on_end", exc, "the run is recorded")
-                self._processor.close_if_open(span)  # type: ignore[arg-type]
+                end_ns = self._clock.time_ns()
+            else:
+                context, started, start_ns = token
+                if context is not None:
+                    _detach(context)
+                elapsed_ns = round((self._clock.monotonic() - started) * 1e9)
+                end_ns = start_ns + max(elapsed_ns, 0)
+            self._end_span(span, end_ns)
         except Exception as exc:  # noqa: BLE001 - never into the job (no guard: see record_failure)
             _report("run end", exc)
 
