@@ -178,3 +178,45 @@ def test_a_stalled_generator_collected_in_a_reference_cycle_counts_once(
     status = monitor.status("stream")
     assert status is not None
     assert (status.run_count, status.active_runs) == (1, 0)
+
+
+def test_the_generators_own_current_span_lasts_across_its_yields(
+    monitor: JobMonitor, otel: Otel
+) -> None:
+    tracer = otel.tracer_provider.get_tracer("app")
+
+    @monitor.job("pages")
+    def pages() -> Iterator[int]:
+        with tracer.start_as_current_span("page"):
+            yield 1
+            with tracer.start_as_current_span("after_yield"):  # still inside "page"
+                pass
+
+    assert list(pages()) == [1]
+    by_name = {span.name: span for span in otel.spans()}
+    assert by_name["after_yield"].parent is not None
+    assert by_name["after_yield"].parent.span_id == by_name["page"].context.span_id
+
+
+def test_the_async_generators_own_current_span_lasts_across_its_yields(
+    monitor: JobMonitor, otel: Otel
+) -> None:
+    tracer = otel.tracer_provider.get_tracer("app")
+
+    @monitor.job("feed")
+    async def feed() -> AsyncIterator[int]:
+        with tracer.start_as_current_span("batch"):
+            yield 1
+            await asyncio.sleep(0)
+            with tracer.start_as_current_span("after_yield"):
+                pass
+
+    async def consume() -> list[int]:
+        return [item async for item in feed()]
+
+    assert asyncio.run(consume()) == [1]
+    by_name = {span.name: span for span in otel.spans()}
+    assert by_name["after_yield"].parent is not None
+    assert by_name["after_yield"].parent.span_id == by_name["batch"].context.span_id
+    assert by_name["batch"].parent is not None
+    assert by_name["batch"].parent.span_id == by_name["feed"].context.span_id

@@ -77,6 +77,13 @@ ABANDONED_THREAD = "abandoned_thread"
 #: Attribute of a function decorated with `JobMonitor.job`: its job name.
 JOB_NAME_ATTRIBUTE = "_jobpulse_job"
 
+#: Context key of the asyncio task a run's context was made current in: a task started
+#: inside the run copies the context, and a run in that task is a run of its own.
+_RUN_TASK = context_api.create_key("jobpulse.run_task")
+
+#: Context key set in the thread of a sync job with a timeout: the job's name.
+_JOB_THREAD = context_api.create_key("jobpulse.job_thread")
+
 _START_GUARD = Guard("run start")
 _METADATA_GUARD = Guard("run metadata")
 _RECORD_GUARD = Guard("recorded run")
@@ -610,7 +617,9 @@ class JobMonitor:
             ensure_registered()
             inner = func(*args, **kwargs)
             span, token = self._start(name, attributes, current=False)
-            step_context = trace.set_span_in_context(span)
+            # What is current while the generator's code runs: the run's span at first, then
+            # whatever the generator left current at its last yield.
+            step_context = _run_context(span)
             sent: Any = None
             thrown: BaseException | None = None
             while True:
@@ -625,6 +634,7 @@ class JobMonitor:
                     _detach(step)
                     self._fail(span, token, exc)
                     raise
+                step_context = context_api.get_current()
                 _detach(step)
                 sent, thrown = None, None
                 try:
@@ -659,7 +669,7 @@ class JobMonitor:
             ensure_registered()
             inner = func(*args, **kwargs)
             span, token = self._start(name, attributes, current=False)
-            step_context = trace.set_span_in_context(span)
+            step_context = _run_context(span)  # as in `_generator_job`
             sent: Any = None
             thrown: BaseException | None = None
             while True:
@@ -674,6 +684,7 @@ class JobMonitor:
                     _detach(step)
                     self._fail(span, token, exc)
                     raise
+                step_context = context_api.get_current()
                 _detach(step)
                 sent, thrown = None, None
                 try:
@@ -757,12 +768,8 @@ class JobMonitor:
         or failing it is left to the outer run. Never raises: if the span cannot be made,
         the job runs unmonitored (`INVALID_SPAN`, token None)."""
         try:
-            outer = trace.get_current_span()
-            if (
-                outer is not trace.INVALID_SPAN
-                and span_attribute(outer, JOB_NAME) == name  # type: ignore[arg-type]
-                and outer.is_recording()
-            ):
+            outer = self._outer_run(name)
+            if outer is not None:
                 return outer, NESTED
             scheduled = self._registry.schedule_attributes(name)
             if scheduled is not None:
@@ -773,11 +780,34 @@ class JobMonitor:
             span = self._open_span(name, attributes, start_ns)
             if span is None:
                 return trace.INVALID_SPAN, None
-            context = context_api.attach(trace.set_span_in_context(span)) if current else None
+            context = context_api.attach(_run_context(span)) if current else None
             return span, (context, started, start_ns)
         except Exception as exc:  # noqa: BLE001 - the job runs, unmonitored, rather than fail
             _report("run start", exc)
             return trace.INVALID_SPAN, None
+
+    def _outer_run(self, name: str) -> Span | None:
+        """The span of the run of `name` that a run starting here is part of: the current
+        span, if it is a run of that job open in this monitor's view and this is the task
+        (or thread) it runs in. Never raises."""
+        try:
+            outer = trace.get_current_span()
+            if (
+                outer is trace.INVALID_SPAN
+                or span_attribute(outer, JOB_NAME) != name  # type: ignore[arg-type]
+                or not outer.is_recording()
+                # another monitor's run of a job of that name, or a span this view never saw
+                or not self._registry.is_open(name, outer.get_span_context().span_id)
+            ):
+                return None
+            owner = context_api.get_value(_RUN_TASK)
+            if owner is not None:
+                task = _current_task()
+                if task is not None and task is not owner:
+                    return None  # a task started inside the run: a run of its own
+            return outer
+        except Exception:  # noqa: BLE001 - then the run is a run of its own
+            return None
 
     def _open_span(self, name: str, attributes: Mapping[str, Any], start_ns: int) -> Span | None:
         """Start the span of a run of `name`; None if the application's sampler or span
@@ -841,6 +871,10 @@ class JobMonitor:
         args: Any,
         kwargs: Any,
     ) -> R:
+        if context_api.get_value(_JOB_THREAD) == name:
+            # A call inside the job's own thread is part of the run that thread is for (its
+            # timeout is this call's), even once that run was abandoned.
+            return func(*args, **kwargs)
         with self._abandoned_lock:
             hung = self._abandoned.get(name, 0)
         if hung:
@@ -854,10 +888,10 @@ class JobMonitor:
                 "behind",
             )
         span, token = self._start(name, attributes)
-        nested = token is NESTED
         outcome = _Outcome()
         started = time.monotonic()
         job_context = contextvars.copy_context()  # the run's span is current in the thread
+        job_context.run(_mark_job_thread, name)
 
         def target() -> None:
             try:
@@ -886,7 +920,7 @@ class JobMonitor:
         error = interrupted or outcome.error
         if error is None and outcome.abandoned:
             error = JobTimeoutError(name, timeout)
-        if error is not None and not nested:
+        if error is not None and token is not NESTED:
             record_failure(span, error)
         self._finish(span, token)
         if error is not None:
@@ -988,6 +1022,24 @@ class JobMonitor:
         self._processor.shutdown()
         if self._private_provider is not None:
             self._private_provider.shutdown()
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    """The asyncio task running here, or None (no event loop running on this thread)."""
+    loop = asyncio._get_running_loop()
+    return None if loop is None else asyncio.current_task(loop)
+
+
+def _run_context(span: Span) -> context_api.Context:
+    """The context that makes `span` current here, marked with the task it is made current
+    in (when there is one)."""
+    context = trace.set_span_in_context(span)
+    task = _current_task()
+    return context if task is None else context_api.set_value(_RUN_TASK, task, context)
+
+
+def _mark_job_thread(name: str) -> None:
+    context_api.attach(context_api.set_value(_JOB_THREAD, name))  # for the thread's lifetime
 
 
 def _detach(context: object) -> None:
