@@ -29,6 +29,7 @@ from jobpulse._exceptions import (
     JobSkippedError,
     JobTimeoutError,
 )
+from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard, report_foreign_error, report_internal_error
 from jobpulse._health import HealthDocument, HealthReport, HealthStatus, evaluate
 from jobpulse._instruments import METER_NAME, Instruments, validate_namespace
@@ -312,6 +313,7 @@ class JobMonitor:
         self._tracer = self._attach(tracer_provider)
         self._abandoned: dict[str, int] = {}
         self._abandoned_lock = threading.Lock()
+        after_fork_in_child(self._reset_after_fork)
         self._closed = False
         # What `setup()` built: the Prometheus registry that /metrics serves, and the
         # exporters to close (within one deadline) when the monitor shuts down.
@@ -878,14 +880,14 @@ class JobMonitor:
         with self._abandoned_lock:
             hung = self._abandoned.get(name, 0)
         if hung:
-            # A thread cannot be stopped: one left behind per job is the bound.
+            # A thread cannot be stopped: none more starts while one is left behind.
             self._registry.record_skipped(name, ABANDONED_THREAD)
             raise JobSkippedError(
                 name,
                 ABANDONED_THREAD,
                 f"job {name!r} was not started: the run abandoned at its {timeout:g}s timeout "
-                "is still running in its thread, and a sync job leaves at most one thread "
-                "behind",
+                "is still running in its thread, and no thread is started for a sync job "
+                "while one is left behind",
             )
         span, token = self._start(name, attributes)
         outcome = _Outcome()
@@ -914,9 +916,9 @@ class JobMonitor:
             interrupted = exc
         with outcome.lock:
             outcome.abandoned = thread.ident is not None and not outcome.finished
-        if outcome.abandoned:
-            with self._abandoned_lock:
-                self._abandoned[name] = self._abandoned.get(name, 0) + 1
+            if outcome.abandoned:  # counted before the thread, once it returns, can uncount it
+                with self._abandoned_lock:
+                    self._abandoned[name] = self._abandoned.get(name, 0) + 1
         error = interrupted or outcome.error
         if error is None and outcome.abandoned:
             error = JobTimeoutError(name, timeout)
@@ -931,7 +933,8 @@ class JobMonitor:
         self, name: str, timeout: float, elapsed: float, error: BaseException | None
     ) -> None:
         with self._abandoned_lock:
-            left = self._abandoned[name] = self._abandoned[name] - 1
+            # At least 0: in a child forked while this thread ran, its count was reset.
+            left = self._abandoned[name] = max(self._abandoned.get(name, 0) - 1, 0)
         logger.warning(
             "job %r: the thread abandoned at its %gs timeout returned after %.1fs (%s); "
             "%d abandoned threads of this job still running",
@@ -941,6 +944,12 @@ class JobMonitor:
             "ok" if error is None else f"raised {type(error).__name__}",
             left,
         )
+
+    def _reset_after_fork(self) -> None:
+        # The threads abandoned in the parent do not exist in the child; the lock may have
+        # been held by one of the parent's threads.
+        self._abandoned = {}
+        self._abandoned_lock = threading.Lock()
 
     def abandoned_threads(self, name: str) -> int:
         """Threads of sync job `name` abandoned at their timeout and still running."""
