@@ -30,7 +30,7 @@ from jobpulse import _errors, _metadata
 from jobpulse._clock import Clock
 from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
-from jobpulse._guard import Guard
+from jobpulse._guard import Guard, report_internal_error
 from jobpulse._history import HistoryStats, RunHistory
 from jobpulse._model import (
     JobRecord,
@@ -141,7 +141,8 @@ FinishedProbe = Callable[[object], bool]
 LOST = "lost"
 LOST_ERROR = "the run's span was dropped without being ended"
 _LOST_GUARD = Guard("lost run")
-_ROW_GUARD = Guard("health document row")
+_ROW = "health document row"
+_ROW_GUARD = Guard(_ROW)
 
 
 class _Job:
@@ -1004,6 +1005,7 @@ class StatusRegistry:
         now_ns = self._clock.time_ns()
         rows: list[HealthRow | None] = []
         stale: list[tuple[int, _Job, int, JobRecord | None]] = []
+        failures: list[Exception] = []
         with self._lock:
             dropped = self._prune_locked(now_ns)
             jobs = self._jobs
@@ -1019,11 +1021,16 @@ class StatusRegistry:
                     rows.append(cached[1])
                 else:
                     record = None
-                    with _ROW_GUARD:
+                    try:
                         record = job.to_record(now_ns)
+                    except Exception as exc:  # noqa: BLE001 - reported once the lock is released
+                        failures.append(exc)
                     stale.append((len(rows), job, job.version, record))
                     rows.append(None)
         _log_dropped(dropped, self._retention_ns)
+        for failure in failures:
+            with _ROW_GUARD:
+                report_internal_error(_ROW, failure)
         for index, job, version, record in stale:
             row = None
             if record is not None:
