@@ -10,6 +10,7 @@ import pytest
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
 from jobpulse import JobMonitor, JobState
+from jobpulse._clock import Clock
 from jobpulse.testing import FakeClock
 from tests.conftest import Otel
 
@@ -89,3 +90,11 @@ def test_a_calendar_slot_is_a_wall_time(monitor: JobMonitor, clock: FakeClock) -
     assert monitor.status("settle").state is JobState.PENDING  # type: ignore[union-attr]
     clock.advance(timedelta(hours=1))
     assert monitor.status("settle").state is JobState.MISSED  # type: ignore[union-attr]
+
+
+def test_a_clock_subclass_that_reads_its_own_monotonic_time_is_read() -> None:
+    class Frozen(Clock):
+        def monotonic(self) -> float:
+            return 5.0
+
+    assert Frozen().monotonic() == 5.0

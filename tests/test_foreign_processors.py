@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import threading
+import weakref
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from opentelemetry.context import Context
@@ -166,3 +169,130 @@ def test_the_span_recovered_from_on_start_is_exported_and_ended_once(
     status = monitor.status("recovered")
     assert status is not None
     assert (status.run_count, status.last_error_category) == (1, "panic")
+
+
+class BlockingProcessor(SpanProcessor):
+    """A processor ahead of jobpulse's that takes its time in on_end (e.g. a synchronous
+    exporter): the span has ended, jobpulse's on_end has not come yet."""
+
+    def __init__(self) -> None:
+        self.ending = threading.Event()
+        self.release = threading.Event()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ending.set()
+        self.release.wait(30)
+
+
+def test_a_run_ending_as_its_stall_deadline_passes_counts_once(
+    make_monitor: MonitorFactory, otel: Otel, clock: FakeClock
+) -> None:
+    blocking = BlockingProcessor()
+    otel.tracer_provider.add_span_processor(blocking)
+    monitor = make_monitor(stall_after=60)
+
+    def run() -> None:
+        with monitor.run("export"):
+            clock.advance(59)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert blocking.ending.wait(30)
+    clock.advance(2)  # the deadline passes while the ended span is still being exported
+    blocking.release.set()
+    thread.join(30)
+    status = monitor.status("export")
+    assert status is not None
+    assert (status.run_count, status.active_runs, status.stalled_runs) == (1, 0, 0)
+    assert status.success_count == 1
+
+
+@pytest.mark.parametrize("held", ["registry lock", "watchdog lock"])
+def test_a_lost_span_collected_while_a_lock_of_jobpulse_is_held_deadlocks_nothing(
+    make_monitor: MonitorFactory, otel: Otel, clock: FakeClock, held: str
+) -> None:
+    """The garbage collector runs at any allocation, on any thread, whatever locks it holds:
+    a stalled run's span that only a reference cycle kept alive is dropped there."""
+    monitor = _monitor_with(make_monitor, otel, "on_start", "after")
+    monitor.register("own", stall_after=60, schedule="@every 1h")
+    tracer = otel.tracer_provider.get_tracer("app")
+    cycle: list[object] = []
+    try:
+        gc.disable()
+        try:
+            tracer.start_span("own", attributes={"job.name": "own"})
+        except RuntimeError as error:  # its traceback holds the span; the cycle holds it
+            cycle.extend([error, cycle])
+        del cycle
+        clock.advance(61)  # stalled: jobpulse holds the span weakly from now on
+        registry = monitor._registry
+        lock = registry._lock if held == "registry lock" else registry._watchdog._cond
+
+        def collect() -> None:
+            with lock:
+                gc.collect()
+
+        collector = threading.Thread(target=collect, daemon=True)
+        collector.start()
+        collector.join(30)
+        deadlocked = collector.is_alive()
+        if deadlocked:  # fresh locks, so that the monitor can be shut down after the test
+            registry._lock = threading.Lock()
+            registry._watchdog._cond = threading.Condition(threading.Lock())
+        assert not deadlocked
+    finally:
+        gc.enable()
+    status = monitor.status("own")
+    assert status is not None
+    assert (status.state, status.active_runs, status.last_error_category) == (
+        JobState.FAILED,
+        0,
+        "lost",
+    )
+    assert status.run_count == 1
+
+
+def test_the_monitor_keeps_no_span_once_its_run_is_over(monitor: JobMonitor) -> None:
+    with monitor.run("brief") as run:
+        span = weakref.ref(run.span)
+    del run
+    gc.collect()
+    assert span() is None
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_recorded_run_is_closed_whatever_the_applications_processors_raise(
+    make_monitor: MonitorFactory,
+    otel: Otel,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    hook: str,
+    place: str,
+) -> None:
+    monitor = _monitor_with(make_monitor, otel, hook, place)
+    end = clock.now()
+    with caplog.at_level(logging.WARNING, logger="jobpulse"):
+        monitor.record_run("elsewhere", start=end - timedelta(seconds=5), end=end)
+    status = monitor.status("elsewhere")
+    assert status is not None
+    assert status.active_runs == 0  # nothing left running until a stall deadline
+    monitored = not (hook == "on_start" and place == "before")
+    assert status.run_count == (1 if monitored else 0)
+    if monitored:
+        assert status.last_duration_seconds == pytest.approx(5.0)
+    assert "raised RuntimeError" in caplog.text  # the application's, not an internal error
+
+
+def test_an_integrations_run_is_closed_when_span_end_raises(
+    make_monitor: MonitorFactory, otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the Celery event receiver does: a run started without a token, ended by span."""
+    monitor = _monitor_with(make_monitor, otel, "on_end", "before")
+    span, _ = monitor._start("from_events", {"job.name": "from_events"}, current=None)
+    with caplog.at_level(logging.WARNING, logger="jobpulse"):
+        monitor._finish(span, None)
+    status = monitor.status("from_events")
+    assert status is not None
+    assert (status.active_runs, status.run_count) == (0, 1)
+    assert "raised RuntimeError" in caplog.text

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 
-from jobpulse import JobMonitor, JobState
+from jobpulse import JobMonitor, JobSkippedError, JobState, JobTimeoutError
 from jobpulse.testing import FakeClock
 from tests.conftest import MonitorFactory, in_child
 
@@ -70,3 +71,34 @@ def test_child_watches_a_schedule_once_it_runs_the_job(
     assert in_child(child) == {"before": "pending", "after": "missed", "missed": 1}
     clock.advance(70)  # the parent kept its own deadline
     assert monitor.status("nightly").state is JobState.MISSED  # type: ignore[union-attr]
+
+
+def test_a_child_forked_while_a_jobs_thread_hangs_runs_the_job(
+    make_monitor: MonitorFactory,
+) -> None:
+    """The parent's abandoned thread does not exist in the child: the child may run the job."""
+    monitor = make_monitor(clock=None)
+    release = threading.Event()
+
+    @monitor.job("hangs", timeout=0.02)
+    def hangs() -> str:
+        release.wait(30)
+        return "done"
+
+    with pytest.raises(JobTimeoutError):
+        hangs()
+    assert monitor.abandoned_threads("hangs") == 1
+
+    def child() -> dict[str, object]:  # pragma: no cover - runs in the child
+        abandoned = monitor.abandoned_threads("hangs")
+        release.set()  # the child's own copy of the event: its run returns at once
+        try:
+            outcome = hangs()
+        except JobSkippedError as exc:
+            outcome = exc.reason
+        return {"abandoned": abandoned, "outcome": outcome}
+
+    try:
+        assert in_child(child) == {"abandoned": 0, "outcome": "done"}
+    finally:
+        release.set()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Generator, Iterator
 
@@ -12,7 +13,7 @@ from opentelemetry import trace
 
 from jobpulse import JobMonitor, JobState
 from jobpulse.testing import FakeClock
-from tests.conftest import Otel
+from tests.conftest import MonitorFactory, Otel
 
 
 def test_a_generator_run_spans_its_iteration(
@@ -151,3 +152,71 @@ def test_async_generator_runs_span_the_iteration(
     broken = monitor.status("broken_feed")
     assert broken is not None
     assert (broken.state, broken.last_error_category) == (JobState.FAILED, "network")
+
+
+def test_a_stalled_generator_collected_in_a_reference_cycle_counts_once(
+    make_monitor: MonitorFactory, clock: FakeClock
+) -> None:
+    """The collector clears the weak reference to the run's span (closing the run as lost)
+    before it finalizes the generator (closing the run again): one run all the same."""
+    monitor = make_monitor(stall_after=60)
+
+    class Indexer:
+        def __init__(self) -> None:
+            self.pages = self.stream()  # the generator's frame holds self: a cycle
+
+        @monitor.job("stream")
+        def stream(self) -> Iterator[int]:
+            yield 1
+            yield 2
+
+    indexer = Indexer()
+    assert next(indexer.pages) == 1
+    clock.advance(61)  # stalled: its span is held weakly from now on
+    del indexer
+    gc.collect()
+    status = monitor.status("stream")
+    assert status is not None
+    assert (status.run_count, status.active_runs) == (1, 0)
+
+
+def test_the_generators_own_current_span_lasts_across_its_yields(
+    monitor: JobMonitor, otel: Otel
+) -> None:
+    tracer = otel.tracer_provider.get_tracer("app")
+
+    @monitor.job("pages")
+    def pages() -> Iterator[int]:
+        with tracer.start_as_current_span("page"):
+            yield 1
+            with tracer.start_as_current_span("after_yield"):  # still inside "page"
+                pass
+
+    assert list(pages()) == [1]
+    by_name = {span.name: span for span in otel.spans()}
+    assert by_name["after_yield"].parent is not None
+    assert by_name["after_yield"].parent.span_id == by_name["page"].context.span_id
+
+
+def test_the_async_generators_own_current_span_lasts_across_its_yields(
+    monitor: JobMonitor, otel: Otel
+) -> None:
+    tracer = otel.tracer_provider.get_tracer("app")
+
+    @monitor.job("feed")
+    async def feed() -> AsyncIterator[int]:
+        with tracer.start_as_current_span("batch"):
+            yield 1
+            await asyncio.sleep(0)
+            with tracer.start_as_current_span("after_yield"):
+                pass
+
+    async def consume() -> list[int]:
+        return [item async for item in feed()]
+
+    assert asyncio.run(consume()) == [1]
+    by_name = {span.name: span for span in otel.spans()}
+    assert by_name["after_yield"].parent is not None
+    assert by_name["after_yield"].parent.span_id == by_name["batch"].context.span_id
+    assert by_name["batch"].parent is not None
+    assert by_name["batch"].parent.span_id == by_name["feed"].context.span_id

@@ -5,6 +5,7 @@ follows the health rules; a job whose row cannot be built is served with an erro
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 
-from jobpulse import InvalidJobError, JobMonitor, _model
+from jobpulse import InvalidJobError, JobMonitor, _model, _registry
 from jobpulse._health import evaluate
 from jobpulse.testing import FakeClock
 from tests.conftest import InternalErrors
@@ -109,4 +110,37 @@ def test_a_job_whose_row_cannot_be_built_is_served_with_a_marker(
         "error": "this job's status could not be shown",
     }
     assert document["summary"]["total_jobs"] == 2
+    assert [where for where, _ in internal_errors.take()] == ["health document row"]
+
+
+def test_a_row_that_cannot_be_built_is_reported_with_no_lock_held(
+    monitor: JobMonitor, monkeypatch: pytest.MonkeyPatch, internal_errors: InternalErrors
+) -> None:
+    """Reporting logs (with a traceback, through the application's handlers): while the
+    view's lock is held, every job's start and end would wait for that."""
+    monitor.register("good")
+    monitor.register("bad")
+    real = _registry._Job.to_record
+
+    def to_record(job: _registry._Job, now_ns: int) -> _model.JobRecord:
+        if job.name == "bad":
+            raise RuntimeError("a bug building the record")
+        return real(job, now_ns)
+
+    locked: list[bool] = []
+
+    class Spy(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            locked.append(monitor._registry._lock.locked())
+
+    monkeypatch.setattr(_registry._Job, "to_record", to_record)
+    spy = Spy(logging.ERROR)
+    logging.getLogger("jobpulse").addHandler(spy)
+    try:
+        code, document = _document(monitor)
+    finally:
+        logging.getLogger("jobpulse").removeHandler(spy)
+    assert code == 200
+    assert document["jobs"]["bad"]["error"] == "this job's status could not be shown"
+    assert locked == [False]
     assert [where for where, _ in internal_errors.take()] == ["health document row"]

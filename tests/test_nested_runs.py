@@ -10,8 +10,9 @@ import threading
 from collections.abc import AsyncIterator
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
-from jobpulse import JobMonitor
+from jobpulse import JobMonitor, JobState, JobTimeoutError
 from tests.conftest import MonitorFactory, Otel
 
 
@@ -143,3 +144,106 @@ def test_a_run_in_an_async_generator_finalized_elsewhere_logs_no_detach_error(
 
 async def _close(generator: AsyncIterator[int]) -> None:
     await generator.aclose()  # type: ignore[attr-defined]
+
+
+def test_a_run_in_a_task_started_inside_a_run_is_a_run_of_its_own(monitor: JobMonitor) -> None:
+    """A task copies the context it was created in, the outer run's span with it; it is still
+    another task, whose run may outlive the run that started it."""
+    later: list[asyncio.Task[None]] = []
+
+    @monitor.job("poll")
+    async def poll(schedule_next: bool) -> None:
+        if schedule_next:
+            later.append(asyncio.create_task(poll(False)))  # the next poll, on its own
+            await asyncio.sleep(0)  # it starts while this run is still open
+            return
+        await asyncio.sleep(0)
+        raise ValueError("the next poll failed")
+
+    async def main() -> None:
+        await poll(True)
+        with pytest.raises(ValueError, match="next poll failed"):
+            await later[0]
+
+    asyncio.run(main())
+    status = monitor.status("poll")
+    assert status is not None
+    assert (status.run_count, status.failure_count, status.state) == (2, 1, JobState.FAILED)
+
+
+def test_runs_gathered_inside_a_run_of_the_same_job_are_runs_of_their_own(
+    monitor: JobMonitor,
+) -> None:
+    @monitor.job("crawl")
+    async def crawl(depth: int) -> None:
+        if depth:
+            await asyncio.gather(crawl(depth - 1), crawl(depth - 1))  # tasks of their own
+            async with monitor.run("crawl"):  # this task: the same run
+                pass
+
+    asyncio.run(crawl(1))
+    status = monitor.status("crawl")
+    assert status is not None
+    assert status.run_count == 3
+
+
+def test_a_run_inside_another_monitors_run_of_that_name_is_a_run(
+    make_monitor: MonitorFactory,
+) -> None:
+    mine = make_monitor()
+    theirs = make_monitor(tracer_provider=TracerProvider(shutdown_on_exit=False))
+
+    @mine.job("sync")
+    def sync() -> None:
+        pass
+
+    with theirs.run("sync"):
+        sync()
+    status = mine.status("sync")
+    assert status is not None
+    assert status.run_count == 1
+
+
+def test_a_nested_call_of_a_job_with_a_timeout_runs_in_the_outer_runs_thread(
+    make_monitor: MonitorFactory,
+) -> None:
+    monitor = make_monitor(clock=None)
+    threads: list[int] = []
+
+    @monitor.job("walk", timeout=30)
+    def walk(depth: int) -> None:
+        threads.append(threading.get_ident())
+        if depth:
+            walk(depth - 1)  # part of this run: its timeout is this run's
+
+    walk(1)
+    assert len(threads) == 2
+    assert threads[0] == threads[1]
+    status = monitor.status("walk")
+    assert status is not None
+    assert status.run_count == 1
+
+
+def test_the_abandoned_runs_own_nested_call_is_not_refused(make_monitor: MonitorFactory) -> None:
+    monitor = make_monitor(clock=None)
+    release = threading.Event()
+    done = threading.Event()
+    seen: list[object] = []
+
+    @monitor.job("hangs", timeout=0.02)
+    def hangs(nested: bool) -> str:
+        if nested:
+            return "nested"
+        release.wait(30)
+        try:
+            seen.append(hangs(True))  # the abandoned run goes on: a call inside it is part of it
+        except BaseException as exc:  # noqa: BLE001 - what the job got is the assertion
+            seen.append(exc)
+        done.set()
+        return "outer"
+
+    with pytest.raises(JobTimeoutError):
+        hangs(False)
+    release.set()
+    assert done.wait(30)
+    assert seen == ["nested"]

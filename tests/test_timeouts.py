@@ -279,3 +279,61 @@ def test_a_hung_sync_job_leaves_one_thread_behind_and_refuses_calls_meanwhile(
     status = monitor.status("hangs")
     assert status is not None
     assert (status.run_count, status.state) == (2, JobState.SUCCESS)
+
+
+def test_a_job_returning_as_its_caller_gives_up_on_it_leaves_no_thread_counted(
+    monitor: JobMonitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's thread returns right after its caller found it unfinished at the deadline,
+    before the caller counted it as abandoned (real threads; the interleaving is forced)."""
+    outcomes: list[_monitor._Outcome] = []
+
+    class RecordedOutcome(_monitor._Outcome):
+        def __init__(self) -> None:
+            super().__init__()
+            outcomes.append(self)
+
+    go = threading.Event()
+    job_counted = threading.Event()
+    caller = threading.get_ident()
+
+    class Interleaving:
+        """The monitor's lock for its abandoned-thread counts; at the caller's second use
+        (counting the thread it gives up on) the job's thread is let through first, unless
+        the caller still holds the run's outcome lock (then the job thread cannot pass)."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.caller_uses = 0
+
+        def __enter__(self) -> None:
+            if threading.get_ident() == caller:
+                self.caller_uses += 1
+                if self.caller_uses == 2:
+                    go.set()
+                    if not outcomes[-1].lock.locked():
+                        assert job_counted.wait(30)
+            self.lock.acquire()
+
+        def __exit__(self, *exc_info: object) -> None:
+            self.lock.release()
+            if threading.get_ident() != caller:
+                job_counted.set()
+
+    monkeypatch.setattr(_monitor, "_Outcome", RecordedOutcome)
+    monkeypatch.setattr(monitor, "_abandoned_lock", Interleaving())
+
+    @monitor.job("edge", timeout=SHORT)
+    def edge() -> str:
+        go.wait(30)
+        return "late"
+
+    with pytest.raises(JobTimeoutError):
+        edge()
+    for thread in threading.enumerate():
+        if thread.name.startswith("jobpulse-job-edge"):
+            thread.join(10)
+    assert monitor.abandoned_threads("edge") == 0  # nothing of the job is running
+    go.clear()
+    go.set()
+    edge()  # and it runs again

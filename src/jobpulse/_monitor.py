@@ -29,6 +29,7 @@ from jobpulse._exceptions import (
     JobSkippedError,
     JobTimeoutError,
 )
+from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard, report_foreign_error, report_internal_error
 from jobpulse._health import HealthDocument, HealthReport, HealthStatus, evaluate
 from jobpulse._instruments import METER_NAME, Instruments, validate_namespace
@@ -75,12 +76,19 @@ NESTED: RunToken = (None, 0.0, 0)
 #: The `skipped` reason of a sync job's call refused while its abandoned thread still runs.
 ABANDONED_THREAD = "abandoned_thread"
 #: A run current in jobpulse's context only (`JobMonitor._start(current=False)`): its job
-#: name and span.
-_OWN_RUN: contextvars.ContextVar[tuple[str, Span] | None] = contextvars.ContextVar(
+#: name, its span and the task it is current in (None outside asyncio).
+_OWN_RUN: contextvars.ContextVar[tuple[str, Span, object] | None] = contextvars.ContextVar(
     "jobpulse_run", default=None
 )
 #: Attribute of a function decorated with `JobMonitor.job`: its job name.
 JOB_NAME_ATTRIBUTE = "_jobpulse_job"
+
+#: Context key of the asyncio task a run's context was made current in: a task started
+#: inside the run copies the context, and a run in that task is a run of its own.
+_RUN_TASK = context_api.create_key("jobpulse.run_task")
+
+#: Context key set in the thread of a sync job with a timeout: the job's name.
+_JOB_THREAD = context_api.create_key("jobpulse.job_thread")
 
 _START_GUARD = Guard("run start")
 _METADATA_GUARD = Guard("run metadata")
@@ -141,7 +149,7 @@ def set_metadata(values: Mapping[str, object] | None = None, /, **more: object) 
     span = trace.get_current_span()
     if span_attribute(span, JOB_NAME) is None:  # type: ignore[arg-type]
         own = _OWN_RUN.get()
-        if own is None:
+        if own is None or not own[1].is_recording():
             return False
         span = own[1]
     _merge_metadata(span, {**(values or {}), **more})
@@ -313,6 +321,7 @@ class JobMonitor:
         self._tracer = self._attach(tracer_provider)
         self._abandoned: dict[str, int] = {}
         self._abandoned_lock = threading.Lock()
+        after_fork_in_child(self._reset_after_fork)
         self._closed = False
         # What `setup()` built: the Prometheus registry that /metrics serves, and the
         # exporters to close (within one deadline) when the monitor shuts down.
@@ -442,12 +451,12 @@ class JobMonitor:
         if name not in self._registry:
             self.register(name)
         with _RECORD_GUARD:
-            span = self._tracer.start_span(
-                name, attributes={**(attributes or {}), JOB_NAME: name}, start_time=start_ns
-            )
+            span = self._open_span(name, {**(attributes or {}), JOB_NAME: name}, start_ns)
+            if span is None:
+                return
             if error is not None:
                 record_failure(span, error, category=category)
-            span.end(end_time=end_ns)
+            self._end_span(span, end_ns)
 
     def record_skipped(
         self, name: str, *, reason: str, scheduled_at: datetime | None = None
@@ -618,7 +627,9 @@ class JobMonitor:
             ensure_registered()
             inner = func(*args, **kwargs)
             span, token = self._start(name, attributes, current=None)
-            step_context = trace.set_span_in_context(span)
+            # What is current while the generator's code runs: the run's span at first, then
+            # whatever the generator left current at its last yield.
+            step_context = _run_context(span)
             sent: Any = None
             thrown: BaseException | None = None
             while True:
@@ -633,6 +644,7 @@ class JobMonitor:
                     _detach(step)
                     self._fail(span, token, exc)
                     raise
+                step_context = context_api.get_current()
                 _detach(step)
                 sent, thrown = None, None
                 try:
@@ -667,7 +679,7 @@ class JobMonitor:
             ensure_registered()
             inner = func(*args, **kwargs)
             span, token = self._start(name, attributes, current=None)
-            step_context = trace.set_span_in_context(span)
+            step_context = _run_context(span)  # as in `_generator_job`
             sent: Any = None
             thrown: BaseException | None = None
             while True:
@@ -682,6 +694,7 @@ class JobMonitor:
                     _detach(step)
                     self._fail(span, token, exc)
                     raise
+                step_context = context_api.get_current()
                 _detach(step)
                 sent, thrown = None, None
                 try:
@@ -763,49 +776,98 @@ class JobMonitor:
         takes. The span is made current: in OpenTelemetry's context (`current` True, so
         spans made during the run are its children), in jobpulse's own only (False: nested
         runs and `set_metadata` find it, other tracers' spans do not take it as parent), or
-        nowhere (None: the run is not this thread's or task's). Inside a run of the same job on this
-        thread or task the run is that one: its span comes back with `NESTED`, and ending
+        nowhere (None: the run is not this thread's or task's). Inside a run of the same job
+        on this thread or task the run is that one: its span comes back with `NESTED`, and ending
         or failing it is left to the outer run. Never raises: if the span cannot be made,
         the job runs unmonitored (`INVALID_SPAN`, token None)."""
         try:
-            outer = trace.get_current_span()
-            if (
-                outer is not trace.INVALID_SPAN
-                and span_attribute(outer, JOB_NAME) == name  # type: ignore[arg-type]
-                and outer.is_recording()
-            ):
+            outer = self._outer_run(name)
+            if outer is not None:
                 return outer, NESTED
-            own = _OWN_RUN.get()
-            if own is not None and own[0] == name and own[1].is_recording():
-                return own[1], NESTED
+            own = self._own_run(name)
+            if own is not None:
+                return own, NESTED
             scheduled = self._registry.schedule_attributes(name)
             if scheduled is not None:
                 attributes = {**attributes, **scheduled}
             clock = self._clock
             start_ns = clock.time_ns()
             started = clock.monotonic()
-            starting = self._processor.starting
-            starting.span = ARMED
-            try:
-                span = self._tracer.start_span(name, attributes=attributes, start_time=start_ns)
-            except Exception as exc:  # noqa: BLE001 - the application's processor or sampler
-                # Our on_start may have opened the run before another processor raised: then
-                # the run goes on with that span, else the job runs unmonitored.
-                span, starting.span = starting.span, None
-                if span is ARMED:
-                    report_foreign_error(
-                        "starting a span", exc, f"the run of {name!r} is not monitored"
-                    )
-                    return trace.INVALID_SPAN, None
-                report_foreign_error("a span processor's on_start", exc, "the run is monitored")
+            span = self._open_span(name, attributes, start_ns)
+            if span is None:
+                return trace.INVALID_SPAN, None
             if current:
-                context: object = context_api.attach(trace.set_span_in_context(span))
+                context: object = context_api.attach(_run_context(span))
             else:
-                context = None if current is None else _OWN_RUN.set((name, span))
+                context = None if current is None else _OWN_RUN.set((name, span, _current_task()))
             return span, (context, started, start_ns)
         except Exception as exc:  # noqa: BLE001 - the job runs, unmonitored, rather than fail
             _report("run start", exc)
             return trace.INVALID_SPAN, None
+
+    def _outer_run(self, name: str) -> Span | None:
+        """The span of the run of `name` that a run starting here is part of: the current
+        span, if it is a run of that job open in this monitor's view and this is the task
+        (or thread) it runs in. Never raises."""
+        try:
+            outer = trace.get_current_span()
+            if (
+                outer is trace.INVALID_SPAN
+                or span_attribute(outer, JOB_NAME) != name  # type: ignore[arg-type]
+                or not outer.is_recording()
+                # another monitor's run of a job of that name, or a span this view never saw
+                or not self._registry.is_open(name, outer.get_span_context().span_id)
+            ):
+                return None
+            owner = context_api.get_value(_RUN_TASK)
+            if owner is not None:
+                task = _current_task()
+                if task is not None and task is not owner:
+                    return None  # a task started inside the run: a run of its own
+            return outer
+        except Exception:  # noqa: BLE001 - then the run is a run of its own
+            return None
+
+    def _own_run(self, name: str) -> Span | None:
+        """As `_outer_run`, for a run current in jobpulse's context only."""
+        own = _OWN_RUN.get()
+        if own is None or own[0] != name:
+            return None
+        span, task = own[1], own[2]
+        if not span.is_recording() or not self._registry.is_open(
+            name, span.get_span_context().span_id
+        ):
+            return None
+        return span if task is None or task is _current_task() else None
+
+    def _open_span(self, name: str, attributes: Mapping[str, Any], start_ns: int) -> Span | None:
+        """Start the span of a run of `name`; None if the application's sampler or span
+        processor raised before this monitor's processor saw the span start (the run is
+        then not monitored)."""
+        starting = self._processor.starting
+        starting.span = ARMED
+        try:
+            span = self._tracer.start_span(name, attributes=attributes, start_time=start_ns)
+        except Exception as exc:  # noqa: BLE001 - the application's processor or sampler
+            # Our on_start may have opened the run before another processor raised: then
+            # the run goes on with that span, else the job runs unmonitored.
+            recovered, starting.span = starting.span, None
+            if recovered is ARMED:
+                report_foreign_error(
+                    "starting a span", exc, f"the run of {name!r} is not monitored"
+                )
+                return None
+            report_foreign_error("a span processor's on_start", exc, "the run is monitored")
+            return cast(Span, recovered)
+        starting.span = None  # holding no span once it is the caller's
+        return span
+
+    def _end_span(self, span: Span, end_ns: int) -> None:
+        try:
+            span.end(end_time=end_ns)
+        except Exception as exc:  # noqa: BLE001 - the application's span processor
+            report_foreign_error("a span processor's on_end", exc, "the run is recorded")
+            self._processor.close_if_open(span)  # type: ignore[arg-type]
 
     def _finish(self, span: Span, token: RunToken | None) -> None:
         """End the run `_start` opened. Its end time is its start plus the time elapsed on
@@ -814,17 +876,14 @@ class JobMonitor:
             return
         try:
             if token is None:
-                span.end(end_time=self._clock.time_ns())
-                return
-            context, started, start_ns = token
-            if context is not None:
-                _detach(context)
-            elapsed_ns = round((self._clock.monotonic() - started) * 1e9)
-            try:
-                span.end(end_time=start_ns + max(elapsed_ns, 0))
-            except Exception as exc:  # noqa: BLE001 - the application's span processor
-                report_foreign_error("a span processor's on_end", exc, "the run is recorded")
-                self._processor.close_if_open(span)  # type: ignore[arg-type]
+                end_ns = self._clock.time_ns()
+            else:
+                context, started, start_ns = token
+                if context is not None:
+                    _detach(context)
+                elapsed_ns = round((self._clock.monotonic() - started) * 1e9)
+                end_ns = start_ns + max(elapsed_ns, 0)
+            self._end_span(span, end_ns)
         except Exception as exc:  # noqa: BLE001 - never into the job (no guard: see record_failure)
             _report("run end", exc)
 
@@ -843,23 +902,27 @@ class JobMonitor:
         args: Any,
         kwargs: Any,
     ) -> R:
+        if context_api.get_value(_JOB_THREAD) == name:
+            # A call inside the job's own thread is part of the run that thread is for (its
+            # timeout is this call's), even once that run was abandoned.
+            return func(*args, **kwargs)
         with self._abandoned_lock:
             hung = self._abandoned.get(name, 0)
         if hung:
-            # A thread cannot be stopped: one left behind per job is the bound.
+            # A thread cannot be stopped: none more starts while one is left behind.
             self._registry.record_skipped(name, ABANDONED_THREAD)
             raise JobSkippedError(
                 name,
                 ABANDONED_THREAD,
                 f"job {name!r} was not started: the run abandoned at its {timeout:g}s timeout "
-                "is still running in its thread, and a sync job leaves at most one thread "
-                "behind",
+                "is still running in its thread, and no thread is started for a sync job "
+                "while one is left behind",
             )
         span, token = self._start(name, attributes)
-        nested = token is NESTED
         outcome = _Outcome()
         started = time.monotonic()
         job_context = contextvars.copy_context()  # the run's span is current in the thread
+        job_context.run(_mark_job_thread, name)
 
         def target() -> None:
             try:
@@ -882,13 +945,13 @@ class JobMonitor:
             interrupted = exc
         with outcome.lock:
             outcome.abandoned = thread.ident is not None and not outcome.finished
-        if outcome.abandoned:
-            with self._abandoned_lock:
-                self._abandoned[name] = self._abandoned.get(name, 0) + 1
+            if outcome.abandoned:  # counted before the thread, once it returns, can uncount it
+                with self._abandoned_lock:
+                    self._abandoned[name] = self._abandoned.get(name, 0) + 1
         error = interrupted or outcome.error
         if error is None and outcome.abandoned:
             error = JobTimeoutError(name, timeout)
-        if error is not None and not nested:
+        if error is not None and token is not NESTED:
             record_failure(span, error)
         self._finish(span, token)
         if error is not None:
@@ -899,7 +962,8 @@ class JobMonitor:
         self, name: str, timeout: float, elapsed: float, error: BaseException | None
     ) -> None:
         with self._abandoned_lock:
-            left = self._abandoned[name] = self._abandoned[name] - 1
+            # At least 0: in a child forked while this thread ran, its count was reset.
+            left = self._abandoned[name] = max(self._abandoned.get(name, 0) - 1, 0)
         logger.warning(
             "job %r: the thread abandoned at its %gs timeout returned after %.1fs (%s); "
             "%d abandoned threads of this job still running",
@@ -909,6 +973,12 @@ class JobMonitor:
             "ok" if error is None else f"raised {type(error).__name__}",
             left,
         )
+
+    def _reset_after_fork(self) -> None:
+        # The threads abandoned in the parent do not exist in the child; the lock may have
+        # been held by one of the parent's threads.
+        self._abandoned = {}
+        self._abandoned_lock = threading.Lock()
 
     def abandoned_threads(self, name: str) -> int:
         """Threads of sync job `name` abandoned at their timeout and still running."""
@@ -990,6 +1060,24 @@ class JobMonitor:
         self._processor.shutdown()
         if self._private_provider is not None:
             self._private_provider.shutdown()
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    """The asyncio task running here, or None (no event loop running on this thread)."""
+    loop = asyncio._get_running_loop()
+    return None if loop is None else asyncio.current_task(loop)
+
+
+def _run_context(span: Span) -> context_api.Context:
+    """The context that makes `span` current here, marked with the task it is made current
+    in (when there is one)."""
+    context = trace.set_span_in_context(span)
+    task = _current_task()
+    return context if task is None else context_api.set_value(_RUN_TASK, task, context)
+
+
+def _mark_job_thread(name: str) -> None:
+    context_api.attach(context_api.set_value(_JOB_THREAD, name))  # for the thread's lifetime
 
 
 def _detach(context: object) -> None:

@@ -96,9 +96,14 @@ class JobStatusProcessor(SpanProcessor):
             )
 
     def on_end(self, span: ReadableSpan) -> None:
+        self._record_end(span)
+
+    def _record_end(self, span: ReadableSpan, *, closed_elsewhere: bool = False) -> bool:
+        """Record the end of `span`'s run; False if nothing was recorded (see
+        `StatusRegistry.end_run` for `closed_elsewhere`)."""
         name = span_attribute(span, JOB_NAME)
         if name is None or self._closed:
-            return
+            return False
         with _END_GUARD:
             start_ns = span.start_time or 0
             end_ns = span.end_time or start_ns
@@ -117,9 +122,10 @@ class JobStatusProcessor(SpanProcessor):
                 category,
                 timed_out,
                 _metadata.decode(metadata_text) if metadata_text is not None else None,
+                closed_elsewhere=closed_elsewhere,
             )
             if result is None:
-                return
+                return False
             attributes, consecutive = result
             seconds = (end_ns - start_ns) / 1e9
             if error is None and seconds < SLOW_RUN_SECONDS:
@@ -138,23 +144,24 @@ class JobStatusProcessor(SpanProcessor):
                     consecutive,
                     error,
                 )
+            return True
+        return False
 
     def close_if_open(self, span: ReadableSpan) -> None:
         """Record the end of `span` if the view still has it running: its ``span.end()``
         raised in a span processor that comes before this one, so ``on_end`` never came."""
-        name = span_attribute(span, JOB_NAME)
-        if isinstance(name, str) and self._registry.is_open(name, span.context.span_id):
-            self.on_end(span)
+        self._record_end(span, closed_elsewhere=True)
 
     def _finish_if_ended(self, handle: object) -> bool:
         if not isinstance(handle, ReadableSpan) or handle.end_time is None:
             return False
-        logger.warning(
-            "job %r: a run ended without jobpulse's span processor being told (a span "
-            "processor before it raised in on_end); the run is recorded now",
-            span_attribute(handle, JOB_NAME),
-        )
-        self.on_end(handle)
+        if self._record_end(handle, closed_elsewhere=True):
+            logger.warning(
+                "job %r: a run's span ended without jobpulse's span processor being told by "
+                "its stall deadline (a span processor before it raised in on_end, or is still "
+                "at work there); the run is recorded now",
+                span_attribute(handle, JOB_NAME),
+            )
         return True
 
     def _report_stalls(self, stalled: list[StalledRun]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Mapping
@@ -29,7 +30,7 @@ from jobpulse import _errors, _metadata
 from jobpulse._clock import Clock
 from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
-from jobpulse._guard import Guard
+from jobpulse._guard import Guard, report_internal_error
 from jobpulse._history import HistoryStats, RunHistory
 from jobpulse._model import (
     JobRecord,
@@ -80,6 +81,9 @@ _STALL = "stall"
 _MISSED = "missed"
 #: Float noise allowed when comparing monotonic times that should be equal.
 _EPSILON_SECONDS = 1e-6
+#: Per job, the runs closed without their span's on_end (see `StatusRegistry.end_run`) that
+#: are remembered, so that an on_end coming after all is not counted again.
+_MAX_CLOSED_ELSEWHERE = 64
 _NO_STATS = HistoryStats(0, 0, None, None, None, None)
 
 
@@ -137,7 +141,8 @@ FinishedProbe = Callable[[object], bool]
 LOST = "lost"
 LOST_ERROR = "the run's span was dropped without being ended"
 _LOST_GUARD = Guard("lost run")
-_ROW_GUARD = Guard("health document row")
+_ROW = "health document row"
+_ROW_GUARD = Guard(_ROW)
 
 
 class _Job:
@@ -147,6 +152,7 @@ class _Job:
         "auto_due_ns",
         "auto_stall",
         "auto_stall_after",
+        "closed_elsewhere",
         "consecutive_failures",
         "consecutive_missed",
         "created_ns",
@@ -227,6 +233,7 @@ class _Job:
         # stalled run's handle is held weakly (see StatusRegistry._on_stall).
         self.runs: dict[int, tuple[float, object, int]] = {}
         self.stalled_ids: set[int] = set()
+        self.closed_elsewhere: dict[int, None] | None = None
         self.armed: float | None = None
         # Bumped with every change. The cached snapshot and the health endpoint's row are
         # valid while they carry the current version.
@@ -416,6 +423,10 @@ class StatusRegistry:
         self._category_codes = {name: i + 1 for i, name in enumerate(self._categories)}
         self.stall_listener: StallListener | None = None
         self.finished_elsewhere: FinishedProbe | None = None
+        # Stalled runs whose span was dropped: put here by a weakref callback, which the
+        # garbage collector runs on any thread, whatever locks that thread holds (this
+        # registry's, the watchdog's); closed later by `_close_lost`, with no lock held.
+        self._lost: queue.SimpleQueue[tuple[str, int, weakref.ref[object]]] = queue.SimpleQueue()
         self._watchdog = Watchdog(clock, self._on_deadline)
         after_fork_in_child(self._reset_after_fork)
 
@@ -551,9 +562,17 @@ class StatusRegistry:
         category: str | None = None,
         timed_out: bool = False,
         metadata: Mapping[str, Any] | None = None,
+        *,
+        closed_elsewhere: bool = False,
     ) -> tuple[Mapping[str, str], int] | None:
         """A run ended: successfully if `error` is None. Returns the metric attributes for
-        the run and the job's consecutive failures, or None if the job is not in the view."""
+        the run and the job's consecutive failures, or None if nothing was recorded: the job
+        is not in the view, or the run was already recorded.
+
+        `closed_elsewhere` is for ends that do not come from the span's on_end (a span found
+        ended at its stall deadline, a dropped span, a ``span.end()`` that raised): such an end
+        is recorded only if the run is open, and an on_end of that run that comes after all
+        (it was still under way in another thread) is not counted again."""
         duration_ns = end_ns - start_ns
         refused = 0
         rearm = missed_deadline = None
@@ -562,6 +581,20 @@ class StatusRegistry:
             if job is None:
                 return None
             entry = job.runs.pop(run_id, None)
+            if entry is None:
+                if closed_elsewhere:
+                    return None
+                closed = job.closed_elsewhere
+                if closed and run_id in closed:
+                    del closed[run_id]
+                    return None
+            elif closed_elsewhere:
+                closed = job.closed_elsewhere
+                if closed is None:
+                    closed = job.closed_elsewhere = {}
+                closed[run_id] = None
+                if len(closed) > _MAX_CLOSED_ELSEWHERE:  # an on_end that never came
+                    del closed[next(iter(closed))]
             if duration_ns < 0:  # the wall clock stepped back: the monotonic clock knows
                 duration_ns = 0 if entry is None else self._elapsed_ns(entry[0])
             if job.stalled_ids:
@@ -671,6 +704,7 @@ class StatusRegistry:
         job.settle_stall_after(self._default_stall_after)
 
     def _on_deadline(self, key: Hashable, now: float) -> float | None:
+        self._close_lost()
         kind, name = cast("tuple[str, str]", key)
         if kind == _MISSED:
             return self._on_missed(name, now)
@@ -724,15 +758,31 @@ class StatusRegistry:
         return next_deadline
 
     def _on_lost(self, name: str, run_id: int, watch: weakref.ref[object]) -> None:
-        with _LOST_GUARD:
-            with self._lock:
-                job = self._jobs.get(name)
-                entry = None if job is None else job.runs.get(run_id)
-            if entry is None or entry[1] is not watch:
+        # A weakref callback: takes no lock (SimpleQueue.put is reentrant, for this use).
+        self._lost.put((name, run_id, watch))
+
+    def _close_lost(self) -> None:
+        """Record the stalled runs whose span was dropped as failed, category ``lost``. Called
+        with no lock held: by the watchdog and whenever the view is read."""
+        lost = self._lost
+        while not lost.empty():
+            try:
+                name, run_id, watch = lost.get_nowait()
+            except queue.Empty:  # another reader took it
                 return
-            start_mono, _, start_ns = entry
-            elapsed_ns = self._elapsed_ns(start_mono)
-            self.end_run(name, run_id, start_ns, start_ns + elapsed_ns, LOST_ERROR, LOST)
+            with _LOST_GUARD:
+                self._close_lost_run(name, run_id, watch)
+
+    def _close_lost_run(self, name: str, run_id: int, watch: weakref.ref[object]) -> None:
+        with self._lock:
+            job = self._jobs.get(name)
+            entry = None if job is None else job.runs.get(run_id)
+        if entry is None or entry[1] is not watch:
+            return
+        start_mono, _, start_ns = entry
+        elapsed_ns = self._elapsed_ns(start_mono)
+        end_ns = start_ns + elapsed_ns
+        if self.end_run(name, run_id, start_ns, end_ns, LOST_ERROR, LOST, closed_elsewhere=True):
             logger.warning(
                 "job %r: a stalled run's span was dropped without being ended after %.1fs; "
                 "the run is recorded as failed (category %s)",
@@ -925,6 +975,7 @@ class StatusRegistry:
     # -- reading the view --------------------------------------------------------------
 
     def snapshot(self, name: str) -> JobStatus | None:
+        self._close_lost()
         now_ns = self._clock.time_ns()
         with self._lock:
             job = self._jobs.get(name)
@@ -932,6 +983,7 @@ class StatusRegistry:
 
     def snapshots(self) -> dict[str, JobStatus]:
         """Every job, sorted by name. Unchanged jobs reuse their cached snapshot."""
+        self._close_lost()
         now_ns = self._clock.time_ns()
         with self._lock:
             dropped = self._prune_locked(now_ns)
@@ -949,9 +1001,11 @@ class StatusRegistry:
         Only the jobs that changed since the last call are serialized again, outside the
         lock: the lock is held for one pass over the jobs and a record copy per changed job.
         """
+        self._close_lost()
         now_ns = self._clock.time_ns()
         rows: list[HealthRow | None] = []
         stale: list[tuple[int, _Job, int, JobRecord | None]] = []
+        failures: list[Exception] = []
         with self._lock:
             dropped = self._prune_locked(now_ns)
             jobs = self._jobs
@@ -967,11 +1021,16 @@ class StatusRegistry:
                     rows.append(cached[1])
                 else:
                     record = None
-                    with _ROW_GUARD:
+                    try:
                         record = job.to_record(now_ns)
+                    except Exception as exc:  # noqa: BLE001 - reported once the lock is released
+                        failures.append(exc)
                     stale.append((len(rows), job, job.version, record))
                     rows.append(None)
         _log_dropped(dropped, self._retention_ns)
+        for failure in failures:
+            with _ROW_GUARD:
+                report_internal_error(_ROW, failure)
         for index, job, version, record in stale:
             row = None
             if record is not None:
@@ -1010,6 +1069,7 @@ class StatusRegistry:
 
     def history(self, name: str) -> list[RunRecord]:
         """The job's runs of the last 24 hours, newest first ([] for an unknown job)."""
+        self._close_lost()
         now_ns = self._clock.time_ns()
         with self._lock:
             job = self._jobs.get(name)
@@ -1033,6 +1093,7 @@ class StatusRegistry:
         ]
 
     def metric_points(self) -> list[MetricPoint]:
+        self._close_lost()
         now_ns = self._clock.time_ns()
         with self._lock:
             dropped = self._prune_locked(now_ns)
@@ -1118,6 +1179,7 @@ class StatusRegistry:
         # child's missed deadlines are armed again by its own runs (or a new register): a
         # child that never runs a job must not report that job missed.
         self._lock = threading.Lock()
+        self._lost = queue.SimpleQueue()
         for job in self._jobs.values():
             job.runs.clear()
             job.stalled_ids.clear()

@@ -39,6 +39,7 @@ MIN_GRACE_SECONDS = 1.0
 MAX_GRACE_SECONDS = 300.0
 
 _NS = 1_000_000_000
+_DAY_NS = 86400 * _NS
 _EPOCH = datetime(1970, 1, 1, tzinfo=_timezone.utc)
 # A fixed (naive) start, so that a cron schedule's period does not depend on when it was parsed.
 _CRON_REFERENCE = datetime(2026, 1, 5)
@@ -152,7 +153,7 @@ class _CalendarSchedule(Schedule):
             if (
                 next_day <= until_ns
                 and slot == self.next_after(day_start - 1)  # the day's first run
-                and not self._changes_offset(day_start, next_day)
+                and not self._irregular(day_start, next_day)
             ):
                 count += self._runs_per_day(day_start, next_day)  # the whole day at once
                 last = None
@@ -171,14 +172,18 @@ class _CalendarSchedule(Schedule):
         day = datetime(local.year, local.month, local.day)
         return _resolve(day, self._zone), _resolve(day + timedelta(days=1), self._zone)
 
-    def _changes_offset(self, start_ns: int, end_ns: int) -> bool:
+    def _irregular(self, start_ns: int, end_ns: int) -> bool:
+        """Whether the day is not 24 hours of one offset: its runs may differ from a plain
+        day's. A day that begins with a gap (clocks that spring forward at midnight) is an
+        hour short with one offset throughout."""
+
         def offset(ns: int) -> timedelta | None:
             return (_EPOCH + timedelta(seconds=ns // _NS)).astimezone(self._zone).utcoffset()
 
-        return offset(start_ns) != offset(end_ns - _NS)
+        return end_ns - start_ns != _DAY_NS or offset(start_ns) != offset(end_ns - _NS)
 
     def _runs_per_day(self, start_ns: int, end_ns: int) -> int:
-        # The same on every day that has runs and no offset change: the days differ only in
+        # The same on every day that has runs and is regular: the days differ only in
         # whether they have runs at all. Found once by stepping through one such day.
         try:
             return self._per_day
