@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/health_endpoint.py
 	$(PY) benchmarks/dead_collector.py
+	$(PY) benchmarks/redaction.py
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache .pytest_cache htmlcov
