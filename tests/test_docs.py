@@ -77,8 +77,7 @@ def test_the_last_error_row_says_what_the_code_does() -> None:
 
 
 def test_every_error_category_is_documented() -> None:
-    from jobpulse._errors import CATEGORIES
-    from jobpulse._registry import LOST
+    from jobpulse._shared import CATEGORIES, LOST
     from jobpulse.integrations import celery
 
     celery_categories = [

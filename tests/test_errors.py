@@ -18,7 +18,6 @@ import pytest
 
 from jobpulse import JobMonitor, _errors
 from jobpulse._errors import (
-    CATEGORIES,
     MAX_ERROR_CHARS,
     MAX_STACKTRACE_CHARS,
     classify_exception,
@@ -30,6 +29,7 @@ from jobpulse._errors import (
     truncate,
 )
 from jobpulse._exceptions import JobTimeoutError
+from jobpulse._shared import CATEGORIES
 from tests.conftest import InternalErrors
 
 

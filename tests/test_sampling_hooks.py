@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from jobpulse import JobMonitor, JobState
-from jobpulse._sampling import (
+from jobpulse._shared import (
     JOB_RECORD_ONLY,
     SpanAdopter,
     add_span_adopter,

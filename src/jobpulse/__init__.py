@@ -6,6 +6,8 @@ that stop firing, and `JobMonitor.health` turns the view into the health documen
 README.md and docs/.
 """
 
+# First: the core modules import their shared constants from it (see its docstring).
+from jobpulse import _shared  # noqa: F401
 from jobpulse._exceptions import (
     InvalidJobError,
     JobLimitError,

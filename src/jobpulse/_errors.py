@@ -21,9 +21,18 @@ from types import TracebackType
 
 from jobpulse._guard import report_internal_error
 from jobpulse._redaction import escape_unsafe_chars, redact
+from jobpulse._shared import (
+    CANCELLED,
+    DATABASE,
+    EXTERNAL_API,
+    INTERRUPTED,
+    NETWORK,
+    PANIC,
+    TIMEOUT,
+    UNKNOWN,
+)
 
 __all__ = [
-    "CATEGORIES",
     "MAX_ERROR_CHARS",
     "MAX_STACKTRACE_CHARS",
     "classify_exception",
@@ -36,18 +45,6 @@ __all__ = [
     "safe_error_text",
     "truncate",
 ]
-
-TIMEOUT = "timeout"
-NETWORK = "network"
-DATABASE = "database"
-EXTERNAL_API = "external_api"
-PANIC = "panic"
-CANCELLED = "cancelled"
-INTERRUPTED = "interrupted"
-UNKNOWN = "unknown"
-
-#: Every category `classify_exception` can return.
-CATEGORIES = (TIMEOUT, NETWORK, DATABASE, EXTERNAL_API, PANIC, CANCELLED, INTERRUPTED, UNKNOWN)
 
 #: The longest error text kept (``last_error``, status descriptions, ``exception.message``).
 MAX_ERROR_CHARS = 1024

@@ -34,18 +34,20 @@ from jobpulse._guard import Guard, report_foreign_error, report_internal_error
 from jobpulse._health import HealthDocument, HealthReport, HealthStatus, evaluate
 from jobpulse._instruments import METER_NAME, Instruments, validate_namespace
 from jobpulse._model import JobsSummary, JobStatus, RunRecord, from_ns, to_ns
-from jobpulse._processor import (
-    ARMED,
+from jobpulse._processor import ARMED, JobStatusProcessor, span_attribute
+from jobpulse._registry import JobSettings, StatusRegistry
+from jobpulse._sampling import JobAwareSampler
+from jobpulse._schedule import parse_schedule
+from jobpulse._shared import (
+    CODE_FUNCTION,
     ERROR_CATEGORY,
     ERROR_TYPE,
     JOB_METADATA,
+    JOB_NAME,
+    JOB_NAME_ATTRIBUTE,
     JOB_TIMED_OUT,
-    JobStatusProcessor,
-    span_attribute,
+    TIMEOUT,
 )
-from jobpulse._registry import JOB_NAME, JobSettings, StatusRegistry
-from jobpulse._sampling import JobAwareSampler
-from jobpulse._schedule import parse_schedule
 from jobpulse._validation import (
     Duration,
     to_seconds,
@@ -66,8 +68,6 @@ R = TypeVar("R")
 ScheduleSpec = str | float | timedelta
 StallAfter = Duration  # or "auto"
 
-CODE_FUNCTION = "code.function.name"
-
 #: What `JobMonitor._start` hands to `_finish`: the context token to detach (or None), the
 #: start on the monotonic clock, and the start in epoch nanoseconds.
 RunToken = tuple[object, float, int]
@@ -80,8 +80,6 @@ ABANDONED_THREAD = "abandoned_thread"
 _OWN_RUN: contextvars.ContextVar[tuple[str, Span, object] | None] = contextvars.ContextVar(
     "jobpulse_run", default=None
 )
-#: Attribute of a function decorated with `JobMonitor.job`: its job name.
-JOB_NAME_ATTRIBUTE = "_jobpulse_job"
 
 #: Context key of the asyncio task a run's context was made current in: a task started
 #: inside the run copies the context, and a run in that task is a run of its own.
@@ -105,7 +103,7 @@ def record_failure(
         span.add_event("exception", _errors.exception_event_attributes(exc))
         if timed_out or isinstance(exc, JobTimeoutError):
             timed_out = True
-            category = _errors.TIMEOUT
+            category = TIMEOUT
         attributes: dict[str, str | bool] = {
             ERROR_TYPE: _errors.qualified_type_name(type(exc)),
             ERROR_CATEGORY: category or _errors.classify_exception(exc),

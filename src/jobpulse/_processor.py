@@ -17,25 +17,23 @@ from opentelemetry.trace import NonRecordingSpan, StatusCode, set_span_in_contex
 from jobpulse import _errors, _metadata
 from jobpulse._guard import Guard
 from jobpulse._instruments import Instruments
-from jobpulse._registry import JOB_NAME, StalledRun, StatusRegistry
+from jobpulse._registry import StalledRun, StatusRegistry
+from jobpulse._shared import (
+    ERROR_CATEGORY,
+    ERROR_TYPE,
+    JOB_METADATA,
+    JOB_NAME,
+    JOB_TIMED_OUT,
+    STALLED_EVENT,
+)
 from jobpulse._validation import is_token
 
 __all__ = [
-    "ERROR_CATEGORY",
-    "ERROR_TYPE",
-    "JOB_METADATA",
-    "JOB_TIMED_OUT",
     "JobStatusProcessor",
     "span_attribute",
 ]
 
 logger = logging.getLogger("jobpulse")
-
-ERROR_TYPE = "error.type"
-ERROR_CATEGORY = "job.error.category"
-JOB_TIMED_OUT = "job.timed_out"
-JOB_METADATA = "job.metadata"
-STALLED_EVENT = "job.stalled"
 
 #: See `JobStatusProcessor.starting`.
 ARMED = object()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
-from jobpulse import _errors, _metadata
+from jobpulse import _metadata
 from jobpulse._clock import Clock
 from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
@@ -42,16 +42,23 @@ from jobpulse._model import (
     member_json,
 )
 from jobpulse._schedule import MAX_GRACE_SECONDS, MIN_GRACE_SECONDS, Schedule
+from jobpulse._shared import (
+    CATEGORIES,
+    FAAS_CRON,
+    FAAS_TRIGGER,
+    JOB_NAME,
+    LOST,
+    LOST_ERROR,
+    REASON,
+    STATUS,
+    UNKNOWN,
+)
 from jobpulse._validation import validate_name
 from jobpulse._watchdog import Watchdog
 
 __all__ = [
     "AUTO_STALL_FLOOR_SECONDS",
     "AUTO_STALL_MIN_RUNS",
-    "FAAS_CRON",
-    "FAAS_TRIGGER",
-    "JOB_NAME",
-    "STATUS",
     "JobSettings",
     "MetricPoint",
     "StalledRun",
@@ -59,14 +66,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("jobpulse")
-
-#: Attribute keys shared by spans and metric points.
-JOB_NAME = "job.name"
-STATUS = "status"
-REASON = "reason"
-#: OpenTelemetry semantic conventions for runs of a scheduled job.
-FAAS_TRIGGER = "faas.trigger"
-FAAS_CRON = "faas.cron"
 
 #: ``stall_after="auto"``: max(3 x p95 of the successful runs held, this floor, the timeout)
 #: once at least `AUTO_STALL_MIN_RUNS` successful runs are held; recomputed at most once a
@@ -137,9 +136,6 @@ StallListener = Callable[[list[StalledRun]], None]
 #: Given a run's handle, closes the run and returns True if the handle has already ended.
 FinishedProbe = Callable[[object], bool]
 
-#: The category of a run whose span was dropped without ending, and its error text.
-LOST = "lost"
-LOST_ERROR = "the run's span was dropped without being ended"
 _LOST_GUARD = Guard("lost run")
 _ROW = "health document row"
 _ROW_GUARD = Guard(_ROW)
@@ -419,7 +415,7 @@ class StatusRegistry:
         self._last_prune_ns: int | None = None
         self._refused: set[str] = set()
         # History stores a failure's category as a one-byte code: index + 1 in this list.
-        self._categories: list[str] = list(_errors.CATEGORIES)
+        self._categories: list[str] = list(CATEGORIES)
         self._category_codes = {name: i + 1 for i, name in enumerate(self._categories)}
         self.stall_listener: StallListener | None = None
         self.finished_elsewhere: FinishedProbe | None = None
@@ -664,11 +660,11 @@ class StatusRegistry:
         return job is not None and run_id in job.runs
 
     def _category_code_locked(self, category: str | None) -> int:
-        key = category or _errors.UNKNOWN
+        key = category or UNKNOWN
         code = self._category_codes.get(key)
         if code is None:
             if len(self._categories) >= 255:  # codes are one byte; 0 means success
-                return self._category_codes[_errors.UNKNOWN]
+                return self._category_codes[UNKNOWN]
             self._categories.append(key)
             code = self._category_codes[key] = len(self._categories)
         return code

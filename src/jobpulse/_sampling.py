@@ -21,18 +21,14 @@ from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from jobpulse._guard import report_internal_error
-from jobpulse._registry import JOB_NAME
+from jobpulse._shared import JOB_NAME, JOB_RECORD_ONLY
 
 __all__ = [
-    "JOB_RECORD_ONLY",
     "JobAwareSampler",
     "SpanAdopter",
     "add_span_adopter",
     "remove_span_adopter",
 ]
-
-#: Span attribute: a job run for the status view only, never handed to exporters.
-JOB_RECORD_ONLY = "job.record_only"
 
 #: ``adopter(span_name, kind)`` returns the attributes (with ``job.name``) that make a span
 #: about to be created a job run, or None to leave it alone. Called for every span without

@@ -64,7 +64,7 @@ from jobpulse._validation import Duration, to_seconds, validate_positive_int
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["setup"]
+__all__ = ["setup", "setup_monitor"]
 
 logger = logging.getLogger("jobpulse")
 
@@ -76,6 +76,12 @@ _lock = threading.Lock()
 _active: JobMonitor | None = None
 # The global providers setup() built, which its monitor's shutdown shuts down
 _built_globals: weakref.WeakSet[object] = weakref.WeakSet()
+
+
+def setup_monitor() -> JobMonitor | None:
+    """The monitor of `setup()` while it is open, else None (no lock: one global read)."""
+    active = _active
+    return active if active is not None and not active.closed else None
 
 
 def setup(

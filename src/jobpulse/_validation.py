@@ -16,12 +16,12 @@ from datetime import timedelta
 from typing import TypeGuard
 
 from jobpulse._exceptions import InvalidJobError
+from jobpulse._shared import MAX_NAME_CHARS
 
 __all__ = [
     "DURATION_UNITS",
     "MAX_DURATION_NS",
     "MAX_DURATION_SECONDS",
-    "MAX_NAME_CHARS",
     "Duration",
     "duration_ns",
     "is_token",
@@ -31,7 +31,6 @@ __all__ = [
     "validate_token",
 ]
 
-MAX_NAME_CHARS = 200
 #: The longest duration any setting takes: 366 days, so a leap year fits.
 MAX_DURATION_SECONDS = 366 * 24 * 3600
 MAX_DURATION_NS = MAX_DURATION_SECONDS * 1_000_000_000

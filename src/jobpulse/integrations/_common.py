@@ -8,8 +8,8 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
-from jobpulse import _setup
-from jobpulse._monitor import JobMonitor
+from jobpulse import JobMonitor
+from jobpulse._shared import setup_monitor
 
 __all__ = ["MonitorChoice", "check_monitor", "require_version", "resolve_monitor"]
 
@@ -19,11 +19,6 @@ def check_monitor(monitor: object) -> JobMonitor | None:
     if monitor is not None and not isinstance(monitor, JobMonitor):
         raise TypeError(f"monitor must be a jobpulse.JobMonitor, not {type(monitor).__name__}")
     return monitor
-
-
-def _setup_monitor() -> JobMonitor | None:
-    active = _setup._active
-    return active if active is not None and not active.closed else None
 
 
 def resolve_monitor(
@@ -36,7 +31,7 @@ def resolve_monitor(
     given = check_monitor(monitor)
     if given is not None:
         return given
-    return _setup_monitor() or JobMonitor(tracer_provider, meter_provider)
+    return setup_monitor() or JobMonitor(tracer_provider, meter_provider)
 
 
 class MonitorChoice:
@@ -71,7 +66,7 @@ class MonitorChoice:
             return monitor
         with self._lock:
             if self._monitor is None:
-                found = _setup_monitor()
+                found = setup_monitor()
                 self._owned = found is None
                 self._monitor = found or JobMonitor(*self._providers)
             return self._monitor

@@ -51,13 +51,18 @@ from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from jobpulse import RedactingFilter, _errors
-from jobpulse._exceptions import InvalidJobError
-from jobpulse._guard import Guard
-from jobpulse._model import from_ns
-from jobpulse._monitor import CODE_FUNCTION, JOB_NAME_ATTRIBUTE, JobMonitor, JobRun
-from jobpulse._registry import FAAS_TRIGGER, JOB_NAME
-from jobpulse._validation import MAX_NAME_CHARS, validate_name
+from jobpulse import InvalidJobError, JobMonitor, JobRun, RedactingFilter
+from jobpulse._shared import (
+    CODE_FUNCTION,
+    FAAS_TRIGGER,
+    JOB_NAME,
+    JOB_NAME_ATTRIBUTE,
+    MAX_NAME_CHARS,
+    Guard,
+    classify_exception,
+    from_ns,
+    validate_name,
+)
 from jobpulse.integrations._common import MonitorChoice, check_monitor, require_version
 
 try:
@@ -287,7 +292,7 @@ def _run_job_measured(
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            measured.append((start, time.time_ns(), _errors.classify_exception(exc)))
+            measured.append((start, time.time_ns(), classify_exception(exc)))
             raise
         measured.append((start, time.time_ns(), None))
         return result

@@ -71,19 +71,33 @@ from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from jobpulse import _errors, _metadata
-from jobpulse._guard import Guard
-from jobpulse._monitor import NESTED, JobMonitor, RunToken, record_failure
-from jobpulse._processor import ERROR_CATEGORY, ERROR_TYPE, JOB_METADATA, span_attribute
-from jobpulse._registry import JOB_NAME
-from jobpulse._sampling import (
+from jobpulse import JobAwareSampler, JobMonitor
+from jobpulse._shared import (
+    CANCELLED,
+    ERROR_CATEGORY,
+    ERROR_TYPE,
+    INTERRUPTED,
+    JOB_METADATA,
+    JOB_NAME,
     JOB_RECORD_ONLY,
-    JobAwareSampler,
+    NESTED,
+    TIMEOUT,
+    UNKNOWN,
+    Guard,
+    RunToken,
+    Watchdog,
     add_span_adopter,
+    classify_exception,
+    classify_names,
+    describe_exception,
+    encode_metadata,
+    qualified_type_name,
+    record_failure,
     remove_span_adopter,
+    safe_error_text,
+    span_attribute,
+    to_seconds,
 )
-from jobpulse._validation import to_seconds
-from jobpulse._watchdog import Watchdog
 from jobpulse.integrations._common import MonitorChoice, require_version
 
 try:
@@ -374,7 +388,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         entry = _beat_entry_of(request)
         if entry is not None:
             attributes[BEAT_ENTRY_ATTRIBUTE] = entry
-            attributes[JOB_METADATA] = _metadata.encode({"beat_entry": entry})
+            attributes[JOB_METADATA] = encode_metadata({"beat_entry": entry})
         scheduled = self._monitor._registry.schedule_attributes(name)
         if scheduled:
             attributes.update(scheduled)
@@ -422,13 +436,11 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             # celery's own failure handler: only what it lacks is added.
             span.set_attributes(
                 {
-                    ERROR_TYPE: _errors.qualified_type_name(type(exc)),
-                    ERROR_CATEGORY: _errors.TIMEOUT
-                    if timed_out
-                    else category or _errors.classify_exception(exc),
+                    ERROR_TYPE: qualified_type_name(type(exc)),
+                    ERROR_CATEGORY: TIMEOUT if timed_out else category or classify_exception(exc),
                 }
             )
-            span.set_status(Status(StatusCode.ERROR, _errors.describe_exception(exc)))
+            span.set_status(Status(StatusCode.ERROR, describe_exception(exc)))
 
     def _on_failure(
         self, sender: Any, task_id: str, exception: BaseException, **kwargs: Any
@@ -436,7 +448,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         with _FAILURE_GUARD:
             run = self._runs.get((task_id, _attempt(sender.request)))
             if run is not None:
-                category = _errors.TIMEOUT if isinstance(exception, SoftTimeLimitExceeded) else None
+                category = TIMEOUT if isinstance(exception, SoftTimeLimitExceeded) else None
                 self._fail(run, task_id, exception, category)
             elif isinstance(exception, TimeLimitExceeded):
                 self._record_elsewhere(sender, task_id, exception, TIME_LIMIT)
@@ -455,9 +467,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             elif isinstance(exc, WorkerLostError):  # retry_on_worker_lost, sent by the parent
                 self._record_elsewhere(sender, request.id, exc, WORKER_LOST)
             elif reason is None:  # cancelled by the parent when the broker connection was lost
-                self._record_elsewhere(
-                    sender, request.id, Retry("cancelled by Celery"), _errors.CANCELLED
-                )
+                self._record_elsewhere(sender, request.id, Retry("cancelled by Celery"), CANCELLED)
 
     def _on_revoked(self, sender: Any, request: Any, **kwargs: Any) -> None:
         with _REVOKED_GUARD:
@@ -492,7 +502,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                     self._fail(run, task_id, error, REJECTED)
                 elif state is None:  # a BaseException (SystemExit, KeyboardInterrupt) left it
                     error = _NoResult("the task was interrupted")
-                    self._fail(run, task_id, error, _errors.INTERRUPTED)
+                    self._fail(run, task_id, error, INTERRUPTED)
                 elif state == states.FAILURE:  # Celery failed it without task_failure
                     self._fail(run, task_id, _NoResult("the task failed"), None)
             if run.own:
@@ -502,7 +512,7 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 if run.error is not None and span is not None and span.is_recording():
                     # opentelemetry-instrumentation-celery's failure handler, if it ran after
                     # ours, described the error as str(exc): the run's error keeps its type.
-                    span.set_status(Status(StatusCode.ERROR, _errors.describe_exception(run.error)))
+                    span.set_status(Status(StatusCode.ERROR, describe_exception(run.error)))
             else:
                 # opentelemetry-instrumentation-celery was to make the run's span and did
                 # not (its tracer is not the SDK's): the run is recorded afterwards.
@@ -832,7 +842,7 @@ class _BeatWatch:
             expected = state.expected()
         for old in evicted:
             if old.span is not None:
-                self._end(old, "no task event came for it", _errors.UNKNOWN)
+                self._end(old, "no task event came for it", UNKNOWN)
         delay = max((slot - now).total_seconds() + grace, 0.0)
         self._watchdog.schedule(task_id, self._monitor._clock.monotonic() + delay)
         self._expect(job, expected, grace, now)
@@ -972,9 +982,8 @@ class _BeatWatch:
         span.set_attributes(
             {
                 ERROR_TYPE: type_name or "error",
-                ERROR_CATEGORY: category
-                or _errors.classify_names([type_name] if type_name else [], error),
+                ERROR_CATEGORY: category or classify_names([type_name] if type_name else [], error),
             }
         )
-        span.set_status(Status(StatusCode.ERROR, _errors.safe_error_text(error)))
+        span.set_status(Status(StatusCode.ERROR, safe_error_text(error)))
         self._monitor._finish(span, token)
