@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 
-from jobpulse import InvalidJobError, JobMonitor, _model, _registry
+from jobpulse import InvalidJobError, JobMonitor, _job, _model
 from jobpulse._health import evaluate
 from jobpulse.testing import FakeClock
 from tests.conftest import InternalErrors
@@ -97,7 +97,7 @@ def test_a_job_whose_row_cannot_be_built_is_served_with_a_marker(
             raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
         return real(record)
 
-    monkeypatch.setattr("jobpulse._registry.member_json", member_json)
+    monkeypatch.setattr("jobpulse._job.member_json", member_json)
     code, document = _document(monitor)
     assert code == 503  # the bad job still counts: critical, 3 failures in a row
     assert document["jobs"]["good"]["status"] == "pending"
@@ -120,9 +120,9 @@ def test_a_row_that_cannot_be_built_is_reported_with_no_lock_held(
     view's lock is held, every job's start and end would wait for that."""
     monitor.register("good")
     monitor.register("bad")
-    real = _registry._Job.to_record
+    real = _job.Job.to_record
 
-    def to_record(job: _registry._Job, now_ns: int) -> _model.JobRecord:
+    def to_record(job: _job.Job, now_ns: int) -> _model.JobRecord:
         if job.name == "bad":
             raise RuntimeError("a bug building the record")
         return real(job, now_ns)
@@ -133,7 +133,7 @@ def test_a_row_that_cannot_be_built_is_reported_with_no_lock_held(
         def emit(self, record: logging.LogRecord) -> None:
             locked.append(monitor._registry._lock.locked())
 
-    monkeypatch.setattr(_registry._Job, "to_record", to_record)
+    monkeypatch.setattr(_job.Job, "to_record", to_record)
     spy = Spy(logging.ERROR)
     logging.getLogger("jobpulse").addHandler(spy)
     try:

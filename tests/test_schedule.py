@@ -10,7 +10,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from jobpulse._exceptions import InvalidJobError
-from jobpulse._schedule import MAX_GRACE_SECONDS, MIN_GRACE_SECONDS, Schedule, parse_schedule
+from jobpulse._schedule import (
+    MAX_GRACE_SECONDS,
+    MIN_GRACE_SECONDS,
+    MissedSlots,
+    Schedule,
+    missed_slots,
+    parse_schedule,
+)
 
 NS = 1_000_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -514,3 +521,66 @@ def test_daily_when_midnight_does_not_exist(
 )
 def test_default_grace(spec: str, grace: float) -> None:
     assert parse_schedule(spec).default_grace() == pytest.approx(grace)
+
+
+# -- missed slots: what the registry's missed deadline counts (tests/test_schedules.py runs the
+# same cases through a monitor with a fake clock) ---------------------------------------------
+
+T0 = utc(2026, 1, 1)
+MINUTE = 60 * NS
+
+
+def test_a_slot_set_by_an_integration_is_missed_alone() -> None:
+    assert missed_slots(None, T0 + MINUTE, 60.0, 6 * NS, 1e6, T0 + 10**6 * NS) == MissedSlots(
+        1, T0 + MINUTE, None, None
+    )
+
+
+def test_an_interval_slot_missed_at_its_deadline() -> None:
+    schedule = parse_schedule("@every 1m")
+    assert missed_slots(schedule, T0 + MINUTE, 60.0, 6 * NS, 66.0, T0 + 66 * NS) == MissedSlots(
+        1, T0 + MINUTE, T0 + 2 * MINUTE, 120.0
+    )
+
+
+def test_interval_slots_that_passed_while_the_host_slept_are_counted() -> None:
+    minutely = parse_schedule("@every 1m")
+    # The 60 min slot is still within its grace (6 s).
+    assert missed_slots(minutely, T0 + MINUTE, 60.0, 6 * NS, 3600.0, T0 + 60 * MINUTE) == (
+        MissedSlots(59, T0 + 59 * MINUTE, T0 + 60 * MINUTE, 3600.0)
+    )
+    every_second = parse_schedule("@every 1s")
+    assert missed_slots(every_second, T0 + NS, 1.0, NS, 7200.0, T0 + 7200 * NS) == MissedSlots(
+        7199, T0 + 7199 * NS, T0 + 7200 * NS, 7200.0
+    )
+
+
+def test_interval_slots_are_counted_on_the_monotonic_clock_with_float_noise_allowed() -> None:
+    schedule = parse_schedule("@every 1m")
+    # The wall clock says a day passed; the monotonic clock (what intervals use) says not.
+    assert missed_slots(schedule, T0 + MINUTE, 60.0, 6 * NS, 66.0, T0 + 1440 * MINUTE).missed == 1
+    # A hair before the next slot's deadline is that deadline: counted.
+    assert missed_slots(schedule, T0 + MINUTE, 60.0, 6 * NS, 126.0 - 1e-7, T0).missed == 2
+    assert missed_slots(schedule, T0 + MINUTE, 60.0, 6 * NS, 126.0 - 1e-3, T0).missed == 1
+
+
+def test_calendar_slots_are_counted_on_the_wall_clock() -> None:
+    hourly = parse_schedule("@hourly")
+    grace_ns = int(hourly.default_grace() * NS)
+    hour = 60 * MINUTE
+    # The 24 h slot is still within its grace; the monotonic clock is not read.
+    assert missed_slots(hourly, T0 + hour, -1.0, grace_ns, -1.0, T0 + 24 * hour) == MissedSlots(
+        23, T0 + 23 * hour, T0 + 24 * hour, None
+    )
+    assert missed_slots(hourly, T0 + hour, 0.0, grace_ns, 0.0, T0 + hour + grace_ns) == (
+        MissedSlots(1, T0 + hour, T0 + 2 * hour, None)
+    )
+
+
+def test_a_year_of_missed_cron_slots_is_counted_exactly() -> None:
+    pytest.importorskip("croniter")
+    cron = parse_schedule("* * * * *")
+    year = 365 * 24 * 60 * MINUTE
+    assert missed_slots(cron, T0 + MINUTE, 0.0, 6 * NS, 0.0, T0 + year) == MissedSlots(
+        365 * 24 * 60 - 1, T0 + year - MINUTE, T0 + year, None
+    )

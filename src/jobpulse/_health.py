@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from jobpulse._job import HealthRow
 from jobpulse._model import JobsSummary, JobState, JobStatus, dump_json, rfc3339
-from jobpulse._registry import HealthRow
 
 __all__ = ["HealthDocument", "HealthReport", "HealthStatus", "evaluate"]
 

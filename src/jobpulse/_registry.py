@@ -24,24 +24,22 @@ import weakref
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from jobpulse import _metadata
 from jobpulse._clock import Clock
 from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
-from jobpulse._guard import Guard, report_internal_error
-from jobpulse._history import HistoryStats, RunHistory
+from jobpulse._guard import Guard
+from jobpulse._history import RunHistory
+from jobpulse._job import HealthRow, Job, collect_rows, finish_rows
 from jobpulse._model import (
-    JobRecord,
     JobState,
     JobStatus,
     RunRecord,
-    encode_json_str,
     from_ns,
-    member_json,
 )
-from jobpulse._schedule import MAX_GRACE_SECONDS, MIN_GRACE_SECONDS, Schedule
+from jobpulse._schedule import EPSILON_SECONDS, Schedule, missed_slots
 from jobpulse._shared import (
     CATEGORIES,
     FAAS_CRON,
@@ -50,15 +48,12 @@ from jobpulse._shared import (
     LOST,
     LOST_ERROR,
     REASON,
-    STATUS,
     UNKNOWN,
 )
 from jobpulse._validation import validate_name
 from jobpulse._watchdog import Watchdog
 
 __all__ = [
-    "AUTO_STALL_FLOOR_SECONDS",
-    "AUTO_STALL_MIN_RUNS",
     "JobSettings",
     "MetricPoint",
     "StalledRun",
@@ -67,23 +62,12 @@ __all__ = [
 
 logger = logging.getLogger("jobpulse")
 
-#: ``stall_after="auto"``: max(3 x p95 of the successful runs held, this floor, the timeout)
-#: once at least `AUTO_STALL_MIN_RUNS` successful runs are held; recomputed at most once a
-#: minute per job.
-AUTO_STALL_FLOOR_SECONDS = 60.0
-AUTO_STALL_MIN_RUNS = 20
-_AUTO_STALL_FACTOR = 3.0
-_AUTO_STALL_REFRESH_NS = 60 * 1_000_000_000
-
 _PRUNE_EVERY_NS = 60 * 1_000_000_000
 _STALL = "stall"
 _MISSED = "missed"
-#: Float noise allowed when comparing monotonic times that should be equal.
-_EPSILON_SECONDS = 1e-6
 #: Per job, the runs closed without their span's on_end (see `StatusRegistry.end_run`) that
 #: are remembered, so that an on_end coming after all is not counted again.
 _MAX_CLOSED_ELSEWHERE = 64
-_NO_STATS = HistoryStats(0, 0, None, None, None, None)
 
 
 @dataclass(frozen=True)
@@ -137,241 +121,6 @@ StallListener = Callable[[list[StalledRun]], None]
 FinishedProbe = Callable[[object], bool]
 
 _LOST_GUARD = Guard("lost run")
-_ROW = "health document row"
-_ROW_GUARD = Guard(_ROW)
-
-
-class _Job:
-    __slots__ = (
-        "armed",
-        "attributes",
-        "auto_due_ns",
-        "auto_stall",
-        "auto_stall_after",
-        "closed_elsewhere",
-        "consecutive_failures",
-        "consecutive_missed",
-        "created_ns",
-        "critical",
-        "explicit_stall_after",
-        "failed_attributes",
-        "failure_count",
-        "failure_threshold",
-        "grace",
-        "history",
-        "last_duration_ns",
-        "last_error",
-        "last_error_category",
-        "last_missed_ns",
-        "last_outcome",
-        "last_run_ns",
-        "last_skip_reason",
-        "last_success_ns",
-        "max_ns",
-        "member",
-        "metadata",
-        "min_ns",
-        "missed",
-        "missed_count",
-        "name",
-        "next_run_ns",
-        "runs",
-        "schedule",
-        "schedule_attributes",
-        "skipped",
-        "skipped_count",
-        "slot_due",
-        "slot_grace_ns",
-        "slot_version",
-        "snapshot",
-        "stall_after",
-        "stalled_ids",
-        "stats",
-        "success_attributes",
-        "success_count",
-        "timeout",
-        "timeout_count",
-        "total_duration_ns",
-        "updated_ns",
-        "version",
-    )
-
-    def __init__(self, name: str, now_ns: int, default_stall_after: float) -> None:
-        self.name = name
-        self.attributes = MappingProxyType({JOB_NAME: name})
-        self.success_attributes = MappingProxyType({JOB_NAME: name, STATUS: "success"})
-        self.failed_attributes = MappingProxyType({JOB_NAME: name, STATUS: "failed"})
-        self.critical = False
-        self.failure_threshold = 3
-        self.timeout: float | None = None
-        self.explicit_stall_after: float | None = None
-        self.auto_stall = False
-        self.auto_stall_after: float | None = None
-        self.auto_due_ns = 0
-        self.stall_after = default_stall_after
-        self.created_ns = now_ns
-        self.updated_ns = now_ns
-        self.last_outcome = JobState.PENDING
-        self.last_run_ns: int | None = None
-        self.last_duration_ns: int | None = None
-        self.last_success_ns: int | None = None
-        self.total_duration_ns = 0
-        self.min_ns: int | None = None
-        self.max_ns: int | None = None
-        self.success_count = 0
-        self.failure_count = 0
-        self.consecutive_failures = 0
-        self.timeout_count = 0
-        self.last_error: str | None = None
-        self.last_error_category: str | None = None
-        self.metadata: dict[str, Any] = {}
-        # run id -> (start on the monotonic clock, opaque handle, start in epoch ns). A
-        # stalled run's handle is held weakly (see StatusRegistry._on_stall).
-        self.runs: dict[int, tuple[float, object, int]] = {}
-        self.stalled_ids: set[int] = set()
-        self.closed_elsewhere: dict[int, None] | None = None
-        self.armed: float | None = None
-        # Bumped with every change. The cached snapshot and the health endpoint's row are
-        # valid while they carry the current version.
-        self.version = 0
-        self.snapshot: tuple[int, JobStatus] | None = None
-        self.member: tuple[int, HealthRow] | None = None
-        self.history: RunHistory | None = None
-        self.stats: HistoryStats | None = None
-        # The schedule, and the expected run ("slot") with its grace. slot_version changes
-        # whenever the slot does, so that a slot computed outside the lock is applied only if
-        # nothing moved it meanwhile.
-        self.schedule: Schedule | None = None
-        self.schedule_attributes: Mapping[str, str] | None = None
-        self.grace: float | None = None
-        self.next_run_ns: int | None = None
-        # When the slot is due on the monotonic clock: what deadlines and the check of a
-        # run against the slot use, except for calendar schedules (their slots are wall
-        # times of a zone; next_run_ns is theirs).
-        self.slot_due = 0.0
-        self.slot_grace_ns = 0
-        self.slot_version = 0
-        self.missed = False
-        self.missed_count = 0
-        self.consecutive_missed = 0
-        self.last_missed_ns: int | None = None
-        # reason -> (metric attributes, runs skipped for that reason)
-        self.skipped: dict[str, tuple[Mapping[str, str], int]] = {}
-        self.skipped_count = 0
-        self.last_skip_reason: str | None = None
-
-    def state(self) -> JobState:
-        if self.stalled_ids:
-            return JobState.STALLED
-        if self.runs:
-            return JobState.RUNNING
-        if self.missed:
-            return JobState.MISSED
-        return self.last_outcome
-
-    def history_stats(self) -> HistoryStats:
-        stats = self.stats
-        if stats is None:
-            stats = _NO_STATS if self.history is None else self.history.stats()
-            self.stats = stats
-        return stats
-
-    def to_status(self, now_ns: int) -> JobStatus:
-        return JobStatus._of_record(self.to_record(now_ns))
-
-    def to_record(self, now_ns: int) -> JobRecord:
-        runs = self.success_count + self.failure_count
-        stats = self.history_stats()
-        schedule = self.schedule
-        return JobRecord(
-            job_name=self.name,
-            state=self.state(),
-            critical=self.critical,
-            failure_threshold=self.failure_threshold,
-            timeout_seconds=self.timeout,
-            stall_after_seconds=self.stall_after,
-            last_run_time=self.last_run_ns,
-            last_duration_seconds=_seconds(self.last_duration_ns),
-            next_run_time=self.next_run_ns,
-            success_count=self.success_count,
-            failure_count=self.failure_count,
-            consecutive_failures=self.consecutive_failures,
-            last_error=self.last_error,
-            last_error_category=self.last_error_category,
-            average_duration_seconds=self.total_duration_ns / runs / 1e9 if runs else None,
-            min_duration_seconds=_seconds(self.min_ns),
-            max_duration_seconds=_seconds(self.max_ns),
-            last_success_time=self.last_success_ns,
-            active_runs=len(self.runs),
-            stalled_runs=len(self.stalled_ids),
-            timeout_count=self.timeout_count,
-            metadata=dict(self.metadata),
-            created_at=self.created_ns,
-            updated_at=self.updated_ns,
-            schedule=None if schedule is None else schedule.text,
-            timezone=None if schedule is None else schedule.timezone,
-            grace_seconds=self.slot_grace_ns / 1e9 if self.next_run_ns is not None else None,
-            missed_count=self.missed_count,
-            last_missed_run_time=self.last_missed_ns,
-            skipped_count=self.skipped_count,
-            last_skip_reason=self.last_skip_reason,
-            stall_after_auto=self.auto_stall,
-            p50_duration_seconds=self.clamp(stats.p50_seconds),
-            p95_duration_seconds=self.clamp(stats.p95_seconds),
-            p99_duration_seconds=self.clamp(stats.p99_seconds),
-            success_rate=stats.success_rate,
-            history_runs=stats.runs,
-            history_dropped=0 if self.history is None else self.history.dropped(now_ns),
-        )
-
-    def clamp(self, seconds: float | None) -> float | None:
-        # A bucket's midpoint may lie outside what was ever seen (e.g. constant durations).
-        if seconds is None or self.min_ns is None or self.max_ns is None:
-            return seconds
-        return min(max(seconds, self.min_ns / 1e9), self.max_ns / 1e9)
-
-    def settle_stall_after(self, default_stall_after: float) -> None:
-        if self.explicit_stall_after is not None:
-            self.stall_after = self.explicit_stall_after
-        elif self.auto_stall and self.auto_stall_after is not None:
-            self.stall_after = self.auto_stall_after
-        else:
-            self.stall_after = max(default_stall_after, self.timeout or 0.0)
-
-
-class HealthRow(NamedTuple):
-    """One job as `StatusRegistry.health_rows` gives it."""
-
-    state: JobState
-    critical: bool
-    consecutive_failures: int
-    failure_threshold: int
-    member: bytes
-
-
-def _unavailable_row(job: _Job) -> HealthRow:
-    """A job whose member of the health document could not be built: its name, its state
-    and an error marker, judged by the health rules like any other job."""
-    name = encode_json_str(job.name)
-    state = job.state()
-    member = (
-        f'{name}:{{"job_name":{name},"status":"{state.value}",'
-        f'"critical":{"true" if job.critical else "false"},'
-        f'"consecutive_failures":{job.consecutive_failures},'
-        f'"failure_threshold":{job.failure_threshold},'
-        '"error":"this job\'s status could not be shown"}'
-    )
-    return HealthRow(
-        state,
-        job.critical,
-        job.consecutive_failures,
-        job.failure_threshold,
-        member.encode("utf-8", "backslashreplace"),
-    )
-
-
-def _seconds(ns: int | None) -> float | None:
-    return None if ns is None else ns / 1e9
 
 
 def _log_dropped(names: list[str], retention_ns: int) -> None:
@@ -409,7 +158,7 @@ class StatusRegistry:
         self._retention_ns = int(retention_seconds * 1e9)
         self._max_history = max_history
         self._lock = threading.Lock()
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._sorted_names: list[str] | None = None  # reset whenever a job comes or goes
         self._pending: dict[str, int] = {}
         self._last_prune_ns: int | None = None
@@ -463,7 +212,7 @@ class StatusRegistry:
                         "max_jobs if this many distinct jobs is intended, or check for job "
                         "names built from changing data (ids, dates)."
                     )
-                job = self._jobs[name] = _Job(name, now_ns, self._default_stall_after)
+                job = self._jobs[name] = Job(name, now_ns, self._default_stall_after)
                 self._sorted_names = None
             if settings.critical is not None:
                 job.critical = settings.critical
@@ -478,7 +227,7 @@ class StatusRegistry:
             elif settings.auto_stall:
                 job.explicit_stall_after = None
             if job.auto_stall:
-                self._refresh_auto_stall_locked(job, now_ns)
+                job.refresh_auto_stall(now_ns, self._default_stall_after)
             else:
                 job.settle_stall_after(self._default_stall_after)
             if settings.grace is not None:
@@ -613,7 +362,7 @@ class StatusRegistry:
                 attributes = job.success_attributes
                 history.add(start_ns, duration_ns, 0, end_ns)
                 if job.auto_stall and end_ns >= job.auto_due_ns:
-                    self._refresh_auto_stall_locked(job, end_ns)
+                    job.refresh_auto_stall(end_ns, self._default_stall_after)
                     rearm = self._rearm_locked(job)
             else:
                 job.failure_count += 1
@@ -630,7 +379,7 @@ class StatusRegistry:
             schedule = job.schedule
             if schedule is not None and schedule.is_interval and job.next_run_ns is not None:
                 due = self._clock.monotonic() + schedule.period_seconds
-                if due > job.slot_due + _EPSILON_SECONDS:
+                if due > job.slot_due + EPSILON_SECONDS:
                     missed_deadline = self._set_slot_locked(
                         job, schedule.next_after(end_ns), end_ns, due=due
                     )
@@ -671,33 +420,13 @@ class StatusRegistry:
 
     # -- stall deadlines ---------------------------------------------------------------
 
-    def _earliest_deadline_locked(self, job: _Job) -> float | None:
-        stall_after = job.stall_after
-        starts = [
-            start for run_id, (start, *_) in job.runs.items() if run_id not in job.stalled_ids
-        ]
-        return min(starts) + stall_after if starts else None
-
-    def _rearm_locked(self, job: _Job) -> float | None:
+    def _rearm_locked(self, job: Job) -> float | None:
         """The job's stall deadline to schedule if it is now earlier than the armed one."""
-        deadline = self._earliest_deadline_locked(job)
+        deadline = job.earliest_stall_deadline()
         if deadline is None or (job.armed is not None and deadline >= job.armed):
             return None
         job.armed = deadline
         return deadline
-
-    def _refresh_auto_stall_locked(self, job: _Job, now_ns: int) -> None:
-        history = job.history
-        count, p95 = (0, None) if history is None else history.success_percentile(0.95)
-        p95 = job.clamp(p95)
-        if count >= AUTO_STALL_MIN_RUNS and p95 is not None:
-            job.auto_stall_after = max(
-                _AUTO_STALL_FACTOR * p95, AUTO_STALL_FLOOR_SECONDS, job.timeout or 0.0
-            )
-            job.auto_due_ns = now_ns + _AUTO_STALL_REFRESH_NS
-        else:
-            job.auto_stall_after = None
-        job.settle_stall_after(self._default_stall_after)
 
     def _on_deadline(self, key: Hashable, now: float) -> float | None:
         self._close_lost()
@@ -744,7 +473,7 @@ class StatusRegistry:
                 else:
                     job.runs[run_id] = (start, watch, start_ns)
                 stalled.append(StalledRun(name, handle, now - start, stall_after))
-            next_deadline = job.armed = self._earliest_deadline_locked(job)
+            next_deadline = job.armed = job.earliest_stall_deadline()
             if stalled:
                 job.updated_ns = self._clock.time_ns()
                 job.version += 1
@@ -789,17 +518,8 @@ class StatusRegistry:
 
     # -- schedules and missed runs -----------------------------------------------------
 
-    def _grace_ns_locked(self, job: _Job, slot_ns: int, now_ns: int) -> int:
-        if job.grace is not None:
-            seconds = job.grace
-        elif job.schedule is not None:
-            seconds = job.schedule.default_grace()
-        else:  # a slot given by an integration: a tenth of the wait for it, as for a schedule
-            seconds = min(max(0.1 * (slot_ns - now_ns) / 1e9, MIN_GRACE_SECONDS), MAX_GRACE_SECONDS)
-        return int(seconds * 1e9)
-
     def _set_slot_locked(
-        self, job: _Job, slot_ns: int | None, now_ns: int, *, due: float | None = None
+        self, job: Job, slot_ns: int | None, now_ns: int, *, due: float | None = None
     ) -> float | None:
         """Make `slot_ns` (epoch ns, as shown) the job's expected run, due at `due` on the
         monotonic clock (default: as far from now as `slot_ns` is from `now_ns`); returns
@@ -812,7 +532,7 @@ class StatusRegistry:
         if due is None:
             due = self._clock.monotonic() + (slot_ns - now_ns) / 1e9
         job.slot_due = due
-        job.slot_grace_ns = self._grace_ns_locked(job, slot_ns, now_ns)
+        job.slot_grace_ns = job.grace_ns(slot_ns, now_ns)
         return due + job.slot_grace_ns / 1e9
 
     def _arm_missed(self, name: str, deadline: float | None) -> None:
@@ -820,7 +540,7 @@ class StatusRegistry:
             self._watchdog.schedule((_MISSED, name), deadline)
 
     def _take_slot_locked(
-        self, job: _Job, start_ns: int, start_mono: float
+        self, job: Job, start_ns: int, start_mono: float
     ) -> tuple[tuple[Schedule, int, int] | None, float | None]:
         """A run started: it clears `missed`, and takes the expected slot unless it started
         more than the grace ahead of it. Returns what `_advance` needs to find the next slot
@@ -884,17 +604,7 @@ class StatusRegistry:
                     return now + (slot + grace_ns - now_ns) / 1e9
             elif now < due + grace_ns / 1e9:  # the slot moved later since this was set
                 return due + grace_ns / 1e9
-        count, last, next_slot, next_due = 1, slot, None, None
-        if schedule is not None and schedule.is_interval:
-            # Every slot that passed since (a suspended host): counted, not looped.
-            period, step_ns = schedule.period_seconds, schedule.next_after(0)
-            extra = int((now - due - grace_ns / 1e9 + _EPSILON_SECONDS) // period)
-            count, last = 1 + extra, slot + extra * step_ns
-            next_slot, next_due = last + step_ns, due + (extra + 1) * period
-        elif schedule is not None:
-            more, last_more = schedule.count_until(slot, now_ns - grace_ns)
-            count, last = 1 + more, last_more or slot
-            next_slot = schedule.next_after(last)
+        count, last, next_slot, next_due = missed_slots(schedule, slot, due, grace_ns, now, now_ns)
         with self._lock:
             job = self._jobs.get(name)
             if job is None or job.slot_version != version:
@@ -975,7 +685,7 @@ class StatusRegistry:
         now_ns = self._clock.time_ns()
         with self._lock:
             job = self._jobs.get(name)
-            return None if job is None else self._snapshot_locked(job, now_ns)
+            return None if job is None else job.cached_status(now_ns)
 
     def snapshots(self) -> dict[str, JobStatus]:
         """Every job, sorted by name. Unchanged jobs reuse their cached snapshot."""
@@ -984,9 +694,7 @@ class StatusRegistry:
         with self._lock:
             dropped = self._prune_locked(now_ns)
             jobs = self._jobs
-            snapshots = {
-                name: self._snapshot_locked(jobs[name], now_ns) for name in self._sorted_locked()
-            }
+            snapshots = {name: jobs[name].cached_status(now_ns) for name in self._sorted_locked()}
         _log_dropped(dropped, self._retention_ns)
         return snapshots
 
@@ -999,69 +707,17 @@ class StatusRegistry:
         """
         self._close_lost()
         now_ns = self._clock.time_ns()
-        rows: list[HealthRow | None] = []
-        stale: list[tuple[int, _Job, int, JobRecord | None]] = []
-        failures: list[Exception] = []
         with self._lock:
             dropped = self._prune_locked(now_ns)
-            jobs = self._jobs
-            for name in self._sorted_locked():
-                job = jobs[name]
-                history = job.history
-                # quiet_until first: a method call per job is most of this loop's cost.
-                if history is not None and history.quiet_until <= now_ns and history.prune(now_ns):
-                    job.stats = None
-                    job.version += 1
-                cached = job.member
-                if cached is not None and cached[0] == job.version:
-                    rows.append(cached[1])
-                else:
-                    record = None
-                    try:
-                        record = job.to_record(now_ns)
-                    except Exception as exc:  # noqa: BLE001 - reported once the lock is released
-                        failures.append(exc)
-                    stale.append((len(rows), job, job.version, record))
-                    rows.append(None)
+            pending = collect_rows(map(self._jobs.__getitem__, self._sorted_locked()), now_ns)
         _log_dropped(dropped, self._retention_ns)
-        for failure in failures:
-            with _ROW_GUARD:
-                report_internal_error(_ROW, failure)
-        for index, job, version, record in stale:
-            row = None
-            if record is not None:
-                with _ROW_GUARD:
-                    row = HealthRow(
-                        record.state,
-                        record.critical,
-                        record.consecutive_failures,
-                        record.failure_threshold,
-                        member_json(record),
-                    )
-            if row is None:  # one bad job is served as such; the others as usual
-                row = _unavailable_row(job)
-            rows[index] = row
-            job.member = (version, row)  # one atomic store; a newer version wins later
-        return cast("list[HealthRow]", rows)
+        return finish_rows(pending)
 
     def _sorted_locked(self) -> list[str]:
         names = self._sorted_names
         if names is None:
             names = self._sorted_names = sorted(self._jobs)
         return names
-
-    @staticmethod
-    def _snapshot_locked(job: _Job, now_ns: int) -> JobStatus:
-        history = job.history
-        if history is not None and history.prune(now_ns):
-            job.stats = None
-            job.version += 1
-        cached = job.snapshot
-        if cached is not None and cached[0] == job.version:
-            return cached[1]
-        snapshot = job.to_status(now_ns)
-        job.snapshot = (job.version, snapshot)
-        return snapshot
 
     def history(self, name: str) -> list[RunRecord]:
         """The job's runs of the last 24 hours, newest first ([] for an unknown job)."""
@@ -1072,9 +728,7 @@ class StatusRegistry:
             history = None if job is None else job.history
             if job is None or history is None:
                 return []
-            if history.prune(now_ns):
-                job.stats = None
-                job.version += 1
+            job.prune_history(now_ns)
             records = history.records()
             categories = tuple(self._categories)
         records.sort(key=lambda record: record[0], reverse=True)

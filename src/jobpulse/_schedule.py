@@ -27,16 +27,26 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
 from datetime import timezone as _timezone
 from itertools import pairwise
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jobpulse._exceptions import InvalidJobError
 from jobpulse._validation import DURATION_UNITS, MAX_DURATION_NS, duration_ns
 
-__all__ = ["MAX_GRACE_SECONDS", "MIN_GRACE_SECONDS", "Schedule", "parse_schedule"]
+__all__ = [
+    "EPSILON_SECONDS",
+    "MAX_GRACE_SECONDS",
+    "MIN_GRACE_SECONDS",
+    "MissedSlots",
+    "Schedule",
+    "missed_slots",
+    "parse_schedule",
+]
 
 MIN_GRACE_SECONDS = 1.0
 MAX_GRACE_SECONDS = 300.0
+#: Float noise allowed when comparing monotonic times that should be equal.
+EPSILON_SECONDS = 1e-6
 
 _NS = 1_000_000_000
 _DAY_NS = 86400 * _NS
@@ -199,6 +209,42 @@ class _CalendarSchedule(Schedule):
         while slot < end_ns:
             last, slot = slot, self.next_after(slot)
         return last
+
+
+class MissedSlots(NamedTuple):
+    """The slots a missed deadline passed: how many (at least the one it was armed for),
+    the last of them (epoch ns), and the slot expected next (epoch ns, or None: none until
+    a run or an integration sets one) with when it is due on the monotonic clock (None:
+    as far from now as the slot is from the wall clock's now)."""
+
+    missed: int
+    last_ns: int
+    next_slot_ns: int | None
+    next_due: float | None
+
+
+def missed_slots(
+    schedule: Schedule | None, slot_ns: int, due: float, grace_ns: int, now: float, now_ns: int
+) -> MissedSlots:
+    """The slots missed when the deadline of the slot `slot_ns` passes: `due` is when that
+    slot was due on the monotonic clock, `grace_ns` how late its run could start, and `now`
+    and `now_ns` the monotonic and wall clocks' now.
+
+    Without a schedule (a slot an integration set, which sets the next one): that slot only.
+    An interval: every period that passed since (a suspended host), counted, not looped, on
+    the monotonic clock. A calendar schedule: every slot up to ``now_ns - grace_ns`` on the
+    wall clock, by `Schedule.count_until` (cron arithmetic is slow: call it with no lock
+    held). Pure; never raises for a parsed schedule."""
+    if schedule is None:
+        return MissedSlots(1, slot_ns, None, None)
+    if schedule.is_interval:
+        period, step_ns = schedule.period_seconds, schedule.next_after(0)
+        extra = int((now - due - grace_ns / 1e9 + EPSILON_SECONDS) // period)
+        last = slot_ns + extra * step_ns
+        return MissedSlots(1 + extra, last, last + step_ns, due + (extra + 1) * period)
+    more, last_more = schedule.count_until(slot_ns, now_ns - grace_ns)
+    last = last_more or slot_ns
+    return MissedSlots(1 + more, last, schedule.next_after(last), None)
 
 
 def _resolve(wall: datetime, zone: tzinfo) -> int:

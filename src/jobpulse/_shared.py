@@ -63,7 +63,9 @@ LOST_ERROR = "the run's span was dropped without being ended"
 MAX_NAME_CHARS = 200
 
 # -- the core's helpers (defined in their own modules) -----------------------------------------
-# Below the constants on purpose: these modules import the constants above from here.
+# Below the constants on purpose: these modules import the constants above from here. The
+# first block (a job's state and health rows, schedules, history: what a fleet view builds
+# on) does not import the monitor, so it is bound before the monitor is imported.
 
 from jobpulse._clock import Clock
 from jobpulse._errors import (
@@ -74,8 +76,11 @@ from jobpulse._errors import (
     safe_error_text,
 )
 from jobpulse._guard import Guard
+from jobpulse._history import WINDOW_NS, HistoryStats, RunHistory
+from jobpulse._job import HealthRow, Job, PendingRows, collect_rows, finish_rows, health_rows
 from jobpulse._metadata import encode as encode_metadata
 from jobpulse._model import from_ns
+from jobpulse._schedule import MissedSlots, Schedule, missed_slots, parse_schedule
 from jobpulse._validation import to_seconds, validate_name
 from jobpulse._watchdog import Watchdog
 
@@ -112,17 +117,30 @@ __all__ = [
     "STATUS",
     "TIMEOUT",
     "UNKNOWN",
+    "WINDOW_NS",
     "Clock",
     "Guard",
+    "HealthRow",
+    "HistoryStats",
+    "Job",
+    "MissedSlots",
+    "PendingRows",
+    "RunHistory",
     "RunToken",
+    "Schedule",
     "SpanAdopter",
     "Watchdog",
     "add_span_adopter",
     "classify_exception",
     "classify_names",
+    "collect_rows",
     "describe_exception",
     "encode_metadata",
+    "finish_rows",
     "from_ns",
+    "health_rows",
+    "missed_slots",
+    "parse_schedule",
     "qualified_type_name",
     "record_failure",
     "remove_span_adopter",

@@ -1,0 +1,404 @@
+"""One job's state in a status view, and its rows of the health document.
+
+A view (the registry, the store's fleet view) keeps its jobs as `Job` objects by name,
+changes their fields under its own lock and bumps `Job.version` with every change. What is
+built from a job (its `JobStatus`, its `HealthRow`) is cached on the job with the version it
+was built at, and is reused while the version is current. Nothing here takes a lock.
+
+A view builds its health rows in two steps: `collect_rows` with its lock held (a pass over
+the jobs, and a record copy per changed job), then `finish_rows` with no lock held
+(serializing and reporting what could not be built); `health_rows` does both at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple, cast
+
+from jobpulse._guard import Guard, report_internal_error
+from jobpulse._history import HistoryStats, RunHistory
+from jobpulse._model import JobRecord, JobState, JobStatus, encode_json_str, member_json
+from jobpulse._schedule import MAX_GRACE_SECONDS, MIN_GRACE_SECONDS, Schedule
+from jobpulse._shared import JOB_NAME, STATUS
+
+__all__ = [
+    "AUTO_STALL_FLOOR_SECONDS",
+    "AUTO_STALL_MIN_RUNS",
+    "HealthRow",
+    "Job",
+    "PendingRows",
+    "collect_rows",
+    "finish_rows",
+    "health_rows",
+    "unavailable_row",
+]
+
+#: ``stall_after="auto"``: max(3 x p95 of the successful runs held, this floor, the timeout)
+#: once at least `AUTO_STALL_MIN_RUNS` successful runs are held; recomputed at most once a
+#: minute per job.
+AUTO_STALL_FLOOR_SECONDS = 60.0
+AUTO_STALL_MIN_RUNS = 20
+_AUTO_STALL_FACTOR = 3.0
+_AUTO_STALL_REFRESH_NS = 60 * 1_000_000_000
+
+_NO_STATS = HistoryStats(0, 0, None, None, None, None)
+_ROW = "health document row"
+_ROW_GUARD = Guard(_ROW)
+
+
+class Job:
+    """One job: its settings, counters, live runs, expected run and history. Not
+    thread-safe: the view that holds it guards it with its lock."""
+
+    __slots__ = (
+        "armed",
+        "attributes",
+        "auto_due_ns",
+        "auto_stall",
+        "auto_stall_after",
+        "closed_elsewhere",
+        "consecutive_failures",
+        "consecutive_missed",
+        "created_ns",
+        "critical",
+        "explicit_stall_after",
+        "failed_attributes",
+        "failure_count",
+        "failure_threshold",
+        "grace",
+        "history",
+        "last_duration_ns",
+        "last_error",
+        "last_error_category",
+        "last_missed_ns",
+        "last_outcome",
+        "last_run_ns",
+        "last_skip_reason",
+        "last_success_ns",
+        "max_ns",
+        "member",
+        "metadata",
+        "min_ns",
+        "missed",
+        "missed_count",
+        "name",
+        "next_run_ns",
+        "runs",
+        "schedule",
+        "schedule_attributes",
+        "skipped",
+        "skipped_count",
+        "slot_due",
+        "slot_grace_ns",
+        "slot_version",
+        "snapshot",
+        "stall_after",
+        "stalled_ids",
+        "stats",
+        "success_attributes",
+        "success_count",
+        "timeout",
+        "timeout_count",
+        "total_duration_ns",
+        "updated_ns",
+        "version",
+    )
+
+    def __init__(self, name: str, now_ns: int, default_stall_after: float) -> None:
+        self.name = name
+        self.attributes = MappingProxyType({JOB_NAME: name})
+        self.success_attributes = MappingProxyType({JOB_NAME: name, STATUS: "success"})
+        self.failed_attributes = MappingProxyType({JOB_NAME: name, STATUS: "failed"})
+        self.critical = False
+        self.failure_threshold = 3
+        self.timeout: float | None = None
+        self.explicit_stall_after: float | None = None
+        self.auto_stall = False
+        self.auto_stall_after: float | None = None
+        self.auto_due_ns = 0
+        self.stall_after = default_stall_after
+        self.created_ns = now_ns
+        self.updated_ns = now_ns
+        self.last_outcome = JobState.PENDING
+        self.last_run_ns: int | None = None
+        self.last_duration_ns: int | None = None
+        self.last_success_ns: int | None = None
+        self.total_duration_ns = 0
+        self.min_ns: int | None = None
+        self.max_ns: int | None = None
+        self.success_count = 0
+        self.failure_count = 0
+        self.consecutive_failures = 0
+        self.timeout_count = 0
+        self.last_error: str | None = None
+        self.last_error_category: str | None = None
+        self.metadata: dict[str, Any] = {}
+        # run id -> (start on the monotonic clock, opaque handle, start in epoch ns). A
+        # stalled run's handle is held weakly (see StatusRegistry._on_stall).
+        self.runs: dict[int, tuple[float, object, int]] = {}
+        self.stalled_ids: set[int] = set()
+        self.closed_elsewhere: dict[int, None] | None = None
+        self.armed: float | None = None
+        # Bumped with every change. The cached snapshot and the health endpoint's row are
+        # valid while they carry the current version.
+        self.version = 0
+        self.snapshot: tuple[int, JobStatus] | None = None
+        self.member: tuple[int, HealthRow] | None = None
+        self.history: RunHistory | None = None
+        self.stats: HistoryStats | None = None
+        # The schedule, and the expected run ("slot") with its grace. slot_version changes
+        # whenever the slot does, so that a slot computed outside the lock is applied only if
+        # nothing moved it meanwhile.
+        self.schedule: Schedule | None = None
+        self.schedule_attributes: Mapping[str, str] | None = None
+        self.grace: float | None = None
+        self.next_run_ns: int | None = None
+        # When the slot is due on the monotonic clock: what deadlines and the check of a
+        # run against the slot use, except for calendar schedules (their slots are wall
+        # times of a zone; next_run_ns is theirs).
+        self.slot_due = 0.0
+        self.slot_grace_ns = 0
+        self.slot_version = 0
+        self.missed = False
+        self.missed_count = 0
+        self.consecutive_missed = 0
+        self.last_missed_ns: int | None = None
+        # reason -> (metric attributes, runs skipped for that reason)
+        self.skipped: dict[str, tuple[Mapping[str, str], int]] = {}
+        self.skipped_count = 0
+        self.last_skip_reason: str | None = None
+
+    def state(self) -> JobState:
+        if self.stalled_ids:
+            return JobState.STALLED
+        if self.runs:
+            return JobState.RUNNING
+        if self.missed:
+            return JobState.MISSED
+        return self.last_outcome
+
+    def history_stats(self) -> HistoryStats:
+        stats = self.stats
+        if stats is None:
+            stats = _NO_STATS if self.history is None else self.history.stats()
+            self.stats = stats
+        return stats
+
+    def prune_history(self, now_ns: int) -> None:
+        """Drop the runs older than the history's window (a change: bumps the version)."""
+        history = self.history
+        if history is not None and history.prune(now_ns):
+            self.stats = None
+            self.version += 1
+
+    def cached_status(self, now_ns: int) -> JobStatus:
+        """`to_status`, reused while the version is current."""
+        self.prune_history(now_ns)
+        cached = self.snapshot
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        snapshot = self.to_status(now_ns)
+        self.snapshot = (self.version, snapshot)
+        return snapshot
+
+    def to_status(self, now_ns: int) -> JobStatus:
+        return JobStatus._of_record(self.to_record(now_ns))
+
+    def to_record(self, now_ns: int) -> JobRecord:
+        runs = self.success_count + self.failure_count
+        stats = self.history_stats()
+        schedule = self.schedule
+        return JobRecord(
+            job_name=self.name,
+            state=self.state(),
+            critical=self.critical,
+            failure_threshold=self.failure_threshold,
+            timeout_seconds=self.timeout,
+            stall_after_seconds=self.stall_after,
+            last_run_time=self.last_run_ns,
+            last_duration_seconds=_seconds(self.last_duration_ns),
+            next_run_time=self.next_run_ns,
+            success_count=self.success_count,
+            failure_count=self.failure_count,
+            consecutive_failures=self.consecutive_failures,
+            last_error=self.last_error,
+            last_error_category=self.last_error_category,
+            average_duration_seconds=self.total_duration_ns / runs / 1e9 if runs else None,
+            min_duration_seconds=_seconds(self.min_ns),
+            max_duration_seconds=_seconds(self.max_ns),
+            last_success_time=self.last_success_ns,
+            active_runs=len(self.runs),
+            stalled_runs=len(self.stalled_ids),
+            timeout_count=self.timeout_count,
+            metadata=dict(self.metadata),
+            created_at=self.created_ns,
+            updated_at=self.updated_ns,
+            schedule=None if schedule is None else schedule.text,
+            timezone=None if schedule is None else schedule.timezone,
+            grace_seconds=self.slot_grace_ns / 1e9 if self.next_run_ns is not None else None,
+            missed_count=self.missed_count,
+            last_missed_run_time=self.last_missed_ns,
+            skipped_count=self.skipped_count,
+            last_skip_reason=self.last_skip_reason,
+            stall_after_auto=self.auto_stall,
+            p50_duration_seconds=self.clamp(stats.p50_seconds),
+            p95_duration_seconds=self.clamp(stats.p95_seconds),
+            p99_duration_seconds=self.clamp(stats.p99_seconds),
+            success_rate=stats.success_rate,
+            history_runs=stats.runs,
+            history_dropped=0 if self.history is None else self.history.dropped(now_ns),
+        )
+
+    def clamp(self, seconds: float | None) -> float | None:
+        # A bucket's midpoint may lie outside what was ever seen (e.g. constant durations).
+        if seconds is None or self.min_ns is None or self.max_ns is None:
+            return seconds
+        return min(max(seconds, self.min_ns / 1e9), self.max_ns / 1e9)
+
+    def settle_stall_after(self, default_stall_after: float) -> None:
+        if self.explicit_stall_after is not None:
+            self.stall_after = self.explicit_stall_after
+        elif self.auto_stall and self.auto_stall_after is not None:
+            self.stall_after = self.auto_stall_after
+        else:
+            self.stall_after = max(default_stall_after, self.timeout or 0.0)
+
+    def refresh_auto_stall(self, now_ns: int, default_stall_after: float) -> None:
+        """Recompute ``stall_after="auto"`` from the successful runs held, then settle
+        `stall_after`; the next refresh is due a minute after `now_ns`."""
+        history = self.history
+        count, p95 = (0, None) if history is None else history.success_percentile(0.95)
+        p95 = self.clamp(p95)
+        if count >= AUTO_STALL_MIN_RUNS and p95 is not None:
+            self.auto_stall_after = max(
+                _AUTO_STALL_FACTOR * p95, AUTO_STALL_FLOOR_SECONDS, self.timeout or 0.0
+            )
+            self.auto_due_ns = now_ns + _AUTO_STALL_REFRESH_NS
+        else:
+            self.auto_stall_after = None
+        self.settle_stall_after(default_stall_after)
+
+    def earliest_stall_deadline(self) -> float | None:
+        """When the earliest run not yet stalled stalls (monotonic), or None."""
+        stall_after = self.stall_after
+        starts = [
+            start for run_id, (start, *_) in self.runs.items() if run_id not in self.stalled_ids
+        ]
+        return min(starts) + stall_after if starts else None
+
+    def grace_ns(self, slot_ns: int, now_ns: int) -> int:
+        """How late a run of the slot `slot_ns` may start: the job's grace, else its
+        schedule's default, else (a slot given by an integration) a tenth of the wait for
+        it, as for a schedule."""
+        if self.grace is not None:
+            seconds = self.grace
+        elif self.schedule is not None:
+            seconds = self.schedule.default_grace()
+        else:
+            seconds = min(max(0.1 * (slot_ns - now_ns) / 1e9, MIN_GRACE_SECONDS), MAX_GRACE_SECONDS)
+        return int(seconds * 1e9)
+
+
+class HealthRow(NamedTuple):
+    """One job as the health document needs it: its state and health settings, and its
+    serialized member of the document."""
+
+    state: JobState
+    critical: bool
+    consecutive_failures: int
+    failure_threshold: int
+    member: bytes
+
+
+def unavailable_row(job: Job) -> HealthRow:
+    """A job whose member of the health document could not be built: its name, its state
+    and an error marker, judged by the health rules like any other job."""
+    name = encode_json_str(job.name)
+    state = job.state()
+    member = (
+        f'{name}:{{"job_name":{name},"status":"{state.value}",'
+        f'"critical":{"true" if job.critical else "false"},'
+        f'"consecutive_failures":{job.consecutive_failures},'
+        f'"failure_threshold":{job.failure_threshold},'
+        '"error":"this job\'s status could not be shown"}'
+    )
+    return HealthRow(
+        state,
+        job.critical,
+        job.consecutive_failures,
+        job.failure_threshold,
+        member.encode("utf-8", "backslashreplace"),
+    )
+
+
+class PendingRows(NamedTuple):
+    """What `collect_rows` found: the rows in order (None where a job changed), the changed
+    jobs as (index, job, version, record or None), and what building a record raised."""
+
+    rows: list[HealthRow | None]
+    stale: list[tuple[int, Job, int, JobRecord | None]]
+    failures: list[Exception]
+
+
+def collect_rows(jobs: Iterable[Job], now_ns: int) -> PendingRows:
+    """Step one, with the view's lock held: each job's cached row if its version is
+    current, else a copy of its record (history older than the window is pruned first).
+    Never raises for a job: what building its record raises is kept for `finish_rows`."""
+    rows: list[HealthRow | None] = []
+    stale: list[tuple[int, Job, int, JobRecord | None]] = []
+    failures: list[Exception] = []
+    for job in jobs:
+        history = job.history
+        # quiet_until first: a method call per job is most of this loop's cost.
+        if history is not None and history.quiet_until <= now_ns and history.prune(now_ns):
+            job.stats = None
+            job.version += 1
+        cached = job.member
+        if cached is not None and cached[0] == job.version:
+            rows.append(cached[1])
+        else:
+            record = None
+            try:
+                record = job.to_record(now_ns)
+            except Exception as exc:  # noqa: BLE001 - reported once the lock is released
+                failures.append(exc)
+            stale.append((len(rows), job, job.version, record))
+            rows.append(None)
+    return PendingRows(rows, stale, failures)
+
+
+def finish_rows(pending: PendingRows) -> list[HealthRow]:
+    """Step two, with no lock held: reports what `collect_rows` could not build, serializes
+    the changed jobs' rows and caches each on its job with the version it was built at. A
+    job whose row cannot be built is served as `unavailable_row`; the others as usual."""
+    rows = pending.rows
+    for failure in pending.failures:
+        with _ROW_GUARD:
+            report_internal_error(_ROW, failure)
+    for index, job, version, record in pending.stale:
+        row = None
+        if record is not None:
+            with _ROW_GUARD:
+                row = HealthRow(
+                    record.state,
+                    record.critical,
+                    record.consecutive_failures,
+                    record.failure_threshold,
+                    member_json(record),
+                )
+        if row is None:
+            row = unavailable_row(job)
+        rows[index] = row
+        job.member = (version, row)  # one atomic store; a newer version wins later
+    return cast("list[HealthRow]", rows)
+
+
+def health_rows(jobs: Iterable[Job], now_ns: int) -> list[HealthRow]:
+    """The rows of `jobs` (in their order), both steps at once: for a view whose jobs no
+    other thread changes meanwhile, or that holds its lock for the whole build."""
+    return finish_rows(collect_rows(jobs, now_ns))
+
+
+def _seconds(ns: int | None) -> float | None:
+    return None if ns is None else ns / 1e9
