@@ -64,8 +64,8 @@ MAX_NAME_CHARS = 200
 
 # -- the core's helpers (defined in their own modules) -----------------------------------------
 # Below the constants on purpose: these modules import the constants above from here. The
-# first block (a job's state and health rows, schedules, history: what a fleet view builds
-# on) does not import the monitor, so it is bound before the monitor is imported.
+# first block (the view, a job's state and health rows, schedules, history: what a fleet view
+# builds on) does not import the monitor, so it is bound before the monitor is imported.
 
 from jobpulse._clock import Clock
 from jobpulse._errors import (
@@ -75,11 +75,14 @@ from jobpulse._errors import (
     qualified_type_name,
     safe_error_text,
 )
+from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard
 from jobpulse._history import WINDOW_NS, HistoryStats, RunHistory
 from jobpulse._job import HealthRow, Job, PendingRows, collect_rows, finish_rows, health_rows
 from jobpulse._metadata import encode as encode_metadata
-from jobpulse._model import from_ns
+from jobpulse._model import JobState, JobStatus, RunRecord, from_ns, rfc3339
+from jobpulse._redaction import redact
+from jobpulse._registry import StatusRegistry
 from jobpulse._schedule import MissedSlots, Schedule, missed_slots, parse_schedule
 from jobpulse._validation import to_seconds, validate_name
 from jobpulse._watchdog import Watchdog
@@ -123,14 +126,19 @@ __all__ = [
     "HealthRow",
     "HistoryStats",
     "Job",
+    "JobState",
+    "JobStatus",
     "MissedSlots",
     "PendingRows",
     "RunHistory",
+    "RunRecord",
     "RunToken",
     "Schedule",
     "SpanAdopter",
+    "StatusRegistry",
     "Watchdog",
     "add_span_adopter",
+    "after_fork_in_child",
     "classify_exception",
     "classify_names",
     "collect_rows",
@@ -143,7 +151,9 @@ __all__ = [
     "parse_schedule",
     "qualified_type_name",
     "record_failure",
+    "redact",
     "remove_span_adopter",
+    "rfc3339",
     "safe_error_text",
     "setup_monitor",
     "span_attribute",
