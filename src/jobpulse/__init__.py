@@ -14,6 +14,8 @@ from jobpulse._exceptions import (
     JobpulseError,
     JobSkippedError,
     JobTimeoutError,
+    StoreError,
+    StoreVersionError,
 )
 from jobpulse._health import HealthReport, HealthStatus
 from jobpulse._model import JobsSummary, JobState, JobStatus, RunRecord
@@ -41,6 +43,8 @@ __all__ = [
     "JobsSummary",
     "RedactingFilter",
     "RunRecord",
+    "StoreError",
+    "StoreVersionError",
     "__version__",
     "add_redaction_pattern",
     "redact",

@@ -7,7 +7,10 @@ naturally catch for the same mistake::
     ├── InvalidJobError     (also ValueError)    a bad job name, setting, namespace or pending count
     ├── JobLimitError       (also RuntimeError)  registering a job past the monitor's `max_jobs`
     ├── JobSkippedError     (also RuntimeError)  a call of a job refused (its hung run still runs)
-    └── JobTimeoutError     (also TimeoutError)  a run passed its job's `timeout`
+    ├── JobTimeoutError     (also TimeoutError)  a run passed its job's `timeout`
+    └── StoreError          (also OSError)       a store that cannot be opened: a bad URL, an
+        └── StoreVersionError                    unwritable path, a corrupted file; written by a
+                                                 newer schema version (StoreVersionError)
 
 A job's own exceptions are never wrapped: they are recorded and re-raised unchanged.
 
@@ -26,6 +29,8 @@ __all__ = [
     "JobSkippedError",
     "JobTimeoutError",
     "JobpulseError",
+    "StoreError",
+    "StoreVersionError",
 ]
 
 
@@ -77,6 +82,23 @@ class JobSkippedError(JobpulseError, RuntimeError):
         return type(self), (self.job_name, self.reason, str(self)), self.__dict__
 
 
-for _public in (JobpulseError, InvalidJobError, JobLimitError, JobSkippedError, JobTimeoutError):
+class StoreError(JobpulseError, OSError):
+    """A store could not be opened or used. The message names the store's URL or path,
+    never its password."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written by a newer version of jobpulse (a schema this one cannot read)."""
+
+
+for _public in (
+    JobpulseError,
+    InvalidJobError,
+    JobLimitError,
+    JobSkippedError,
+    JobTimeoutError,
+    StoreError,
+    StoreVersionError,
+):
     _public.__module__ = "jobpulse"
 del _public

@@ -27,10 +27,12 @@ __all__ = [
     "AUTO_STALL_MIN_RUNS",
     "HealthRow",
     "Job",
+    "LocalJob",
     "PendingRows",
     "collect_rows",
     "finish_rows",
     "health_rows",
+    "local_job",
     "unavailable_row",
 ]
 
@@ -101,6 +103,8 @@ class Job:
         "timeout",
         "timeout_count",
         "total_duration_ns",
+        "unpublished",
+        "unpublished_dropped",
         "updated_ns",
         "version",
     )
@@ -168,6 +172,10 @@ class Job:
         self.skipped: dict[str, tuple[Mapping[str, str], int]] = {}
         self.skipped_count = 0
         self.last_skip_reason: str | None = None
+        # Finished runs not yet handed to a store's publisher (None: no store), and those
+        # left out because too many were waiting.
+        self.unpublished: list[tuple[int, int, int, str | None, str | None]] | None = None
+        self.unpublished_dropped = 0
 
     def state(self) -> JobState:
         if self.stalled_ids:
@@ -402,3 +410,73 @@ def health_rows(jobs: Iterable[Job], now_ns: int) -> list[HealthRow]:
 
 def _seconds(ns: int | None) -> float | None:
     return None if ns is None else ns / 1e9
+
+
+class LocalJob(NamedTuple):
+    """One job as a store's publisher takes it from the registry: counters (absolute; the
+    publisher makes deltas of them), extremes, the runs finished since the last collection
+    as (start_ns, duration_ns, end_ns, category or None, error or None), and the runs in
+    progress as (run id, start_ns)."""
+
+    name: str
+    created_ns: int
+    updated_ns: int
+    settings: dict[str, Any]
+    success_count: int
+    failure_count: int
+    timeout_count: int
+    skipped_count: int
+    missed_count: int
+    total_duration_ns: int
+    min_ns: int | None
+    max_ns: int | None
+    runs: list[tuple[int, int, int, str | None, str | None]]
+    dropped_runs: int
+    metadata: dict[str, Any]
+    last_start_ns: int | None
+    last_success_ns: int | None
+    last_missed_ns: int | None
+    last_skip_reason: str | None
+    next_run_ns: int | None
+    grace_ns: int
+    open_runs: tuple[tuple[int, int], ...]
+    stall_after: float
+
+
+def local_job(job: Job) -> LocalJob:
+    """What a store's publisher needs of `job`, copied (call under the view's lock)."""
+    schedule = job.schedule
+    return LocalJob(
+        name=job.name,
+        created_ns=job.created_ns,
+        updated_ns=job.updated_ns,
+        settings={
+            "critical": job.critical,
+            "failure_threshold": job.failure_threshold,
+            "timeout": job.timeout,
+            "stall_after": job.stall_after,
+            "stall_after_auto": job.auto_stall,
+            "schedule": None if schedule is None else schedule.text,
+            "timezone": None if schedule is None else schedule.timezone,
+            "grace": job.grace,
+        },
+        success_count=job.success_count,
+        failure_count=job.failure_count,
+        timeout_count=job.timeout_count,
+        skipped_count=job.skipped_count,
+        missed_count=job.missed_count,
+        total_duration_ns=job.total_duration_ns,
+        min_ns=job.min_ns,
+        max_ns=job.max_ns,
+        runs=job.unpublished or [],
+        dropped_runs=job.unpublished_dropped,
+        metadata=dict(job.metadata),
+        last_start_ns=job.last_run_ns,
+        last_success_ns=job.last_success_ns,
+        last_missed_ns=job.last_missed_ns,
+        last_skip_reason=job.last_skip_reason,
+        next_run_ns=job.next_run_ns,
+        grace_ns=job.slot_grace_ns if job.next_run_ns is not None else 0,
+        open_runs=tuple((run_id, entry[2]) for run_id, entry in job.runs.items()),
+        stall_after=job.stall_after,
+    )

@@ -32,7 +32,7 @@ from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard
 from jobpulse._history import RunHistory
-from jobpulse._job import HealthRow, Job, collect_rows, finish_rows
+from jobpulse._job import HealthRow, Job, LocalJob, collect_rows, finish_rows, local_job
 from jobpulse._model import (
     JobState,
     JobStatus,
@@ -173,6 +173,11 @@ class StatusRegistry:
         # registry's, the watchdog's); closed later by `_close_lost`, with no lock held.
         self._lost: queue.SimpleQueue[tuple[str, int, weakref.ref[object]]] = queue.SimpleQueue()
         self._watchdog = Watchdog(clock, self._on_deadline)
+        # Jobs changed since a store's publisher last collected them (None: no store), and
+        # how many more finished runs may wait for it.
+        self._dirty: dict[str, None] | None = None
+        self._buffer_runs = 0
+        self._run_room = 0
         after_fork_in_child(self._reset_after_fork)
 
     # -- settings ----------------------------------------------------------------------
@@ -245,6 +250,7 @@ class StatusRegistry:
                 job.slot_version += 1
                 advance = (schedule, now_ns, job.slot_version)
             job.version += 1
+            self._mark_locked(name)
             rearm = self._rearm_locked(job)
         _log_dropped(dropped, self._retention_ns)
         if rearm is not None:
@@ -288,6 +294,8 @@ class StatusRegistry:
             job.last_run_ns = start_ns
             job.updated_ns = start_ns
             job.version += 1
+            if self._dirty is not None:
+                self._dirty[name] = None
             if job.armed is None:
                 arm = job.armed = start_mono + job.stall_after
             if job.next_run_ns is not None or job.schedule is not None or job.missed:
@@ -387,6 +395,15 @@ class StatusRegistry:
             job.stats = None
             job.version += 1
             consecutive = job.consecutive_failures
+            if self._dirty is not None:
+                self._dirty[name] = None
+                if self._run_room > 0:
+                    self._run_room -= 1
+                    if job.unpublished is None:
+                        job.unpublished = []
+                    job.unpublished.append((start_ns, duration_ns, end_ns, category, error))
+                else:
+                    job.unpublished_dropped += 1
         if rearm is not None:
             self._watchdog.schedule((_STALL, name), rearm)
         self._arm_missed(name, missed_deadline)
@@ -527,6 +544,7 @@ class StatusRegistry:
         job.slot_version += 1
         job.next_run_ns = slot_ns
         job.version += 1
+        self._mark_locked(job.name)
         if slot_ns is None:
             return None
         if due is None:
@@ -648,6 +666,7 @@ class StatusRegistry:
             job.last_missed_ns = slot_ns
             job.updated_ns = now_ns
             job.version += 1
+            self._mark_locked(name)
         if consecutive & (consecutive - 1) == 0:  # 1, 2, 4, 8, ... in a row
             logger.warning(
                 "job %r missed its scheduled run at %s (%s; %d missed in a row)",
@@ -674,6 +693,7 @@ class StatusRegistry:
             job.last_skip_reason = reason
             job.updated_ns = now_ns
             job.version += 1
+            self._mark_locked(name)
             total = job.skipped_count
         if total & (total - 1) == 0:  # logged at the 1st, 2nd, 4th, 8th, ... skip
             logger.warning("job %r: a due run was skipped (%s); %d skipped", name, reason, total)
@@ -821,6 +841,38 @@ class StatusRegistry:
             self._sorted_names = None
         return stale
 
+    # -- a store's publisher ----------------------------------------------------------
+
+    def _mark_locked(self, name: str) -> None:
+        if self._dirty is not None:
+            self._dirty[name] = None
+
+    def enable_changes(self, buffer_runs: int) -> None:
+        """Keep track of changed jobs and their finished runs (at most `buffer_runs` waiting)
+        for `collect_changes`, from now on."""
+        with self._lock:
+            self._buffer_runs = self._run_room = buffer_runs
+            self._dirty = dict.fromkeys(self._jobs)
+
+    def collect_changes(self, *, full: bool = False) -> list[LocalJob]:
+        """The jobs changed since the last call (every job if `full`), as copies, with the
+        runs that finished meanwhile; O(changed jobs) under the lock."""
+        with self._lock:
+            dirty = self._dirty
+            if dirty is None:
+                return []
+            names = list(self._jobs) if full else list(dirty)
+            self._dirty = {}
+            self._run_room = self._buffer_runs
+            changes = []
+            for name in names:
+                job = self._jobs.get(name)
+                if job is not None:
+                    changes.append(local_job(job))
+                    job.unpublished = None
+                    job.unpublished_dropped = 0
+            return changes
+
     def close(self) -> None:
         self._watchdog.stop()
 
@@ -835,3 +887,8 @@ class StatusRegistry:
             job.stalled_ids.clear()
             job.armed = None
             job.version += 1
+            job.unpublished = None
+            job.unpublished_dropped = 0
+        if self._dirty is not None:
+            self._dirty = dict.fromkeys(self._jobs)
+            self._run_room = self._buffer_runs

@@ -78,7 +78,16 @@ from jobpulse._errors import (
 from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard
 from jobpulse._history import WINDOW_NS, HistoryStats, RunHistory
-from jobpulse._job import HealthRow, Job, PendingRows, collect_rows, finish_rows, health_rows
+from jobpulse._exceptions import StoreError, StoreVersionError
+from jobpulse._job import (
+    HealthRow,
+    Job,
+    LocalJob,
+    PendingRows,
+    collect_rows,
+    finish_rows,
+    health_rows,
+)
 from jobpulse._metadata import encode as encode_metadata
 from jobpulse._model import JobState, JobStatus, RunRecord, from_ns, rfc3339
 from jobpulse._redaction import redact
@@ -127,6 +136,7 @@ __all__ = [
     "HistoryStats",
     "Job",
     "JobState",
+    "LocalJob",
     "JobStatus",
     "MissedSlots",
     "PendingRows",
@@ -136,6 +146,8 @@ __all__ = [
     "Schedule",
     "SpanAdopter",
     "StatusRegistry",
+    "StoreError",
+    "StoreVersionError",
     "Watchdog",
     "add_span_adopter",
     "after_fork_in_child",

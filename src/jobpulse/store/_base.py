@@ -1,0 +1,248 @@
+"""What every store backend speaks: the records a publisher writes, what a reader reads,
+and the `Store` protocol itself.
+
+Times are epoch nanoseconds on the writer's wall clock, durations integer nanoseconds:
+nothing is rounded on its way through a store. A job's row (`FleetRow`) is the fleet's
+merged view of that job; `apply_change` in `jobpulse.store._merge` is the one place that
+says how an instance's change folds into it, whichever backend holds the row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from jobpulse._shared import from_ns, rfc3339
+
+__all__ = [
+    "Cursor",
+    "FinishedRun",
+    "FleetRead",
+    "FleetRow",
+    "Instance",
+    "JobChange",
+    "OpenRun",
+    "Store",
+    "StoredRun",
+    "WriteResult",
+]
+
+
+class FinishedRun(NamedTuple):
+    """A run an instance saw end. ``category`` None is a success; ``error`` is the redacted
+    error text of a failed run (kept only in the job's row, for the run that ended last)."""
+
+    start_ns: int
+    duration_ns: int
+    end_ns: int
+    category: str | None
+    error: str | None
+
+
+class StoredRun(NamedTuple):
+    """A run as a reader gets it back from the store's history, in the order written."""
+
+    id: int
+    name: str
+    start_ns: int
+    duration_ns: int
+    end_ns: int
+    category: str | None
+
+
+class OpenRun(NamedTuple):
+    """A run in progress on a live instance."""
+
+    instance: str
+    name: str
+    run_id: int
+    start_ns: int
+    stall_after_ns: int
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One process writing to the store. ``alive`` is whether its heartbeat is younger than
+    the reader's ``instance_ttl`` and it has not shut down."""
+
+    id: str
+    service: str
+    host: str
+    pid: int
+    version: str
+    started_ns: int
+    last_seen_ns: int
+    alive: bool = True
+    stopped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "service": self.service,
+            "host": self.host,
+            "pid": self.pid,
+            "version": self.version,
+            "started_at": rfc3339(from_ns(self.started_ns)),
+            "last_seen": rfc3339(from_ns(self.last_seen_ns)),
+            "alive": self.alive,
+        }
+
+
+@dataclass
+class JobChange:
+    """What one instance has to tell the store about one job since its last write.
+
+    Counts are deltas (they add up across instances and restarts); ``min_ns``, ``max_ns``,
+    ``last_start_ns``, ``last_success_ns`` and ``last_missed_ns`` are the instance's own
+    extremes (merged with min/max, so sending them twice changes nothing). ``settings``,
+    ``next_run`` and ``open_runs`` are None when unchanged since the last write.
+    """
+
+    name: str
+    created_ns: int
+    updated_ns: int
+    settings: Mapping[str, Any] | None = None
+    success: int = 0
+    failure: int = 0
+    timeouts: int = 0
+    skipped: int = 0
+    missed: int = 0
+    total_duration_ns: int = 0
+    min_ns: int | None = None
+    max_ns: int | None = None
+    runs: list[FinishedRun] = field(default_factory=list)
+    dropped_runs: int = 0
+    metadata: Mapping[str, Any] | None = None
+    last_start_ns: int | None = None
+    last_success_ns: int | None = None
+    last_missed_ns: int | None = None
+    last_skip_reason: str | None = None
+    #: (next expected run or None, its grace), when it changed.
+    next_run: tuple[int | None, int] | None = None
+    #: (run id, start) of every run in progress on the instance, when they changed.
+    open_runs: tuple[tuple[int, int], ...] | None = None
+    stall_after_ns: int = 0
+
+
+@dataclass
+class FleetRow:
+    """The fleet's view of one job, as a store holds it. See `jobpulse.store._merge`."""
+
+    name: str
+    created_ns: int
+    updated_ns: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    settings_instance: str = ""
+    success_count: int = 0
+    failure_count: int = 0
+    timeout_count: int = 0
+    skipped_count: int = 0
+    missed_count: int = 0
+    total_duration_ns: int = 0
+    min_ns: int | None = None
+    max_ns: int | None = None
+    last_end_ns: int | None = None
+    last_start_ns: int | None = None
+    last_duration_ns: int | None = None
+    last_failed: bool | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_error_category: str | None = None
+    last_success_ns: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    last_skip_reason: str | None = None
+    next_run_ns: int | None = None
+    grace_ns: int = 0
+    last_missed_ns: int | None = None
+    history_dropped: int = 0
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one write did: nothing if ``applied`` is False (the store is not the one the
+    writer expected: a new, empty one); else runs it closed as lost (those of dead
+    instances) and missed slots it counted for the fleet."""
+
+    store_id: str
+    applied: bool = True
+    lost_runs: int = 0
+    missed_slots: int = 0
+    #: Jobs whose settings differ from those another instance registered.
+    conflicts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FleetRead:
+    """What changed in the store since a reader's cursor.
+
+    ``reset`` means the reader must forget what it holds (another store, or jobs were
+    pruned): ``rows`` and ``runs`` are then everything. ``open_runs`` (of every instance,
+    alive or not: liveness changes with time) is None when no write happened since the
+    cursor (what the reader holds is still true).
+    """
+
+    store_id: str
+    seq: int
+    generation: int
+    reset: bool
+    rows: Sequence[FleetRow]
+    runs: Sequence[StoredRun]
+    open_runs: Sequence[OpenRun] | None
+    instances: Sequence[Instance]
+
+
+class Cursor(NamedTuple):
+    """Where a reader is in a store: what it has read so far."""
+
+    store_id: str
+    seq: int
+    generation: int
+    run_id: int
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A place where the instances of a service share their job status.
+
+    Thread-safety: `write` is called from one thread at a time (the publisher's); `read`,
+    `instances` and `history` may be called from any thread, concurrently with `write`.
+    Every method may block on I/O and raises on failure: callers are never a job's thread.
+    `after_fork` is called in a forked child before anything else: connections made by
+    the parent must not be used there.
+    """
+
+    #: The store's URL with any password replaced by ``***``.
+    url: str
+
+    def write(
+        self,
+        instance: Instance,
+        changes: Sequence[JobChange],
+        *,
+        now_ns: int,
+        instance_ttl_ns: int,
+        margin_ns: int,
+        stopping: bool = False,
+        expected_store_id: str | None = None,
+    ) -> WriteResult:
+        """In one transaction: the instance's heartbeat, every change folded into its job's
+        row (`jobpulse.store._merge.apply_change`), the runs of dead instances closed as
+        lost (each exactly once across the fleet), and the fleet's missed slots counted
+        (each once). ``stopping`` marks the instance as shut down. If `expected_store_id` is
+        given and is not the store's id, nothing is written (``applied`` False)."""
+        ...
+
+    def read(self, cursor: Cursor | None, *, now_ns: int, instance_ttl_ns: int) -> FleetRead:
+        """What changed since `cursor` (everything when None)."""
+        ...
+
+    def prune(self, *, now_ns: int, history_ns: int, retention_ns: int) -> None:
+        """Drop runs that ended more than `history_ns` ago, instances dead for more than
+        `retention_ns`, and unscheduled jobs not updated for `retention_ns`."""
+        ...
+
+    def after_fork(self) -> None: ...
+
+    def close(self) -> None: ...

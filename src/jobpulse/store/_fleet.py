@@ -1,0 +1,278 @@
+"""The fleet view: the store's rows as the jobs a reader shows, refreshed incrementally.
+
+A reader holds one `Job` per fleet job (the registry's own per-job class, so that a job's
+record, its state and its member of the health document are built by the same code for the
+process and for the fleet) and one `RunHistory` per job, fed with the runs written since
+its last read. It reads the store at most once per `refresh_interval`; between reads, and
+for every job whose row did not move, it serves what it built before. What changes with
+time alone (a run passing its ``stall_after``, a slot passing its grace, an instance whose
+heartbeat stops) is re-judged at each refresh, for the jobs it can concern.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Sequence
+
+from jobpulse._shared import (
+    CATEGORIES,
+    Clock,
+    HealthRow,
+    Job,
+    JobState,
+    JobStatus,
+    RunHistory,
+    RunRecord,
+    from_ns,
+    health_rows,
+)
+from jobpulse.store._base import Cursor, FleetRow, Instance, OpenRun, Store
+from jobpulse.store._merge import is_missed, schedule_of
+
+__all__ = ["FleetView"]
+
+_FOREVER = 1 << 63
+
+
+class FleetView:
+    """What every instance writing to `store` has seen, merged. Thread-safe."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        refresh_interval: float,
+        instance_ttl: float,
+        default_stall_after: float,
+        max_history: int,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._interval = refresh_interval
+        self._ttl_ns = int(instance_ttl * 1e9)
+        self._default_stall_after = default_stall_after
+        self._max_history = max_history
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cursor: Cursor | None = None
+        self._refreshed = -float("inf")
+        self._jobs: dict[str, Job] = {}
+        self._rows: dict[str, FleetRow] = {}
+        self._open: dict[str, list[OpenRun]] = {}
+        self._all_open: Sequence[OpenRun] = ()
+        self._alive: frozenset[str] = frozenset()
+        self._instances: Sequence[Instance] = ()
+        self._sorted: list[str] | None = None
+        # (when the job's state may change with time alone, name); stale entries are skipped
+        self._timers: list[tuple[int, str]] = []
+        self._due: dict[str, int] = {}
+        self._categories: list[str] = list(CATEGORIES)
+        self._codes = {name: i + 1 for i, name in enumerate(self._categories)}
+
+    def invalidate(self) -> None:
+        """Read the store at the next call, whatever the interval (after a flush)."""
+        self._refreshed = -float("inf")
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._refreshed = -float("inf")
+
+    # -- refreshing --------------------------------------------------------------------
+
+    def _refresh(self) -> int:
+        """Bring the view up to date if the interval passed; returns now in epoch ns.
+        Raises what the store raises (the caller falls back to the process's view)."""
+        now_ns = self._clock.time_ns()
+        started = time.monotonic()
+        if started - self._refreshed < self._interval:
+            self._expire(now_ns)
+            return now_ns
+        read = self._store.read(self._cursor, now_ns=now_ns, instance_ttl_ns=self._ttl_ns)
+        if read.reset:
+            self._reset()
+        self._refreshed = started
+        self._instances = read.instances
+        alive = frozenset(instance.id for instance in read.instances if instance.alive)
+        touched: set[str] = set()
+        for row in read.rows:
+            self._rows[row.name] = row
+            touched.add(row.name)
+        if read.open_runs is not None:
+            self._all_open = read.open_runs
+        if read.open_runs is not None or alive != self._alive:
+            self._alive = alive
+            previous = self._open
+            self._open = {}
+            for run in self._all_open:
+                if run.instance in alive:
+                    self._open.setdefault(run.name, []).append(run)
+            touched.update(previous.keys() ^ self._open.keys())
+            touched.update(name for name in self._open if previous.get(name) != self._open[name])
+        for run in read.runs:
+            job = self._job(run.name, now_ns)
+            history = job.history
+            if history is None:
+                history = job.history = RunHistory(self._max_history)
+            code = 0 if run.category is None else self._code(run.category)
+            history.add(run.start_ns, run.duration_ns, code, now_ns)
+            job.stats = None
+            touched.add(run.name)
+        for name in touched:
+            self._apply(name, now_ns)
+        if read.runs:
+            run_id = read.runs[-1].id
+        else:
+            run_id = 0 if self._cursor is None else self._cursor.run_id
+        self._cursor = Cursor(read.store_id, read.seq, read.generation, run_id)
+        self._expire(now_ns)
+        return now_ns
+
+    def _code(self, category: str) -> int:
+        code = self._codes.get(category)
+        if code is None:
+            if len(self._categories) >= 255:
+                return self._codes["unknown"]
+            self._categories.append(category)
+            code = self._codes[category] = len(self._categories)
+        return code
+
+    def _job(self, name: str, now_ns: int) -> Job:
+        job = self._jobs.get(name)
+        if job is None:
+            job = self._jobs[name] = Job(name, now_ns, self._default_stall_after)
+            self._sorted = None
+        return job
+
+    def _apply(self, name: str, now_ns: int) -> None:
+        """Make the job's `Job` say what its row, open runs and the time say."""
+        row = self._rows.get(name)
+        if row is None:  # runs or open runs of a job whose row is not read yet
+            return
+        job = self._job(name, now_ns)
+        settings = row.settings
+        job.critical = bool(settings.get("critical", False))
+        job.failure_threshold = int(settings.get("failure_threshold", 3))
+        job.timeout = settings.get("timeout")
+        job.stall_after = float(settings.get("stall_after", self._default_stall_after))
+        job.auto_stall = bool(settings.get("stall_after_auto", False))
+        job.schedule = schedule_of(settings)
+        job.created_ns, job.updated_ns = row.created_ns, row.updated_ns
+        job.last_outcome = (
+            JobState.PENDING
+            if row.last_failed is None
+            else JobState.FAILED
+            if row.last_failed
+            else JobState.SUCCESS
+        )
+        job.last_run_ns = row.last_start_ns
+        job.last_duration_ns = row.last_duration_ns
+        job.last_success_ns = row.last_success_ns
+        job.total_duration_ns = row.total_duration_ns
+        job.min_ns, job.max_ns = row.min_ns, row.max_ns
+        job.success_count, job.failure_count = row.success_count, row.failure_count
+        job.consecutive_failures = row.consecutive_failures
+        job.timeout_count = row.timeout_count
+        job.last_error, job.last_error_category = row.last_error, row.last_error_category
+        job.metadata = row.metadata
+        job.next_run_ns = row.next_run_ns
+        job.slot_grace_ns = row.grace_ns
+        job.missed_count, job.last_missed_ns = row.missed_count, row.last_missed_ns
+        job.skipped_count, job.last_skip_reason = row.skipped_count, row.last_skip_reason
+        # Keyed by position: the fleet's runs have no one id space.
+        job.runs = {
+            index: (0.0, None, run.start_ns) for index, run in enumerate(self._open.get(name, ()))
+        }
+        self._judge(job, row, now_ns)
+        job.stats = None
+        job.version += 1
+
+    def _judge(self, job: Job, row: FleetRow, now_ns: int) -> None:
+        """Set what depends on the time (stalled runs, missed) and when that next changes."""
+        due = _FOREVER
+        stalled = set()
+        for index, run in enumerate(self._open.get(job.name, ())):
+            deadline = run.start_ns + run.stall_after_ns
+            if deadline <= now_ns:
+                stalled.add(index)
+            else:
+                due = min(due, deadline)
+        job.stalled_ids = stalled
+        job.missed = is_missed(row, now_ns)
+        if not job.missed and row.next_run_ns is not None:
+            due = min(due, max(row.next_run_ns + row.grace_ns, now_ns + 1))
+        if due < _FOREVER and self._due.get(job.name) != due:
+            self._due[job.name] = due
+            heapq.heappush(self._timers, (due, job.name))
+
+    def _expire(self, now_ns: int) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now_ns:
+            due, name = heapq.heappop(timers)
+            if self._due.get(name) != due:
+                continue
+            del self._due[name]
+            job, row = self._jobs.get(name), self._rows.get(name)
+            if job is None or row is None:
+                continue
+            state, stalled = job.missed, len(job.stalled_ids)
+            self._judge(job, row, now_ns)
+            if (job.missed, len(job.stalled_ids)) != (state, stalled):
+                job.version += 1
+
+    def _sorted_names(self) -> list[str]:
+        names = self._sorted
+        if names is None:
+            names = self._sorted = sorted(name for name in self._jobs if name in self._rows)
+        return names
+
+    # -- reading -----------------------------------------------------------------------
+
+    def health_rows(self) -> list[HealthRow]:
+        with self._lock:
+            now_ns = self._refresh()
+            jobs = [self._jobs[name] for name in self._sorted_names()]
+            return health_rows(jobs, now_ns)
+
+    def snapshots(self) -> dict[str, JobStatus]:
+        with self._lock:
+            now_ns = self._refresh()
+            return {name: self._jobs[name].cached_status(now_ns) for name in self._sorted_names()}
+
+    def snapshot(self, name: str) -> JobStatus | None:
+        with self._lock:
+            now_ns = self._refresh()
+            job = self._jobs.get(name)
+            if job is None or name not in self._rows:
+                return None
+            return job.cached_status(now_ns)
+
+    def history(self, name: str) -> list[RunRecord]:
+        with self._lock:
+            now_ns = self._refresh()
+            job = self._jobs.get(name)
+            history = None if job is None else job.history
+            if history is None:
+                return []
+            history.prune(now_ns)
+            records = history.records()
+            categories = tuple(self._categories)
+        records.sort(key=lambda record: record[0], reverse=True)
+        return [
+            RunRecord(
+                started_at=from_ns(start_ns),
+                duration_seconds=duration,
+                outcome=JobState.SUCCESS if code == 0 else JobState.FAILED,
+                error_category=None if code == 0 else categories[code - 1],
+            )
+            for start_ns, duration, code in records
+        ]
+
+    def instances(self) -> list[Instance]:
+        with self._lock:
+            self._refresh()
+            return list(self._instances)

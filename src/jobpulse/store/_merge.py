@@ -1,0 +1,220 @@
+"""How the changes of many instances fold into one row per job: the fleet's merge rules.
+
+- Counts are sums of deltas: they survive restarts and are never counted twice.
+- ``last_*`` fields and ``consecutive_failures`` follow the run that ended last: a late
+  batch from another instance changes the totals, not the "last" fields.
+- Settings come from the latest registration; a different one from another instance is a
+  conflict, which the caller logs.
+- Missed: a slot (the expected next run) whose grace has passed with no run started since
+  ``slot - grace``, anywhere, is counted once for the fleet. Two instances reporting the
+  same slot count it once: a report counts only if its slot is later than the last one
+  counted (by more than half a period for intervals, whose slots differ by a little from
+  instance to instance).
+
+Backends call these inside their own transaction (or atomic script), so that every backend
+merges alike. Pure functions of their arguments, apart from a cache of parsed schedules.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from jobpulse._shared import LOST, Schedule, parse_schedule
+from jobpulse.store._base import FinishedRun, FleetRow, JobChange
+
+__all__ = [
+    "apply_change",
+    "claim_overdue",
+    "fold_runs",
+    "is_missed",
+    "lost_run",
+    "schedule_of",
+]
+
+LOST_INSTANCE_ERROR = "the process running it stopped (instance {instance}, pid {pid} on {host})"
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str, timezone: str | None) -> Schedule | None:
+    try:
+        return parse_schedule(text, timezone)
+    except Exception:  # noqa: BLE001 - written by a newer or broken writer: no fleet slots
+        return None
+
+
+def schedule_of(settings: Mapping[str, Any]) -> Schedule | None:
+    """The schedule a row's settings name, or None (none, or one this version cannot read)."""
+    text = settings.get("schedule")
+    if not isinstance(text, str):
+        return None
+    timezone = settings.get("timezone")
+    return _parsed(text, timezone if isinstance(timezone, str) else None)
+
+
+def _registered(settings: Mapping[str, Any]) -> dict[str, Any]:
+    # With stall_after="auto" the effective value follows each instance's own runs.
+    if settings.get("stall_after_auto"):
+        return {key: value for key, value in settings.items() if key != "stall_after"}
+    return dict(settings)
+
+
+def _tolerance_ns(schedule: Schedule | None) -> int:
+    if schedule is not None and schedule.is_interval:
+        return int(schedule.period_seconds * 1e9) // 2
+    return 0
+
+
+def fold_runs(row: FleetRow, runs: Iterable[FinishedRun]) -> bool:
+    """Fold finished runs, in the order they ended, into the "last" fields; True if one of
+    them is now the run that ended last."""
+    took = False
+    for run in sorted(runs, key=lambda run: run.end_ns):
+        if row.last_end_ns is not None and run.end_ns <= row.last_end_ns:
+            continue
+        took = True
+        row.last_end_ns = run.end_ns
+        row.last_duration_ns = run.duration_ns
+        if run.category is None:
+            row.last_failed = False
+            row.consecutive_failures = 0
+            row.last_error = row.last_error_category = None
+        else:
+            row.last_failed = True
+            row.consecutive_failures += 1
+            row.last_error = run.error
+            row.last_error_category = run.category
+    return took
+
+
+def _effective_slot(row: FleetRow, schedule: Schedule | None) -> int | None:
+    """The row's expected run, moved on if a run took it (the instance that ran it may be
+    gone before it says what comes next)."""
+    slot = row.next_run_ns
+    if slot is None:
+        return None
+    last_start = row.last_start_ns
+    if last_start is not None and last_start >= slot - row.grace_ns:
+        return None if schedule is None else schedule.next_after(max(last_start, slot))
+    return slot
+
+
+def is_missed(row: FleetRow, now_ns: int) -> bool:
+    """Whether the fleet has missed the job's schedule as of `now_ns`: a slot was counted
+    missed and no run started since, or the expected run is past its grace with none
+    started."""
+    last_start = row.last_start_ns
+    missed = row.last_missed_ns
+    if missed is not None and (last_start is None or last_start < missed):
+        return True
+    slot = _effective_slot(row, schedule_of(row.settings))
+    return slot is not None and now_ns >= slot + row.grace_ns
+
+
+def claim_overdue(row: FleetRow, now_ns: int, margin_ns: int, *, running: bool = False) -> int:
+    """Count the row's overdue slots (more than grace + `margin_ns` past, none taken) for
+    the fleet and move its expected run past them; returns how many were counted. A job
+    with a run in progress anywhere is alive: its slots move on uncounted."""
+    schedule = schedule_of(row.settings)
+    slot = _effective_slot(row, schedule)
+    if slot != row.next_run_ns:
+        if row.next_run_ns is not None and now_ns < row.next_run_ns + row.grace_ns + margin_ns:
+            return 0  # taken just now: the instance that took it says what comes next
+        row.next_run_ns = slot
+    if slot is None or now_ns < slot + row.grace_ns + margin_ns:
+        return 0
+    if schedule is None:
+        count, last, following = 1, slot, None
+    else:
+        more, last_more = schedule.count_until(slot, now_ns - row.grace_ns)
+        count, last = 1 + more, last_more or slot
+        following = schedule.next_after(last)
+    row.next_run_ns = following
+    row.updated_ns = max(row.updated_ns, now_ns)
+    if running:
+        return 0
+    return _count_missed(row, count, last, schedule)
+
+
+def _count_missed(row: FleetRow, count: int, last: int, schedule: Schedule | None) -> int:
+    counted = row.last_missed_ns
+    if counted is not None and last <= counted + _tolerance_ns(schedule):
+        return 0  # another instance (or an earlier write) counted this slot
+    row.missed_count += count
+    row.last_missed_ns = last
+    return count
+
+
+def apply_change(
+    row: FleetRow | None,
+    change: JobChange,
+    instance: str,
+    now_ns: int,
+    margin_ns: int,
+    *,
+    running: bool = False,
+) -> tuple[FleetRow, bool, int]:
+    """`change` from `instance` folded into `row` (a new row when None). `running` says
+    whether the job has a run in progress on a live instance. Returns the row, whether its
+    settings conflict with another instance's, and how many missed slots were counted for
+    the fleet on the way."""
+    if row is None:
+        row = FleetRow(change.name, created_ns=change.created_ns, updated_ns=change.updated_ns)
+    row.created_ns = min(row.created_ns, change.created_ns)
+    row.updated_ns = max(row.updated_ns, change.updated_ns)
+    if change.last_start_ns is not None and (
+        row.last_start_ns is None or change.last_start_ns > row.last_start_ns
+    ):
+        row.last_start_ns = change.last_start_ns
+    # The slot held so far is judged before this change moves it (a restarted instance
+    # says when it next expects the job; the slot it missed while down counts first).
+    missed_slots = claim_overdue(row, now_ns, margin_ns, running=running)
+    conflict = False
+    if change.settings is not None:
+        settings = dict(change.settings)
+        conflict = (
+            bool(row.settings)
+            and row.settings_instance not in ("", instance)
+            and _registered(row.settings) != _registered(settings)
+        )
+        row.settings, row.settings_instance = settings, instance
+    row.success_count += change.success
+    row.failure_count += change.failure
+    row.timeout_count += change.timeouts
+    row.total_duration_ns += change.total_duration_ns
+    row.history_dropped += change.dropped_runs
+    if change.min_ns is not None and (row.min_ns is None or change.min_ns < row.min_ns):
+        row.min_ns = change.min_ns
+    if change.max_ns is not None and (row.max_ns is None or change.max_ns > row.max_ns):
+        row.max_ns = change.max_ns
+    if change.last_success_ns is not None and (
+        row.last_success_ns is None or change.last_success_ns > row.last_success_ns
+    ):
+        row.last_success_ns = change.last_success_ns
+    if fold_runs(row, change.runs) and change.metadata is not None:
+        row.metadata = dict(change.metadata)
+    if change.skipped:
+        row.skipped_count += change.skipped
+        row.last_skip_reason = change.last_skip_reason
+    if change.missed and change.last_missed_ns is not None:
+        missed_slots += _count_missed(
+            row, change.missed, change.last_missed_ns, schedule_of(row.settings)
+        )
+    if change.next_run is not None:
+        row.next_run_ns, row.grace_ns = change.next_run
+    return row, conflict, missed_slots
+
+
+def lost_run(row: FleetRow, start_ns: int, now_ns: int, error: str) -> FinishedRun:
+    """A run of a dead instance, closed now as failed with category ``lost``, counted."""
+    run = FinishedRun(start_ns, max(now_ns - start_ns, 0), now_ns, LOST, error)
+    row.failure_count += 1
+    row.total_duration_ns += run.duration_ns
+    if row.min_ns is None or run.duration_ns < row.min_ns:
+        row.min_ns = run.duration_ns
+    if row.max_ns is None or run.duration_ns > row.max_ns:
+        row.max_ns = run.duration_ns
+    row.updated_ns = max(row.updated_ns, now_ns)
+    fold_runs(row, (run,))
+    return run

@@ -1,0 +1,563 @@
+"""The embedded store: one SQLite file in WAL mode, shared by the processes of one host.
+
+Uvicorn and gunicorn workers, Celery's prefork children and a restarted service all open the
+same file. Writes are serialized by SQLite (``BEGIN IMMEDIATE``), which makes the claims
+that must happen once (closing a dead instance's runs, counting a missed slot) exact; WAL
+lets readers read while one process writes. Readers and the writer use connections of their
+own, made again in a forked child.
+
+The schema has a version (``meta.schema_version``); `_MIGRATIONS` run forward at open, each
+in its own transaction. A file written by a newer version is refused with
+`StoreVersionError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from jobpulse._shared import StoreError, StoreVersionError
+from jobpulse.store._base import (
+    Cursor,
+    FleetRead,
+    FleetRow,
+    Instance,
+    JobChange,
+    OpenRun,
+    StoredRun,
+    WriteResult,
+)
+from jobpulse.store._merge import LOST_INSTANCE_ERROR, apply_change, claim_overdue, lost_run
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+#: Each migration takes the schema from its index to index + 1.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY, service TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+        version TEXT NOT NULL, started_ns INTEGER NOT NULL, last_seen_ns INTEGER NOT NULL,
+        stopped INTEGER NOT NULL DEFAULT 0, closed INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+        created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL,
+        settings TEXT NOT NULL, settings_instance TEXT NOT NULL,
+        success_count INTEGER NOT NULL, failure_count INTEGER NOT NULL,
+        timeout_count INTEGER NOT NULL, skipped_count INTEGER NOT NULL,
+        missed_count INTEGER NOT NULL, total_duration_ns INTEGER NOT NULL,
+        min_ns INTEGER, max_ns INTEGER, last_end_ns INTEGER, last_start_ns INTEGER,
+        last_duration_ns INTEGER, last_failed INTEGER, consecutive_failures INTEGER NOT NULL,
+        last_error TEXT, last_error_category TEXT, last_success_ns INTEGER,
+        metadata TEXT NOT NULL, last_skip_reason TEXT, next_run_ns INTEGER,
+        grace_ns INTEGER NOT NULL, last_missed_ns INTEGER, history_dropped INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    );
+    CREATE INDEX jobs_seq ON jobs (seq);
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, job INTEGER NOT NULL,
+        start_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
+        category TEXT
+    );
+    CREATE TABLE open_runs (
+        instance TEXT NOT NULL, job INTEGER NOT NULL, run_id INTEGER NOT NULL,
+        start_ns INTEGER NOT NULL, stall_after_ns INTEGER NOT NULL,
+        PRIMARY KEY (instance, job, run_id)
+    ) WITHOUT ROWID;
+    """,
+    # 2: pruning history and finding overdue slots without a scan of every row.
+    """
+    CREATE INDEX runs_end ON runs (end_ns);
+    CREATE INDEX jobs_next_run ON jobs (next_run_ns) WHERE next_run_ns IS NOT NULL;
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+# FleetRow's fields in the order of the jobs table's columns (after id).
+_ROW_FIELDS = tuple(name for name in FleetRow.__dataclass_fields__ if name != "seq") + ("seq",)
+_JSON_FIELDS = ("settings", "metadata")
+_COLUMNS = ", ".join(_ROW_FIELDS)
+_UPSERT = (
+    f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * len(_ROW_FIELDS))}) "
+    "ON CONFLICT (name) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in _ROW_FIELDS if name != "name")
+)
+_SETTINGS_INDEX = _ROW_FIELDS.index("settings")
+_METADATA_INDEX = _ROW_FIELDS.index("metadata")
+_LAST_FAILED_INDEX = _ROW_FIELDS.index("last_failed")
+_BUSY_SECONDS = 1.0
+_CHUNK = 500  # names per IN (...) query, far below SQLite's variable limit
+
+# Connections a forked child inherited: never used or closed there (closing could touch the
+# parent's WAL), only kept from the garbage collector.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _encode(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _to_row(values: Sequence[Any]) -> FleetRow:
+    fields = list(values)
+    fields[_SETTINGS_INDEX] = json.loads(fields[_SETTINGS_INDEX])
+    fields[_METADATA_INDEX] = json.loads(fields[_METADATA_INDEX])
+    if fields[_LAST_FAILED_INDEX] is not None:
+        fields[_LAST_FAILED_INDEX] = bool(fields[_LAST_FAILED_INDEX])
+    return FleetRow(*fields)
+
+
+def _of_row(row: FleetRow, seq: int) -> tuple[Any, ...]:
+    row.seq = seq
+    values = [getattr(row, name) for name in _ROW_FIELDS]
+    values[_SETTINGS_INDEX] = _encode(row.settings)
+    values[_METADATA_INDEX] = _encode(row.metadata)
+    return tuple(values)
+
+
+class SQLiteStore:
+    """A store in the SQLite file at `path` (created with its folder if missing).
+
+    Raises `StoreError` naming the path if the folder cannot be made, the file cannot be
+    opened for writing or is not a SQLite database, and `StoreVersionError` if a newer
+    jobpulse wrote it. Thread-safe (see `jobpulse.store.Store`).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, url: str | None = None) -> None:
+        self.path = Path(path)
+        self.url = url or f"sqlite:///{self.path}"
+        self._lock = threading.Lock()  # the reading connection's; writes have their own
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._writer_identity: tuple[int, int] | None = None
+        self._reader_identity: tuple[int, int] | None = None
+        self._store_id = ""
+        self._open()
+
+    # -- opening -----------------------------------------------------------------------
+
+    def _fail(self, what: str, exc: BaseException) -> StoreError:
+        return StoreError(f"store {self.url}: {what} ({type(exc).__name__}: {exc})")
+
+    def _connect(self, *, create: bool) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        """A connection and the identity (device, inode) of the file it opened."""
+        mode = "rwc" if create else "rw"
+        try:
+            connection = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode={mode}",
+                uri=True,
+                timeout=_BUSY_SECONDS,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise self._fail(f"cannot open {self.path}", exc) from None
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            stat = os.stat(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            connection.close()
+            raise self._fail(f"{self.path} is not a usable SQLite database", exc) from None
+        return connection, (stat.st_dev, stat.st_ino)
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._fail(f"cannot create the folder {self.path.parent}", exc) from None
+        self._open_writer()
+        self._reader, self._reader_identity = self._connect(create=False)
+
+    def _open_writer(self) -> None:
+        writer, identity = self._connect(create=True)
+        try:
+            self._migrate(writer)
+            store_id = writer.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        except StoreError:
+            writer.close()
+            raise
+        except sqlite3.Error as exc:
+            writer.close()
+            raise self._fail(f"{self.path} cannot be used as a store", exc) from None
+        self._store_id = store_id[0]
+        self._writer, self._writer_identity = writer, identity
+
+    def _identity_now(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _check_writer(self) -> sqlite3.Connection:
+        """The writing connection, opened again if the file was deleted or replaced under
+        this process (writes to the old inode would go nowhere): a new file is a new store."""
+        if self._writer is None or self._identity_now() != self._writer_identity:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._open_writer()
+        assert self._writer is not None
+        return self._writer
+
+    def _check_reader(self) -> sqlite3.Connection:
+        # Readers never create the file: its writer does, at its next flush.
+        if self._reader is None or self._identity_now() != self._reader_identity:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            self._reader, self._reader_identity = self._connect(create=False)
+        return self._reader
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._schema_version(connection)
+            if version > SCHEMA_VERSION:
+                raise StoreVersionError(
+                    f"store {self.url}: written by a newer jobpulse (schema version {version}; "
+                    f"this version reads up to {SCHEMA_VERSION}). Upgrade jobpulse, or point "
+                    "this service at another store."
+                )
+            for index in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[index].split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+            if version == 0:
+                connection.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [("store_id", uuid.uuid4().hex), ("seq", "0"), ("generation", "0")],
+                )
+            connection.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _schema_version(connection: sqlite3.Connection) -> int:
+        has_meta = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if not has_meta:
+            other = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if other:
+                raise StoreError("the file holds another application's tables")
+            return 0
+        found = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(found[0]) if found else 0
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(
+        self,
+        instance: Instance,
+        changes: Sequence[JobChange],
+        *,
+        now_ns: int,
+        instance_ttl_ns: int,
+        margin_ns: int,
+        stopping: bool = False,
+        expected_store_id: str | None = None,
+    ) -> WriteResult:
+        connection = self._check_writer()
+        if expected_store_id is not None and expected_store_id != self._store_id:
+            return WriteResult(self._store_id, applied=False)
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = self._write_locked(
+                connection, instance, changes, now_ns, instance_ttl_ns, margin_ns, stopping
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return result
+
+    def _write_locked(
+        self,
+        db: sqlite3.Connection,
+        instance: Instance,
+        changes: Sequence[JobChange],
+        now_ns: int,
+        ttl_ns: int,
+        margin_ns: int,
+        stopping: bool,
+    ) -> WriteResult:
+        db.execute(
+            "INSERT INTO instances (id, service, host, pid, version, started_ns, last_seen_ns,"
+            " stopped) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "last_seen_ns = excluded.last_seen_ns, stopped = excluded.stopped",
+            (
+                instance.id,
+                instance.service,
+                instance.host,
+                instance.pid,
+                instance.version,
+                instance.started_ns,
+                now_ns,
+                int(stopping),
+            ),
+        )
+        seq = int(db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0]) + 1
+        rows = self._rows(db, [change.name for change in changes])
+        ids = dict(db.execute("SELECT name, id FROM jobs").fetchall()) if changes else {}
+        running = {
+            name
+            for (name,) in db.execute(
+                "SELECT DISTINCT j.name FROM open_runs o JOIN instances i ON i.id = o.instance"
+                " JOIN jobs j ON j.id = o.job WHERE i.stopped = 0 AND i.last_seen_ns >= ?",
+                (now_ns - ttl_ns,),
+            )
+        }
+        changed: dict[str, FleetRow] = {}
+        new_runs: list[tuple[str, int, int, int, str | None]] = []
+        open_runs: list[tuple[str, tuple[tuple[int, int], ...], int]] = []
+        conflicts: list[str] = []
+        missed = 0
+        for change in changes:
+            row, conflict, counted = apply_change(
+                rows.get(change.name),
+                change,
+                instance.id,
+                now_ns,
+                margin_ns,
+                running=change.name in running or bool(change.open_runs),
+            )
+            rows[change.name] = changed[change.name] = row
+            missed += counted
+            if conflict:
+                conflicts.append(change.name)
+            new_runs.extend(
+                (change.name, run.start_ns, run.duration_ns, run.end_ns, run.category)
+                for run in change.runs
+            )
+            if change.open_runs is not None:
+                open_runs.append((change.name, change.open_runs, change.stall_after_ns))
+        lost = self._close_dead(db, instance.id, now_ns, ttl_ns, rows, changed, new_runs)
+        for row in self._overdue(db, now_ns, margin_ns, changed):
+            missed += claim_overdue(row, now_ns, margin_ns, running=row.name in running)
+            changed[row.name] = row
+        if changed:
+            db.executemany(_UPSERT, [_of_row(row, seq) for row in changed.values()])
+            db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
+            ids.update(self._ids(db, [name for name in changed if name not in ids]))
+        if new_runs:
+            db.executemany(
+                "INSERT INTO runs (job, start_ns, duration_ns, end_ns, category)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(ids[name], *rest) for name, *rest in new_runs],
+            )
+        for name, runs, stall_after_ns in open_runs:
+            job = ids[name]
+            db.execute(
+                "DELETE FROM open_runs WHERE instance = ? AND job = ?", (instance.id, job)
+            )
+            db.executemany(
+                "INSERT INTO open_runs (instance, job, run_id, start_ns, stall_after_ns)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(instance.id, job, run_id, start, stall_after_ns) for run_id, start in runs],
+            )
+        return WriteResult(
+            self._store_id, lost_runs=lost, missed_slots=missed, conflicts=tuple(conflicts)
+        )
+
+    @staticmethod
+    def _rows(db: sqlite3.Connection, names: Sequence[str]) -> dict[str, FleetRow]:
+        rows: dict[str, FleetRow] = {}
+        for start in range(0, len(names), _CHUNK):
+            chunk = names[start : start + _CHUNK]
+            query = f"SELECT {_COLUMNS} FROM jobs WHERE name IN ({', '.join('?' * len(chunk))})"
+            for values in db.execute(query, chunk):
+                row = _to_row(values)
+                rows[row.name] = row
+        return rows
+
+    @staticmethod
+    def _ids(db: sqlite3.Connection, names: Sequence[str]) -> Iterable[tuple[str, int]]:
+        for start in range(0, len(names), _CHUNK):
+            chunk = names[start : start + _CHUNK]
+            yield from db.execute(
+                f"SELECT name, id FROM jobs WHERE name IN ({', '.join('?' * len(chunk))})", chunk
+            )
+
+    def _close_dead(
+        self,
+        db: sqlite3.Connection,
+        me: str,
+        now_ns: int,
+        ttl_ns: int,
+        rows: dict[str, FleetRow],
+        changed: dict[str, FleetRow],
+        new_runs: list[tuple[str, int, int, int, str | None]],
+    ) -> int:
+        """Close the open runs of every instance found dead, exactly once: the instance is
+        marked closed in the same transaction."""
+        dead = db.execute(
+            "SELECT id, host, pid FROM instances WHERE closed = 0 AND id != ?"
+            " AND (stopped = 1 OR last_seen_ns < ?)",
+            (me, now_ns - ttl_ns),
+        ).fetchall()
+        lost = 0
+        for instance, host, pid in dead:
+            db.execute("UPDATE instances SET closed = 1 WHERE id = ?", (instance,))
+            runs = db.execute(
+                "SELECT j.name, o.start_ns FROM open_runs o JOIN jobs j ON j.id = o.job"
+                " WHERE o.instance = ?",
+                (instance,),
+            ).fetchall()
+            if not runs:
+                continue
+            db.execute("DELETE FROM open_runs WHERE instance = ?", (instance,))
+            missing = [name for name, _ in runs if name not in rows]
+            rows.update(self._rows(db, missing))
+            error = LOST_INSTANCE_ERROR.format(instance=instance, pid=pid, host=host)
+            for name, start_ns in runs:
+                row = rows[name]
+                run = lost_run(row, start_ns, now_ns, error)
+                changed[name] = row
+                new_runs.append((name, run.start_ns, run.duration_ns, run.end_ns, run.category))
+                lost += 1
+        return lost
+
+    @staticmethod
+    def _overdue(
+        db: sqlite3.Connection, now_ns: int, margin_ns: int, changed: dict[str, FleetRow]
+    ) -> list[FleetRow]:
+        # grace is at most 300 s: the index narrows to slots at least that far in the past.
+        candidates = db.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE next_run_ns IS NOT NULL AND next_run_ns <= ?"
+            " AND next_run_ns + grace_ns + ? <= ?",
+            (now_ns, margin_ns, now_ns),
+        ).fetchall()
+        rows = []
+        for values in candidates:
+            row = _to_row(values)
+            rows.append(changed.get(row.name, row))
+        return rows
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read(self, cursor: Cursor | None, *, now_ns: int, instance_ttl_ns: int) -> FleetRead:
+        with self._lock:
+            db = self._check_reader()
+            db.execute("BEGIN")
+            try:
+                return self._read_locked(db, cursor, now_ns, instance_ttl_ns)
+            finally:
+                db.execute("COMMIT")
+
+    def _read_locked(
+        self, db: sqlite3.Connection, cursor: Cursor | None, now_ns: int, ttl_ns: int
+    ) -> FleetRead:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        store_id, seq, generation = meta["store_id"], int(meta["seq"]), int(meta["generation"])
+        instances = self._instances(db, now_ns, ttl_ns)
+        reset = (
+            cursor is None or cursor.store_id != store_id or cursor.generation != generation
+        )
+        if not reset and cursor is not None and cursor.seq == seq:
+            return FleetRead(store_id, seq, generation, False, (), (), None, instances)
+        since_seq = -1 if reset or cursor is None else cursor.seq
+        since_run = 0 if reset or cursor is None else cursor.run_id
+        rows = [
+            _to_row(values)
+            for values in db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE seq > ?", (since_seq,))
+        ]
+        runs = [
+            StoredRun(*values)
+            for values in db.execute(
+                "SELECT r.id, j.name, r.start_ns, r.duration_ns, r.end_ns, r.category"
+                " FROM runs r JOIN jobs j ON j.id = r.job WHERE r.id > ? ORDER BY r.id",
+                (since_run,),
+            )
+        ]
+        open_runs = [
+            OpenRun(*values)
+            for values in db.execute(
+                "SELECT o.instance, j.name, o.run_id, o.start_ns, o.stall_after_ns"
+                " FROM open_runs o JOIN jobs j ON j.id = o.job"
+            )
+        ]
+        return FleetRead(store_id, seq, generation, reset, rows, runs, open_runs, instances)
+
+    @staticmethod
+    def _instances(db: sqlite3.Connection, now_ns: int, ttl_ns: int) -> list[Instance]:
+        return [
+            Instance(
+                id,
+                service,
+                host,
+                pid,
+                version,
+                started_ns,
+                last_seen_ns,
+                alive=not stopped and last_seen_ns >= now_ns - ttl_ns,
+                stopped=bool(stopped),
+            )
+            for id, service, host, pid, version, started_ns, last_seen_ns, stopped in db.execute(
+                "SELECT id, service, host, pid, version, started_ns, last_seen_ns, stopped"
+                " FROM instances ORDER BY started_ns, id"
+            )
+        ]
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def prune(self, *, now_ns: int, history_ns: int, retention_ns: int) -> None:
+        connection = self._check_writer()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute("DELETE FROM runs WHERE end_ns < ?", (now_ns - history_ns,))
+            connection.execute(
+                "DELETE FROM instances WHERE (closed = 1 OR stopped = 1) AND last_seen_ns < ?",
+                (now_ns - retention_ns,),
+            )
+            stale = [
+                job
+                for job, settings in connection.execute(
+                    "SELECT id, settings FROM jobs WHERE updated_ns < ? AND next_run_ns IS NULL"
+                    " AND id NOT IN (SELECT job FROM open_runs)",
+                    (now_ns - retention_ns,),
+                )
+                if json.loads(settings).get("schedule") is None
+            ]
+            if stale:
+                connection.executemany("DELETE FROM runs WHERE job = ?", [(j,) for j in stale])
+                connection.executemany("DELETE FROM jobs WHERE id = ?", [(j,) for j in stale])
+                connection.execute(
+                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+    def after_fork(self) -> None:
+        _INHERITED.extend(c for c in (self._writer, self._reader) if c is not None)
+        self._lock = threading.Lock()
+        self._writer = self._reader = None
+        self._open()
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in (self._writer, self._reader):
+                if connection is not None:
+                    connection.close()
+            self._writer = self._reader = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.url!r})"

@@ -1,0 +1,382 @@
+"""The store conformance suite: what every backend must do, run against each of them."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from jobpulse import StoreError, StoreVersionError
+from jobpulse.store import SCHEMA_VERSION, SQLiteStore, Store, open_store
+from jobpulse.store._base import Cursor, FinishedRun, Instance, JobChange
+from jobpulse.store.sqlite import _MIGRATIONS
+
+S = 1_000_000_000
+T0 = 1_780_000_000 * S  # a fixed wall time, 2026
+TTL = 10 * S
+MARGIN = 2 * S
+
+StoreFactory = Callable[[], Store]
+
+
+def sqlite_factory(tmp_path: Path) -> StoreFactory:
+    path = tmp_path / "fleet" / "jobs.db"
+    return lambda: SQLiteStore(path)
+
+
+BACKENDS = {"sqlite": sqlite_factory}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens stores on one backend location; every store opened is closed afterwards."""
+    opened: list[Store] = []
+    factory = BACKENDS[request.param](tmp_path)
+
+    def make() -> Store:
+        store = factory()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def instance(name: str, started_ns: int = T0) -> Instance:
+    return Instance(name, "svc", "host-1", 1000 + len(name), "1.0", started_ns, started_ns)
+
+
+def change(name: str = "job", **fields: object) -> JobChange:
+    return JobChange(name=name, created_ns=T0, updated_ns=T0, **fields)  # type: ignore[arg-type]
+
+
+def run(start_ns: int, duration_ns: int, category: str | None = None) -> FinishedRun:
+    error = None if category is None else f"{category} error at {start_ns}"
+    return FinishedRun(start_ns, duration_ns, start_ns + duration_ns, category, error)
+
+
+def write(store: Store, who: Instance, *changes: JobChange, now_ns: int = T0) -> None:
+    result = store.write(
+        who, list(changes), now_ns=now_ns, instance_ttl_ns=TTL, margin_ns=MARGIN
+    )
+    assert result.applied
+
+
+def rows(store: Store, now_ns: int = T0) -> dict[str, object]:
+    read = store.read(None, now_ns=now_ns, instance_ttl_ns=TTL)
+    return {row.name: row for row in read.rows}
+
+
+def test_round_trip_is_exact(make_store: StoreFactory) -> None:
+    store = make_store()
+    odd = 123_456_789_012_345_679  # more digits than a float holds
+    runs = [run(T0 + 1, odd), run(T0 + 7, 1, "network")]
+    write(
+        store,
+        instance("a"),
+        change(
+            success=3,
+            failure=1,
+            total_duration_ns=odd + 1,
+            min_ns=1,
+            max_ns=odd,
+            runs=runs,
+            last_start_ns=T0 + 7,
+            last_success_ns=T0 + 1 + odd,
+            metadata={"rows": 12, "ratio": 0.1, "nested": {"ok": True}},
+            settings={"critical": True, "failure_threshold": 4, "timeout": 2.5},
+            next_run=(T0 + 60 * S + 3, 6 * S + 1),
+        ),
+    )
+    row = rows(make_store())["job"]  # a second store object: read back from the backend
+    assert (row.success_count, row.failure_count) == (3, 1)  # type: ignore[attr-defined]
+    assert row.total_duration_ns == odd + 1  # type: ignore[attr-defined]
+    assert (row.min_ns, row.max_ns) == (1, odd)  # type: ignore[attr-defined]
+    assert row.last_duration_ns == odd  # type: ignore[attr-defined]  # ended last
+    assert row.last_end_ns == T0 + 1 + odd  # type: ignore[attr-defined]
+    assert row.metadata == {"rows": 12, "ratio": 0.1, "nested": {"ok": True}}  # type: ignore[attr-defined]
+    assert row.settings == {"critical": True, "failure_threshold": 4, "timeout": 2.5}  # type: ignore[attr-defined]
+    assert (row.next_run_ns, row.grace_ns) == (T0 + 60 * S + 3, 6 * S + 1)  # type: ignore[attr-defined]
+    read = make_store().read(None, now_ns=T0, instance_ttl_ns=TTL)
+    stored = [(r.start_ns, r.duration_ns, r.end_ns, r.category) for r in read.runs]
+    assert stored == [(T0 + 1, odd, T0 + 1 + odd, None), (T0 + 7, 1, T0 + 8, "network")]
+
+
+def test_counts_are_fleet_sums_and_last_fields_follow_the_run_that_ended_last(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    write(store, instance("a"), change(success=2, runs=[run(T0, 5), run(T0 + 10, 5)]))
+    # A late batch from b: its runs ended before a's last one.
+    write(store, instance("b"), change(failure=1, runs=[run(T0 + 2, 3, "database")]))
+    row = rows(store)["job"]
+    assert (row.success_count, row.failure_count) == (2, 1)  # type: ignore[attr-defined]
+    assert row.consecutive_failures == 0  # type: ignore[attr-defined]
+    assert row.last_error is None and row.last_failed is False  # type: ignore[attr-defined]
+    # Now failures on both instances, in end order: consecutive counts the fleet's.
+    write(store, instance("b"), change(failure=1, runs=[run(T0 + 20, 1, "timeout")]))
+    write(store, instance("a"), change(failure=1, runs=[run(T0 + 30, 1, "network")]))
+    row = rows(store)["job"]
+    assert row.consecutive_failures == 2  # type: ignore[attr-defined]
+    assert row.last_error_category == "network"  # type: ignore[attr-defined]
+    assert row.last_error == f"network error at {T0 + 30}"  # type: ignore[attr-defined]
+
+
+def test_an_incremental_read_gives_only_what_changed(make_store: StoreFactory) -> None:
+    store = make_store()
+    write(store, instance("a"), change("one", success=1, runs=[run(T0, 1)]), change("two"))
+    first = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
+    assert sorted(row.name for row in first.rows) == ["one", "two"]
+    cursor = Cursor(first.store_id, first.seq, first.generation, first.runs[-1].id)
+    unchanged = store.read(cursor, now_ns=T0, instance_ttl_ns=TTL)
+    assert (unchanged.rows, unchanged.runs, unchanged.open_runs) == ((), (), None)
+    write(store, instance("a"), change("two", failure=1, runs=[run(T0 + 5, 1, "unknown")]))
+    moved = store.read(cursor, now_ns=T0, instance_ttl_ns=TTL)
+    assert [row.name for row in moved.rows] == ["two"]
+    assert [stored.name for stored in moved.runs] == ["two"]
+    assert not moved.reset
+
+
+def test_a_dead_instances_runs_are_closed_once_as_lost(make_store: StoreFactory) -> None:
+    store = make_store()
+    write(store, instance("dying"), change(open_runs=((7, T0 - 5 * S),), stall_after_ns=300 * S))
+    read = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
+    assert [(r.instance, r.run_id) for r in read.open_runs or ()] == [("dying", 7)]
+    # Not yet dead: nothing happens.
+    write(store, instance("a"), now_ns=T0 + TTL - 1)
+    assert rows(store)["job"].failure_count == 0  # type: ignore[attr-defined]
+    # Two survivors notice it, one after the other: the run is closed once.
+    later = T0 + TTL + 1
+    write(make_store(), instance("a"), now_ns=later)
+    write(make_store(), instance("b"), now_ns=later + S)
+    row = rows(store, later)["job"]
+    assert row.failure_count == 1 and row.last_error_category == "lost"  # type: ignore[attr-defined]
+    assert "dying" in row.last_error  # type: ignore[attr-defined,operator]
+    read = store.read(None, now_ns=later, instance_ttl_ns=TTL)
+    assert [r.category for r in read.runs] == ["lost"]
+    assert read.runs[0].duration_ns == later - (T0 - 5 * S)
+    assert not read.open_runs
+    assert {i.id: i.alive for i in read.instances} == {"dying": False, "a": True, "b": True}
+
+
+def test_a_stopped_instance_is_dead_at_once(make_store: StoreFactory) -> None:
+    store = make_store()
+    write(store, instance("a"), change(open_runs=((1, T0),)))
+    store.write(instance("a"), [], now_ns=T0, instance_ttl_ns=TTL, margin_ns=MARGIN, stopping=True)
+    write(store, instance("b"), now_ns=T0 + 1)
+    assert rows(store)["job"].failure_count == 1  # type: ignore[attr-defined]
+
+
+def test_a_slot_missed_while_nothing_ran_is_counted_once(make_store: StoreFactory) -> None:
+    store = make_store()
+    hourly = {"schedule": "@hourly", "timezone": "UTC"}
+    slot = T0 - T0 % (3600 * S) + 3600 * S
+    write(
+        store,
+        instance("old"),
+        change(settings=hourly, last_start_ns=slot - 3600 * S, next_run=(slot, 60 * S)),
+    )
+    # Three hours and a half later two new instances write: slot, slot+1h, slot+2h, slot+3h.
+    now = slot + 3 * 3600 * S + 1800 * S
+    write(make_store(), instance("a"), now_ns=now)
+    write(make_store(), instance("b"), now_ns=now + S)
+    row = rows(store, now)["job"]
+    assert row.missed_count == 4  # type: ignore[attr-defined]
+    assert row.last_missed_ns == slot + 3 * 3600 * S  # type: ignore[attr-defined]
+    assert row.next_run_ns == slot + 4 * 3600 * S  # type: ignore[attr-defined]
+    # An instance reporting one of those slots itself does not count it again.
+    write(store, instance("a"), change(missed=1, last_missed_ns=slot + 3 * 3600 * S), now_ns=now)
+    assert rows(store, now)["job"].missed_count == 4  # type: ignore[attr-defined]
+
+
+def test_interval_slots_reported_by_two_instances_count_once(make_store: StoreFactory) -> None:
+    store = make_store()
+    every = {"schedule": "@every 1m"}
+    write(store, instance("a"), change(settings=every, missed=1, last_missed_ns=T0 + 300_000))
+    write(store, instance("b"), change(settings=every, missed=1, last_missed_ns=T0 + 900_000))
+    assert rows(store)["job"].missed_count == 1  # type: ignore[attr-defined]
+    write(store, instance("b"), change(missed=1, last_missed_ns=T0 + 60 * S))
+    assert rows(store)["job"].missed_count == 2  # type: ignore[attr-defined]
+
+
+def test_a_run_in_progress_anywhere_keeps_slots_from_counting(make_store: StoreFactory) -> None:
+    store = make_store()
+    write(
+        store,
+        instance("a"),
+        change(settings={"schedule": "@every 1m"}, next_run=(T0 + 60 * S, 6 * S)),
+    )
+    write(store, instance("a"), change(open_runs=((1, T0 - S),)))
+    write(store, instance("a"), now_ns=T0 + 120 * S)
+    row = rows(store, T0 + 120 * S)["job"]
+    assert row.missed_count == 0  # type: ignore[attr-defined]
+    assert row.next_run_ns is not None and row.next_run_ns > T0 + 60 * S  # type: ignore[attr-defined]
+
+
+def test_a_different_registration_from_another_instance_is_a_conflict(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    ok = store.write(
+        instance("a"),
+        [change(settings={"critical": True})],
+        now_ns=T0,
+        instance_ttl_ns=TTL,
+        margin_ns=MARGIN,
+    )
+    same = store.write(
+        instance("b"),
+        [change(settings={"critical": True})],
+        now_ns=T0,
+        instance_ttl_ns=TTL,
+        margin_ns=MARGIN,
+    )
+    other = store.write(
+        instance("c"),
+        [change(settings={"critical": False})],
+        now_ns=T0,
+        instance_ttl_ns=TTL,
+        margin_ns=MARGIN,
+    )
+    assert (ok.conflicts, same.conflicts, other.conflicts) == ((), (), ("job",))
+    assert rows(store)["job"].settings == {"critical": False}  # type: ignore[attr-defined]
+
+
+def test_prune_drops_old_history_dead_instances_and_idle_jobs(make_store: StoreFactory) -> None:
+    store = make_store()
+    day = 24 * 3600 * S
+    write(store, instance("gone"), change("idle", success=1, runs=[run(T0, S)]))
+    store.write(instance("gone"), [], now_ns=T0, instance_ttl_ns=TTL, margin_ns=MARGIN, stopping=True)
+    write(
+        store,
+        instance("a"),
+        change("daily", settings={"schedule": "@daily", "timezone": "UTC"}, runs=[run(T0, S)]),
+        now_ns=T0,
+    )
+    before = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
+    store.prune(now_ns=T0 + 2 * day, history_ns=day, retention_ns=day)
+    after = store.read(None, now_ns=T0 + 2 * day, instance_ttl_ns=TTL)
+    assert after.generation == before.generation + 1
+    assert [row.name for row in after.rows] == ["daily"]  # a scheduled job stays
+    assert after.runs == []
+    assert [i.id for i in after.instances] == ["a"]
+
+
+def test_open_creates_the_folder_and_a_wal_database(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "jobs.db"
+    store = open_store(f"sqlite:///{path}")  # absolute: four slashes
+    try:
+        assert path.exists()
+        mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+    finally:
+        store.close()
+
+
+def test_a_relative_url_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///state/jobs.db")
+    store.close()
+    assert (tmp_path / "state" / "jobs.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgres://user:hunter2@db/jobs", "unsupported URL scheme 'postgres'"),
+        ("sqlite://host/jobs.db", "has no host"),
+        ("sqlite:///", "expected a file path"),
+        ("sqlite:///jobs.db?mode=ro", "expected a file path"),
+        ("jobs.db", r"unsupported URL scheme '\(none\)'"),
+    ],
+)
+def test_a_bad_url_is_refused_clearly(url: str, message: str) -> None:
+    with pytest.raises(StoreError, match=message) as caught:
+        open_store(url)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_store_that_is_not_a_url_or_a_store_is_refused() -> None:
+    with pytest.raises(StoreError, match="not int"):
+        open_store(42)  # type: ignore[arg-type]
+
+
+def test_an_unwritable_path_is_refused_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match="cannot create the folder") as caught:
+        open_store(f"sqlite:///{blocker}/jobs.db")
+    assert str(blocker) in str(caught.value)
+
+
+def test_a_corrupted_file_is_refused_naming_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(StoreError) as caught:
+        open_store(f"sqlite:///{path}")
+    assert str(path) in str(caught.value)
+
+
+def test_another_applications_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    sqlite3.connect(path).execute("CREATE TABLE users (id INTEGER)").connection.commit()
+    with pytest.raises(StoreError, match="another application's tables"):
+        open_store(f"sqlite:///{path}")
+
+
+def test_a_store_written_by_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
+        )
+    with pytest.raises(StoreVersionError, match=f"schema version {SCHEMA_VERSION + 1}"):
+        open_store(f"sqlite:///{path}")
+
+
+def test_migrations_run_forward_from_the_first_schema(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(_MIGRATIONS[0])
+        db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [("schema_version", "1"), ("store_id", "old"), ("seq", "0"), ("generation", "0")],
+        )
+    store = SQLiteStore(path)
+    store.close()
+    with sqlite3.connect(path) as db:
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        store_id = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)
+    assert {"runs_end", "jobs_next_run"} <= indexes
+    assert store_id == ("old",)  # the same store, migrated
+
+
+def test_a_deleted_file_becomes_a_new_store(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = SQLiteStore(path)
+    try:
+        first = store.write(instance("a"), [change(success=1)], now_ns=T0, instance_ttl_ns=TTL, margin_ns=MARGIN)
+        for leftover in tmp_path.glob("jobs.db*"):
+            leftover.unlink()
+        refused = store.write(
+            instance("a"),
+            [change(success=1)],
+            now_ns=T0,
+            instance_ttl_ns=TTL,
+            margin_ns=MARGIN,
+            expected_store_id=first.store_id,
+        )
+        assert not refused.applied and refused.store_id != first.store_id
+        assert path.exists()
+        assert store.read(None, now_ns=T0, instance_ttl_ns=TTL).rows == []
+    finally:
+        store.close()
