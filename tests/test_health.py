@@ -133,7 +133,8 @@ def test_health_document(monitor: JobMonitor, clock: FakeClock) -> None:
     assert report.http_status == 206
     document = report.to_dict()
     text = json.dumps(document, allow_nan=False)
-    assert set(document) == {"status", "timestamp", "jobs", "summary", "duration_ms"}
+    assert set(document) == {"status", "timestamp", "scope", "jobs", "summary", "duration_ms"}
+    assert document["scope"] == "process"
     assert document["status"] == "degraded"
     assert document["timestamp"] == "2026-01-01T00:00:02.469Z"
     assert isinstance(document["duration_ms"], float)

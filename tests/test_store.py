@@ -60,9 +60,7 @@ def run(start_ns: int, duration_ns: int, category: str | None = None) -> Finishe
 
 
 def write(store: Store, who: Instance, *changes: JobChange, now_ns: int = T0) -> None:
-    result = store.write(
-        who, list(changes), now_ns=now_ns, instance_ttl_ns=TTL, margin_ns=MARGIN
-    )
+    result = store.write(who, list(changes), now_ns=now_ns, instance_ttl_ns=TTL, margin_ns=MARGIN)
     assert result.applied
 
 
@@ -116,7 +114,8 @@ def test_counts_are_fleet_sums_and_last_fields_follow_the_run_that_ended_last(
     row = rows(store)["job"]
     assert (row.success_count, row.failure_count) == (2, 1)  # type: ignore[attr-defined]
     assert row.consecutive_failures == 0  # type: ignore[attr-defined]
-    assert row.last_error is None and row.last_failed is False  # type: ignore[attr-defined]
+    assert row.last_error is None
+    assert row.last_failed is False
     # Now failures on both instances, in end order: consecutive counts the fleet's.
     write(store, instance("b"), change(failure=1, runs=[run(T0 + 20, 1, "timeout")]))
     write(store, instance("a"), change(failure=1, runs=[run(T0 + 30, 1, "network")]))
@@ -154,8 +153,9 @@ def test_a_dead_instances_runs_are_closed_once_as_lost(make_store: StoreFactory)
     write(make_store(), instance("a"), now_ns=later)
     write(make_store(), instance("b"), now_ns=later + S)
     row = rows(store, later)["job"]
-    assert row.failure_count == 1 and row.last_error_category == "lost"  # type: ignore[attr-defined]
-    assert "dying" in row.last_error  # type: ignore[attr-defined,operator]
+    assert row.failure_count == 1
+    assert row.last_error_category == "lost"
+    assert "dying" in row.last_error  # type: ignore[attr-defined]
     read = store.read(None, now_ns=later, instance_ttl_ns=TTL)
     assert [r.category for r in read.runs] == ["lost"]
     assert read.runs[0].duration_ns == later - (T0 - 5 * S)
@@ -214,7 +214,8 @@ def test_a_run_in_progress_anywhere_keeps_slots_from_counting(make_store: StoreF
     write(store, instance("a"), now_ns=T0 + 120 * S)
     row = rows(store, T0 + 120 * S)["job"]
     assert row.missed_count == 0  # type: ignore[attr-defined]
-    assert row.next_run_ns is not None and row.next_run_ns > T0 + 60 * S  # type: ignore[attr-defined]
+    assert row.next_run_ns is not None
+    assert row.next_run_ns > T0 + 60 * S
 
 
 def test_a_different_registration_from_another_instance_is_a_conflict(
@@ -250,7 +251,9 @@ def test_prune_drops_old_history_dead_instances_and_idle_jobs(make_store: StoreF
     store = make_store()
     day = 24 * 3600 * S
     write(store, instance("gone"), change("idle", success=1, runs=[run(T0, S)]))
-    store.write(instance("gone"), [], now_ns=T0, instance_ttl_ns=TTL, margin_ns=MARGIN, stopping=True)
+    store.write(
+        instance("gone"), [], now_ns=T0, instance_ttl_ns=TTL, margin_ns=MARGIN, stopping=True
+    )
     write(
         store,
         instance("a"),
@@ -364,7 +367,9 @@ def test_a_deleted_file_becomes_a_new_store(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     store = SQLiteStore(path)
     try:
-        first = store.write(instance("a"), [change(success=1)], now_ns=T0, instance_ttl_ns=TTL, margin_ns=MARGIN)
+        first = store.write(
+            instance("a"), [change(success=1)], now_ns=T0, instance_ttl_ns=TTL, margin_ns=MARGIN
+        )
         for leftover in tmp_path.glob("jobs.db*"):
             leftover.unlink()
         refused = store.write(
@@ -375,7 +380,8 @@ def test_a_deleted_file_becomes_a_new_store(tmp_path: Path) -> None:
             margin_ns=MARGIN,
             expected_store_id=first.store_id,
         )
-        assert not refused.applied and refused.store_id != first.store_id
+        assert not refused.applied
+        assert refused.store_id != first.store_id
         assert path.exists()
         assert store.read(None, now_ns=T0, instance_ttl_ns=TTL).rows == []
     finally:

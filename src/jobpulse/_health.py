@@ -10,12 +10,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from jobpulse._job import HealthRow
 from jobpulse._model import JobsSummary, JobState, JobStatus, dump_json, rfc3339
 
-__all__ = ["HealthDocument", "HealthReport", "HealthStatus", "evaluate"]
+__all__ = ["PROCESS_VIEW", "HealthDocument", "HealthReport", "HealthStatus", "evaluate"]
+
+#: `HealthReport.view` without a store.
+PROCESS_VIEW: Mapping[str, Any] = MappingProxyType({"scope": "process"})
 
 
 class HealthStatus(str, enum.Enum):
@@ -85,6 +89,10 @@ class HealthReport:
     jobs: Mapping[str, JobStatus]
     summary: JobsSummary
     duration_ms: float
+    #: Whose view this is: ``{"scope": "process"}``, or with a store ``{"scope": "fleet",
+    #: "store": "ok", "instances": [...]}`` (``"store": "unavailable"`` and ``store_error``
+    #: when the store could not be read: the process's own view is served instead).
+    view: Mapping[str, Any] = dataclasses.field(default_factory=lambda: PROCESS_VIEW)
 
     @property
     def http_status(self) -> int:
@@ -95,6 +103,7 @@ class HealthReport:
         return {
             "status": self.status.value,
             "timestamp": rfc3339(self.timestamp),
+            **self.view,
             "jobs": {name: job.to_dict() for name, job in self.jobs.items()},
             "summary": self.summary.to_dict(),
             "duration_ms": round(self.duration_ms, 3),
@@ -103,7 +112,7 @@ class HealthReport:
     def to_json(self) -> bytes:
         """`to_dict` as compact UTF-8 JSON, assembled from each job's cached member."""
         jobs = b",".join([job.json_member for job in self.jobs.values()])
-        head, tail = _frame(self.status, self.timestamp, self.summary, self.duration_ms)
+        head, tail = _frame(self.status, self.timestamp, self.summary, self.duration_ms, self.view)
         return b"".join((head, jobs, tail))
 
 
@@ -120,10 +129,15 @@ class HealthDocument:
         self._last: tuple[Sequence[HealthRow], HealthStatus, JobsSummary, bytes] | None = None
 
     def parts(
-        self, rows: Sequence[HealthRow], now: datetime, started: float
+        self,
+        rows: Sequence[HealthRow],
+        now: datetime,
+        started: float,
+        view: Mapping[str, Any] = PROCESS_VIEW,
     ) -> tuple[HealthStatus, list[bytes]]:
         """The overall health, and the document as parts to send (or join) in order.
-        `started` is when reading the view began (``time.perf_counter()``)."""
+        `started` is when reading the view began (``time.perf_counter()``); `view` is the
+        document's ``scope`` and what goes with it (see `HealthReport.view`)."""
         last = self._last
         if last is None or len(last[0]) != len(rows) or not all(map(operator.is_, last[0], rows)):
             status = _judge(rows)
@@ -131,14 +145,19 @@ class HealthDocument:
             last = self._last = (rows, status, counts, b",".join([row.member for row in rows]))
         _, status, counts, jobs = last
         summary = dataclasses.replace(counts, last_update_time=now)
-        head, tail = _frame(status, now, summary, (time.perf_counter() - started) * 1000.0)
+        elapsed = (time.perf_counter() - started) * 1000.0
+        head, tail = _frame(status, now, summary, elapsed, view)
         return status, [head, jobs, tail]
 
 
 def _frame(
-    status: HealthStatus, timestamp: datetime, summary: JobsSummary, duration_ms: float
+    status: HealthStatus,
+    timestamp: datetime,
+    summary: JobsSummary,
+    duration_ms: float,
+    view: Mapping[str, Any],
 ) -> tuple[bytes, bytes]:
     """What comes before and after the members of ``jobs`` in the document."""
-    head = dump_json({"status": status.value, "timestamp": rfc3339(timestamp)})
+    head = dump_json({"status": status.value, "timestamp": rfc3339(timestamp), **view})
     tail = dump_json({"summary": summary.to_dict(), "duration_ms": round(duration_ms, 3)})
     return head[:-1] + b',"jobs":{', b"}," + tail[1:]

@@ -7,15 +7,18 @@ import contextvars
 import functools
 import inspect
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from opentelemetry import context as context_api
 from opentelemetry import metrics, trace
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
@@ -31,7 +34,7 @@ from jobpulse._exceptions import (
 )
 from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard, report_foreign_error, report_internal_error
-from jobpulse._health import HealthDocument, HealthReport, HealthStatus, evaluate
+from jobpulse._health import PROCESS_VIEW, HealthDocument, HealthReport, HealthStatus, evaluate
 from jobpulse._instruments import METER_NAME, Instruments, validate_namespace
 from jobpulse._model import JobsSummary, JobStatus, RunRecord, from_ns, to_ns
 from jobpulse._processor import ARMED, JobStatusProcessor, span_attribute
@@ -60,6 +63,10 @@ from jobpulse._version import __version__
 __all__ = ["JobMonitor", "JobRun", "record_failure", "set_metadata"]
 
 logger = logging.getLogger("jobpulse")
+
+if TYPE_CHECKING:
+    from jobpulse.store import Instance, Store
+    from jobpulse.store._link import StoreLink
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -286,6 +293,20 @@ class JobMonitor:
         max_history: how many runs of the last 24 hours each job's history holds; past it,
             the oldest are dropped (and counted in ``history_dropped``).
         clock: where time is read; tests pass `jobpulse.testing.FakeClock`.
+        store: where the processes of this service share their view (see docs/store.md):
+            a URL (``sqlite:///jobs.db`` relative to the working directory,
+            ``sqlite:////var/lib/app/jobs.db`` absolute) or a `jobpulse.store.Store`. With a
+            store, `status`, `statuses`, `history`, `health` and the routes answer for every
+            process writing to it, and a restarted process starts from what it holds. None
+            (the default): this process alone, nothing written anywhere. Raises
+            `jobpulse.StoreError` if it cannot be opened (nothing is attached then).
+        flush_interval: seconds between the writes of this process's changes to the store
+            (from a thread of its own, never a job's), and the longest a read of the fleet's
+            view is reused.
+        instance_ttl: a process whose last write is older than this is dead: its runs in
+            progress are closed as failed, category ``lost``. At least twice `flush_interval`.
+        store_buffer_runs: finished runs that may wait for a store that is down; those past
+            it are counted and logged, and left out of the store's history (counts stay exact).
 
     Thread-safe: runs may start and end on any thread or event loop.
     """
@@ -301,16 +322,25 @@ class JobMonitor:
         retention: Duration = timedelta(hours=24),
         max_history: int = 4096,
         clock: Clock | None = None,
+        store: str | Store | None = None,
+        flush_interval: Duration = 1.0,
+        instance_ttl: Duration = 10.0,
+        store_buffer_runs: int = 100_000,
     ) -> None:
         self._clock = clock or SYSTEM_CLOCK
         self.namespace = validate_namespace(namespace)
+        default_stall_after = to_seconds(stall_after, "stall_after")
+        retention_seconds = to_seconds(retention, "retention")
+        max_history = validate_positive_int(max_history, "max_history")
         self._registry = StatusRegistry(
             clock=self._clock,
-            default_stall_after=to_seconds(stall_after, "stall_after"),
+            default_stall_after=default_stall_after,
             max_jobs=validate_positive_int(max_jobs, "max_jobs"),
-            retention_seconds=to_seconds(retention, "retention"),
-            max_history=validate_positive_int(max_history, "max_history"),
+            retention_seconds=retention_seconds,
+            max_history=max_history,
         )
+        # Opened before anything is attached to a provider: a bad store changes nothing.
+        opened = None if store is None else _open_store(store, flush_interval, instance_ttl)
         meter = (meter_provider or metrics.get_meter_provider()).get_meter(METER_NAME, __version__)
         self._processor = JobStatusProcessor(
             self._registry, Instruments(meter, self._registry, namespace)
@@ -325,7 +355,28 @@ class JobMonitor:
         # exporters to close (within one deadline) when the monitor shuts down.
         self._prometheus_registry: Any = None
         self._health_document = HealthDocument()
+        self._fleet_document = HealthDocument()
         self._on_shutdown: list[Callable[[], object]] = []
+        #: Seconds the store's last write may take at `shutdown` (setup() sets its own).
+        self._shutdown_timeout = 2.0
+        self._store: StoreLink | None = None
+        if opened is not None:
+            from jobpulse.store._link import StoreLink
+
+            service, version = _service_of(tracer_provider)
+            self._store = StoreLink(
+                opened,
+                self._registry,
+                self._clock,
+                service=service,
+                version=version,
+                flush_interval=to_seconds(flush_interval, "flush_interval"),
+                instance_ttl=to_seconds(instance_ttl, "instance_ttl"),
+                retention=retention_seconds,
+                buffer_runs=validate_positive_int(store_buffer_runs, "store_buffer_runs"),
+                default_stall_after=default_stall_after,
+                max_history=max_history,
+            )
 
     @property
     def closed(self) -> bool:
@@ -1001,12 +1052,18 @@ class JobMonitor:
     # -- reading the view --------------------------------------------------------------
 
     def status(self, name: str) -> JobStatus | None:
-        """The job's current status, or None if it is not in the view."""
-        return self._registry.snapshot(name)
+        """The job's current status, or None if it is not in the view (the fleet's, with a
+        store)."""
+        local = functools.partial(self._registry.snapshot, name)
+        if self._store is None:
+            return local()
+        return self._store.read(lambda fleet: fleet.snapshot(name), local)
 
     def statuses(self) -> dict[str, JobStatus]:
-        """Every job in the view, by name (sorted)."""
-        return self._registry.snapshots()
+        """Every job in the view (the fleet's, with a store), by name (sorted)."""
+        if self._store is None:
+            return self._registry.snapshots()
+        return self._store.read(lambda fleet: fleet.snapshots(), self._registry.snapshots)
 
     def pending(self) -> dict[str, int]:
         """The pending counts reported with `set_pending`."""
@@ -1014,8 +1071,27 @@ class JobMonitor:
 
     def history(self, name: str) -> list[RunRecord]:
         """The job's finished runs of the last 24 hours, newest first, at most `max_history`
-        of them ([] for an unknown job)."""
-        return self._registry.history(name)
+        of them ([] for an unknown job). With a store, the runs of every instance."""
+        local = functools.partial(self._registry.history, name)
+        if self._store is None:
+            return local()
+        return self._store.read(lambda fleet: fleet.history(name), local)
+
+    def instances(self) -> list[Instance]:
+        """The processes writing to the store, with service, host, pid, last heartbeat and
+        whether they are alive; without a store, this process alone."""
+        if self._store is None:
+            return [self._local_instance()]
+        return self._store.instances()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Write what this process has not yet written to its store, and wait until it is
+        written or `timeout` seconds passed; True if the store took it (and always without
+        a store: nothing is pending). Later reads see the store as it is now. For tests,
+        command-line tools and short scripts: a service needs no flush."""
+        if self._store is None:
+            return True
+        return self._store.flush(timeout)
 
     def summary(self) -> JobsSummary:
         return JobsSummary.of(self.statuses(), from_ns(self._clock.time_ns()))
@@ -1024,6 +1100,7 @@ class JobMonitor:
         """The overall health (healthy 200 / degraded 206 / unhealthy 503) with every job."""
         started = time.perf_counter()
         statuses = self.statuses()
+        view = PROCESS_VIEW if self._store is None else self._store.view()
         now = from_ns(self._clock.time_ns())
         return HealthReport(
             status=evaluate(statuses),
@@ -1031,6 +1108,7 @@ class JobMonitor:
             jobs=statuses,
             summary=JobsSummary.of(statuses, now),
             duration_ms=(time.perf_counter() - started) * 1000.0,
+            view=view,
         )
 
     def health_json(self) -> tuple[HealthStatus, bytes]:
@@ -1042,8 +1120,17 @@ class JobMonitor:
 
     def _health_parts(self) -> tuple[HealthStatus, list[bytes]]:
         started = time.perf_counter()
-        rows = self._registry.health_rows()
-        return self._health_document.parts(rows, from_ns(self._clock.time_ns()), started)
+        link = self._store
+        if link is None:
+            rows = self._registry.health_rows()
+            return self._health_document.parts(rows, from_ns(self._clock.time_ns()), started)
+        fleet_rows = link.read(lambda fleet: fleet.health_rows(), lambda: None)
+        view = link.view()
+        if fleet_rows is None:
+            rows = self._registry.health_rows()
+            return self._health_document.parts(rows, from_ns(self._clock.time_ns()), started, view)
+        now = from_ns(self._clock.time_ns())
+        return self._fleet_document.parts(fleet_rows, now, started, view)
 
     def shutdown(self) -> None:
         """Stop the watchdog and stop tracking. Idempotent. Does not shut down providers the
@@ -1056,8 +1143,44 @@ class JobMonitor:
         for step in self._on_shutdown:
             step()
         self._processor.shutdown()
+        if self._store is not None:
+            self._store.stop(self._shutdown_timeout)
         if self._private_provider is not None:
             self._private_provider.shutdown()
+
+    def _local_instance(self) -> Instance:
+        from jobpulse.store import Instance
+
+        service, version = _service_of(None)
+        now_ns = self._clock.time_ns()
+        return Instance("", service, socket.gethostname(), os.getpid(), version, now_ns, now_ns)
+
+
+def _open_store(store: str | Store, flush_interval: Duration, instance_ttl: Duration) -> Store:
+    from jobpulse.store import open_store
+
+    flush_seconds = to_seconds(flush_interval, "flush_interval")
+    ttl_seconds = to_seconds(instance_ttl, "instance_ttl")
+    if flush_seconds <= 0 or ttl_seconds < 2 * flush_seconds:
+        raise InvalidJobError(
+            f"flush_interval must be > 0 and instance_ttl at least twice it, got "
+            f"flush_interval={flush_seconds:g}s, instance_ttl={ttl_seconds:g}s"
+        )
+    return open_store(store)
+
+
+def _service_of(provider: trace.TracerProvider | None) -> tuple[str, str]:
+    """(service.name, service.version) of the provider's resource, or of the environment's
+    (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``)."""
+    provider = provider if provider is not None else trace.get_tracer_provider()
+    if isinstance(provider, SdkTracerProvider):
+        attributes = provider.resource.attributes
+    else:
+        attributes = Resource.create().attributes
+    return (
+        str(attributes.get(SERVICE_NAME, "unknown_service")),
+        str(attributes.get(SERVICE_VERSION, "")),
+    )
 
 
 def _current_task() -> asyncio.Task[Any] | None:

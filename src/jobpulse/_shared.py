@@ -75,10 +75,10 @@ from jobpulse._errors import (
     qualified_type_name,
     safe_error_text,
 )
+from jobpulse._exceptions import StoreError, StoreVersionError
 from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard
 from jobpulse._history import WINDOW_NS, HistoryStats, RunHistory
-from jobpulse._exceptions import StoreError, StoreVersionError
 from jobpulse._job import (
     HealthRow,
     Job,
@@ -136,8 +136,8 @@ __all__ = [
     "HistoryStats",
     "Job",
     "JobState",
-    "LocalJob",
     "JobStatus",
+    "LocalJob",
     "MissedSlots",
     "PendingRows",
     "RunHistory",

@@ -113,15 +113,15 @@ class FleetView:
                     self._open.setdefault(run.name, []).append(run)
             touched.update(previous.keys() ^ self._open.keys())
             touched.update(name for name in self._open if previous.get(name) != self._open[name])
-        for run in read.runs:
-            job = self._job(run.name, now_ns)
+        for stored in read.runs:
+            job = self._job(stored.name, now_ns)
             history = job.history
             if history is None:
                 history = job.history = RunHistory(self._max_history)
-            code = 0 if run.category is None else self._code(run.category)
-            history.add(run.start_ns, run.duration_ns, code, now_ns)
+            code = 0 if stored.category is None else self._code(stored.category)
+            history.add(stored.start_ns, stored.duration_ns, code, now_ns)
             job.stats = None
-            touched.add(run.name)
+            touched.add(stored.name)
         for name in touched:
             self._apply(name, now_ns)
         if read.runs:

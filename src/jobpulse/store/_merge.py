@@ -68,10 +68,11 @@ def _tolerance_ns(schedule: Schedule | None) -> int:
 
 def fold_runs(row: FleetRow, runs: Iterable[FinishedRun]) -> bool:
     """Fold finished runs, in the order they ended, into the "last" fields; True if one of
-    them is now the run that ended last."""
+    them is now the run that ended last (of runs that ended at the same nanosecond, the
+    one written last)."""
     took = False
     for run in sorted(runs, key=lambda run: run.end_ns):
-        if row.last_end_ns is not None and run.end_ns <= row.last_end_ns:
+        if row.last_end_ns is not None and run.end_ns < row.last_end_ns:
             continue
         took = True
         row.last_end_ns = run.end_ns

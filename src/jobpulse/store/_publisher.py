@@ -82,7 +82,6 @@ class Publisher:
         clock: Clock,
         *,
         service: str,
-        instance_id: str | None,
         version: str,
         flush_interval: float,
         instance_ttl: float,
@@ -99,7 +98,7 @@ class Publisher:
         self._retention_ns = int(retention * 1e9)
         self._buffer_runs = buffer_runs
         self._on_written = on_written
-        self.instance = self._new_instance(instance_id)
+        self.instance = self._new_instance()
         self._published: dict[str, _Published] = {}
         self._pending: dict[str, JobChange] = {}
         self._buffered_runs = 0
@@ -110,10 +109,12 @@ class Publisher:
         self._start_thread()
         after_fork_in_child(self._reset_after_fork)
 
-    def _new_instance(self, instance_id: str | None) -> Instance:
+    def _new_instance(self) -> Instance:
+        # One per monitor and per process: a resource's service.instance.id may be shared
+        # by every worker started from one environment.
         now_ns = self._clock.time_ns()
         return Instance(
-            id=instance_id or uuid.uuid4().hex,
+            id=uuid.uuid4().hex,
             service=self._service,
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -350,7 +351,7 @@ class Publisher:
         # The child is a new instance: it publishes only its own changes from here on. What
         # the parent had not written yet is the parent's to write.
         self.store.after_fork()
-        self.instance = self._new_instance(None)
+        self.instance = self._new_instance()
         self._pending.clear()
         self._buffered_runs = 0
         self._failing = None

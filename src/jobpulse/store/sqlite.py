@@ -81,7 +81,7 @@ _MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 # FleetRow's fields in the order of the jobs table's columns (after id).
-_ROW_FIELDS = tuple(name for name in FleetRow.__dataclass_fields__ if name != "seq") + ("seq",)
+_ROW_FIELDS = (*tuple(name for name in FleetRow.__dataclass_fields__ if name != "seq"), "seq")
 _JSON_FIELDS = ("settings", "metadata")
 _COLUMNS = ", ".join(_ROW_FIELDS)
 _UPSERT = (
@@ -101,7 +101,12 @@ _INHERITED: list[sqlite3.Connection] = []
 
 
 def _encode(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _signed(run_id: int) -> int:
+    # Run ids are span ids, 64-bit unsigned; SQLite's integers are signed.
+    return run_id - (1 << 64) if run_id >= 1 << 63 else run_id
 
 
 def _to_row(values: Sequence[Any]) -> FleetRow:
@@ -363,13 +368,14 @@ class SQLiteStore:
             )
         for name, runs, stall_after_ns in open_runs:
             job = ids[name]
-            db.execute(
-                "DELETE FROM open_runs WHERE instance = ? AND job = ?", (instance.id, job)
-            )
+            db.execute("DELETE FROM open_runs WHERE instance = ? AND job = ?", (instance.id, job))
             db.executemany(
                 "INSERT INTO open_runs (instance, job, run_id, start_ns, stall_after_ns)"
                 " VALUES (?, ?, ?, ?, ?)",
-                [(instance.id, job, run_id, start, stall_after_ns) for run_id, start in runs],
+                [
+                    (instance.id, job, _signed(run_id), start, stall_after_ns)
+                    for run_id, start in runs
+                ],
             )
         return WriteResult(
             self._store_id, lost_runs=lost, missed_slots=missed, conflicts=tuple(conflicts)
@@ -466,9 +472,7 @@ class SQLiteStore:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         store_id, seq, generation = meta["store_id"], int(meta["seq"]), int(meta["generation"])
         instances = self._instances(db, now_ns, ttl_ns)
-        reset = (
-            cursor is None or cursor.store_id != store_id or cursor.generation != generation
-        )
+        reset = cursor is None or cursor.store_id != store_id or cursor.generation != generation
         if not reset and cursor is not None and cursor.seq == seq:
             return FleetRead(store_id, seq, generation, False, (), (), None, instances)
         since_seq = -1 if reset or cursor is None else cursor.seq
@@ -486,7 +490,7 @@ class SQLiteStore:
             )
         ]
         open_runs = [
-            OpenRun(*values)
+            OpenRun(values[0], values[1], values[2] % (1 << 64), values[3], values[4])
             for values in db.execute(
                 "SELECT o.instance, j.name, o.run_id, o.start_ns, o.stall_after_ns"
                 " FROM open_runs o JOIN jobs j ON j.id = o.job"

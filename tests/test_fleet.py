@@ -1,0 +1,301 @@
+"""Monitors sharing a store: one view across processes and restarts (with a fake clock;
+tests/test_store_processes.py does it with real processes)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import jobpulse
+from jobpulse import InvalidJobError, JobMonitor, JobState, StoreError
+from jobpulse.testing import FakeClock
+
+MakeMonitor = Callable[..., JobMonitor]
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+@pytest.fixture
+def fleet(url: str, clock: FakeClock) -> Iterator[MakeMonitor]:
+    """Monitors on one store and one fake clock, as processes of one service would be."""
+    made: list[JobMonitor] = []
+
+    def make(**options: object) -> JobMonitor:
+        monitor = JobMonitor(store=url, clock=clock, **options)  # type: ignore[arg-type]
+        made.append(monitor)
+        return monitor
+
+    yield make
+    for monitor in made:
+        monitor.shutdown()
+
+
+def fail(monitor: JobMonitor, name: str, times: int = 1) -> None:
+    for _ in range(times):
+        with pytest.raises(RuntimeError), monitor.run(name):
+            raise RuntimeError(f"{name} failed")
+
+
+def succeed(monitor: JobMonitor, name: str, times: int = 1) -> None:
+    for _ in range(times):
+        with monitor.run(name):
+            pass
+
+
+def test_without_a_store_nothing_is_written_and_the_view_is_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monitor = JobMonitor(clock=clock)
+    try:
+        succeed(monitor, "alone")
+        assert monitor.flush() is True
+        document = json.loads(monitor.health_json()[1])
+        assert document["scope"] == "process" and "instances" not in document
+        assert monitor.health().to_dict()["scope"] == "process"
+        assert [i.pid for i in monitor.instances()] == [os.getpid()]
+        assert not [t for t in threading.enumerate() if t.name == "jobpulse-store"]
+    finally:
+        monitor.shutdown()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_processes_answer_with_the_fleets_sums(fleet: MakeMonitor) -> None:
+    a, b = fleet(), fleet()
+    succeed(a, "sync", 3)
+    fail(b, "sync", 2)
+    succeed(b, "only-b")
+    assert a.flush() and b.flush()
+    for monitor in (a, b):
+        status = monitor.status("sync")
+        assert status is not None
+        assert (status.success_count, status.failure_count) == (3, 2)
+        assert status.consecutive_failures == 2 and status.state is JobState.FAILED
+        assert sorted(monitor.statuses()) == ["only-b", "sync"]
+        assert len(monitor.history("sync")) == 5
+    code_a, body_a = a.health_json()
+    code_b, body_b = b.health_json()
+    doc_a, doc_b = json.loads(body_a), json.loads(body_b)
+    assert code_a == code_b
+    assert doc_a["jobs"] == doc_b["jobs"]
+    assert doc_a["scope"] == "fleet" and doc_a["store"] == "ok"
+    assert sorted(i["id"] for i in doc_a["instances"]) == sorted(i.id for i in a.instances())
+    assert len(doc_a["instances"]) == 2 and all(i["alive"] for i in doc_a["instances"])
+    assert a.health().to_dict()["jobs"] == doc_a["jobs"]
+
+
+def test_a_restart_keeps_consecutive_failures_so_the_next_failure_is_unhealthy(
+    fleet: MakeMonitor,
+) -> None:
+    before = fleet()
+    before.register("billing", critical=True, failure_threshold=3)
+    fail(before, "billing", 2)
+    before.shutdown()  # a deploy
+    after = fleet()
+    status = after.status("billing")
+    assert status is not None
+    assert status.consecutive_failures == 2 and status.last_error == "RuntimeError: billing failed"
+    assert after.health().status is jobpulse.HealthStatus.DEGRADED
+    after.register("billing", critical=True, failure_threshold=3)
+    fail(after, "billing")
+    assert after.flush()
+    assert after.health().status is jobpulse.HealthStatus.UNHEALTHY
+    assert after.health_json()[0] is jobpulse.HealthStatus.UNHEALTHY
+
+
+def test_a_slot_that_passed_while_the_service_was_down_is_missed_at_once(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    before = fleet()
+    before.register("hourly", schedule="@every 1h")
+    succeed(before, "hourly")
+    before.shutdown()
+    clock.advance(3.5 * 3600)  # down for three and a half hours: three slots passed
+    after = fleet()
+    status = after.status("hourly")
+    assert status is not None and status.state is JobState.MISSED  # before any write
+    assert after.health().status is jobpulse.HealthStatus.DEGRADED
+    after.register("hourly", schedule="@every 1h")
+    assert after.flush()
+    status = after.status("hourly")
+    assert status is not None
+    assert status.state is JobState.MISSED and status.missed_count == 3
+    succeed(after, "hourly")
+    assert after.flush()
+    status = after.status("hourly")
+    assert status is not None and status.state is JobState.SUCCESS
+    assert status.missed_count == 3
+
+
+def test_a_run_in_progress_at_shutdown_is_lost_once(fleet: MakeMonitor) -> None:
+    dying, reader_1, reader_2 = fleet(), fleet(), fleet()
+    run = dying.run("import")
+    run.__enter__()
+    assert dying.flush()
+    status = reader_1.status("import")
+    assert status is not None and status.state is JobState.RUNNING
+    dying.shutdown()  # the process goes away with the run open
+    assert reader_1.flush() and reader_2.flush()
+    for reader in (reader_1, reader_2):
+        status = reader.status("import")
+        assert status is not None
+        assert status.failure_count == 1 and status.last_error_category == "lost"
+        assert [r.error_category for r in reader.history("import")] == ["lost"]
+    alive = {i.id: i.alive for i in reader_1.instances()}
+    assert alive[dying._store.publisher.instance.id] is False  # type: ignore[union-attr]
+
+
+def test_a_fleet_run_past_its_stall_after_is_stalled(fleet: MakeMonitor, clock: FakeClock) -> None:
+    worker, web = fleet(), fleet()
+    worker.register("slow", stall_after=30)
+    run = worker.run("slow")
+    run.__enter__()
+    try:
+        assert worker.flush()
+        status = web.status("slow")
+        assert status is not None and status.state is JobState.RUNNING
+        clock.advance(31)
+        assert worker.flush()
+        status = web.status("slow")
+        assert status is not None and status.state is JobState.STALLED
+        assert web.health().status is jobpulse.HealthStatus.UNHEALTHY
+    finally:
+        run.__exit__(None, None, None)
+
+
+def hold_write_lock(url: str) -> sqlite3.Connection:
+    path = url.removeprefix("sqlite:///")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
+def test_runs_during_a_store_outage_are_written_when_it_returns(
+    fleet: MakeMonitor, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer, reader = fleet(), fleet()
+    holder = hold_write_lock(url)
+    succeed(writer, "during", 100)  # jobs run as usual: nothing waits for the store
+    with caplog.at_level(logging.WARNING, logger="jobpulse"):
+        assert writer.flush(timeout=10) is False
+    assert any("is unavailable" in record.getMessage() for record in caplog.records)
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert writer.flush()
+    status = reader.status("during")
+    assert status is not None and status.success_count == 100
+    assert len(reader.history("during")) == 100
+
+
+def test_runs_past_the_buffer_are_counted_and_logged_but_counts_stay_exact(
+    fleet: MakeMonitor, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = fleet(store_buffer_runs=10)
+    holder = hold_write_lock(url)
+    with caplog.at_level(logging.WARNING, logger="jobpulse"):
+        for _ in range(3):
+            succeed(writer, "busy", 10)
+            assert writer.flush(timeout=10) is False
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert writer.flush()
+    status = writer.status("busy")
+    assert status is not None and status.success_count == 30
+    assert len(writer.history("busy")) == 10
+    assert any("left out of its history" in r.getMessage() for r in caplog.records)
+
+
+def test_shutdown_writes_what_is_left(fleet: MakeMonitor) -> None:
+    writer = fleet()
+    succeed(writer, "last", 2)
+    writer.shutdown()
+    reader = fleet()
+    status = reader.status("last")
+    assert status is not None and status.success_count == 2
+
+
+def test_a_forked_child_is_an_instance_of_its_own(fleet: MakeMonitor) -> None:
+    parent = fleet()
+    succeed(parent, "shared", 2)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            succeed(parent, "shared", 5)
+            code = 0 if parent.flush() else 2
+        finally:
+            os._exit(code)
+    _, status_code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status_code) == 0
+    assert parent.flush()
+    status = parent.status("shared")
+    assert status is not None and status.success_count == 7  # 2 + 5: nothing twice
+    pids = sorted(i.pid for i in parent.instances())
+    assert pids == sorted([os.getpid(), pid])
+
+
+def test_a_store_that_breaks_under_the_process_costs_jobs_nothing(
+    fleet: MakeMonitor, url: str
+) -> None:
+    monitor = fleet()
+    succeed(monitor, "steady")
+    assert monitor.flush()
+    path = Path(url.removeprefix("sqlite:///"))
+    with sqlite3.connect(path) as db:  # everything into the main file, which is then broken
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with path.open("r+b") as file:  # corrupt it in place (the -shm file is mapped: spared)
+        file.write(os.urandom(path.stat().st_size))
+    monitor._store.fleet.invalidate()  # type: ignore[union-attr]
+    succeed(monitor, "steady", 3)
+    code, body = monitor.health_json()
+    document = json.loads(body)
+    assert document["scope"] == "process" and document["store"] == "unavailable"
+    assert document["store_error"]
+    assert document["jobs"]["steady"]["success_count"] == 4  # the process's own view
+    assert code is jobpulse.HealthStatus.HEALTHY
+
+
+def test_different_settings_from_two_instances_are_logged(
+    fleet: MakeMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = fleet(), fleet()
+    a.register("report", critical=True)
+    assert a.flush()
+    b.register("report", critical=False)
+    with caplog.at_level(logging.WARNING, logger="jobpulse"):
+        assert b.flush()
+    assert any("differ from another instance" in r.getMessage() for r in caplog.records)
+    status = a.status("report")
+    assert status is not None and status.critical is False  # the latest registration
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"flush_interval": 0}, "flush_interval must be a positive"),
+        ({"flush_interval": 6, "instance_ttl": 10}, "at least twice"),
+    ],
+)
+def test_bad_store_timings_are_refused(url: str, options: dict[str, float], message: str) -> None:
+    with pytest.raises(InvalidJobError, match=message):
+        JobMonitor(store=url, **options)  # type: ignore[arg-type]
+
+
+def test_a_bad_store_url_attaches_nothing(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    before = list(provider._active_span_processor._span_processors)
+    with pytest.raises(StoreError, match="unsupported URL scheme"):
+        JobMonitor(provider, store="mysql://root:secret@db/jobs")
+    assert list(provider._active_span_processor._span_processors) == before
