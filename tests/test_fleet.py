@@ -139,13 +139,12 @@ def test_a_slot_that_passed_while_the_service_was_down_is_missed_at_once(
 
 def test_a_run_in_progress_at_shutdown_is_lost_once(fleet: MakeMonitor) -> None:
     dying, reader_1, reader_2 = fleet(), fleet(), fleet()
-    run = dying.run("import")
-    run.__enter__()
-    assert dying.flush()
-    status = reader_1.status("import")
-    assert status is not None and status.state is JobState.RUNNING
-    dying.shutdown()  # the process goes away with the run open
-    assert reader_1.flush() and reader_2.flush()
+    with dying.run("import"):
+        assert dying.flush()
+        status = reader_1.status("import")
+        assert status is not None and status.state is JobState.RUNNING
+        dying.shutdown()  # the process goes away with the run open
+        assert reader_1.flush() and reader_2.flush()
     for reader in (reader_1, reader_2):
         status = reader.status("import")
         assert status is not None
@@ -158,9 +157,7 @@ def test_a_run_in_progress_at_shutdown_is_lost_once(fleet: MakeMonitor) -> None:
 def test_a_fleet_run_past_its_stall_after_is_stalled(fleet: MakeMonitor, clock: FakeClock) -> None:
     worker, web = fleet(), fleet()
     worker.register("slow", stall_after=30)
-    run = worker.run("slow")
-    run.__enter__()
-    try:
+    with worker.run("slow"):
         assert worker.flush()
         status = web.status("slow")
         assert status is not None and status.state is JobState.RUNNING
@@ -169,8 +166,6 @@ def test_a_fleet_run_past_its_stall_after_is_stalled(fleet: MakeMonitor, clock: 
         status = web.status("slow")
         assert status is not None and status.state is JobState.STALLED
         assert web.health().status is jobpulse.HealthStatus.UNHEALTHY
-    finally:
-        run.__exit__(None, None, None)
 
 
 def hold_write_lock(url: str) -> sqlite3.Connection:
@@ -299,3 +294,65 @@ def test_a_bad_store_url_attaches_nothing(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="unsupported URL scheme"):
         JobMonitor(provider, store="mysql://root:secret@db/jobs")
     assert list(provider._active_span_processor._span_processors) == before
+
+
+def test_a_process_that_registers_a_schedule_it_never_runs_does_not_make_it_missed(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    scheduler, web = fleet(), fleet()
+    for monitor in (scheduler, web):
+        monitor.register("tick", schedule="@every 1m")
+    for _ in range(5):
+        clock.advance(60)
+        succeed(scheduler, "tick")  # the scheduler's runs, a minute apart
+        assert scheduler.flush() and web.flush()
+    status = web.status("tick")
+    assert status is not None
+    assert status.state is JobState.SUCCESS and status.missed_count == 0
+
+
+def test_a_schedule_that_never_fires_anywhere_is_missed(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    a, b = fleet(), fleet()
+    for monitor in (a, b):
+        monitor.register("stuck", schedule="@every 1m")
+    clock.advance(3 * 60 + 30)
+    assert a.flush() and b.flush()
+    status = b.status("stuck")
+    assert status is not None and status.state is JobState.MISSED
+    assert status.missed_count == 3  # each slot once, though both processes saw it
+
+
+def test_a_store_deleted_under_the_process_gets_its_whole_view_again(
+    fleet: MakeMonitor, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = fleet()
+    succeed(writer, "kept", 3)
+    assert writer.flush()
+    path = Path(url.removeprefix("sqlite:///"))
+    for file in path.parent.glob("jobs.db*"):
+        file.unlink()
+    succeed(writer, "kept")
+    with caplog.at_level(logging.WARNING, logger="jobpulse"):
+        assert writer.flush()
+    assert any("is new or was emptied" in r.getMessage() for r in caplog.records)
+    reader = fleet()
+    status = reader.status("kept")
+    assert status is not None and status.success_count == 4  # the process's whole count
+
+
+def test_flush_after_shutdown_and_from_the_publisher_itself_is_refused(
+    fleet: MakeMonitor,
+) -> None:
+    monitor = fleet()
+    link = monitor._store
+    assert link is not None
+    answers: list[bool] = []
+    link.publisher._on_written = lambda: answers.append(monitor.flush(timeout=1))
+    succeed(monitor, "job")
+    assert monitor.flush()
+    assert answers and answers[0] is False  # no waiting on itself
+    monitor.shutdown()
+    assert monitor.flush() is False
+    assert link.stop(1) is False  # stopped once

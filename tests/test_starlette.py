@@ -98,7 +98,7 @@ def test_health_document_headers_and_body(
     assert body["jobs"] == expected["jobs"]
     assert body["summary"] == expected["summary"]
     assert body["timestamp"] == "2026-01-01T00:00:00.000Z"
-    assert set(body) == {"status", "timestamp", "jobs", "summary", "duration_ms"}
+    assert set(body) == {"status", "timestamp", "scope", "jobs", "summary", "duration_ms"}
 
     head = client.head(HEALTH_PATH)
     assert head.status_code == 200
@@ -165,7 +165,7 @@ def test_the_health_path_with_a_trailing_slash_serves_the_document(
     assert slashed.status_code == plain.status_code == 206
     assert slashed.headers["content-type"] == "application/json"
     body = slashed.json()
-    assert set(body) == {"status", "timestamp", "jobs", "summary", "duration_ms"}
+    assert set(body) == {"status", "timestamp", "scope", "jobs", "summary", "duration_ms"}
     assert body["jobs"] == plain.json()["jobs"]
     assert client.head(HEALTH_PATH + "/").status_code == 206
     assert client.get(HEALTH_PATH + "/reports/").json()["job"]["job_name"] == "reports/"

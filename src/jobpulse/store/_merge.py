@@ -9,7 +9,9 @@
   ``slot - grace``, anywhere, is counted once for the fleet. Two instances reporting the
   same slot count it once: a report counts only if its slot is later than the last one
   counted (by more than half a period for intervals, whose slots differ by a little from
-  instance to instance).
+  instance to instance). An instance that registers a scheduled job but has never run it
+  (a web worker importing the scheduler's module) has no say on the job's slots once
+  another instance has run it: its expected runs and missed reports are its own view.
 
 Backends call these inside their own transaction (or atomic script), so that every backend
 merges alike. Pure functions of their arguments, apart from a cache of parsed schedules.
@@ -198,11 +200,13 @@ def apply_change(
     if change.skipped:
         row.skipped_count += change.skipped
         row.last_skip_reason = change.last_skip_reason
-    if change.missed and change.last_missed_ns is not None:
+    # An instance that never ran the job speaks for its slots only while nobody has.
+    says = change.last_start_ns is not None or row.last_start_ns is None
+    if says and change.missed and change.last_missed_ns is not None:
         missed_slots += _count_missed(
             row, change.missed, change.last_missed_ns, schedule_of(row.settings)
         )
-    if change.next_run is not None:
+    if says and change.next_run is not None:
         row.next_run_ns, row.grace_ns = change.next_run
     return row, conflict, missed_slots
 

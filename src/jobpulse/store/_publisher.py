@@ -55,8 +55,7 @@ def _merge(old: JobChange, new: JobChange) -> JobChange:
         skipped=old.skipped + new.skipped,
         missed=old.missed + new.missed,
         total_duration_ns=old.total_duration_ns + new.total_duration_ns,
-        min_ns=new.min_ns if old.min_ns is None else min(old.min_ns, new.min_ns or old.min_ns),
-        max_ns=new.max_ns if old.max_ns is None else max(old.max_ns, new.max_ns or old.max_ns),
+        # Extremes and last_* are the instance's own, absolute: the newer ones hold the older.
         runs=old.runs + new.runs,
         dropped_runs=old.dropped_runs + new.dropped_runs,
         settings=new.settings if new.settings is not None else old.settings,
