@@ -61,7 +61,8 @@ def test_without_a_store_nothing_is_written_and_the_view_is_the_process(
         succeed(monitor, "alone")
         assert monitor.flush() is True
         document = json.loads(monitor.health_json()[1])
-        assert document["scope"] == "process" and "instances" not in document
+        assert document["scope"] == "process"
+        assert "instances" not in document
         assert monitor.health().to_dict()["scope"] == "process"
         assert [i.pid for i in monitor.instances()] == [os.getpid()]
         assert not [t for t in threading.enumerate() if t.name == "jobpulse-store"]
@@ -75,12 +76,14 @@ def test_two_processes_answer_with_the_fleets_sums(fleet: MakeMonitor) -> None:
     succeed(a, "sync", 3)
     fail(b, "sync", 2)
     succeed(b, "only-b")
-    assert a.flush() and b.flush()
+    assert a.flush()
+    assert b.flush()
     for monitor in (a, b):
         status = monitor.status("sync")
         assert status is not None
         assert (status.success_count, status.failure_count) == (3, 2)
-        assert status.consecutive_failures == 2 and status.state is JobState.FAILED
+        assert status.consecutive_failures == 2
+        assert status.state is JobState.FAILED
         assert sorted(monitor.statuses()) == ["only-b", "sync"]
         assert len(monitor.history("sync")) == 5
     code_a, body_a = a.health_json()
@@ -88,9 +91,11 @@ def test_two_processes_answer_with_the_fleets_sums(fleet: MakeMonitor) -> None:
     doc_a, doc_b = json.loads(body_a), json.loads(body_b)
     assert code_a == code_b
     assert doc_a["jobs"] == doc_b["jobs"]
-    assert doc_a["scope"] == "fleet" and doc_a["store"] == "ok"
+    assert doc_a["scope"] == "fleet"
+    assert doc_a["store"] == "ok"
     assert sorted(i["id"] for i in doc_a["instances"]) == sorted(i.id for i in a.instances())
-    assert len(doc_a["instances"]) == 2 and all(i["alive"] for i in doc_a["instances"])
+    assert len(doc_a["instances"]) == 2
+    assert all(i["alive"] for i in doc_a["instances"])
     assert a.health().to_dict()["jobs"] == doc_a["jobs"]
 
 
@@ -104,7 +109,8 @@ def test_a_restart_keeps_consecutive_failures_so_the_next_failure_is_unhealthy(
     after = fleet()
     status = after.status("billing")
     assert status is not None
-    assert status.consecutive_failures == 2 and status.last_error == "RuntimeError: billing failed"
+    assert status.consecutive_failures == 2
+    assert status.last_error == "RuntimeError: billing failed"
     assert after.health().status is jobpulse.HealthStatus.DEGRADED
     after.register("billing", critical=True, failure_threshold=3)
     fail(after, "billing")
@@ -123,17 +129,20 @@ def test_a_slot_that_passed_while_the_service_was_down_is_missed_at_once(
     clock.advance(3.5 * 3600)  # down for three and a half hours: three slots passed
     after = fleet()
     status = after.status("hourly")
-    assert status is not None and status.state is JobState.MISSED  # before any write
+    assert status is not None
+    assert status.state is JobState.MISSED
     assert after.health().status is jobpulse.HealthStatus.DEGRADED
     after.register("hourly", schedule="@every 1h")
     assert after.flush()
     status = after.status("hourly")
     assert status is not None
-    assert status.state is JobState.MISSED and status.missed_count == 3
+    assert status.state is JobState.MISSED
+    assert status.missed_count == 3
     succeed(after, "hourly")
     assert after.flush()
     status = after.status("hourly")
-    assert status is not None and status.state is JobState.SUCCESS
+    assert status is not None
+    assert status.state is JobState.SUCCESS
     assert status.missed_count == 3
 
 
@@ -142,13 +151,16 @@ def test_a_run_in_progress_at_shutdown_is_lost_once(fleet: MakeMonitor) -> None:
     with dying.run("import"):
         assert dying.flush()
         status = reader_1.status("import")
-        assert status is not None and status.state is JobState.RUNNING
+        assert status is not None
+        assert status.state is JobState.RUNNING
         dying.shutdown()  # the process goes away with the run open
-        assert reader_1.flush() and reader_2.flush()
+        assert reader_1.flush()
+        assert reader_2.flush()
     for reader in (reader_1, reader_2):
         status = reader.status("import")
         assert status is not None
-        assert status.failure_count == 1 and status.last_error_category == "lost"
+        assert status.failure_count == 1
+        assert status.last_error_category == "lost"
         assert [r.error_category for r in reader.history("import")] == ["lost"]
     alive = {i.id: i.alive for i in reader_1.instances()}
     assert alive[dying._store.publisher.instance.id] is False  # type: ignore[union-attr]
@@ -160,11 +172,13 @@ def test_a_fleet_run_past_its_stall_after_is_stalled(fleet: MakeMonitor, clock: 
     with worker.run("slow"):
         assert worker.flush()
         status = web.status("slow")
-        assert status is not None and status.state is JobState.RUNNING
+        assert status is not None
+        assert status.state is JobState.RUNNING
         clock.advance(31)
         assert worker.flush()
         status = web.status("slow")
-        assert status is not None and status.state is JobState.STALLED
+        assert status is not None
+        assert status.state is JobState.STALLED
         assert web.health().status is jobpulse.HealthStatus.UNHEALTHY
 
 
@@ -188,7 +202,8 @@ def test_runs_during_a_store_outage_are_written_when_it_returns(
     holder.close()
     assert writer.flush()
     status = reader.status("during")
-    assert status is not None and status.success_count == 100
+    assert status is not None
+    assert status.success_count == 100
     assert len(reader.history("during")) == 100
 
 
@@ -205,7 +220,8 @@ def test_runs_past_the_buffer_are_counted_and_logged_but_counts_stay_exact(
     holder.close()
     assert writer.flush()
     status = writer.status("busy")
-    assert status is not None and status.success_count == 30
+    assert status is not None
+    assert status.success_count == 30
     assert len(writer.history("busy")) == 10
     assert any("left out of its history" in r.getMessage() for r in caplog.records)
 
@@ -216,7 +232,8 @@ def test_shutdown_writes_what_is_left(fleet: MakeMonitor) -> None:
     writer.shutdown()
     reader = fleet()
     status = reader.status("last")
-    assert status is not None and status.success_count == 2
+    assert status is not None
+    assert status.success_count == 2
 
 
 def test_a_forked_child_is_an_instance_of_its_own(fleet: MakeMonitor) -> None:
@@ -234,7 +251,8 @@ def test_a_forked_child_is_an_instance_of_its_own(fleet: MakeMonitor) -> None:
     assert os.waitstatus_to_exitcode(status_code) == 0
     assert parent.flush()
     status = parent.status("shared")
-    assert status is not None and status.success_count == 7  # 2 + 5: nothing twice
+    assert status is not None
+    assert status.success_count == 7
     pids = sorted(i.pid for i in parent.instances())
     assert pids == sorted([os.getpid(), pid])
 
@@ -254,7 +272,8 @@ def test_a_store_that_breaks_under_the_process_costs_jobs_nothing(
     succeed(monitor, "steady", 3)
     code, body = monitor.health_json()
     document = json.loads(body)
-    assert document["scope"] == "process" and document["store"] == "unavailable"
+    assert document["scope"] == "process"
+    assert document["store"] == "unavailable"
     assert document["store_error"]
     assert document["jobs"]["steady"]["success_count"] == 4  # the process's own view
     assert code is jobpulse.HealthStatus.HEALTHY
@@ -271,7 +290,8 @@ def test_different_settings_from_two_instances_are_logged(
         assert b.flush()
     assert any("differ from another instance" in r.getMessage() for r in caplog.records)
     status = a.status("report")
-    assert status is not None and status.critical is False  # the latest registration
+    assert status is not None
+    assert status.critical is False
 
 
 @pytest.mark.parametrize(
@@ -305,10 +325,12 @@ def test_a_process_that_registers_a_schedule_it_never_runs_does_not_make_it_miss
     for _ in range(5):
         clock.advance(60)
         succeed(scheduler, "tick")  # the scheduler's runs, a minute apart
-        assert scheduler.flush() and web.flush()
+        assert scheduler.flush()
+        assert web.flush()
     status = web.status("tick")
     assert status is not None
-    assert status.state is JobState.SUCCESS and status.missed_count == 0
+    assert status.state is JobState.SUCCESS
+    assert status.missed_count == 0
 
 
 def test_a_schedule_that_never_fires_anywhere_is_missed(
@@ -318,9 +340,11 @@ def test_a_schedule_that_never_fires_anywhere_is_missed(
     for monitor in (a, b):
         monitor.register("stuck", schedule="@every 1m")
     clock.advance(3 * 60 + 30)
-    assert a.flush() and b.flush()
+    assert a.flush()
+    assert b.flush()
     status = b.status("stuck")
-    assert status is not None and status.state is JobState.MISSED
+    assert status is not None
+    assert status.state is JobState.MISSED
     assert status.missed_count == 3  # each slot once, though both processes saw it
 
 
@@ -339,7 +363,8 @@ def test_a_store_deleted_under_the_process_gets_its_whole_view_again(
     assert any("is new or was emptied" in r.getMessage() for r in caplog.records)
     reader = fleet()
     status = reader.status("kept")
-    assert status is not None and status.success_count == 4  # the process's whole count
+    assert status is not None
+    assert status.success_count == 4
 
 
 def test_flush_after_shutdown_and_from_the_publisher_itself_is_refused(
@@ -352,7 +377,8 @@ def test_flush_after_shutdown_and_from_the_publisher_itself_is_refused(
     link.publisher._on_written = lambda: answers.append(monitor.flush(timeout=1))
     succeed(monitor, "job")
     assert monitor.flush()
-    assert answers and answers[0] is False  # no waiting on itself
+    assert answers
+    assert answers[0] is False
     monitor.shutdown()
     assert monitor.flush() is False
     assert link.stop(1) is False  # stopped once
