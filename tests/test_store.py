@@ -11,7 +11,7 @@ import pytest
 
 from jobpulse import StoreError, StoreVersionError
 from jobpulse.store import SCHEMA_VERSION, SQLiteStore, Store, open_store
-from jobpulse.store._base import Cursor, FinishedRun, Instance, JobChange
+from jobpulse.store._base import Cursor, FinishedRun, FleetRow, Instance, JobChange
 from jobpulse.store.sqlite import _MIGRATIONS
 
 S = 1_000_000_000
@@ -64,7 +64,7 @@ def write(store: Store, who: Instance, *changes: JobChange, now_ns: int = T0) ->
     assert result.applied
 
 
-def rows(store: Store, now_ns: int = T0) -> dict[str, object]:
+def rows(store: Store, now_ns: int = T0) -> dict[str, FleetRow]:
     read = store.read(None, now_ns=now_ns, instance_ttl_ns=TTL)
     return {row.name: row for row in read.rows}
 
@@ -91,14 +91,14 @@ def test_round_trip_is_exact(make_store: StoreFactory) -> None:
         ),
     )
     row = rows(make_store())["job"]  # a second store object: read back from the backend
-    assert (row.success_count, row.failure_count) == (3, 1)  # type: ignore[attr-defined]
-    assert row.total_duration_ns == odd + 1  # type: ignore[attr-defined]
-    assert (row.min_ns, row.max_ns) == (1, odd)  # type: ignore[attr-defined]
-    assert row.last_duration_ns == odd  # type: ignore[attr-defined]  # ended last
-    assert row.last_end_ns == T0 + 1 + odd  # type: ignore[attr-defined]
-    assert row.metadata == {"rows": 12, "ratio": 0.1, "nested": {"ok": True}}  # type: ignore[attr-defined]
-    assert row.settings == {"critical": True, "failure_threshold": 4, "timeout": 2.5}  # type: ignore[attr-defined]
-    assert (row.next_run_ns, row.grace_ns) == (T0 + 60 * S + 3, 6 * S + 1)  # type: ignore[attr-defined]
+    assert (row.success_count, row.failure_count) == (3, 1)
+    assert row.total_duration_ns == odd + 1
+    assert (row.min_ns, row.max_ns) == (1, odd)
+    assert row.last_duration_ns == odd  # ended last
+    assert row.last_end_ns == T0 + 1 + odd
+    assert row.metadata == {"rows": 12, "ratio": 0.1, "nested": {"ok": True}}
+    assert row.settings == {"critical": True, "failure_threshold": 4, "timeout": 2.5}
+    assert (row.next_run_ns, row.grace_ns) == (T0 + 60 * S + 3, 6 * S + 1)
     read = make_store().read(None, now_ns=T0, instance_ttl_ns=TTL)
     stored = [(r.start_ns, r.duration_ns, r.end_ns, r.category) for r in read.runs]
     assert stored == [(T0 + 1, odd, T0 + 1 + odd, None), (T0 + 7, 1, T0 + 8, "network")]
@@ -112,17 +112,17 @@ def test_counts_are_fleet_sums_and_last_fields_follow_the_run_that_ended_last(
     # A late batch from b: its runs ended before a's last one.
     write(store, instance("b"), change(failure=1, runs=[run(T0 + 2, 3, "database")]))
     row = rows(store)["job"]
-    assert (row.success_count, row.failure_count) == (2, 1)  # type: ignore[attr-defined]
-    assert row.consecutive_failures == 0  # type: ignore[attr-defined]
+    assert (row.success_count, row.failure_count) == (2, 1)
+    assert row.consecutive_failures == 0
     assert row.last_error is None
     assert row.last_failed is False
     # Now failures on both instances, in end order: consecutive counts the fleet's.
     write(store, instance("b"), change(failure=1, runs=[run(T0 + 20, 1, "timeout")]))
     write(store, instance("a"), change(failure=1, runs=[run(T0 + 30, 1, "network")]))
     row = rows(store)["job"]
-    assert row.consecutive_failures == 2  # type: ignore[attr-defined]
-    assert row.last_error_category == "network"  # type: ignore[attr-defined]
-    assert row.last_error == f"network error at {T0 + 30}"  # type: ignore[attr-defined]
+    assert row.consecutive_failures == 2
+    assert row.last_error_category == "network"
+    assert row.last_error == f"network error at {T0 + 30}"
 
 
 def test_an_incremental_read_gives_only_what_changed(make_store: StoreFactory) -> None:
@@ -147,7 +147,7 @@ def test_a_dead_instances_runs_are_closed_once_as_lost(make_store: StoreFactory)
     assert [(r.instance, r.run_id) for r in read.open_runs or ()] == [("dying", 7)]
     # Not yet dead: nothing happens.
     write(store, instance("a"), now_ns=T0 + TTL - 1)
-    assert rows(store)["job"].failure_count == 0  # type: ignore[attr-defined]
+    assert rows(store)["job"].failure_count == 0
     # Two survivors notice it, one after the other: the run is closed once.
     later = T0 + TTL + 1
     write(make_store(), instance("a"), now_ns=later)
@@ -155,7 +155,7 @@ def test_a_dead_instances_runs_are_closed_once_as_lost(make_store: StoreFactory)
     row = rows(store, later)["job"]
     assert row.failure_count == 1
     assert row.last_error_category == "lost"
-    assert "dying" in row.last_error  # type: ignore[attr-defined]
+    assert "dying" in (row.last_error or "")
     read = store.read(None, now_ns=later, instance_ttl_ns=TTL)
     assert [r.category for r in read.runs] == ["lost"]
     assert read.runs[0].duration_ns == later - (T0 - 5 * S)
@@ -168,7 +168,7 @@ def test_a_stopped_instance_is_dead_at_once(make_store: StoreFactory) -> None:
     write(store, instance("a"), change(open_runs=((1, T0),)))
     store.write(instance("a"), [], now_ns=T0, instance_ttl_ns=TTL, margin_ns=MARGIN, stopping=True)
     write(store, instance("b"), now_ns=T0 + 1)
-    assert rows(store)["job"].failure_count == 1  # type: ignore[attr-defined]
+    assert rows(store)["job"].failure_count == 1
 
 
 def test_a_slot_missed_while_nothing_ran_is_counted_once(make_store: StoreFactory) -> None:
@@ -185,12 +185,12 @@ def test_a_slot_missed_while_nothing_ran_is_counted_once(make_store: StoreFactor
     write(make_store(), instance("a"), now_ns=now)
     write(make_store(), instance("b"), now_ns=now + S)
     row = rows(store, now)["job"]
-    assert row.missed_count == 4  # type: ignore[attr-defined]
-    assert row.last_missed_ns == slot + 3 * 3600 * S  # type: ignore[attr-defined]
-    assert row.next_run_ns == slot + 4 * 3600 * S  # type: ignore[attr-defined]
+    assert row.missed_count == 4
+    assert row.last_missed_ns == slot + 3 * 3600 * S
+    assert row.next_run_ns == slot + 4 * 3600 * S
     # An instance reporting one of those slots itself does not count it again.
     write(store, instance("a"), change(missed=1, last_missed_ns=slot + 3 * 3600 * S), now_ns=now)
-    assert rows(store, now)["job"].missed_count == 4  # type: ignore[attr-defined]
+    assert rows(store, now)["job"].missed_count == 4
 
 
 def test_interval_slots_reported_by_two_instances_count_once(make_store: StoreFactory) -> None:
@@ -198,9 +198,9 @@ def test_interval_slots_reported_by_two_instances_count_once(make_store: StoreFa
     every = {"schedule": "@every 1m"}
     write(store, instance("a"), change(settings=every, missed=1, last_missed_ns=T0 + 300_000))
     write(store, instance("b"), change(settings=every, missed=1, last_missed_ns=T0 + 900_000))
-    assert rows(store)["job"].missed_count == 1  # type: ignore[attr-defined]
+    assert rows(store)["job"].missed_count == 1
     write(store, instance("b"), change(missed=1, last_missed_ns=T0 + 60 * S))
-    assert rows(store)["job"].missed_count == 2  # type: ignore[attr-defined]
+    assert rows(store)["job"].missed_count == 2
 
 
 def test_a_run_in_progress_anywhere_keeps_slots_from_counting(make_store: StoreFactory) -> None:
@@ -213,7 +213,7 @@ def test_a_run_in_progress_anywhere_keeps_slots_from_counting(make_store: StoreF
     write(store, instance("a"), change(open_runs=((1, T0 - S),)))
     write(store, instance("a"), now_ns=T0 + 120 * S)
     row = rows(store, T0 + 120 * S)["job"]
-    assert row.missed_count == 0  # type: ignore[attr-defined]
+    assert row.missed_count == 0
     assert row.next_run_ns is not None
     assert row.next_run_ns > T0 + 60 * S
 
@@ -244,7 +244,7 @@ def test_a_different_registration_from_another_instance_is_a_conflict(
         margin_ns=MARGIN,
     )
     assert (ok.conflicts, same.conflicts, other.conflicts) == ((), (), ("job",))
-    assert rows(store)["job"].settings == {"critical": False}  # type: ignore[attr-defined]
+    assert rows(store)["job"].settings == {"critical": False}
 
 
 def test_prune_drops_old_history_dead_instances_and_idle_jobs(make_store: StoreFactory) -> None:
