@@ -25,8 +25,9 @@ from jobpulse._shared import (
     JobStatus,
     RunHistory,
     RunRecord,
+    collect_rows,
+    finish_rows,
     from_ns,
-    health_rows,
 )
 from jobpulse.store._base import Cursor, FleetRow, Instance, OpenRun, Store
 from jobpulse.store._merge import is_missed, schedule_of
@@ -235,8 +236,8 @@ class FleetView:
     def health_rows(self) -> list[HealthRow]:
         with self._lock:
             now_ns = self._refresh()
-            jobs = [self._jobs[name] for name in self._sorted_names()]
-            return health_rows(jobs, now_ns)
+            pending = collect_rows([self._jobs[name] for name in self._sorted_names()], now_ns)
+        return finish_rows(pending)  # a row that fails is logged with no lock held
 
     def snapshots(self) -> dict[str, JobStatus]:
         with self._lock:
