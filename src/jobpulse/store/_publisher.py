@@ -210,6 +210,8 @@ class Publisher:
             change.next_run = published.next_run = next_run
         if job.open_runs != published.open_runs:
             change.open_runs = published.open_runs = job.open_runs
+        if job.removed:  # a job of that name registered again counts from zero
+            del self._published[job.name]
         return change
 
     def _count_dropped(self, name: str, count: int) -> None:

@@ -1,0 +1,111 @@
+"""An adversarial review of the store: each test shows a defect that was found (and fixed)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from jobpulse import JobMonitor, JobState
+from jobpulse.store import SQLiteStore
+from jobpulse.testing import FakeClock
+
+MakeMonitor = Callable[..., JobMonitor]
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+@pytest.fixture
+def fleet(path: Path, clock: FakeClock) -> Iterator[MakeMonitor]:
+    made: list[JobMonitor] = []
+
+    def make(**options: object) -> JobMonitor:
+        monitor = JobMonitor(store=f"sqlite:///{path}", clock=clock, **options)  # type: ignore[arg-type]
+        made.append(monitor)
+        return monitor
+
+    yield make
+    for monitor in made:
+        monitor.shutdown()
+
+
+def succeed(monitor: JobMonitor, name: str, times: int = 1) -> None:
+    for _ in range(times):
+        with monitor.run(name):
+            pass
+
+
+def stored_counts(path: Path, name: str) -> tuple[int, int]:
+    store = SQLiteStore(path)
+    try:
+        rows = {row.name: row for row in store.read(None, now_ns=0, instance_ttl_ns=1).rows}
+    finally:
+        store.close()
+    row = rows[name]
+    return row.success_count, row.failure_count
+
+
+def test_a_job_registered_again_after_unregister_does_not_take_counts_back(
+    fleet: MakeMonitor, path: Path
+) -> None:
+    monitor = fleet()
+    succeed(monitor, "report", 3)
+    assert monitor.flush()
+    assert monitor.unregister("report")
+    succeed(monitor, "report")  # registered again, its counts start from zero
+    assert monitor.flush()
+    assert stored_counts(path, "report") == (4, 0)
+
+
+def test_runs_of_a_job_unregistered_before_the_flush_are_still_written(
+    fleet: MakeMonitor, path: Path
+) -> None:
+    monitor = fleet()
+    succeed(monitor, "report")
+    assert monitor.flush()
+    succeed(monitor, "report", 2)
+    assert monitor.unregister("report")
+    assert monitor.flush()
+    assert stored_counts(path, "report") == (3, 0)
+
+
+def test_a_job_pruned_from_the_view_and_run_again_does_not_take_counts_back(
+    fleet: MakeMonitor, path: Path, clock: FakeClock
+) -> None:
+    monitor = fleet(retention=3600)
+    succeed(monitor, "adhoc", 2)
+    assert monitor.flush()
+    clock.advance(2 * 3600)
+    monitor._registry.snapshots()  # the view drops the idle job
+    assert "adhoc" not in monitor._registry
+    succeed(monitor, "adhoc")
+    assert monitor.flush()
+    assert stored_counts(path, "adhoc") == (3, 0)
+
+
+def test_an_unregistered_job_is_not_left_running_or_missed_in_the_fleet(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    monitor = fleet()
+    monitor.register("hourly", schedule="@every 1h")
+    succeed(monitor, "hourly")
+    run = monitor.run("hourly")
+    run.__enter__()
+    assert monitor.flush()
+    status = monitor.status("hourly")
+    assert status is not None
+    assert status.active_runs == 1
+    assert monitor.unregister("hourly")  # the scheduler removed the job
+    assert monitor.flush()
+    clock.advance(3 * 3600)
+    assert monitor.flush()
+    status = monitor.status("hourly")
+    assert status is not None
+    assert status.active_runs == 0
+    assert status.state is not JobState.MISSED
+    assert status.missed_count == 0
+    run.__exit__(None, None, None)
