@@ -109,3 +109,24 @@ def test_an_unregistered_job_is_not_left_running_or_missed_in_the_fleet(
     assert status.state is not JobState.MISSED
     assert status.missed_count == 0
     run.__exit__(None, None, None)
+
+
+def test_an_instance_taken_for_dead_that_writes_again_has_its_later_runs_lost_once(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    worker, reader = fleet(), fleet()
+    with worker.run("import"):
+        assert worker.flush()
+        clock.advance(11)  # the worker could not write for longer than instance_ttl
+        assert reader.flush()  # ... and the reader takes it for dead: its run is lost
+    assert worker.flush()  # it was alive after all
+    run = worker.run("import")
+    run.__enter__()
+    assert worker.flush()
+    clock.advance(11)  # now it is gone for good, with a run open
+    assert reader.flush()
+    status = reader.status("import")
+    assert status is not None
+    assert status.active_runs == 0
+    assert [r.error_category for r in reader.history("import")].count("lost") == 2
+    run.__exit__(None, None, None)

@@ -302,10 +302,12 @@ class SQLiteStore:
         margin_ns: int,
         stopping: bool,
     ) -> WriteResult:
+        # An instance taken for dead (closed) that writes again is alive: closed again when
+        # it dies, with the runs it has in progress then.
         db.execute(
             "INSERT INTO instances (id, service, host, pid, version, started_ns, last_seen_ns,"
             " stopped) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-            "last_seen_ns = excluded.last_seen_ns, stopped = excluded.stopped",
+            "last_seen_ns = excluded.last_seen_ns, stopped = excluded.stopped, closed = 0",
             (
                 instance.id,
                 instance.service,
