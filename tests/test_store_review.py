@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -130,3 +132,26 @@ def test_an_instance_taken_for_dead_that_writes_again_has_its_later_runs_lost_on
     assert status.active_runs == 0
     assert [r.error_category for r in reader.history("import")].count("lost") == 2
     run.__exit__(None, None, None)
+
+
+def test_shutdown_keeps_its_deadline_when_the_store_is_locked(
+    fleet: MakeMonitor, path: Path
+) -> None:
+    monitor = fleet()
+    succeed(monitor, "last")
+    assert monitor.flush()
+    succeed(monitor, "last")
+    monitor._shutdown_timeout = 0.1
+    publisher = monitor._store.publisher  # type: ignore[union-attr]
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process writing, for long
+        started = time.monotonic()
+        monitor.shutdown()
+        elapsed = time.monotonic() - started
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    publisher._thread.join(5)
+    assert not publisher._thread.is_alive()
+    assert elapsed < 0.6
