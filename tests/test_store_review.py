@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from jobpulse import JobMonitor, JobState
+from jobpulse import InvalidJobError, JobMonitor, JobState
 from jobpulse.store import SQLiteStore
 from jobpulse.testing import FakeClock
 
@@ -155,3 +156,15 @@ def test_shutdown_keeps_its_deadline_when_the_store_is_locked(
     publisher._thread.join(5)
     assert not publisher._thread.is_alive()
     assert elapsed < 0.6
+
+
+def test_a_bad_store_buffer_attaches_nothing_and_leaves_no_thread(path: Path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    before = list(provider._active_span_processor._span_processors)
+    threads = set(threading.enumerate())
+    with pytest.raises(InvalidJobError, match="store_buffer_runs"):
+        JobMonitor(provider, store=f"sqlite:///{path}", store_buffer_runs=0)
+    assert list(provider._active_span_processor._span_processors) == before
+    assert set(threading.enumerate()) <= threads
