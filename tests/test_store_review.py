@@ -12,6 +12,7 @@ import pytest
 
 from jobpulse import InvalidJobError, JobMonitor, JobState
 from jobpulse.store import SQLiteStore
+from jobpulse.store._base import Instance, JobChange
 from jobpulse.testing import FakeClock
 
 MakeMonitor = Callable[..., JobMonitor]
@@ -168,3 +169,35 @@ def test_a_bad_store_buffer_attaches_nothing_and_leaves_no_thread(path: Path) ->
         JobMonitor(provider, store=f"sqlite:///{path}", store_buffer_runs=0)
     assert list(provider._active_span_processor._span_processors) == before
     assert set(threading.enumerate()) <= threads
+
+
+def test_one_store_object_shared_by_two_monitors_takes_their_writes_one_at_a_time(
+    path: Path,
+) -> None:
+    store = SQLiteStore(path)
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def writer(index: int) -> None:
+        who = Instance(f"i{index}", "svc", "host", index, "", 0, 0)
+        start.wait()
+        try:
+            for _ in range(100):
+                store.write(
+                    who,
+                    [JobChange("shared", 0, 0, success=1)],
+                    now_ns=1,
+                    instance_ttl_ns=10**12,
+                    margin_ns=0,
+                )
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    assert errors == []
+    assert stored_counts(path, "shared") == (400, 0)
