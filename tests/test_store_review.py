@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -201,3 +204,58 @@ def test_one_store_object_shared_by_two_monitors_takes_their_writes_one_at_a_tim
     store.close()
     assert errors == []
     assert stored_counts(path, "shared") == (400, 0)
+
+
+_HOLD = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_the_store_is_locked_publishes_once_it_is_free(
+    fleet: MakeMonitor, path: Path
+) -> None:
+    parent = fleet()
+    succeed(parent, "shared")
+    assert parent.flush()
+    # Another process is writing as the child is forked.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdin is not None
+    forked_r, forked_w = os.pipe()
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                os.write(forked_w, b"x")
+                succeed(parent, "shared", 2)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    if parent.flush(timeout=2):
+                        code = 0
+                        break
+            finally:
+                os._exit(code)
+        assert os.read(forked_r, 1) == b"x"
+    finally:
+        holder.communicate("\n", timeout=10)
+        os.close(forked_r)
+        os.close(forked_w)
+    _, status_code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status_code) == 0
+    assert parent.flush()
+    status = parent.status("shared")
+    assert status is not None
+    assert status.success_count == 3

@@ -561,11 +561,12 @@ class SQLiteStore:
             raise
 
     def after_fork(self) -> None:
+        # No I/O here (it runs inside os.fork, and the file may be locked by another
+        # process): the child's connections are opened at its first write and read.
         _INHERITED.extend(c for c in (self._writer, self._reader) if c is not None)
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._writer = self._reader = None
-        self._open()
 
     def close(self) -> None:
         with self._write_lock, self._lock:
