@@ -441,11 +441,17 @@ class LocalJob(NamedTuple):
     grace_ns: int
     open_runs: tuple[tuple[int, int], ...]
     stall_after: float
+    #: The job left the view (unregistered or pruned): its last change. Its runs in
+    #: progress and expected run are no longer this instance's, and a job of that name
+    #: registered again starts its counts from zero.
+    removed: bool = False
 
 
-def local_job(job: Job) -> LocalJob:
+def local_job(job: Job, *, removed: bool = False) -> LocalJob:
     """What a store's publisher needs of `job`, copied (call under the view's lock)."""
     schedule = job.schedule
+    expected = not removed and job.next_run_ns is not None
+    runs = () if removed else tuple((run_id, entry[2]) for run_id, entry in job.runs.items())
     return LocalJob(
         name=job.name,
         created_ns=job.created_ns,
@@ -475,8 +481,9 @@ def local_job(job: Job) -> LocalJob:
         last_success_ns=job.last_success_ns,
         last_missed_ns=job.last_missed_ns,
         last_skip_reason=job.last_skip_reason,
-        next_run_ns=job.next_run_ns,
-        grace_ns=job.slot_grace_ns if job.next_run_ns is not None else 0,
-        open_runs=tuple((run_id, entry[2]) for run_id, entry in job.runs.items()),
+        next_run_ns=job.next_run_ns if expected else None,
+        grace_ns=job.slot_grace_ns if expected else 0,
+        open_runs=runs,
         stall_after=job.stall_after,
+        removed=removed,
     )

@@ -339,7 +339,9 @@ class JobMonitor:
             retention_seconds=retention_seconds,
             max_history=max_history,
         )
-        # Opened before anything is attached to a provider: a bad store changes nothing.
+        # Checked and opened before anything is attached to a provider: a bad store, or a
+        # bad setting of one, changes nothing.
+        buffer_runs = validate_positive_int(store_buffer_runs, "store_buffer_runs")
         opened = None if store is None else _open_store(store, flush_interval, instance_ttl)
         meter = (meter_provider or metrics.get_meter_provider()).get_meter(METER_NAME, __version__)
         self._processor = JobStatusProcessor(
@@ -373,7 +375,7 @@ class JobMonitor:
                 flush_interval=to_seconds(flush_interval, "flush_interval"),
                 instance_ttl=to_seconds(instance_ttl, "instance_ttl"),
                 retention=retention_seconds,
-                buffer_runs=validate_positive_int(store_buffer_runs, "store_buffer_runs"),
+                buffer_runs=buffer_runs,
                 default_stall_after=default_stall_after,
                 max_history=max_history,
             )

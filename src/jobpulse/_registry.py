@@ -176,6 +176,8 @@ class StatusRegistry:
         # Jobs changed since a store's publisher last collected them (None: no store), and
         # how many more finished runs may wait for it.
         self._dirty: dict[str, None] | None = None
+        # Jobs that left the view with changes the publisher has not collected yet.
+        self._removed: list[Job] = []
         self._buffer_runs = 0
         self._run_room = 0
         after_fork_in_child(self._reset_after_fork)
@@ -262,7 +264,10 @@ class StatusRegistry:
         """Remove the job from the view; True if it was there. Runs in progress end unseen."""
         with self._lock:
             self._sorted_names = None
-            return self._jobs.pop(name, None) is not None
+            job = self._jobs.pop(name, None)
+            if job is not None and self._dirty is not None:
+                self._removed.append(job)
+            return job is not None
 
     def set_next_run(self, name: str, when_ns: int | None, grace: float | None = None) -> None:
         """Expect the job's next run at `when_ns` (None: no run expected until the next one
@@ -837,7 +842,9 @@ class StatusRegistry:
             and job.next_run_ns is None
         ]
         for name in stale:
-            del self._jobs[name]
+            job = self._jobs.pop(name)
+            if self._dirty is not None:
+                self._removed.append(job)
             self._sorted_names = None
         return stale
 
@@ -864,7 +871,9 @@ class StatusRegistry:
             names = list(self._jobs) if full else list(dirty)
             self._dirty = {}
             self._run_room = self._buffer_runs
-            changes = []
+            # A job that left the view comes first: one of that name may have come since.
+            changes = [local_job(job, removed=True) for job in self._removed]
+            self._removed = []
             for name in names:
                 job = self._jobs.get(name)
                 if job is not None:
@@ -889,6 +898,7 @@ class StatusRegistry:
             job.version += 1
             job.unpublished = None
             job.unpublished_dropped = 0
+        self._removed = []
         if self._dirty is not None:
             self._dirty = dict.fromkeys(self._jobs)
             self._run_room = self._buffer_runs

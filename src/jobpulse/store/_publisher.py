@@ -140,15 +140,18 @@ class Publisher:
                     timeout=self.flush_interval,
                 )
                 stopping, target = self._stopping, self._requested
-            if stopping:
-                return
             written = False
             with _GUARD:
-                written = self._cycle()
+                written = self._cycle(stopping=stopping)
+            if stopping:  # the last write is made here, so that `stop` can leave it behind
+                with _GUARD:
+                    self.store.close()
             with self._condition:
-                self._completed = max(self._completed, target)
+                self._completed = self._requested if stopping else max(self._completed, target)
                 self._last_result = written
                 self._condition.notify_all()
+            if stopping:
+                return
 
     def _collect(self, *, full: bool = False) -> None:
         """Copy the registry's changes into the buffer, as deltas."""
@@ -210,6 +213,8 @@ class Publisher:
             change.next_run = published.next_run = next_run
         if job.open_runs != published.open_runs:
             change.open_runs = published.open_runs = job.open_runs
+        if job.removed:  # a job of that name registered again counts from zero
+            del self._published[job.name]
         return change
 
     def _count_dropped(self, name: str, count: int) -> None:
@@ -327,8 +332,8 @@ class Publisher:
             return done and self._last_result
 
     def stop(self, timeout: float) -> bool:
-        """Stop the thread, then write what is left once, marking this instance as stopped,
-        within `timeout` seconds in all. True if the last write was taken."""
+        """Have the thread write what is left once, marking this instance as stopped, then
+        end; wait for it at most `timeout` seconds. True if the last write was taken."""
         deadline = time.monotonic() + timeout
         with self._condition:
             if self._stopping:
@@ -336,15 +341,10 @@ class Publisher:
             self._stopping = True
             self._condition.notify_all()
         self._thread.join(max(deadline - time.monotonic(), 0.0))
-        if self._thread.is_alive():  # a write is stuck in the store: give up on it
+        if self._thread.is_alive():  # the store is slow or locked: the thread ends on its own
             logger.warning("store %s: not flushed at shutdown (still busy)", self.store.url)
             return False
-        written = False
-        with _GUARD:
-            written = self._cycle(stopping=True)
-        with _GUARD:
-            self.store.close()
-        return written
+        return self._last_result
 
     def _reset_after_fork(self) -> None:
         # The child is a new instance: it publishes only its own changes from here on. What

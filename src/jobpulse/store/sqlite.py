@@ -137,7 +137,10 @@ class SQLiteStore:
     def __init__(self, path: str | os.PathLike[str], *, url: str | None = None) -> None:
         self.path = Path(path)
         self.url = url or f"sqlite:///{self.path}"
-        self._lock = threading.Lock()  # the reading connection's; writes have their own
+        self._lock = threading.Lock()  # the reading connection's
+        # The writing connection's: one store object may be given to several monitors,
+        # whose publishers would interleave their transactions on it.
+        self._write_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._writer_identity: tuple[int, int] | None = None
@@ -277,20 +280,21 @@ class SQLiteStore:
         stopping: bool = False,
         expected_store_id: str | None = None,
     ) -> WriteResult:
-        connection = self._check_writer()
-        if expected_store_id is not None and expected_store_id != self._store_id:
-            return WriteResult(self._store_id, applied=False)
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            result = self._write_locked(
-                connection, instance, changes, now_ns, instance_ttl_ns, margin_ns, stopping
-            )
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-        return result
+        with self._write_lock:
+            connection = self._check_writer()
+            if expected_store_id is not None and expected_store_id != self._store_id:
+                return WriteResult(self._store_id, applied=False)
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._write_locked(
+                    connection, instance, changes, now_ns, instance_ttl_ns, margin_ns, stopping
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            return result
 
     def _write_locked(
         self,
@@ -302,10 +306,12 @@ class SQLiteStore:
         margin_ns: int,
         stopping: bool,
     ) -> WriteResult:
+        # An instance taken for dead (closed) that writes again is alive: closed again when
+        # it dies, with the runs it has in progress then.
         db.execute(
             "INSERT INTO instances (id, service, host, pid, version, started_ns, last_seen_ns,"
             " stopped) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-            "last_seen_ns = excluded.last_seen_ns, stopped = excluded.stopped",
+            "last_seen_ns = excluded.last_seen_ns, stopped = excluded.stopped, closed = 0",
             (
                 instance.id,
                 instance.service,
@@ -521,6 +527,10 @@ class SQLiteStore:
     # -- housekeeping ------------------------------------------------------------------
 
     def prune(self, *, now_ns: int, history_ns: int, retention_ns: int) -> None:
+        with self._write_lock:
+            self._prune(now_ns, history_ns, retention_ns)
+
+    def _prune(self, now_ns: int, history_ns: int, retention_ns: int) -> None:
         connection = self._check_writer()
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -551,13 +561,15 @@ class SQLiteStore:
             raise
 
     def after_fork(self) -> None:
+        # No I/O here (it runs inside os.fork, and the file may be locked by another
+        # process): the child's connections are opened at its first write and read.
         _INHERITED.extend(c for c in (self._writer, self._reader) if c is not None)
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._writer = self._reader = None
-        self._open()
 
     def close(self) -> None:
-        with self._lock:
+        with self._write_lock, self._lock:
             for connection in (self._writer, self._reader):
                 if connection is not None:
                     connection.close()
