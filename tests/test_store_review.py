@@ -259,3 +259,44 @@ def test_a_child_forked_while_the_store_is_locked_publishes_once_it_is_free(
     status = parent.status("shared")
     assert status is not None
     assert status.success_count == 3
+
+
+def test_a_child_forked_while_its_parent_writes_is_not_locked_out(
+    fleet: MakeMonitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = fleet()
+    link = parent._store
+    assert link is not None
+    store = link.store
+    assert isinstance(store, SQLiteStore)
+    writing, finish = threading.Event(), threading.Event()
+    original = store._write_locked
+
+    def slow_write(*args: object, **kwargs: object) -> object:
+        writing.set()  # inside BEGIN IMMEDIATE
+        finish.wait(10)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_write_locked", slow_write)
+    succeed(parent, "shared")
+    flusher = threading.Thread(target=parent.flush, args=(10,))
+    flusher.start()
+    assert writing.wait(10)
+    threading.Timer(0.2, finish.set).start()  # the fork below waits for the write to end
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            monkeypatch.undo()
+            succeed(parent, "shared", 2)
+            code = 0 if parent.flush(timeout=5) else 2
+        finally:
+            os._exit(code)
+    flusher.join(10)
+    _, status_code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status_code) == 0
+    monkeypatch.undo()
+    assert parent.flush()
+    status = parent.status("shared")
+    assert status is not None
+    assert status.success_count == 3

@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,38 @@ _LAST_FAILED_INDEX = _ROW_FIELDS.index("last_failed")
 _BUSY_SECONDS = 1.0
 _CHUNK = 500  # names per IN (...) query, far below SQLite's variable limit
 
+
+def _fork_safely(store: SQLiteStore) -> None:
+    """Hold the store's locks across ``os.fork``: a child forked in the middle of one of its
+    transactions would inherit SQLite's record of a lock it can never release (a Celery
+    prefork pool forks while the parent's publisher writes), and be locked out for good. A
+    fork waits for a write in progress (at most the busy timeout)."""
+    if not hasattr(os, "register_at_fork"):  # pragma: no cover - Windows
+        return
+    ref = weakref.ref(store)
+
+    def before() -> None:
+        held = ref()
+        if held is not None:
+            held._write_lock.acquire()
+            held._lock.acquire()
+
+    def after_in_parent() -> None:
+        held = ref()
+        if held is not None:
+            held._lock.release()
+            held._write_lock.release()
+
+    def after_in_child() -> None:  # pragma: no cover - runs in the child only
+        held = ref()
+        if held is not None:
+            held.after_fork()
+
+    os.register_at_fork(
+        before=before, after_in_parent=after_in_parent, after_in_child=after_in_child
+    )
+
+
 # Connections a forked child inherited: never used or closed there (closing could touch the
 # parent's WAL), only kept from the garbage collector.
 _INHERITED: list[sqlite3.Connection] = []
@@ -147,6 +180,7 @@ class SQLiteStore:
         self._reader_identity: tuple[int, int] | None = None
         self._store_id = ""
         self._open()
+        _fork_safely(self)
 
     # -- opening -----------------------------------------------------------------------
 
