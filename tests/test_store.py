@@ -295,6 +295,7 @@ def test_a_relative_url_is_relative_to_the_working_directory(
         ("postgres://user:hunter2@db/jobs", "unsupported URL scheme 'postgres'"),
         ("sqlite://host/jobs.db", "has no host"),
         ("sqlite:///", "expected a file path"),
+        ("sqlite:/u:pw@h", "expected sqlite:///relative.db"),
         ("sqlite:///jobs.db?mode=ro", "expected a file path"),
         ("jobs.db", r"unsupported URL scheme '\(none\)'"),
     ],

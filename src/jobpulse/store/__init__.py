@@ -53,6 +53,10 @@ def open_store(store: str | os.PathLike[str] | Store) -> Store:
             f"store {shown!r}: a SQLite URL has no host; use sqlite:///relative.db "
             "or sqlite:////absolute.db"
         )
+    if not store.strip()[len(scheme) :].startswith(":///"):
+        raise StoreError(
+            f"store {shown!r}: expected sqlite:///relative.db or sqlite:////absolute.db"
+        )
     path = unquote(parts.path)[1:]  # sqlite:///a.db -> "a.db", sqlite:////a.db -> "/a.db"
     if not path or path.endswith("/") or parts.query or parts.fragment:
         raise StoreError(f"store {shown!r}: expected a file path, as in sqlite:///jobs.db")
