@@ -172,7 +172,7 @@ def test_a_store_opened_here_is_closed_when_setup_fails_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     opened: list[Store] = []
-    real = _setup._open_store
+    from jobpulse._monitor import _open_store as real
 
     def spy(store: str | Store, flush_interval: float, instance_ttl: float) -> Store:
         opened.append(real(store, flush_interval, instance_ttl))
