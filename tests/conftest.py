@@ -52,6 +52,13 @@ def internal_errors() -> Iterator[InternalErrors]:
         raise AssertionError(f"jobpulse swallowed an internal error in {where}") from exc
 
 
+@pytest.fixture(autouse=True)
+def _no_store_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``JOBPULSE_STORE`` of the shell that runs the tests reaches neither `setup()` nor
+    the processes the tests start: a test that wants a store names one in its tmp_path."""
+    monkeypatch.delenv("JOBPULSE_STORE", raising=False)
+
+
 @dataclass
 class Otel:
     """An SDK tracer provider exporting to memory, and a meter provider read from memory."""

@@ -36,6 +36,7 @@ __all__ = [
     "Demo",
     "poll",
     "start_demo",
+    "store_url",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,14 +141,22 @@ def poll(check: Callable[[], T | None], timeout: float, what: str) -> T:
         time.sleep(POLL_SECONDS)
 
 
+def store_url(directory: Path, name: str = "demo") -> str:
+    """The URL of the SQLite store `start_demo` gives a demo called `name` by default."""
+    return f"sqlite:///{directory / name}.db"
+
+
 def start_demo(directory: Path, settings: Mapping[str, str], name: str = "demo") -> Demo:
     """Start the demo with the environment of this process less its ``OTEL_*`` variables,
-    plus `settings`; its stdout and stderr go to ``directory/NAME.out`` and ``.err``.
+    plus `settings`; its stdout and stderr go to ``directory/NAME.out`` and ``.err``, and
+    its store is ``directory/NAME.db`` unless `settings` name one (``JOBPULSE_STORE``), so
+    that no test writes into the repository's ``.jobpulse/``.
 
     Blocks until the demo prints its ready line (at most 30 s) and fails the test if it
     exits or stays silent, killing it first. The caller kills (or stops) the returned demo.
     """
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env["JOBPULSE_STORE"] = store_url(directory, name)
     env.update(settings)
     demo = Demo.launch(DEMO_COMMAND, directory, name, env)
     demo.wait_ready(READY, "the demo")

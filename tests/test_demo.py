@@ -3,8 +3,12 @@ real HTTP on 127.0.0.1, its jobs on a fast schedule, stopped by real signals."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 import re
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +16,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.demo_process import DEMO_COMMAND, HEALTH_PATH, ROOT, Demo, poll, start_demo
+import jobpulse
+from jobpulse.store import SQLiteStore
+from tests.demo_process import (
+    DEMO_COMMAND,
+    HEALTH_PATH,
+    ROOT,
+    Demo,
+    poll,
+    start_demo,
+    store_url,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -78,12 +92,28 @@ def check_health(response: httpx.Response) -> dict[str, Any]:
     return document
 
 
+def first_document(client: httpx.Client) -> dict[str, Any]:
+    """The first health document that has the demo's jobs. With a store, the document is the
+    store's: the jobs the demo registered at start are in it from its first write, up to a
+    flush interval (1 s) after it listens."""
+
+    def jobs_written() -> httpx.Response | None:
+        response = get(client, HEALTH_PATH)
+        return response if response.json()["jobs"] else None
+
+    return check_health(poll(jobs_written, 5, "the first write to the store"))
+
+
 def test_demo_shows_runs_failures_and_a_stall_then_stops_on_sigint(
-    start_demo: Callable[..., Demo],
+    start_demo: Callable[..., Demo], tmp_path: Path
 ) -> None:
     demo = start_demo()
+    banner, _ = demo.output()
+    assert f"store:    {store_url(tmp_path, 'demo0')} (from JOBPULSE_STORE)" in banner
     with httpx.Client(base_url=demo.base_url, timeout=5) as client:
-        first = check_health(get(client, HEALTH_PATH))
+        first = first_document(client)
+        assert first["scope"] == "fleet"
+        assert first["store"] == "ok"
         for name, critical in JOBS.items():
             job = first["jobs"][name]
             assert job["job_name"] == name
@@ -150,6 +180,7 @@ def test_demo_stops_on_sigterm_cancelling_a_hung_run(start_demo: Callable[..., D
     # Every run of the stalling job hangs for 6 s: SIGTERM must not wait for it.
     demo = start_demo(INDEX_INTERVAL="2", DEMO_STALL_EVERY="1", DEMO_CONSOLE_SPANS="0")
     with httpx.Client(base_url=demo.base_url, timeout=5) as client:
+        first_document(client)
 
         def stalled() -> bool | None:
             document = get(client, HEALTH_PATH).json()
@@ -171,3 +202,113 @@ def test_demo_stops_on_sigterm_cancelling_a_hung_run(start_demo: Callable[..., D
 def test_make_demo_runs_the_command_tested_here() -> None:
     recipe = (ROOT / "Makefile").read_text().split("\ndemo:", 1)[1].splitlines()[1]
     assert recipe.strip() == "$(PY) -m " + DEMO_COMMAND[-1]
+
+
+def counts(jobs: dict[str, dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    return {name: (job["success_count"], job["failure_count"]) for name, job in jobs.items()}
+
+
+def test_a_restarted_demo_keeps_its_counts_and_history_in_its_store(
+    start_demo: Callable[..., Demo], tmp_path: Path
+) -> None:
+    path = tmp_path / "shared.db"
+    settings = {"JOBPULSE_STORE": f"sqlite:///{path}", "DEMO_STALL_EVERY": "0"}
+    first = start_demo(**settings, DEMO_CONSOLE_SPANS="0")
+    with httpx.Client(base_url=first.base_url, timeout=5) as client:
+
+        def enough_runs() -> bool | None:
+            jobs = counts(get(client, HEALTH_PATH).json()["jobs"])
+            return True if set(jobs) == set(JOBS) and min(map(sum, jobs.values())) >= 4 else None
+
+        poll(enough_runs, 20, "4 runs of every job")
+    code, _ = first.stop(signal.SIGINT)
+    assert code == 0
+
+    # What the first demo left in its store, its last write at shutdown included.
+    store = SQLiteStore(path)
+    try:
+        read = store.read(None, now_ns=time.time_ns(), instance_ttl_ns=10_000_000_000)
+    finally:
+        store.close()
+    before = {row.name: (row.success_count, row.failure_count) for row in read.rows}
+    runs_before = {name: sum(1 for run in read.runs if run.name == name) for name in before}
+    assert set(before) == set(JOBS)
+    assert min(map(sum, before.values())) >= 4
+    assert runs_before == {name: sum(pair) for name, pair in before.items()}
+    (instance,) = read.instances
+    assert instance.pid == first.process.pid
+    assert instance.stopped
+
+    second = start_demo(**settings, DEMO_CONSOLE_SPANS="0")
+    with httpx.Client(base_url=second.base_url, timeout=5) as client:
+        # At once, before the new process wrote anything: what the store holds.
+        document = get(client, HEALTH_PATH).json()
+        assert document["scope"] == "fleet"
+        assert set(document["jobs"]) == set(JOBS)
+        for name, (successes, failures) in counts(document["jobs"]).items():
+            assert successes >= before[name][0], name
+            assert failures >= before[name][1], name
+
+        def both_instances() -> dict[int, bool] | None:
+            listed = get(client, HEALTH_PATH).json()["instances"]
+            alive = {item["pid"]: item["alive"] for item in listed}
+            return alive if second.process.pid in alive else None
+
+        alive = poll(both_instances, 5, "the restarted demo's first write")
+        assert alive == {first.process.pid: False, second.process.pid: True}
+        job = get(client, f"{HEALTH_PATH}/btc_transaction_indexing?limit=10000").json()
+        assert len(job["history"]) >= runs_before["btc_transaction_indexing"]
+    code, _ = second.stop(signal.SIGINT)
+    assert code == 0
+
+
+def test_demo_without_a_store_when_the_variable_is_empty(
+    start_demo: Callable[..., Demo], tmp_path: Path
+) -> None:
+    demo = start_demo(JOBPULSE_STORE="", DEMO_CONSOLE_SPANS="0")
+    banner, _ = demo.output()
+    assert "store:    none (JOBPULSE_STORE is empty)" in banner
+    with httpx.Client(base_url=demo.base_url, timeout=5) as client:
+        document = get(client, HEALTH_PATH).json()
+    assert document["scope"] == "process"
+    assert "instances" not in document
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_demo_stops_on_a_store_it_cannot_open(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env["JOBPULSE_STORE"] = f"postgres://icy:{SECRET}@db/jobs"
+    demo = Demo.launch(DEMO_COMMAND, tmp_path, "bad-store", env)
+    try:
+        code = demo.process.wait(timeout=30)
+    finally:
+        demo.kill()
+    out, err = demo.output()
+    assert code == 2, err
+    assert "icy-backend demo: store 'postgres://icy:***@db/jobs': unsupported URL scheme" in err
+    assert SECRET not in out + err
+    assert "Traceback" not in err
+
+
+@pytest.mark.usefixtures("otel_globals")
+def test_demo_runs_without_its_default_store_if_it_cannot_be_opened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from examples.icy_backend.app import _setup
+    from examples.icy_backend.settings import DemoSettings
+
+    (tmp_path / "read-only").write_text("a file where the folder would be")
+    settings = dataclasses.replace(
+        DemoSettings.from_environ({"DEMO_CONSOLE_SPANS": "0"}),
+        store=f"sqlite:///{tmp_path}/read-only/icy_backend.db",
+    )
+    named = dataclasses.replace(settings, store_from_environment=True)
+    with pytest.raises(jobpulse.StoreError, match="cannot create the folder"):
+        _setup(named)  # a store the user named is not silently dropped
+    with caplog.at_level(logging.WARNING, logger="icy_backend"):
+        monitor, opened = _setup(settings)
+    assert opened is False
+    assert monitor._store is None
+    assert "cannot create the folder" in caplog.text
+    assert "running without a store" in caplog.text
+    monitor.shutdown()

@@ -124,3 +124,20 @@ def test_the_make_targets_examples_name_run_them() -> None:
             recipe = makefile.split(f"\n{target}:", 1)[1].splitlines()[1]
             assert recipe.split()[-1] == module, f"{path}: make {target} runs {recipe.strip()}"
     assert named >= 1  # examples/icy_backend says `make demo`
+
+
+def test_demo_store_is_under_the_repository_unless_the_environment_says_otherwise() -> None:
+    from examples.icy_backend.settings import DEFAULT_STORE_PATH
+
+    assert DEFAULT_STORE_PATH == ROOT / ".jobpulse" / "icy_backend.db"
+    assert ".jobpulse/" in (ROOT / ".gitignore").read_text().splitlines()
+    default = DemoSettings.from_environ({})
+    assert default.store == f"sqlite:///{ROOT}/.jobpulse/icy_backend.db"
+    assert default.store_from_environment is False
+    named = DemoSettings.from_environ({"JOBPULSE_STORE": " sqlite:////tmp/icy.db "})
+    assert named.store == "sqlite:////tmp/icy.db"
+    assert named.store_from_environment is True
+    for empty in ("", "  "):
+        none = DemoSettings.from_environ({"JOBPULSE_STORE": empty})
+        assert none.store is None
+        assert none.store_from_environment is True

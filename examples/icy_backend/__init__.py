@@ -31,6 +31,13 @@ Environment:
   so turn it off to watch the logs alone.
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` (and the other ``OTEL_*`` variables): when set, spans and
   metrics go over OTLP instead of to stdout.
+- ``JOBPULSE_STORE``: the store the status view is kept in (docs/store.md). Unset, the demo
+  uses a SQLite file under ``.jobpulse/`` in the repository (ignored by git), so a restart
+  keeps history and counts, and a slot that passed while the demo was down is missed at
+  once; ``rm -rf .jobpulse`` starts afresh. Set empty, there is no store (the process's view
+  only); set to a URL (``sqlite:////tmp/icy.db``), that store. The banner says which. If the
+  default file cannot be opened the demo runs without a store; a store named by the
+  variable that cannot be opened stops it with exit code 2.
 
 Logs (runs that fail, stalls, missed runs, every change of the overall health) go to stderr.
 """

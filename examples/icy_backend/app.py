@@ -15,6 +15,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -26,7 +27,7 @@ from jobpulse.starlette import HEALTH_PATH, METRICS_PATH, routes
 
 from .jobs import JOB_NAMES, STALLING_JOB, create_jobs
 from .scheduler import start_scheduler, stop_scheduler
-from .settings import DemoSettings, SettingsError
+from .settings import DEFAULT_STORE_PATH, STORE_VARIABLE, DemoSettings, SettingsError
 
 __all__ = ["build_app", "main"]
 
@@ -90,7 +91,35 @@ class _Server(uvicorn.Server):
             self._on_listening(f"http://{f'[{host}]' if ':' in host else host}:{port}")
 
 
-def _banner(settings: DemoSettings, base_url: str) -> str:
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it is under it (as `make demo` runs)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _store_lines(settings: DemoSettings, opened: bool) -> tuple[str, ...]:
+    if settings.store is None:
+        return (f"  store:    none ({STORE_VARIABLE} is empty): this process's view only",)
+    if settings.store_from_environment:
+        return (
+            f"  store:    {jobpulse.redact(settings.store)} (from {STORE_VARIABLE}): history "
+            "and counts survive a restart",
+        )
+    if not opened:
+        return (
+            f"  store:    none: {_shown(DEFAULT_STORE_PATH)} cannot be opened (see the log); "
+            "this process's view only",
+        )
+    folder = _shown(DEFAULT_STORE_PATH.parent)
+    return (
+        f"  store:    {_shown(DEFAULT_STORE_PATH)} (SQLite): history and counts survive a restart",
+        f"            start fresh: rm -rf {folder}   no store: {STORE_VARIABLE}= make demo",
+    )
+
+
+def _banner(settings: DemoSettings, base_url: str, *, store_opened: bool) -> str:
     if settings.otlp_endpoint is not None:
         spans = f"exported over OTLP to {settings.otlp_endpoint}"
     elif settings.console_spans:
@@ -111,6 +140,7 @@ def _banner(settings: DemoSettings, base_url: str) -> str:
             f"  one job:  {base_url}{HEALTH_PATH}/{JOB_NAMES[0]}",
             f"  metrics:  {base_url}{METRICS_PATH}",
             f"  spans:    {spans}",
+            *_store_lines(settings, store_opened),
             "  stop:     Ctrl-C (or SIGTERM)",
         )
     )
@@ -125,6 +155,24 @@ def _stop_on_signals(server: uvicorn.Server) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
+
+
+def _setup(settings: DemoSettings) -> tuple[JobMonitor, bool]:
+    """`jobpulse.setup()` with the demo's store, and whether a store was opened. A store
+    named by ``JOBPULSE_STORE`` that cannot be opened raises `jobpulse.StoreError`; the
+    demo's default one (in a read-only checkout, say) is left out, with a warning."""
+    console = settings.console_spans and settings.otlp_endpoint is None
+    try:
+        monitor = jobpulse.setup(
+            SERVICE_NAME, namespace=NAMESPACE, console=console, store=settings.store
+        )
+        return monitor, settings.store is not None
+    except jobpulse.StoreError as exc:
+        if settings.store_from_environment:
+            raise
+        logger.warning("%s; running without a store", exc)
+    # The setup() that failed set nothing global (and JOBPULSE_STORE is unset): start afresh.
+    return jobpulse.setup(SERVICE_NAME, namespace=NAMESPACE, console=console), False
 
 
 def main() -> int:
@@ -144,11 +192,11 @@ def main() -> int:
     # executor would log it again with its traceback, and its INFO lines every run.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
-    monitor = jobpulse.setup(
-        SERVICE_NAME,
-        namespace=NAMESPACE,
-        console=settings.console_spans and settings.otlp_endpoint is None,
-    )
+    try:
+        monitor, store_opened = _setup(settings)
+    except jobpulse.StoreError as exc:
+        print(f"{SERVICE_NAME} demo: {exc}", file=sys.stderr)
+        return 2
     try:
         config = uvicorn.Config(
             build_app(monitor, settings),
@@ -160,7 +208,10 @@ def main() -> int:
             lifespan="on",
             timeout_graceful_shutdown=5,
         )
-        server = _Server(config, lambda url: print(_banner(settings, url), flush=True))
+        server = _Server(
+            config,
+            lambda url: print(_banner(settings, url, store_opened=store_opened), flush=True),
+        )
         _stop_on_signals(server)
         asyncio.run(server.serve())
     except SystemExit as exc:  # uvicorn exits this way when it cannot start

@@ -55,7 +55,12 @@ async def stop_scheduler(
     scheduler.shutdown()  # done on the loop at its next turn; cancels the running jobs
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_seconds
-    while loop.time() < deadline and (
-        scheduler.running or any(status.active_runs for status in monitor.statuses().values())
-    ):
+
+    async def runs_in_progress() -> bool:
+        # With a store the view is the store's: write this process's runs to it first (off
+        # the loop), else a run that just ended shows until the next write.
+        await asyncio.to_thread(monitor.flush, max(deadline - loop.time(), 0.0))
+        return any(status.active_runs for status in monitor.statuses().values())
+
+    while loop.time() < deadline and (scheduler.running or await runs_in_progress()):
         await asyncio.sleep(0.01)

@@ -8,8 +8,15 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["DemoSettings", "SettingsError"]
+__all__ = ["DEFAULT_STORE_PATH", "STORE_VARIABLE", "DemoSettings", "SettingsError"]
+
+#: Where the demo keeps its store unless ``JOBPULSE_STORE`` says otherwise: ``.jobpulse/``
+#: in the repository (the folder above ``examples/``), ignored by git.
+DEFAULT_STORE_PATH = Path(__file__).resolve().parents[2] / ".jobpulse" / "icy_backend.db"
+#: The variable `jobpulse.setup()` reads its store from; the demo passes it on as it is.
+STORE_VARIABLE = "JOBPULSE_STORE"
 
 _DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?P<unit>ms|s|m|h)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -36,6 +43,10 @@ class DemoSettings:
     stall_every: int
     console_spans: bool
     otlp_endpoint: str | None
+    #: The store's URL; None: no store (``JOBPULSE_STORE`` set and empty).
+    store: str | None
+    #: Whether `store` came from ``JOBPULSE_STORE`` (else it is the demo's default).
+    store_from_environment: bool
 
     @property
     def stall_after_seconds(self) -> float:
@@ -60,6 +71,7 @@ class DemoSettings:
         """
         env = os.environ if environ is None else environ
         seed_text = env.get("DEMO_SEED", "").strip()
+        store_text = env.get(STORE_VARIABLE)
         return cls(
             index_interval_seconds=_interval(env.get("INDEX_INTERVAL", "5")),
             host=env.get("HOST", "").strip() or "127.0.0.1",
@@ -74,6 +86,10 @@ class DemoSettings:
             otlp_endpoint=next(
                 (env[name] for name in _OTLP_ENDPOINTS if env.get(name, "").strip()), None
             ),
+            store=f"sqlite:///{DEFAULT_STORE_PATH}"
+            if store_text is None
+            else store_text.strip() or None,
+            store_from_environment=store_text is not None,
         )
 
 

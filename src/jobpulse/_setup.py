@@ -10,7 +10,9 @@ It builds what is missing and reuses what the application already has:
   reused as it is and its readers receive the job metrics;
 - every exporter gets a short timeout, and everything `setup()` built is shut down by
   `JobMonitor.shutdown()` (also at exit) within one deadline: the SDK's own exit handler
-  can wait about 30 s on an unreachable collector.
+  can wait about 30 s on an unreachable collector;
+- with a store (``store=`` or ``JOBPULSE_STORE``), the store is opened first, so that a
+  store that cannot be opened raises before anything global is set.
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ from jobpulse._backoff import BackoffSpanExporter
 from jobpulse._exceptions import InvalidJobError
 from jobpulse._guard import Guard
 from jobpulse._instruments import METER_NAME, series_limit, validate_namespace
-from jobpulse._monitor import JobMonitor
+from jobpulse._monitor import JobMonitor, _open_store
 from jobpulse._sampling import JobAwareSampler
 from jobpulse._validation import Duration, to_seconds, validate_positive_int
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from jobpulse.store import Store
 
 __all__ = ["setup", "setup_monitor"]
 
@@ -71,6 +75,8 @@ logger = logging.getLogger("jobpulse")
 PROTOCOLS = ("grpc", "http/protobuf")
 _TRACES_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 _METRICS_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+#: The store `setup()` uses when its ``store`` argument is None (empty: none).
+STORE_VARIABLE = "JOBPULSE_STORE"
 _SHUTDOWN_GUARD = Guard("telemetry shutdown")
 _lock = threading.Lock()
 _active: JobMonitor | None = None
@@ -101,6 +107,9 @@ def setup(
     stall_after: Duration = 300.0,
     max_jobs: int = 1000,
     max_history: int = 4096,
+    store: str | Store | None = None,
+    flush_interval: Duration = 1.0,
+    instance_ttl: Duration = 10.0,
 ) -> JobMonitor:
     """Configure OpenTelemetry for job monitoring and return the `JobMonitor`.
 
@@ -126,15 +135,23 @@ def setup(
         shutdown_timeout: one deadline for flushing and closing every exporter at
             `JobMonitor.shutdown()` and at exit; what is unsent by then is dropped.
         stall_after, max_jobs, max_history: passed to `JobMonitor`.
+        store: where the processes of this service share their view (see docs/store.md): a
+            URL such as ``sqlite:///.jobpulse/jobs.db`` or a `jobpulse.store.Store`. None
+            reads ``JOBPULSE_STORE`` (unset or empty: no store). Opened before anything
+            global is built. The store's last write at shutdown is bounded by
+            `shutdown_timeout` too (it comes after the exporters').
+        flush_interval, instance_ttl: passed to `JobMonitor` with the store.
 
     With ``OTEL_SDK_DISABLED=true`` nothing is configured or exported: the returned
-    monitor still keeps the status view. If the application already set SDK providers
-    globally, they are reused: span exporters are added to its tracer provider only when
-    asked for here explicitly (`otlp_endpoint`, `console`), since its own configuration
-    already read the environment.
+    monitor still keeps the status view, with the store if one is given. If the application
+    already set SDK providers globally, they are reused: span exporters are added to its
+    tracer provider only when asked for here explicitly (`otlp_endpoint`, `console`), since
+    its own configuration already read the environment.
 
-    Raises `RuntimeError` if a monitor from an earlier `setup()` is still open, and
-    `InvalidJobError` (a ValueError) for an unknown protocol or a bad duration.
+    Raises `RuntimeError` if a monitor from an earlier `setup()` is still open,
+    `InvalidJobError` (a ValueError) for an unknown protocol or a bad duration, and
+    `jobpulse.StoreError` (naming the URL without its password) for a store that cannot be
+    opened; nothing global is set then.
     """
     global _active
     export_seconds = to_seconds(export_timeout, "export_timeout")
@@ -154,6 +171,11 @@ def setup(
         "max_jobs": validate_positive_int(max_jobs, "max_jobs"),
         "max_history": validate_positive_int(max_history, "max_history"),
     }
+    if store is None:
+        store = os.environ.get(STORE_VARIABLE, "").strip() or None
+    if store is not None:
+        monitor_options["flush_interval"] = to_seconds(flush_interval, "flush_interval")
+        monitor_options["instance_ttl"] = to_seconds(instance_ttl, "instance_ttl")
     with _lock:
         if _active is not None and not _active.closed:
             raise RuntimeError(
@@ -167,82 +189,130 @@ def setup(
                 "providers it set are shut down and OpenTelemetry cannot replace them; call "
                 "setup() once per process"
             )
-        if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-            logger.info("OTEL_SDK_DISABLED=true: job runs are tracked, nothing is exported")
-            _active = JobMonitor(**monitor_options)
-            return _active
+        opened = None
+        if store is not None:
+            opened = _open_store(
+                store, monitor_options["flush_interval"], monitor_options["instance_ttl"]
+            )
+            monitor_options["store"] = opened
+        try:
+            _active = _build(
+                monitor_options,
+                service_name=service_name,
+                prometheus=prometheus,
+                prometheus_registry=prometheus_registry,
+                otlp_endpoint=otlp_endpoint,
+                protocol=protocol,
+                otlp_headers=otlp_headers,
+                console=console,
+                resource_attributes=resource_attributes,
+                export_seconds=export_seconds,
+                interval=interval,
+                shutdown_seconds=shutdown_seconds,
+            )
+        except BaseException:
+            if opened is not None and opened is not store:  # opened here from a URL: ours
+                opened.close()
+            raise
+        return _active
 
-        otlp_traces = otlp_endpoint is not None or _environment_has(_TRACES_ENDPOINTS)
-        otlp_metrics = otlp_endpoint is not None or _environment_has(_METRICS_ENDPOINTS)
-        _check_extras(
-            prometheus=prometheus, otlp_protocol=protocol if otlp_traces or otlp_metrics else None
-        )
-        resource = _resource(service_name, resource_attributes)
-        # Shut down in this order: the final metric export first, while the status view its
-        # observable instruments read is still open (the tracer provider's shutdown closes
-        # it, through the monitor's span processor), then the spans.
-        metric_steps: list[Callable[[], object]] = []
-        span_steps: list[Callable[[], object]] = []
 
-        tracer_provider, new_tracer_provider = _tracer_provider(resource)
-        if tracer_provider is not None:
-            if new_tracer_provider:
-                span_steps.append(tracer_provider.shutdown)
-            exporters: list[SpanExporter] = []
-            if otlp_traces and (new_tracer_provider or otlp_endpoint is not None):
-                exporters.append(
-                    BackoffSpanExporter(
-                        PerProcessSpanExporter(
-                            lambda: _otlp_span_exporter(
-                                protocol, otlp_endpoint, otlp_headers, export_seconds
-                            )
+def _build(
+    monitor_options: dict[str, Any],
+    *,
+    service_name: str | None,
+    prometheus: bool,
+    prometheus_registry: CollectorRegistry | None,
+    otlp_endpoint: str | None,
+    protocol: str,
+    otlp_headers: Mapping[str, str] | None,
+    console: bool,
+    resource_attributes: Mapping[str, str | bool | int | float] | None,
+    export_seconds: float,
+    interval: float | None,
+    shutdown_seconds: float,
+) -> JobMonitor:
+    """The providers, exporters and monitor of `setup()` (called under its lock, with every
+    argument checked and the store open)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        logger.info("OTEL_SDK_DISABLED=true: job runs are tracked, nothing is exported")
+        disabled = JobMonitor(**monitor_options)
+        if "store" in monitor_options:
+            # Its last write at exit marks this instance stopped: runs still open there
+            # are lost at once, not an instance_ttl later.
+            disabled._shutdown_timeout = shutdown_seconds
+            atexit.register(disabled.shutdown)
+            disabled._on_shutdown.append(lambda: atexit.unregister(disabled.shutdown))
+        return disabled
+    otlp_traces = otlp_endpoint is not None or _environment_has(_TRACES_ENDPOINTS)
+    otlp_metrics = otlp_endpoint is not None or _environment_has(_METRICS_ENDPOINTS)
+    _check_extras(
+        prometheus=prometheus, otlp_protocol=protocol if otlp_traces or otlp_metrics else None
+    )
+    resource = _resource(service_name, resource_attributes)
+    # Shut down in this order: the final metric export first, while the status view its
+    # observable instruments read is still open (the tracer provider's shutdown closes
+    # it, through the monitor's span processor), then the spans.
+    metric_steps: list[Callable[[], object]] = []
+    span_steps: list[Callable[[], object]] = []
+
+    tracer_provider, new_tracer_provider = _tracer_provider(resource)
+    if tracer_provider is not None:
+        if new_tracer_provider:
+            span_steps.append(tracer_provider.shutdown)
+        exporters: list[SpanExporter] = []
+        if otlp_traces and (new_tracer_provider or otlp_endpoint is not None):
+            exporters.append(
+                BackoffSpanExporter(
+                    PerProcessSpanExporter(
+                        lambda: _otlp_span_exporter(
+                            protocol, otlp_endpoint, otlp_headers, export_seconds
                         )
                     )
                 )
-            if console:
-                exporters.append(ConsoleSpanExporter(out=sys.stdout, formatter=_one_line))
-            for exporter in exporters:
-                processor = BatchSpanProcessor(
-                    exporter, export_timeout_millis=export_seconds * 1000.0
+            )
+        if console:
+            exporters.append(ConsoleSpanExporter(out=sys.stdout, formatter=_one_line))
+        for exporter in exporters:
+            processor = BatchSpanProcessor(exporter, export_timeout_millis=export_seconds * 1000.0)
+            tracer_provider.add_span_processor(processor)
+            if not new_tracer_provider:
+                # Added to the application's provider: ours to close, the provider is not.
+                span_steps.append(processor.shutdown)
+
+    def readers() -> tuple[list[MetricReader], CollectorRegistry | None]:
+        built: list[MetricReader] = []
+        registry = None
+        if prometheus:
+            reader, registry = _prometheus_reader(prometheus_registry)
+            built.append(reader)
+        if otlp_metrics:
+            built.append(
+                PeriodicExportingMetricReader(
+                    PerProcessMetricExporter(
+                        lambda: _otlp_metric_exporter(
+                            protocol, otlp_endpoint, otlp_headers, export_seconds
+                        )
+                    ),
+                    export_interval_millis=None if interval is None else interval * 1000.0,
+                    export_timeout_millis=export_seconds * 1000.0,
                 )
-                tracer_provider.add_span_processor(processor)
-                if not new_tracer_provider:
-                    # Added to the application's provider: ours to close, the provider is not.
-                    span_steps.append(processor.shutdown)
+            )
+        return built, registry
 
-        def readers() -> tuple[list[MetricReader], CollectorRegistry | None]:
-            built: list[MetricReader] = []
-            registry = None
-            if prometheus:
-                reader, registry = _prometheus_reader(prometheus_registry)
-                built.append(reader)
-            if otlp_metrics:
-                built.append(
-                    PeriodicExportingMetricReader(
-                        PerProcessMetricExporter(
-                            lambda: _otlp_metric_exporter(
-                                protocol, otlp_endpoint, otlp_headers, export_seconds
-                            )
-                        ),
-                        export_interval_millis=None if interval is None else interval * 1000.0,
-                        export_timeout_millis=export_seconds * 1000.0,
-                    )
-                )
-            return built, registry
+    meter_provider, registry = _meter_provider(
+        resource, readers, shutdown_seconds, metric_steps, monitor_options["max_jobs"]
+    )
 
-        meter_provider, registry = _meter_provider(
-            resource, readers, shutdown_seconds, metric_steps, monitor_options["max_jobs"]
-        )
-
-        monitor = JobMonitor(tracer_provider, meter_provider, **monitor_options)
-        monitor._prometheus_registry = registry
-        steps = metric_steps + span_steps
-        if steps:
-            monitor._on_shutdown.append(lambda: _shutdown_within(shutdown_seconds, steps))
-        atexit.register(monitor.shutdown)
-        monitor._on_shutdown.append(lambda: atexit.unregister(monitor.shutdown))
-        _active = monitor
-        return monitor
+    monitor = JobMonitor(tracer_provider, meter_provider, **monitor_options)
+    monitor._prometheus_registry = registry
+    monitor._shutdown_timeout = shutdown_seconds
+    steps = metric_steps + span_steps
+    if steps:
+        monitor._on_shutdown.append(lambda: _shutdown_within(shutdown_seconds, steps))
+    atexit.register(monitor.shutdown)
+    monitor._on_shutdown.append(lambda: atexit.unregister(monitor.shutdown))
+    return monitor
 
 
 def _environment_has(variables: tuple[str, ...]) -> bool:
