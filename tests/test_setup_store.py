@@ -244,11 +244,6 @@ def assert_nothing_global_but(monitor: JobMonitor) -> None:
     assert _setup.setup_monitor() is monitor
 
 
-@pytest.mark.xfail(
-    reason="with OTEL_SDK_DISABLED no resource is built, and JobMonitor names its store "
-    "instance from the global tracer provider's resource: setup()'s service_name is lost",
-    strict=True,
-)
 def test_with_the_sdk_disabled_the_instance_has_the_service_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

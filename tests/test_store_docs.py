@@ -1,6 +1,4 @@
-"""What the store's log messages and the issue promise and the code does not do yet, found
-while writing docs/store.md. Strict xfails: each one fails today; once the code is fixed it
-passes, pytest reports XPASS as a failure, and the mark comes off."""
+"""What docs/store.md promises of the store's history and of a store that lost its data."""
 
 from __future__ import annotations
 
@@ -17,12 +15,6 @@ def fail(monitor: JobMonitor, name: str) -> None:
         raise RuntimeError(f"{name} failed")
 
 
-@pytest.mark.xfail(
-    reason="the fleet view sets history_dropped from its own RunHistory only: the runs the "
-    "publisher left out of the store's history (store_buffer_runs) are counted in the "
-    "store's row and never shown",
-    strict=True,
-)
 def test_runs_left_out_of_the_stores_history_show_in_history_dropped(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     monitor = JobMonitor(store=f"sqlite:///{path}", store_buffer_runs=10)
@@ -47,13 +39,6 @@ def test_runs_left_out_of_the_stores_history_show_in_history_dropped(tmp_path: P
         monitor.shutdown()
 
 
-@pytest.mark.xfail(
-    reason="after the file is deleted the publisher logs that it writes 'this process's whole "
-    "view' to the new store, but it writes counts, settings and next runs only: the last "
-    "run's fields come from finished runs, and the runs written before are not sent again, "
-    "so a failed critical job reads pending with 0 consecutive failures",
-    strict=True,
-)
 def test_a_store_deleted_under_the_process_gets_the_last_run_fields_again(
     tmp_path: Path,
 ) -> None:

@@ -98,6 +98,7 @@ class Job:
         "stall_after",
         "stalled_ids",
         "stats",
+        "store_dropped",
         "success_attributes",
         "success_count",
         "timeout",
@@ -176,6 +177,8 @@ class Job:
         # left out because too many were waiting.
         self.unpublished: list[tuple[int, int, int, str | None, str | None]] | None = None
         self.unpublished_dropped = 0
+        # In a fleet view: runs the store's writers left out of its history.
+        self.store_dropped = 0
 
     def state(self) -> JobState:
         if self.stalled_ids:
@@ -255,7 +258,8 @@ class Job:
             p99_duration_seconds=self.clamp(stats.p99_seconds),
             success_rate=stats.success_rate,
             history_runs=stats.runs,
-            history_dropped=0 if self.history is None else self.history.dropped(now_ns),
+            history_dropped=self.store_dropped
+            + (0 if self.history is None else self.history.dropped(now_ns)),
         )
 
     def clamp(self, seconds: float | None) -> float | None:
@@ -441,6 +445,10 @@ class LocalJob(NamedTuple):
     grace_ns: int
     open_runs: tuple[tuple[int, int], ...]
     stall_after: float
+    #: (end_ns, duration_ns, failed, consecutive_failures, error, category) of the last
+    #: finished run, or None: what seeds a store that lost its data. The end is the job's
+    #: last change, at or after the run's end.
+    last: tuple[int, int, bool, int, str | None, str | None] | None = None
     #: The job left the view (unregistered or pruned): its last change. Its runs in
     #: progress and expected run are no longer this instance's, and a job of that name
     #: registered again starts its counts from zero.
@@ -485,5 +493,15 @@ def local_job(job: Job, *, removed: bool = False) -> LocalJob:
         grace_ns=job.slot_grace_ns if expected else 0,
         open_runs=runs,
         stall_after=job.stall_after,
+        last=None
+        if job.last_duration_ns is None
+        else (
+            job.updated_ns,
+            job.last_duration_ns,
+            job.consecutive_failures > 0,
+            job.consecutive_failures,
+            job.last_error,
+            job.last_error_category,
+        ),
         removed=removed,
     )

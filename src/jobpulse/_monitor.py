@@ -307,6 +307,9 @@ class JobMonitor:
             progress are closed as failed, category ``lost``. At least twice `flush_interval`.
         store_buffer_runs: finished runs that may wait for a store that is down; those past
             it are counted and logged, and left out of the store's history (counts stay exact).
+        service_name: the service this process is an instance of, in the store's list of
+            instances; None takes ``service.name`` from the tracer provider's resource (or
+            ``OTEL_SERVICE_NAME``).
 
     Thread-safe: runs may start and end on any thread or event loop.
     """
@@ -326,6 +329,7 @@ class JobMonitor:
         flush_interval: Duration = 1.0,
         instance_ttl: Duration = 10.0,
         store_buffer_runs: int = 100_000,
+        service_name: str | None = None,
     ) -> None:
         self._clock = clock or SYSTEM_CLOCK
         self.namespace = validate_namespace(namespace)
@@ -370,7 +374,7 @@ class JobMonitor:
                 opened,
                 self._registry,
                 self._clock,
-                service=service,
+                service=service_name or service,
                 version=version,
                 flush_interval=to_seconds(flush_interval, "flush_interval"),
                 instance_ttl=to_seconds(instance_ttl, "instance_ttl"),

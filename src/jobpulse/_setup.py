@@ -236,6 +236,9 @@ def _build(
     argument checked and the store open)."""
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         logger.info("OTEL_SDK_DISABLED=true: job runs are tracked, nothing is exported")
+        if "store" in monitor_options:  # no resource is built: the store still names it
+            named = _resource(service_name, resource_attributes).attributes[SERVICE_NAME]
+            monitor_options["service_name"] = str(named)
         disabled = JobMonitor(**monitor_options)
         if "store" in monitor_options:
             # Its last write at exit marks this instance stopped: runs still open there

@@ -123,6 +123,10 @@ class JobChange:
     #: (run id, start) of every run in progress on the instance, when they changed.
     open_runs: tuple[tuple[int, int], ...] | None = None
     stall_after_ns: int = 0
+    #: Only when the store lost its data: the instance's last finished run as
+    #: (end_ns, duration_ns, failed, consecutive_failures, error, category), for a row
+    #: that has none.
+    seed_last: tuple[int, int, bool, int, str | None, str | None] | None = None
 
 
 @dataclass

@@ -184,6 +184,7 @@ class FleetView:
         job.slot_grace_ns = row.grace_ns
         job.missed_count, job.last_missed_ns = row.missed_count, row.last_missed_ns
         job.skipped_count, job.last_skip_reason = row.skipped_count, row.last_skip_reason
+        job.store_dropped = row.history_dropped
         # Keyed by position: the fleet's runs have no one id space.
         job.runs = {
             index: (0.0, None, run.start_ns) for index, run in enumerate(self._open.get(name, ()))

@@ -195,6 +195,16 @@ def apply_change(
         row.last_success_ns is None or change.last_success_ns > row.last_success_ns
     ):
         row.last_success_ns = change.last_success_ns
+    if change.seed_last is not None and row.last_end_ns is None:
+        end_ns, duration_ns, failed, consecutive, error, category = change.seed_last
+        row.last_end_ns, row.last_duration_ns, row.last_failed = end_ns, duration_ns, failed
+        row.consecutive_failures, row.last_error, row.last_error_category = (
+            consecutive,
+            error,
+            category,
+        )
+        if change.metadata is not None:
+            row.metadata = dict(change.metadata)
     if fold_runs(row, change.runs) and change.metadata is not None:
         row.metadata = dict(change.metadata)
     if change.skipped:

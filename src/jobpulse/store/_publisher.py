@@ -153,10 +153,13 @@ class Publisher:
             if stopping:
                 return
 
-    def _collect(self, *, full: bool = False) -> None:
-        """Copy the registry's changes into the buffer, as deltas."""
+    def _collect(self, *, full: bool = False, seed: bool = False) -> None:
+        """Copy the registry's changes into the buffer, as deltas (with the last runs'
+        fields too if `seed`: for a store that lost its data)."""
         for job in self._registry.collect_changes(full=full):
             change = self._change_of(job)
+            if seed:
+                change.seed_last = job.last
             old = self._pending.get(job.name)
             self._pending[job.name] = change if old is None else _merge(old, change)
 
@@ -276,7 +279,7 @@ class Publisher:
         self._published.clear()
         self._pending.clear()
         self._buffered_runs = 0
-        self._collect(full=True)
+        self._collect(full=True, seed=True)
 
     def _failed(self, exc: Exception) -> None:
         error = _text(exc)
