@@ -23,8 +23,9 @@ Run as scripts (``python -m tests.store_app COMMAND``), each printing one JSON l
   `SCHEDULED_JOB` (every `EVERY_SECONDS`, grace `GRACE_SECONDS`) runs once; prints
   ``{"pid": ..., "flushed": ..., "document": ...}`` (after a flush) and shuts down;
 - ``deploy-after``: prints ``{"pid": ..., "before": <document before anything ran>,
-  "after": <document after one more failure of CRITICAL_JOB and a flush>, "flushed": ...}``
-  with the HTTP status of each (``before_code``, ``after_code``).
+  "registered": <document once both jobs are registered again and flushed>, "after":
+  <document after one more failure of CRITICAL_JOB and a flush>, "flushed": ...}`` with
+  the HTTP status of the first and last (``before_code``, ``after_code``).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ WORKER_RUNS: Mapping[str, list[tuple[str, bool, int, int]]] = {
 
 CRITICAL_JOB = "billing"
 SCHEDULED_JOB = "hourly"
-EVERY_SECONDS = 2.0
+EVERY_SECONDS = 4.0
 GRACE_SECONDS = 0.5
 
 
@@ -239,7 +240,11 @@ def _deploy_before() -> dict[str, Any]:
 def _deploy_after() -> dict[str, Any]:
     with monitor_of_script() as monitor:
         before, before_code = document_of(monitor), code_of(monitor)
+        # What the application registers at its start, as the first process did.
         monitor.register(CRITICAL_JOB, critical=True, failure_threshold=3)
+        monitor.register(SCHEDULED_JOB, schedule=f"@every {EVERY_SECONDS:g}s", grace=GRACE_SECONDS)
+        registered_flush = monitor.flush(FLUSH_TIMEOUT_SECONDS)
+        registered = document_of(monitor)
         run_job(monitor, CRITICAL_JOB, 0, 1)
         flushed = monitor.flush(FLUSH_TIMEOUT_SECONDS)
         after, after_code = document_of(monitor), code_of(monitor)
@@ -247,6 +252,7 @@ def _deploy_after() -> dict[str, Any]:
             "pid": os.getpid(),
             "before": before,
             "before_code": before_code,
+            "registered": registered if registered_flush else None,
             "flushed": flushed,
             "after": after,
             "after_code": after_code,

@@ -373,6 +373,15 @@ def test_a_restart_keeps_failures_and_sees_the_slot_missed_while_down(
     assert first["jobs"][critical]["consecutive_failures"] == 2
     assert first["jobs"][critical]["critical"] is True
     assert (report["before_code"], first["status"]) == (206, "degraded")
+    # Registered again (as the application does at its start), the slot is still missed,
+    # and counted once for the fleet.
+    registered = report["registered"]
+    assert registered is not None
+    assert registered["jobs"][scheduled]["status"] == "missed"
+    # Every slot whose grace had passed (one, unless this machine is slow to start python).
+    seen_at = seconds_of(registered["timestamp"])
+    due = int((seen_at - grace - slot) // store_app.EVERY_SECONDS) + 1
+    assert registered["jobs"][scheduled]["missed_count"] == due, (due, registered["jobs"])
     assert report["flushed"] is True
     then = report["after"]
     assert counts(then)[critical] == (0, 3, 3)
