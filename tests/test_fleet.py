@@ -9,6 +9,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -331,6 +332,79 @@ def test_a_process_that_registers_a_schedule_it_never_runs_does_not_make_it_miss
     assert status is not None
     assert status.state is JobState.SUCCESS
     assert status.missed_count == 0
+
+
+def test_after_a_deploy_the_restarted_schedulers_next_run_is_the_fleets(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    before = fleet()
+    before.register("hourly", schedule="@every 1h")
+    succeed(before, "hourly")
+    clock.advance(1800)
+    before.shutdown()  # a deploy half-way through the period
+    after = fleet()
+    after.register("hourly", schedule="@every 1h")
+    # A scheduler started now (APScheduler's interval trigger) first runs it in an hour.
+    after.set_next_run("hourly", clock.now() + timedelta(hours=1))
+    assert after.flush()
+    clock.advance(2400)  # past the old instance's slot and its grace, not past the new one
+    assert after.flush()
+    status = after.status("hourly")
+    assert status is not None
+    assert status.state is JobState.SUCCESS
+    assert status.missed_count == 0
+    assert status.next_run_time == clock.now() + timedelta(minutes=20)
+
+
+def test_a_deploy_of_the_scheduler_beside_a_web_process_misses_nothing(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    web, scheduler = fleet(), fleet()
+    web.register("tick", schedule="@every 1m")
+    clock.advance(30)  # the two processes' own slots are half a period apart
+    scheduler.register("tick", schedule="@every 1m")
+    for _ in range(3):
+        clock.advance(60)
+        succeed(scheduler, "tick")
+        assert scheduler.flush()
+        assert web.flush()
+    clock.advance(10)
+    scheduler.shutdown()  # a deploy of the scheduler; the web process stays
+    restarted = fleet()
+    restarted.register("tick", schedule="@every 1m")  # its first run is a minute away
+    for _ in range(12):
+        clock.advance(5)
+        assert web.flush()
+        assert restarted.flush()
+    succeed(restarted, "tick")
+    assert restarted.flush()
+    assert web.flush()
+    status = web.status("tick")
+    assert status is not None
+    assert status.state is JobState.SUCCESS
+    assert status.missed_count == 0
+
+
+def test_a_restart_just_past_a_slots_grace_still_counts_it_missed(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    before = fleet()
+    before.register("hourly", schedule="@every 1h")
+    succeed(before, "hourly")
+    before.shutdown()
+    clock.advance(3600 + 300 + 1)  # the slot and its grace (5 min) passed a second ago
+    after = fleet()
+    after.register("hourly", schedule="@every 1h")  # expects its next run in an hour
+    assert after.flush()
+    status = after.status("hourly")
+    assert status is not None
+    assert status.state is JobState.MISSED
+    clock.advance(5)  # more than two flush intervals: a slot taken late would be known
+    assert after.flush()
+    status = after.status("hourly")
+    assert status is not None
+    assert status.state is JobState.MISSED
+    assert status.missed_count == 1
 
 
 def test_a_schedule_that_never_fires_anywhere_is_missed(

@@ -160,6 +160,9 @@ class FleetRow:
     grace_ns: int = 0
     last_missed_ns: int | None = None
     history_dropped: int = 0
+    #: The instance that started the latest run: while it is alive, an instance that never
+    #: ran the job has no say on its slots.
+    runner: str = ""
     seq: int = 0
 
 

@@ -10,8 +10,11 @@
   same slot count it once: a report counts only if its slot is later than the last one
   counted (by more than half a period for intervals, whose slots differ by a little from
   instance to instance). An instance that registers a scheduled job but has never run it
-  (a web worker importing the scheduler's module) has no say on the job's slots once
-  another instance has run it: its expected runs and missed reports are its own view.
+  (a web worker importing the scheduler's module) has no say on the job's slots while the
+  instance that ran it last is alive: its expected runs and missed reports are its own
+  view. Once that instance is gone (a deploy), the expected runs of the instance that
+  registered the job last are the fleet's, and the slot they replace counts first if its
+  grace has passed.
 
 Backends call these inside their own transaction (or atomic script), so that every backend
 merges alike. Pure functions of their arguments, apart from a cache of parsed schedules.
@@ -20,7 +23,7 @@ merges alike. Pure functions of their arguments, apart from a cache of parsed sc
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 from jobpulse._shared import LOST, Schedule, parse_schedule
@@ -157,11 +160,12 @@ def apply_change(
     margin_ns: int,
     *,
     running: bool = False,
+    live: Container[str] = (),
 ) -> tuple[FleetRow, bool, int]:
     """`change` from `instance` folded into `row` (a new row when None). `running` says
-    whether the job has a run in progress on a live instance. Returns the row, whether its
-    settings conflict with another instance's, and how many missed slots were counted for
-    the fleet on the way."""
+    whether the job has a run in progress on a live instance; `live` holds the ids of the
+    live instances. Returns the row, whether its settings conflict with another instance's,
+    and how many missed slots were counted for the fleet on the way."""
     if row is None:
         row = FleetRow(change.name, created_ns=change.created_ns, updated_ns=change.updated_ns)
     row.created_ns = min(row.created_ns, change.created_ns)
@@ -170,6 +174,7 @@ def apply_change(
         row.last_start_ns is None or change.last_start_ns > row.last_start_ns
     ):
         row.last_start_ns = change.last_start_ns
+        row.runner = instance
     # The slot held so far is judged before this change moves it (a restarted instance
     # says when it next expects the job; the slot it missed while down counts first).
     missed_slots = claim_overdue(row, now_ns, margin_ns, running=running)
@@ -210,13 +215,21 @@ def apply_change(
     if change.skipped:
         row.skipped_count += change.skipped
         row.last_skip_reason = change.last_skip_reason
-    # An instance that never ran the job speaks for its slots only while nobody has.
-    says = change.last_start_ns is not None or row.last_start_ns is None
+    # An instance that never ran the job speaks for its slots only if none has, or if the
+    # one that ran it last is gone and this one registered it last (its successor).
+    ran = change.last_start_ns is not None
+    says = (
+        ran
+        or row.last_start_ns is None
+        or (row.runner not in live and row.settings_instance == instance)
+    )
     if says and change.missed and change.last_missed_ns is not None:
         missed_slots += _count_missed(
             row, change.missed, change.last_missed_ns, schedule_of(row.settings)
         )
     if says and change.next_run is not None:
+        if not ran:  # no live instance ran the held slot: past its grace, it was missed
+            missed_slots += claim_overdue(row, now_ns, 0, running=running)
         row.next_run_ns, row.grace_ns = change.next_run
     return row, conflict, missed_slots
 

@@ -78,6 +78,10 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_end ON runs (end_ns);
     CREATE INDEX jobs_next_run ON jobs (next_run_ns) WHERE next_run_ns IS NOT NULL;
     """,
+    # 3: who ran each job last, so that a restarted scheduler has a say on its slots.
+    """
+    ALTER TABLE jobs ADD COLUMN runner TEXT NOT NULL DEFAULT '';
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -360,6 +364,14 @@ class SQLiteStore:
         seq = int(db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0]) + 1
         rows = self._rows(db, [change.name for change in changes])
         ids = dict(db.execute("SELECT name, id FROM jobs").fetchall()) if changes else {}
+        live = {
+            id
+            for (id,) in db.execute(
+                "SELECT id FROM instances WHERE stopped = 0 AND last_seen_ns >= ?",
+                (now_ns - ttl_ns,),
+            )
+        }
+        live.add(instance.id)
         running = {
             name
             for (name,) in db.execute(
@@ -381,6 +393,7 @@ class SQLiteStore:
                 now_ns,
                 margin_ns,
                 running=change.name in running or bool(change.open_runs),
+                live=live,
             )
             rows[change.name] = changed[change.name] = row
             missed += counted
