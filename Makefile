@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/health_endpoint.py
 	$(PY) benchmarks/dead_collector.py
 	$(PY) benchmarks/redaction.py
+	$(PY) benchmarks/store.py
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .ruff_cache .pytest_cache htmlcov

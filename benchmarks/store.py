@@ -1,0 +1,657 @@
+"""What the SQLite store costs, against the same monitor without a store, in one run.
+
+Cases (a temporary folder holds the databases; every store monitor runs its publisher
+thread, "jobpulse-store", with its flush_interval as given, 1 s unless said otherwise):
+  overhead     microseconds per run of @monitor.job on a sync function with a store and
+               without, in alternated rounds of `--runs` runs; the publisher writes at its
+               interval during the store rounds and competes for the GIL. "runs" is the
+               rounds' loops alone; "runs + flush" also waits, in the store round, for the
+               write of what the round left pending, so that every write of a round's runs
+               is charged to it: the target is on that one. Ratio: the median of the
+               rounds' ratios; also with the CPU time of all the process's threads (which
+               other processes on the host do not inflate).
+  flush        one write of 1,000 changed jobs with 10 finished runs each: `monitor.flush()`
+               (the hand-off to the publisher's thread and back included), and the
+               publisher's collect (under the registry's lock) and write (one transaction)
+               timed apart, on the publisher's own object while its thread waits
+               (flush_interval 1 h). Medians of `--rounds` rounds. The floor: SQLite alone
+               executing the same statements with values made beforehand.
+  fleet        health_json() of a reader monitor over 1,000 jobs written by 4 writer
+               monitors on the same store, each writer running its quarter of the jobs. The
+               reader's view is invalidated before every poll (what its refresh interval
+               passing does), so every poll reads the store. "steady": nothing changed
+               between polls (the writers' threads keep their heartbeats going); "all
+               changed": between polls every job runs once and the writers flush, so every
+               poll reads 1,000 rows and 1,000 runs and rebuilds every row of the document.
+               The baseline: a monitor without a store whose every job ran between polls
+               (what building the document costs without the store's part).
+  seed         a store holding 100 jobs x 24 h of once-a-minute runs (144,000 runs, built
+               with monitors on a FakeClock advancing a minute per run); a new process
+               (this script, --seed) times JobMonitor(store=...) until its first health
+               document, checked complete (100 jobs, 144,000 runs counted). Median of
+               `--seeds` processes. The file's size is the database and its -wal file after
+               a checkpoint.
+  outage       another connection holds the file with BEGIN EXCLUSIVE for 10 s while 10,000
+               runs (10 jobs) happen in ten one-second rounds, each alternated with as many
+               runs of a monitor without a store; then the lock is released and the time is
+               taken until the store's runs table, and a reader monitor's counts and
+               history, hold all 10,000.
+
+Targets (issue 14): overhead <= 1.1x; flush <= 50 ms; fleet p99 <= 5 ms steady and <= 50 ms
+all changed; seed <= 1 s and the file < 20 MB; outage runs in the store <= 5 s after the
+store returns. Exit status 1 if one fails.
+
+    python benchmarks/store.py [--runs N] [--repeats N] [--rounds N] [--polls N] [--seeds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+
+from jobpulse import JobMonitor
+from jobpulse.testing import FakeClock
+
+TARGET_OVERHEAD_RATIO = 1.1
+TARGET_FLUSH_MS = 50.0
+TARGET_STEADY_P99_MS = 5.0
+TARGET_CHANGED_P99_MS = 50.0
+TARGET_SEED_SECONDS = 1.0
+TARGET_SEED_MB = 20.0
+TARGET_OUTAGE_SECONDS = 5.0
+
+FLEET_JOBS = 1000
+WRITERS = 4
+SEED_JOBS = 100
+SEED_MINUTES = 24 * 60
+OUTAGE_RUNS = 10_000
+OUTAGE_JOBS = 10
+OUTAGE_SECONDS = 10
+
+
+class Table:
+    """The figures, each with its target and verdict, printed as they come."""
+
+    def __init__(self) -> None:
+        self.failed = False
+        print(f"{'figure':<52} {'value':>12} {'target':>10} {'':>5}")
+
+    def row(self, figure: str, value: float, unit: str, target: float | None = None) -> None:
+        shown = f"{value:.2f} {unit}" if unit != "x" else f"{value:.3f}x"
+        if target is None:
+            print(f"{figure:<52} {shown:>12}", flush=True)
+            return
+        passed = value <= target
+        self.failed |= not passed
+        limit = f"<= {target:g}{unit if unit == 'x' else ' ' + unit}"
+        print(f"{figure:<52} {shown:>12} {limit:>10} {'PASS' if passed else 'FAIL':>5}", flush=True)
+
+
+def monitor(**options: Any) -> JobMonitor:
+    """A monitor on providers of its own (a shared provider would feed every monitor's
+    processor every monitor's spans)."""
+    return JobMonitor(
+        TracerProvider(shutdown_on_exit=False), MeterProvider(shutdown_on_exit=False), **options
+    )
+
+
+def url_of(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def job() -> int:
+    return 1
+
+
+# -- overhead --------------------------------------------------------------------------
+
+
+def overhead(folder: Path, runs: int, repeats: int, table: Table) -> None:
+    plain = monitor()
+    stored = monitor(store=url_of(folder / "overhead.db"))
+    plain_job = plain.job("bench_job")(job)
+    stored_job = stored.job("bench_job")(job)
+
+    def loop(function: Callable[[], int], n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            function()
+        return time.perf_counter() - started
+
+    def cpu_since(started: float) -> float:
+        return (time.process_time() - started) / runs * 1e6
+
+    for function in (plain_job, stored_job):
+        loop(function, min(runs, 2000))  # warm up
+    assert stored.flush()
+    plain_us: list[float] = []
+    stored_us: list[float] = []
+    flushed_us: list[float] = []
+    plain_cpu: list[float] = []
+    flushed_cpu: list[float] = []
+    round_seconds: list[float] = []
+    for index in range(repeats):
+        # Alternated order: neither side always follows the other's leftovers.
+        for side in ("plain", "stored") if index % 2 == 0 else ("stored", "plain"):
+            cpu = time.process_time()
+            if side == "plain":
+                plain_us.append(loop(plain_job, runs) / runs * 1e6)
+                plain_cpu.append(cpu_since(cpu))
+                continue
+            started = time.perf_counter()
+            elapsed = loop(stored_job, runs)
+            assert stored.flush(timeout=30)
+            total = time.perf_counter() - started
+            flushed_cpu.append(cpu_since(cpu))
+            stored_us.append(elapsed / runs * 1e6)
+            flushed_us.append(total / runs * 1e6)
+            round_seconds.append(elapsed)
+    status = stored.status("bench_job")
+    assert status is not None
+    assert status.success_count >= runs * repeats, status
+    plain.shutdown()
+    stored.shutdown()
+
+    def ratio(values: list[float], base: list[float]) -> float:
+        return statistics.median(v / b for v, b in zip(values, base, strict=True))
+
+    table.row("overhead: no store, us/run", statistics.median(plain_us), "us")
+    table.row("overhead: SQLite store, runs only, us/run", statistics.median(stored_us), "us")
+    table.row("overhead: SQLite store, runs + flush, us/run", statistics.median(flushed_us), "us")
+    table.row("overhead: runs only, x no store", ratio(stored_us, plain_us), "x")
+    table.row(
+        "overhead: runs + flush, x no store",
+        ratio(flushed_us, plain_us),
+        "x",
+        TARGET_OVERHEAD_RATIO,
+    )
+    table.row("overhead: runs + flush, CPU of all threads, x", ratio(flushed_cpu, plain_cpu), "x")
+    print(
+        f"  ({runs} runs x {repeats} rounds a side; a store round's loop took "
+        f"{statistics.median(round_seconds):.2f} s, flush_interval 1 s)"
+    )
+
+
+# -- flush -----------------------------------------------------------------------------
+
+
+def register_fleet_jobs(target: JobMonitor, names: list[str]) -> None:
+    for index, name in enumerate(names):
+        target.register(name, critical=index % 10 == 0, schedule="@every 1h" if index % 2 else None)
+
+
+def run_jobs(target: JobMonitor, names: list[str], times: int, fail_every: int = 0) -> None:
+    count = 0
+    for _ in range(times):
+        for name in names:
+            count += 1
+            try:
+                with target.run(name):
+                    if fail_every and count % fail_every == 0:
+                        raise ValueError("simulated failure")
+            except ValueError:
+                pass
+
+
+def flush(folder: Path, rounds: int, table: Table) -> None:
+    names = [f"job_{index:04d}" for index in range(FLEET_JOBS)]
+    target = monitor(
+        store=url_of(folder / "flush.db"),
+        max_jobs=FLEET_JOBS,
+        flush_interval=3600,
+        instance_ttl=7200,
+    )
+    register_fleet_jobs(target, names)
+    run_jobs(target, names, 10, fail_every=7)
+    assert target.flush()  # the rows exist from here on: what follows updates them
+    link = target._store
+    assert link is not None
+    publisher = link.publisher
+    flush_ms: list[float] = []
+    collect_ms: list[float] = []
+    write_ms: list[float] = []
+    cycle_cpu_ms: list[float] = []
+    for _ in range(rounds):
+        run_jobs(target, names, 10, fail_every=7)
+        started = time.perf_counter()
+        assert target.flush(timeout=30)
+        flush_ms.append((time.perf_counter() - started) * 1000)
+
+        run_jobs(target, names, 10, fail_every=7)
+        # The publisher's thread waits (flush_interval 1 h, nothing requested): its object
+        # is ours for the moment. _cycle collects again (nothing new) and writes.
+        cpu = time.process_time()
+        started = time.perf_counter()
+        publisher._collect()
+        collected = time.perf_counter()
+        assert len(publisher._pending) == FLEET_JOBS
+        assert publisher._cycle()
+        done = time.perf_counter()
+        cycle_cpu_ms.append((time.process_time() - cpu) * 1000)
+        collect_ms.append((collected - started) * 1000)
+        write_ms.append((done - collected) * 1000)
+    status = target.status(names[0])
+    assert status is not None
+    assert status.success_count + status.failure_count == 10 * (1 + 2 * rounds), status
+    target.shutdown()
+    table.row(
+        "flush: monitor.flush(), 1,000 jobs x 10 runs",
+        statistics.median(flush_ms),
+        "ms",
+        TARGET_FLUSH_MS,
+    )
+    totals = [c + w for c, w in zip(collect_ms, write_ms, strict=True)]
+    table.row("flush: publisher collect + write", statistics.median(totals), "ms", TARGET_FLUSH_MS)
+    table.row("flush:   collect (registry lock held)", statistics.median(collect_ms), "ms")
+    table.row("flush:   write (one transaction)", statistics.median(write_ms), "ms")
+    table.row("flush:   collect + write, CPU", statistics.median(cycle_cpu_ms), "ms")
+    table.row(
+        "flush: raw SQLite, the same rows and runs (floor)", raw_write_ms(folder, rounds), "ms"
+    )
+    print(f"  (median of {rounds} rounds; max flush() {max(flush_ms):.1f} ms)")
+
+
+def raw_write_ms(folder: Path, rounds: int) -> float:
+    """What SQLite alone takes for one flush's statements on the store's schema: 1,000 rows
+    upserted and 10,000 runs inserted in one transaction, the values made beforehand."""
+    from jobpulse.store.sqlite import _ROW_FIELDS, _UPSERT, SQLiteStore
+
+    store = SQLiteStore(folder / "raw.db")
+    db = store._writer
+    assert db is not None
+    blank: dict[str, Any] = dict.fromkeys(_ROW_FIELDS, None)
+    blank.update(
+        dict.fromkeys(
+            (
+                "success_count",
+                "failure_count",
+                "timeout_count",
+                "skipped_count",
+                "missed_count",
+                "total_duration_ns",
+                "consecutive_failures",
+                "grace_ns",
+                "history_dropped",
+            ),
+            0,
+        )
+    )
+    settings = '{"critical":false,"failure_threshold":3,"timeout":null,"stall_after":300.0}'
+
+    def rows(seq: int) -> list[tuple[Any, ...]]:
+        made = []
+        for index in range(FLEET_JOBS):
+            values = blank | {
+                "name": f"job_{index:04d}",
+                "created_ns": 1,
+                "updated_ns": seq,
+                "settings": settings,
+                "settings_instance": "i",
+                "metadata": "{}",
+                "seq": seq,
+            }
+            made.append(tuple(values[name] for name in _ROW_FIELDS))
+        return made
+
+    db.execute("BEGIN IMMEDIATE")
+    db.executemany(_UPSERT, rows(1))
+    db.execute("COMMIT")
+    ids = [job for (job,) in db.execute("SELECT id FROM jobs ORDER BY id")]
+    samples = []
+    for round_index in range(rounds):
+        upserts = rows(round_index + 2)
+        base = 10**18 + round_index * 10**9
+        runs = [(job, base + k, 1000, base + k + 1000, None) for job in ids for k in range(10)]
+        started = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(_UPSERT, upserts)
+        db.executemany(
+            "INSERT INTO runs (job, start_ns, duration_ns, end_ns, category)"
+            " VALUES (?, ?, ?, ?, ?)",
+            runs,
+        )
+        db.execute("COMMIT")
+        samples.append((time.perf_counter() - started) * 1000)
+    store.close()
+    return statistics.median(samples)
+
+
+# -- fleet health document -------------------------------------------------------------
+
+
+def fleet(folder: Path, polls: int, table: Table) -> None:
+    url = url_of(folder / "fleet.db")
+    names = [f"job_{index:04d}" for index in range(FLEET_JOBS)]
+    writers = [monitor(store=url, max_jobs=FLEET_JOBS) for _ in range(WRITERS)]
+    shares = [names[index::WRITERS] for index in range(WRITERS)]
+    for writer, share in zip(writers, shares, strict=True):
+        register_fleet_jobs(writer, names)  # every worker registers every job
+        run_jobs(writer, share, 20, fail_every=9)
+        assert writer.flush(timeout=30)
+    reader = monitor(store=url, max_jobs=FLEET_JOBS)
+    link = reader._store
+    assert link is not None
+
+    cpu_ms: list[float] = []
+
+    def poll() -> tuple[float, bytes]:
+        link.fleet.invalidate()  # the reader's refresh interval has passed
+        cpu = time.thread_time()
+        started = time.perf_counter()
+        _, body = reader.health_json()
+        elapsed = (time.perf_counter() - started) * 1000
+        cpu_ms.append((time.thread_time() - cpu) * 1000)
+        return elapsed, body
+
+    _, body = poll()
+    document = json.loads(body)
+    assert len(document["jobs"]) == FLEET_JOBS
+    assert len(document["instances"]) >= WRITERS  # the reader's own once it has written
+    cpu_ms.clear()
+    steady = [poll()[0] for _ in range(polls)]
+    steady_cpu, cpu_ms = cpu_ms, []
+    changed: list[float] = []
+    for _ in range(max(polls // 4, 20)):
+        for writer, share in zip(writers, shares, strict=True):
+            run_jobs(writer, share, 1)
+        for writer in writers:
+            assert writer.flush(timeout=30)
+        elapsed, body = poll()
+        changed.append(elapsed)
+    runs = sum(
+        entry["success_count"] + entry["failure_count"]
+        for entry in json.loads(body)["jobs"].values()
+    )
+    for member in (*writers, reader):
+        member.shutdown()
+    table.row(
+        "fleet: health_json p99, nothing changed",
+        percentile(steady, 0.99),
+        "ms",
+        TARGET_STEADY_P99_MS,
+    )
+    table.row(
+        "fleet: health_json p99, every job changed",
+        percentile(changed, 0.99),
+        "ms",
+        TARGET_CHANGED_P99_MS,
+    )
+    table.row("fleet:   p99 CPU of the polling thread, steady", percentile(steady_cpu, 0.99), "ms")
+    table.row("fleet:   p99 CPU of the polling thread, changed", percentile(cpu_ms, 0.99), "ms")
+    baseline = process_changed(names, len(changed))
+    table.row("fleet: no store, every job changed, p50 (baseline)", percentile(baseline, 0.5), "ms")
+    table.row(
+        "fleet: no store, every job changed, p99 (baseline)", percentile(baseline, 0.99), "ms"
+    )
+    print(
+        f"  (p50 {percentile(steady, 0.5):.2f} / {percentile(changed, 0.5):.2f} ms; "
+        f"{len(steady)} / {len(changed)} polls; {FLEET_JOBS} jobs, {WRITERS} writers; "
+        f"document {len(body) / 1024:.0f} KB, {runs} runs counted)"
+    )
+
+
+def process_changed(names: list[str], polls: int) -> list[float]:
+    """health_json() of a monitor without a store whose every job ran since the last call:
+    the document's own cost of 1,000 changed jobs, without the store's."""
+    alone = monitor(max_jobs=FLEET_JOBS)
+    register_fleet_jobs(alone, names)
+    run_jobs(alone, names, 20, fail_every=9)
+    alone.health_json()
+    samples = []
+    for _ in range(polls):
+        run_jobs(alone, names, 1)
+        started = time.perf_counter()
+        alone.health_json()
+        samples.append((time.perf_counter() - started) * 1000)
+    alone.shutdown()
+    return samples
+
+
+# -- seeding a restarted process -------------------------------------------------------
+
+
+def build_seed_store(path: Path) -> float:
+    """100 jobs, a run of each every minute for 24 h up to now, written by one monitor on a
+    FakeClock (each run takes 2 s; one in 50 fails); returns the seconds it took."""
+    started = time.perf_counter()
+    # The first run 3 minutes inside the 24 h window, so that it is still in it when the
+    # restarted processes read the store; the last ones end a minute or two from now.
+    clock = FakeClock(datetime.now(timezone.utc) - timedelta(minutes=SEED_MINUTES - 3))
+    names = [f"seed_{index:03d}" for index in range(SEED_JOBS)]
+    writer = monitor(store=url_of(path), clock=clock, max_jobs=SEED_JOBS)
+    for index, name in enumerate(names):
+        writer.register(name, critical=index % 10 == 0, schedule="@every 1m")
+    failure = ValueError("simulated failure")
+    for minute in range(SEED_MINUTES):
+        runs = [writer.run(name) for name in names]
+        for run in runs:
+            run.__enter__()
+        clock.advance(2)
+        for index, run in enumerate(runs):
+            if (minute + index) % 50 == 0:
+                run.__exit__(ValueError, failure, None)
+            else:
+                run.__exit__(None, None, None)
+        clock.advance(58)
+        if minute % 60 == 59:
+            assert writer.flush(timeout=30)
+    for name in names[:1]:
+        status = writer.status(name)
+        assert status is not None
+        assert status.success_count + status.failure_count == SEED_MINUTES
+    writer.shutdown()
+    return time.perf_counter() - started
+
+
+def seed_child(path: str) -> int:
+    """In a new process: the seconds from JobMonitor(store=...) to its first complete health
+    document, printed as JSON."""
+    started = time.perf_counter()
+    restarted = monitor(store=url_of(Path(path)), max_jobs=SEED_JOBS)
+    opened = time.perf_counter()
+    _, body = restarted.health_json()
+    done = time.perf_counter()
+    document = json.loads(body)
+    jobs = document["jobs"]
+    counted = sum(entry["success_count"] + entry["failure_count"] for entry in jobs.values())
+    history = sum(len(restarted.history(name)) for name in restarted.statuses())
+    restarted.shutdown()
+    print(
+        json.dumps(
+            {
+                "construct": opened - started,
+                "document": done - opened,
+                "total": done - started,
+                "jobs": len(jobs),
+                "counted": counted,
+                "history": history,
+            }
+        )
+    )
+    return 0
+
+
+def seed(folder: Path, seeds: int, table: Table) -> None:
+    path = folder / "seed.db"
+    built = build_seed_store(path)
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        stored = connection.execute("SELECT count(*) FROM runs").fetchone()[0]
+    size = sum(
+        candidate.stat().st_size
+        for candidate in (path, path.with_name(path.name + "-wal"))
+        if candidate.exists()
+    )
+    totals: list[float] = []
+    opened: list[float] = []
+    for _ in range(seeds):
+        output = subprocess.run(
+            [sys.executable, __file__, "--seed", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        result = json.loads(output.strip().splitlines()[-1])
+        expected = SEED_JOBS * SEED_MINUTES
+        assert result["jobs"] == SEED_JOBS, result
+        assert result["counted"] == expected, result
+        assert result["history"] == expected, result
+        totals.append(result["total"])
+        opened.append(result["construct"])
+    table.row(
+        "seed: JobMonitor(store) to first health document",
+        statistics.median(totals),
+        "s",
+        TARGET_SEED_SECONDS,
+    )
+    table.row("seed:   of which JobMonitor(store=...)", statistics.median(opened), "s")
+    table.row("seed: database + wal after checkpoint", size / 1e6, "MB", TARGET_SEED_MB)
+    print(
+        f"  ({stored} runs in the store, built in {built:.1f} s; median of {seeds} processes, "
+        f"max {max(totals):.2f} s)"
+    )
+
+
+# -- outage ----------------------------------------------------------------------------
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[sqlite3.Connection]:
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield holder
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def outage(folder: Path, table: Table) -> None:
+    path = folder / "outage.db"
+    names = [f"outage_{index}" for index in range(OUTAGE_JOBS)]
+    writer = monitor(store=url_of(path))
+    reader = monitor(store=url_of(path))
+    plain = monitor()
+    for name in names:
+        writer.register(name)
+        plain.register(name)
+    assert writer.flush()
+    per_round = OUTAGE_RUNS // OUTAGE_SECONDS // OUTAGE_JOBS
+
+    def round_of(target: JobMonitor) -> float:
+        started = time.perf_counter()
+        for _ in range(per_round):
+            for name in names:
+                with target.run(name):
+                    pass
+        return (time.perf_counter() - started) / (per_round * OUTAGE_JOBS) * 1e6
+
+    round_of(plain)  # warm up
+    stored_us: list[float] = []
+    plain_us: list[float] = []
+    counter = sqlite3.connect(path, isolation_level=None)
+    with exclusive_lock(path):
+        began = time.monotonic()
+        for index in range(OUTAGE_SECONDS):
+            if index % 2:
+                plain_us.append(round_of(plain))
+                stored_us.append(round_of(writer))
+            else:
+                stored_us.append(round_of(writer))
+                plain_us.append(round_of(plain))
+            # A round a second, for the outage's length.
+            time.sleep(max(began + index + 1 - time.monotonic(), 0))
+        writer_link = writer._store
+        assert writer_link is not None
+        assert writer_link.publisher.error is not None  # the store was really out
+    released = time.monotonic()
+    in_store = in_reader = None
+    deadline = released + 30
+    while time.monotonic() < deadline and (in_store is None or in_reader is None):
+        stored = counter.execute("SELECT count(*) FROM runs").fetchone()[0]
+        if in_store is None and stored >= OUTAGE_RUNS:
+            in_store = time.monotonic() - released
+        if in_reader is None:
+            statuses = reader.statuses()
+            counts = sum(s.success_count for s in statuses.values())
+            if counts >= OUTAGE_RUNS and sum(len(reader.history(n)) for n in names) >= OUTAGE_RUNS:
+                in_reader = time.monotonic() - released
+        time.sleep(0.005)  # polling another process's view: nothing to wait on
+    counter.close()
+    for member in (writer, reader, plain):
+        member.shutdown()
+    ratio = statistics.median(s / p for s, p in zip(stored_us, plain_us, strict=True))
+    table.row(
+        "outage: 10,000 runs in the store after it returns",
+        float("inf") if in_store is None else in_store,
+        "s",
+        TARGET_OUTAGE_SECONDS,
+    )
+    table.row(
+        "outage:   seen by a reader's counts and history",
+        float("inf") if in_reader is None else in_reader,
+        "s",
+    )
+    table.row("outage: per run during the outage, x no store", ratio, "x")
+    print(
+        f"  ({statistics.median(stored_us):.1f} vs {statistics.median(plain_us):.1f} us/run; "
+        f"{OUTAGE_RUNS} runs over {OUTAGE_SECONDS} s, {OUTAGE_JOBS} jobs)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=30_000, help="runs per overhead round")
+    parser.add_argument("--repeats", type=int, default=7, help="overhead rounds per side")
+    parser.add_argument("--rounds", type=int, default=10, help="flush rounds")
+    parser.add_argument("--polls", type=int, default=400, help="health polls, steady")
+    parser.add_argument("--seeds", type=int, default=3, help="restarted processes timed")
+    parser.add_argument("--only", help="run only these cases (comma-separated)")
+    parser.add_argument("--seed", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.seed:
+        return seed_child(args.seed)
+    logging.getLogger("jobpulse").setLevel(logging.ERROR)  # the outage's warnings
+    cases: dict[str, Callable[[Path, Table], None]] = {
+        "overhead": lambda folder, table: overhead(folder, args.runs, args.repeats, table),
+        "flush": lambda folder, table: flush(folder, args.rounds, table),
+        "fleet": lambda folder, table: fleet(folder, args.polls, table),
+        "seed": lambda folder, table: seed(folder, args.seeds, table),
+        "outage": outage,
+    }
+    chosen = args.only.split(",") if args.only else list(cases)
+    table = Table()
+    with tempfile.TemporaryDirectory(prefix="jobpulse-bench-") as folder:
+        for name in chosen:
+            cases[name](Path(folder), table)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(
+        f"(Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, "
+        f"{os.cpu_count()} CPUs, load average {load})"
+    )
+    return 1 if table.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
