@@ -291,7 +291,7 @@ def raw_write_ms(folder: Path, rounds: int) -> float:
     """What SQLite alone takes for one flush's statements on the store's schema, as the store
     makes them: 1,000 rows upserted and 10,000 runs inserted in one transaction, the values
     made beforehand."""
-    from jobpulse.store.sqlite import _ROW_FIELDS, _UPSERT, SQLiteStore
+    from jobpulse.store.sqlite import _ROW_FIELDS, _UPSERT, SQLiteStore, _insert_runs
 
     store = SQLiteStore(folder / "raw.db")
     db = store._writer
@@ -342,11 +342,7 @@ def raw_write_ms(folder: Path, rounds: int) -> float:
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")
         db.executemany(_UPSERT, upserts)
-        db.executemany(
-            "INSERT INTO runs (job, start_ns, duration_ns, end_ns, category)"
-            " VALUES (?, ?, ?, ?, ?)",
-            runs,
-        )
+        _insert_runs(db, runs)
         db.execute("COMMIT")
         samples.append((time.perf_counter() - started) * 1000)
     store.close()

@@ -125,6 +125,56 @@ def test_counts_are_fleet_sums_and_last_fields_follow_the_run_that_ended_last(
     assert row.last_error == f"network error at {T0 + 30}"
 
 
+def test_writers_of_their_own_fold_into_the_same_rows(make_store: StoreFactory) -> None:
+    # Two processes: each writer sees what the other wrote since its own last write.
+    a, b = make_store(), make_store()
+    write(a, instance("a"), change(success=1, runs=[run(T0, 1)]), change("only-a", success=1))
+    write(b, instance("b"), change(success=2, runs=[run(T0 + 10, 1)]))
+    write(a, instance("a"), change(failure=1, runs=[run(T0 + 20, 1, "network")]))
+    write(b, instance("b"), change(success=1, runs=[run(T0 + 30, 1)]))
+    row = rows(make_store())["job"]
+    assert (row.success_count, row.failure_count) == (4, 1)
+    assert row.consecutive_failures == 0
+    assert row.last_end_ns == T0 + 31
+    assert rows(b)["only-a"].success_count == 1
+
+
+def test_a_write_of_many_runs_keeps_them_all_in_order(make_store: StoreFactory) -> None:
+    store = make_store()
+    many = [
+        run(T0 + index * S, index + 1, "timeout" if index % 7 else None) for index in range(450)
+    ]
+    write(store, instance("a"), change(success=65, failure=385, runs=many))
+    read = store.read(None, now_ns=T0 + 450 * S, instance_ttl_ns=TTL)
+    stored = [(r.start_ns, r.duration_ns, r.end_ns, r.category) for r in read.runs]
+    assert stored == [(r.start_ns, r.duration_ns, r.end_ns, r.category) for r in many]
+    assert [r.id for r in read.runs] == sorted(r.id for r in read.runs)
+
+
+def test_a_batch_of_runs_folds_as_runs_one_by_one(make_store: StoreFactory) -> None:
+    store = make_store()
+    write(
+        store,
+        instance("a"),
+        change(failure=2, runs=[run(T0, 1, "network"), run(T0 + 5, 1, "timeout")]),
+    )
+    assert rows(store)["job"].consecutive_failures == 2
+    # Out of order: the success that ended first does not reset what ended after it.
+    batch = [run(T0 + 40, 1, "database"), run(T0 + 10, 1), run(T0 + 30, 1, "timeout")]
+    write(store, instance("a"), change(success=1, failure=2, runs=batch))
+    row = rows(store)["job"]
+    assert row.consecutive_failures == 2
+    assert row.last_error_category == "database"
+    # Failures only: added to those before.
+    write(store, instance("a"), change(failure=1, runs=[run(T0 + 50, 1, "network")]))
+    assert rows(store)["job"].consecutive_failures == 3
+    # Runs that all ended before the last one change the counts, not the "last" fields.
+    write(store, instance("b"), change(success=1, runs=[run(T0 + 1, 1)]))
+    row = rows(store)["job"]
+    assert (row.success_count, row.consecutive_failures) == (2, 3)
+    assert row.last_end_ns == T0 + 51
+
+
 def test_an_incremental_read_gives_only_what_changed(make_store: StoreFactory) -> None:
     store = make_store()
     write(store, instance("a"), change("one", success=1, runs=[run(T0, 1)]), change("two"))
@@ -267,6 +317,38 @@ def test_prune_drops_old_history_dead_instances_and_idle_jobs(make_store: StoreF
     assert [row.name for row in after.rows] == ["daily"]  # a scheduled job stays
     assert after.runs == []
     assert [i.id for i in after.instances] == ["a"]
+
+
+def test_a_job_pruned_and_written_again_starts_anew(make_store: StoreFactory) -> None:
+    store = make_store()
+    day = 24 * 3600 * S
+    write(store, instance("a"), change("idle", success=3))
+    store.prune(now_ns=T0 + 2 * day, history_ns=day, retention_ns=day)
+    write(store, instance("a"), change("idle", success=1), now_ns=T0 + 2 * day)
+    assert rows(store, T0 + 2 * day)["idle"].success_count == 1
+
+
+def test_a_write_that_fails_midway_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = SQLiteStore(path)
+    try:
+        write(store, instance("a"), change(success=1, runs=[run(T0, 1)]))
+        with sqlite3.connect(path) as other:
+            other.execute(
+                "CREATE TRIGGER full BEFORE INSERT ON runs BEGIN SELECT RAISE(ABORT, 'full'); END"
+            )
+        # The job's row is updated before the runs are inserted: the failure rolls back both.
+        failing = change(failure=1, runs=[run(T0 + 10, 1, "network")])
+        with pytest.raises(sqlite3.IntegrityError, match="full"):
+            write(store, instance("a"), failing)
+        with sqlite3.connect(path) as other:
+            other.execute("DROP TRIGGER full")
+        write(store, instance("a"), failing)  # the publisher writes the same change again
+        row = rows(store)["job"]
+        assert (row.success_count, row.failure_count) == (1, 1)
+        assert row.consecutive_failures == 1
+    finally:
+        store.close()
 
 
 def test_open_creates_the_folder_and_a_wal_database(tmp_path: Path) -> None:

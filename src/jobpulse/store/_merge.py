@@ -22,7 +22,9 @@ merges alike. Pure functions of their arguments, apart from a cache of parsed sc
 
 from __future__ import annotations
 
+import bisect
 import functools
+import operator
 from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
@@ -37,6 +39,8 @@ __all__ = [
     "lost_run",
     "schedule_of",
 ]
+
+_END = operator.attrgetter("end_ns")
 
 LOST_INSTANCE_ERROR = "the process running it stopped (instance {instance}, pid {pid} on {host})"
 
@@ -75,23 +79,31 @@ def fold_runs(row: FleetRow, runs: Iterable[FinishedRun]) -> bool:
     """Fold finished runs, in the order they ended, into the "last" fields; True if one of
     them is now the run that ended last (of runs that ended at the same nanosecond, the
     one written last)."""
-    took = False
-    for run in sorted(runs, key=lambda run: run.end_ns):
-        if row.last_end_ns is not None and run.end_ns < row.last_end_ns:
-            continue
-        took = True
-        row.last_end_ns = run.end_ns
-        row.last_duration_ns = run.duration_ns
+    ordered = sorted(runs, key=_END)  # stable: equal ends keep the order written
+    if row.last_end_ns is not None:
+        del ordered[: bisect.bisect_left(ordered, row.last_end_ns, key=_END)]
+    if not ordered:
+        return False
+    # Folding them one by one leaves the last run's fields, and the failures since the last
+    # success (added to those before, if none succeeded): found from the end.
+    last = ordered[-1]
+    failures = 0
+    for run in reversed(ordered):
         if run.category is None:
-            row.last_failed = False
             row.consecutive_failures = 0
-            row.last_error = row.last_error_category = None
-        else:
-            row.last_failed = True
-            row.consecutive_failures += 1
-            row.last_error = run.error
-            row.last_error_category = run.category
-    return took
+            break
+        failures += 1
+    row.consecutive_failures += failures
+    row.last_end_ns = last.end_ns
+    row.last_duration_ns = last.duration_ns
+    if last.category is None:
+        row.last_failed = False
+        row.last_error = row.last_error_category = None
+    else:
+        row.last_failed = True
+        row.last_error = last.error
+        row.last_error_category = last.category
+    return True
 
 
 def _effective_slot(row: FleetRow, schedule: Schedule | None) -> int | None:
