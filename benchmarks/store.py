@@ -18,7 +18,7 @@ thread, "jobpulse-store", with its flush_interval as given, 1 s unless said othe
                (flush_interval 1 h). Medians of `--rounds` rounds. The floor: SQLite alone
                executing the same statements with values made beforehand.
   fleet        health_json() of a reader monitor over 1,000 jobs written by 4 writer
-               monitors on the same store, each writer running its quarter of the jobs. The
+               processes on the same store, each running its quarter of the jobs. The
                reader's view is invalidated before every poll (what its refresh interval
                passing does), so every poll reads the store. "steady": nothing changed
                between polls (the writers' threads keep their heartbeats going); "all
@@ -352,15 +352,69 @@ def raw_write_ms(folder: Path, rounds: int) -> float:
 # -- fleet health document -------------------------------------------------------------
 
 
+def fleet_writer(url: str, index: int) -> int:
+    """In a process of its own: one of the fleet's writers. Registers every job and runs its
+    share 20 times, then at each "run" line of stdin runs its share once and flushes."""
+    names = [f"job_{number:04d}" for number in range(FLEET_JOBS)]
+    share = names[index::WRITERS]
+    writer = monitor(store=url, max_jobs=FLEET_JOBS)
+    register_fleet_jobs(writer, names)  # every worker registers every job
+    run_jobs(writer, share, 20, fail_every=9)
+    assert writer.flush(timeout=30)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        run_jobs(writer, share, 1)
+        assert writer.flush(timeout=30)
+        print("ok", flush=True)
+    writer.shutdown()
+    return 0
+
+
+class Writers:
+    """The fleet's writer processes, driven over their stdin and stdout."""
+
+    def __init__(self, url: str) -> None:
+        self._processes = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--fleet-writer", url, str(index)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for index in range(WRITERS)
+        ]
+        self._expect("ready")
+
+    def run_all(self) -> None:
+        """Every writer runs its share once and flushes: every job changed."""
+        for process in self._processes:
+            assert process.stdin is not None
+            process.stdin.write("run\n")
+            process.stdin.flush()
+        self._expect("ok")
+
+    def _expect(self, answer: str) -> None:
+        for process in self._processes:
+            assert process.stdout is not None
+            line = process.stdout.readline().strip()
+            assert line == answer, (line, process.poll())
+
+    def stop(self) -> None:
+        for process in self._processes:
+            assert process.stdin is not None
+            process.stdin.close()
+        for process in self._processes:
+            process.wait(timeout=30)
+
+
 def fleet(folder: Path, polls: int, table: Table) -> None:
     url = url_of(folder / "fleet.db")
     names = [f"job_{index:04d}" for index in range(FLEET_JOBS)]
-    writers = [monitor(store=url, max_jobs=FLEET_JOBS) for _ in range(WRITERS)]
-    shares = [names[index::WRITERS] for index in range(WRITERS)]
-    for writer, share in zip(writers, shares, strict=True):
-        register_fleet_jobs(writer, names)  # every worker registers every job
-        run_jobs(writer, share, 20, fail_every=9)
-        assert writer.flush(timeout=30)
+    # Writers of their own, as a service's workers are: the reader's process holds only
+    # what a reader holds (its heap is what its garbage collector walks).
+    writers = Writers(url)
     reader = monitor(store=url, max_jobs=FLEET_JOBS)
     link = reader._store
     assert link is not None
@@ -385,18 +439,15 @@ def fleet(folder: Path, polls: int, table: Table) -> None:
     steady_cpu, cpu_ms = cpu_ms, []
     changed: list[float] = []
     for _ in range(max(polls // 4, 20)):
-        for writer, share in zip(writers, shares, strict=True):
-            run_jobs(writer, share, 1)
-        for writer in writers:
-            assert writer.flush(timeout=30)
+        writers.run_all()
         elapsed, body = poll()
         changed.append(elapsed)
     runs = sum(
         entry["success_count"] + entry["failure_count"]
         for entry in json.loads(body)["jobs"].values()
     )
-    for member in (*writers, reader):
-        member.shutdown()
+    writers.stop()
+    reader.shutdown()
     table.row(
         "fleet: health_json p99, nothing changed",
         percentile(steady, 0.99),
@@ -641,10 +692,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="restarted processes timed")
     parser.add_argument("--only", help="run only these cases (comma-separated)")
     parser.add_argument("--seed", help=argparse.SUPPRESS)
+    parser.add_argument("--fleet-writer", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    logging.getLogger("jobpulse").setLevel(logging.ERROR)  # simulated failures, the outage
     if args.seed:
         return seed_child(args.seed)
-    logging.getLogger("jobpulse").setLevel(logging.ERROR)  # the outage's warnings
+    if args.fleet_writer:
+        return fleet_writer(args.fleet_writer[0], int(args.fleet_writer[1]))
     cases: dict[str, Callable[[Path, Table], None]] = {
         "overhead": lambda folder, table: overhead(folder, args.runs, args.repeats, table),
         "flush": lambda folder, table: flush(folder, args.rounds, table),
