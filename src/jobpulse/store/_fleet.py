@@ -114,15 +114,20 @@ class FleetView:
                     self._open.setdefault(run.name, []).append(run)
             touched.update(previous.keys() ^ self._open.keys())
             touched.update(name for name in self._open if previous.get(name) != self._open[name])
-        for stored in read.runs:
-            job = self._job(stored.name, now_ns)
-            history = job.history
+        # A restarted process reads a day of runs at once: one lookup per job, not per run.
+        histories: dict[str, RunHistory] = {}
+        for _, name, start_ns, duration_ns, _, category in read.runs:
+            history = histories.get(name)
             if history is None:
-                history = job.history = RunHistory(self._max_history)
-            code = 0 if stored.category is None else self._code(stored.category)
-            history.add(stored.start_ns, stored.duration_ns, code, now_ns)
-            job.stats = None
-            touched.add(stored.name)
+                job = self._job(name, now_ns)
+                history = job.history
+                if history is None:
+                    history = job.history = RunHistory(self._max_history)
+                job.stats = None
+                histories[name] = history
+            code = 0 if category is None else self._code(category)
+            history.add(start_ns, duration_ns, code, now_ns)
+        touched.update(histories)
         for name in touched:
             self._apply(name, now_ns)
         if read.runs:
@@ -186,12 +191,14 @@ class FleetView:
         job.skipped_count, job.last_skip_reason = row.skipped_count, row.last_skip_reason
         job.store_dropped = row.history_dropped
         # Keyed by position: the fleet's runs have no one id space.
-        job.runs = {
-            index: (0.0, None, run.start_ns) for index, run in enumerate(self._open.get(name, ()))
-        }
+        open_runs = self._open.get(name)
+        job.runs = (
+            {index: (0.0, None, run.start_ns) for index, run in enumerate(open_runs)}
+            if open_runs
+            else {}
+        )
         self._judge(job, row, now_ns)
-        job.stats = None
-        job.version += 1
+        job.version += 1  # its history's stats are kept unless runs were added to it
 
     def _judge(self, job: Job, row: FleetRow, now_ns: int) -> None:
         """Set what depends on the time (stalled runs, missed) and when that next changes."""

@@ -102,6 +102,8 @@ _SETTINGS_INDEX = _ROW_FIELDS.index("settings")
 _METADATA_INDEX = _ROW_FIELDS.index("metadata")
 _LAST_FAILED_INDEX = _ROW_FIELDS.index("last_failed")
 _ROW_VALUES = operator.attrgetter(*_ROW_FIELDS)
+#: A runs row as a StoredRun, without a Python call per row.
+_stored_run = functools.partial(tuple.__new__, StoredRun)
 _INSERT_RUNS = "INSERT INTO runs (job, start_ns, duration_ns, end_ns, category) VALUES "
 # Runs per INSERT: 5 values each, below the 999 variables the oldest SQLite allows.
 _RUNS_PER_INSERT = 190
@@ -154,10 +156,21 @@ def _signed(run_id: int) -> int:
     return run_id - (1 << 64) if run_id >= 1 << 63 else run_id
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> Any:
+    # Most rows hold one of a few settings and metadata texts. Never handed out: see _loads.
+    return json.loads(text)
+
+
+def _loads(text: str) -> dict[str, Any]:
+    """A JSON column's object, parsed once per distinct text; a copy of its own each time."""
+    return dict(_parsed(text))
+
+
 def _to_row(values: Sequence[Any]) -> FleetRow:
     fields = list(values)
-    fields[_SETTINGS_INDEX] = json.loads(fields[_SETTINGS_INDEX])
-    fields[_METADATA_INDEX] = json.loads(fields[_METADATA_INDEX])
+    fields[_SETTINGS_INDEX] = _loads(fields[_SETTINGS_INDEX])
+    fields[_METADATA_INDEX] = _loads(fields[_METADATA_INDEX])
     if fields[_LAST_FAILED_INDEX] is not None:
         fields[_LAST_FAILED_INDEX] = bool(fields[_LAST_FAILED_INDEX])
     return FleetRow(*fields)
@@ -630,14 +643,16 @@ class SQLiteStore:
             _to_row(values)
             for values in db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE seq > ?", (since_seq,))
         ]
-        runs = [
-            StoredRun(*values)
-            for values in db.execute(
-                "SELECT r.id, j.name, r.start_ns, r.duration_ns, r.end_ns, r.category"
-                " FROM runs r JOIN jobs j ON j.id = r.job WHERE r.id > ? ORDER BY r.id",
-                (since_run,),
+        runs = list(
+            map(
+                _stored_run,
+                db.execute(
+                    "SELECT r.id, j.name, r.start_ns, r.duration_ns, r.end_ns, r.category"
+                    " FROM runs r JOIN jobs j ON j.id = r.job WHERE r.id > ? ORDER BY r.id",
+                    (since_run,),
+                ),
             )
-        ]
+        )
         open_runs = [
             OpenRun(values[0], values[1], values[2] % (1 << 64), values[3], values[4])
             for values in db.execute(
