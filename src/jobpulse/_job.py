@@ -12,13 +12,21 @@ the jobs, and a record copy per changed job), then `finish_rows` with no lock he
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
 from jobpulse._guard import Guard, report_internal_error
 from jobpulse._history import HistoryStats, RunHistory
-from jobpulse._model import JobRecord, JobState, JobStatus, encode_json_str, member_json
+from jobpulse._model import (
+    JobRecord,
+    JobState,
+    JobStatus,
+    RunRecord,
+    encode_json_str,
+    from_ns,
+    member_json,
+)
 from jobpulse._schedule import MAX_GRACE_SECONDS, MIN_GRACE_SECONDS, Schedule
 from jobpulse._shared import JOB_NAME, STATUS
 
@@ -33,6 +41,7 @@ __all__ = [
     "finish_rows",
     "health_rows",
     "local_job",
+    "run_records",
     "unavailable_row",
 ]
 
@@ -505,3 +514,20 @@ def local_job(job: Job, *, removed: bool = False) -> LocalJob:
         ),
         removed=removed,
     )
+
+
+def run_records(
+    records: list[tuple[int, float, int]], categories: Sequence[str]
+) -> list[RunRecord]:
+    """`RunHistory.records` as `RunRecord`s, newest first; a failure's code is its index + 1
+    in `categories`."""
+    records.sort(key=lambda record: record[0], reverse=True)
+    return [
+        RunRecord(
+            started_at=from_ns(start_ns),
+            duration_seconds=duration,
+            outcome=JobState.SUCCESS if code == 0 else JobState.FAILED,
+            error_category=None if code == 0 else categories[code - 1],
+        )
+        for start_ns, duration, code in records
+    ]

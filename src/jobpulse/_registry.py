@@ -32,7 +32,15 @@ from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard
 from jobpulse._history import RunHistory
-from jobpulse._job import HealthRow, Job, LocalJob, collect_rows, finish_rows, local_job
+from jobpulse._job import (
+    HealthRow,
+    Job,
+    LocalJob,
+    collect_rows,
+    finish_rows,
+    local_job,
+    run_records,
+)
 from jobpulse._model import (
     JobState,
     JobStatus,
@@ -756,16 +764,7 @@ class StatusRegistry:
             job.prune_history(now_ns)
             records = history.records()
             categories = tuple(self._categories)
-        records.sort(key=lambda record: record[0], reverse=True)
-        return [
-            RunRecord(
-                started_at=from_ns(start_ns),
-                duration_seconds=duration,
-                outcome=JobState.SUCCESS if code == 0 else JobState.FAILED,
-                error_category=None if code == 0 else categories[code - 1],
-            )
-            for start_ns, duration, code in records
-        ]
+        return run_records(records, categories)
 
     def metric_points(self) -> list[MetricPoint]:
         self._close_lost()

@@ -87,6 +87,7 @@ from jobpulse._job import (
     collect_rows,
     finish_rows,
     health_rows,
+    run_records,
 )
 from jobpulse._metadata import encode as encode_metadata
 from jobpulse._model import JobState, JobStatus, RunRecord, from_ns, rfc3339
@@ -166,6 +167,7 @@ __all__ = [
     "redact",
     "remove_span_adopter",
     "rfc3339",
+    "run_records",
     "safe_error_text",
     "setup_monitor",
     "span_attribute",

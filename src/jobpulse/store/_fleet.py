@@ -27,7 +27,7 @@ from jobpulse._shared import (
     RunRecord,
     collect_rows,
     finish_rows,
-    from_ns,
+    run_records,
 )
 from jobpulse.store._base import Cursor, FleetRow, Instance, OpenRun, Store
 from jobpulse.store._merge import is_missed, schedule_of
@@ -270,16 +270,7 @@ class FleetView:
             history.prune(now_ns)
             records = history.records()
             categories = tuple(self._categories)
-        records.sort(key=lambda record: record[0], reverse=True)
-        return [
-            RunRecord(
-                started_at=from_ns(start_ns),
-                duration_seconds=duration,
-                outcome=JobState.SUCCESS if code == 0 else JobState.FAILED,
-                error_category=None if code == 0 else categories[code - 1],
-            )
-            for start_ns, duration, code in records
-        ]
+        return run_records(records, categories)
 
     def instances(self) -> list[Instance]:
         with self._lock:
