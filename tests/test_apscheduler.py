@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from importlib import metadata
@@ -790,6 +791,26 @@ def test_instrumentor_adopts_running_and_starting_schedulers(
     assert own in integration._states  # the application's own instrumentation stays
     with pytest.raises(TypeError, match="JobMonitor"):
         instrumentor._instrument(monitor="not a monitor")
+
+
+def test_instrumenting_with_a_dead_weak_proxy_in_memory_adopts_running_schedulers(
+    background: Schedulers, live_monitor: JobMonitor
+) -> None:
+    class Target:
+        pass
+
+    target = Target()
+    dead = [weakref.proxy(target)]  # as another library may leave behind
+    del target
+    running = background()
+    running.start(paused=True)
+    instrumentor = APSchedulerInstrumentor()
+    instrumentor.instrument(monitor=live_monitor)  # raised ReferenceError into the host
+    try:
+        assert running in integration._states
+    finally:
+        instrumentor.uninstrument()
+    assert dead  # kept alive until here
 
 
 @pytest.mark.usefixtures("otel_globals")

@@ -736,7 +736,14 @@ def uninstrument_scheduler(scheduler: Any) -> None:
 
 
 def _running_schedulers() -> list[Any]:
-    return [obj for obj in gc.get_objects() if isinstance(obj, BaseScheduler) and obj.running]
+    found = []
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, BaseScheduler) and obj.running:
+                found.append(obj)
+        except ReferenceError:  # a weakref.proxy whose object is gone: not a scheduler
+            continue
+    return found
 
 
 class APSchedulerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
