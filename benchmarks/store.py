@@ -43,6 +43,11 @@ all changed; seed <= 1 s and the file < 20 MB; outage runs in the store <= 5 s a
 store returns. Exit status 1 if one fails.
 
     python benchmarks/store.py [--runs N] [--repeats N] [--rounds N] [--polls N] [--seeds N]
+        [--only overhead,flush,fleet,seed,outage]
+
+--jobs, --seed-jobs, --seed-minutes and --outage-seconds make the cases smaller than the
+issue's, to try the script out (tests/test_examples.py does); the targets hold for the
+issue's sizes only.
 """
 
 from __future__ import annotations
@@ -77,13 +82,14 @@ TARGET_SEED_SECONDS = 1.0
 TARGET_SEED_MB = 20.0
 TARGET_OUTAGE_SECONDS = 5.0
 
+# The issue's sizes (smaller ones, from the command line, only to try the script out).
 FLEET_JOBS = 1000
 WRITERS = 4
 SEED_JOBS = 100
 SEED_MINUTES = 24 * 60
-OUTAGE_RUNS = 10_000
-OUTAGE_JOBS = 10
 OUTAGE_SECONDS = 10
+OUTAGE_RUNS_PER_SECOND = 1000
+OUTAGE_JOBS = 10
 
 
 class Table:
@@ -229,11 +235,11 @@ def run_jobs(target: JobMonitor, names: list[str], times: int, fail_every: int =
                 pass
 
 
-def flush(folder: Path, rounds: int, table: Table) -> None:
-    names = [f"job_{index:04d}" for index in range(FLEET_JOBS)]
+def flush(folder: Path, rounds: int, jobs: int, table: Table) -> None:
+    names = [f"job_{index:04d}" for index in range(jobs)]
     target = monitor(
         store=url_of(folder / "flush.db"),
-        max_jobs=FLEET_JOBS,
+        max_jobs=jobs,
         flush_interval=3600,
         instance_ttl=7200,
     )
@@ -276,7 +282,7 @@ def flush(folder: Path, rounds: int, table: Table) -> None:
         started = time.perf_counter()
         publisher._collect()
         collected = time.perf_counter()
-        assert len(publisher._pending) == FLEET_JOBS
+        assert len(publisher._pending) == jobs
         assert publisher._cycle()
         done = time.perf_counter()
         cycle_cpu_ms.append((time.process_time() - cpu) * 1000)
@@ -288,7 +294,7 @@ def flush(folder: Path, rounds: int, table: Table) -> None:
     assert status.success_count + status.failure_count == 10 * (1 + 2 * rounds), status
     target.shutdown()
     table.row(
-        "flush: monitor.flush(), 1,000 jobs x 10 runs",
+        f"flush: monitor.flush(), {jobs:,} jobs x 10 runs",
         statistics.median(flush_ms),
         "ms",
         TARGET_FLUSH_MS,
@@ -300,12 +306,14 @@ def flush(folder: Path, rounds: int, table: Table) -> None:
     table.row("flush:   write (one transaction)", statistics.median(write_ms), "ms")
     table.row("flush:   collect + write, CPU", statistics.median(cycle_cpu_ms), "ms")
     table.row(
-        "flush: raw SQLite, the same rows and runs (floor)", raw_write_ms(folder, rounds), "ms"
+        "flush: raw SQLite, the same rows and runs (floor)",
+        raw_write_ms(folder, rounds, jobs),
+        "ms",
     )
     print(f"  (median of {rounds} rounds; max flush() {max(flush_ms):.1f} ms)")
 
 
-def raw_write_ms(folder: Path, rounds: int) -> float:
+def raw_write_ms(folder: Path, rounds: int, jobs: int) -> float:
     """What SQLite alone takes for one flush's statements on the store's schema, as the store
     makes them: 1,000 rows upserted and 10,000 runs inserted in one transaction, the values
     made beforehand."""
@@ -324,7 +332,7 @@ def raw_write_ms(folder: Path, rounds: int) -> float:
                 FleetRow(f"job_{index:04d}", 1, seq, settings=settings, settings_instance="i"),
                 seq,
             )
-            for index in range(FLEET_JOBS)
+            for index in range(jobs)
         ]
 
     db.execute("BEGIN IMMEDIATE")
@@ -349,12 +357,12 @@ def raw_write_ms(folder: Path, rounds: int) -> float:
 # -- fleet health document -------------------------------------------------------------
 
 
-def fleet_writer(url: str, index: int) -> int:
+def fleet_writer(url: str, index: int, jobs: int) -> int:
     """In a process of its own: one of the fleet's writers. Registers every job and runs its
     share 20 times, then at each "run" line of stdin runs its share once and flushes."""
-    names = [f"job_{number:04d}" for number in range(FLEET_JOBS)]
+    names = [f"job_{number:04d}" for number in range(jobs)]
     share = names[index::WRITERS]
-    writer = monitor(store=url, max_jobs=FLEET_JOBS)
+    writer = monitor(store=url, max_jobs=jobs)
     register_fleet_jobs(writer, names)  # every worker registers every job
     run_jobs(writer, share, 20, fail_every=9)
     assert writer.flush(timeout=30)
@@ -372,10 +380,10 @@ def fleet_writer(url: str, index: int) -> int:
 class Writers:
     """The fleet's writer processes, driven over their stdin and stdout."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, jobs: int) -> None:
         self._processes = [
             subprocess.Popen(
-                [sys.executable, __file__, "--fleet-writer", url, str(index)],
+                [sys.executable, __file__, "--fleet-writer", url, str(index), str(jobs)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -406,13 +414,13 @@ class Writers:
             process.wait(timeout=30)
 
 
-def fleet(folder: Path, polls: int, table: Table) -> None:
+def fleet(folder: Path, polls: int, jobs: int, table: Table) -> None:
     url = url_of(folder / "fleet.db")
-    names = [f"job_{index:04d}" for index in range(FLEET_JOBS)]
+    names = [f"job_{index:04d}" for index in range(jobs)]
     # Writers of their own, as a service's workers are: the reader's process holds only
     # what a reader holds (its heap is what its garbage collector walks).
-    writers = Writers(url)
-    reader = monitor(store=url, max_jobs=FLEET_JOBS)
+    writers = Writers(url, jobs)
+    reader = monitor(store=url, max_jobs=jobs)
     link = reader._store
     assert link is not None
 
@@ -429,7 +437,7 @@ def fleet(folder: Path, polls: int, table: Table) -> None:
 
     _, body = poll()
     document = json.loads(body)
-    assert len(document["jobs"]) == FLEET_JOBS
+    assert len(document["jobs"]) == jobs
     assert len(document["instances"]) >= WRITERS  # the reader's own once it has written
     cpu_ms.clear()
     steady = [poll()[0] for _ in range(polls)]
@@ -466,7 +474,7 @@ def fleet(folder: Path, polls: int, table: Table) -> None:
     )
     print(
         f"  (p50 {percentile(steady, 0.5):.2f} / {percentile(changed, 0.5):.2f} ms; "
-        f"{len(steady)} / {len(changed)} polls; {FLEET_JOBS} jobs, {WRITERS} writers; "
+        f"{len(steady)} / {len(changed)} polls; {jobs} jobs, {WRITERS} writers; "
         f"document {len(body) / 1024:.0f} KB, {runs} runs counted)"
     )
 
@@ -474,7 +482,7 @@ def fleet(folder: Path, polls: int, table: Table) -> None:
 def process_changed(names: list[str], polls: int) -> list[float]:
     """health_json() of a monitor without a store whose every job ran since the last call:
     the document's own cost of 1,000 changed jobs, without the store's."""
-    alone = monitor(max_jobs=FLEET_JOBS)
+    alone = monitor(max_jobs=len(names))
     register_fleet_jobs(alone, names)
     run_jobs(alone, names, 20, fail_every=9)
     alone.health_json()
@@ -491,19 +499,19 @@ def process_changed(names: list[str], polls: int) -> list[float]:
 # -- seeding a restarted process -------------------------------------------------------
 
 
-def build_seed_store(path: Path) -> float:
+def build_seed_store(path: Path, jobs: int, minutes: int) -> float:
     """100 jobs, a run of each every minute for 24 h up to now, written by one monitor on a
     FakeClock (each run takes 2 s; one in 50 fails); returns the seconds it took."""
     started = time.perf_counter()
     # The first run 3 minutes inside the 24 h window, so that it is still in it when the
     # restarted processes read the store; the last ones end a minute or two from now.
-    clock = FakeClock(datetime.now(timezone.utc) - timedelta(minutes=SEED_MINUTES - 3))
-    names = [f"seed_{index:03d}" for index in range(SEED_JOBS)]
-    writer = monitor(store=url_of(path), clock=clock, max_jobs=SEED_JOBS)
+    clock = FakeClock(datetime.now(timezone.utc) - timedelta(minutes=minutes - 3))
+    names = [f"seed_{index:03d}" for index in range(jobs)]
+    writer = monitor(store=url_of(path), clock=clock, max_jobs=jobs)
     for index, name in enumerate(names):
         writer.register(name, critical=index % 10 == 0, schedule="@every 1m")
     failure = ValueError("simulated failure")
-    for minute in range(SEED_MINUTES):
+    for minute in range(minutes):
         runs = [writer.run(name) for name in names]
         for run in runs:
             run.__enter__()
@@ -516,25 +524,26 @@ def build_seed_store(path: Path) -> float:
         clock.advance(58)
         if minute % 60 == 59:
             assert writer.flush(timeout=30)
+    assert writer.flush(timeout=30)
     for name in names[:1]:
         status = writer.status(name)
         assert status is not None
-        assert status.success_count + status.failure_count == SEED_MINUTES
+        assert status.success_count + status.failure_count == minutes
     writer.shutdown()
     return time.perf_counter() - started
 
 
-def seed_child(path: str) -> int:
+def seed_child(path: str, jobs: int) -> int:
     """In a new process: the seconds from JobMonitor(store=...) to its first complete health
     document, printed as JSON."""
     started = time.perf_counter()
-    restarted = monitor(store=url_of(Path(path)), max_jobs=SEED_JOBS)
+    restarted = monitor(store=url_of(Path(path)), max_jobs=jobs)
     opened = time.perf_counter()
     _, body = restarted.health_json()
     done = time.perf_counter()
     document = json.loads(body)
-    jobs = document["jobs"]
-    counted = sum(entry["success_count"] + entry["failure_count"] for entry in jobs.values())
+    members = document["jobs"]
+    counted = sum(entry["success_count"] + entry["failure_count"] for entry in members.values())
     history = sum(len(restarted.history(name)) for name in restarted.statuses())
     restarted.shutdown()
     print(
@@ -543,7 +552,7 @@ def seed_child(path: str) -> int:
                 "construct": opened - started,
                 "document": done - opened,
                 "total": done - started,
-                "jobs": len(jobs),
+                "jobs": len(members),
                 "counted": counted,
                 "history": history,
             }
@@ -552,9 +561,9 @@ def seed_child(path: str) -> int:
     return 0
 
 
-def seed(folder: Path, seeds: int, table: Table) -> None:
+def seed(folder: Path, seeds: int, jobs: int, minutes: int, table: Table) -> None:
     path = folder / "seed.db"
-    built = build_seed_store(path)
+    built = build_seed_store(path, jobs, minutes)
     with sqlite3.connect(path) as connection:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         stored = connection.execute("SELECT count(*) FROM runs").fetchone()[0]
@@ -567,14 +576,14 @@ def seed(folder: Path, seeds: int, table: Table) -> None:
     opened: list[float] = []
     for _ in range(seeds):
         output = subprocess.run(
-            [sys.executable, __file__, "--seed", str(path)],
+            [sys.executable, __file__, "--seed", str(path), "--seed-jobs", str(jobs)],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
         result = json.loads(output.strip().splitlines()[-1])
-        expected = SEED_JOBS * SEED_MINUTES
-        assert result["jobs"] == SEED_JOBS, result
+        expected = jobs * minutes
+        assert result["jobs"] == jobs, result
         assert result["counted"] == expected, result
         assert result["history"] == expected, result
         totals.append(result["total"])
@@ -607,7 +616,8 @@ def exclusive_lock(path: Path) -> Iterator[sqlite3.Connection]:
         holder.close()
 
 
-def outage(folder: Path, table: Table) -> None:
+def outage(folder: Path, seconds: int, table: Table) -> None:
+    total = seconds * OUTAGE_RUNS_PER_SECOND
     path = folder / "outage.db"
     names = [f"outage_{index}" for index in range(OUTAGE_JOBS)]
     writer = monitor(store=url_of(path))
@@ -617,7 +627,7 @@ def outage(folder: Path, table: Table) -> None:
         writer.register(name)
         plain.register(name)
     assert writer.flush()
-    per_round = OUTAGE_RUNS // OUTAGE_SECONDS // OUTAGE_JOBS
+    per_round = OUTAGE_RUNS_PER_SECOND // OUTAGE_JOBS
 
     def round_of(target: JobMonitor) -> float:
         started = time.perf_counter()
@@ -633,7 +643,7 @@ def outage(folder: Path, table: Table) -> None:
     counter = sqlite3.connect(path, isolation_level=None)
     with exclusive_lock(path):
         began = time.monotonic()
-        for index in range(OUTAGE_SECONDS):
+        for index in range(seconds):
             if index % 2:
                 plain_us.append(round_of(plain))
                 stored_us.append(round_of(writer))
@@ -644,18 +654,19 @@ def outage(folder: Path, table: Table) -> None:
             time.sleep(max(began + index + 1 - time.monotonic(), 0))
         writer_link = writer._store
         assert writer_link is not None
-        assert writer_link.publisher.error is not None  # the store was really out
+        # The store was really out (a short outage may end before the publisher's first try).
+        assert writer_link.publisher.error is not None or not writer.flush(timeout=5)
     released = time.monotonic()
     in_store = in_reader = None
     deadline = released + 30
     while time.monotonic() < deadline and (in_store is None or in_reader is None):
         stored = counter.execute("SELECT count(*) FROM runs").fetchone()[0]
-        if in_store is None and stored >= OUTAGE_RUNS:
+        if in_store is None and stored >= total:
             in_store = time.monotonic() - released
         if in_reader is None:
             statuses = reader.statuses()
             counts = sum(s.success_count for s in statuses.values())
-            if counts >= OUTAGE_RUNS and sum(len(reader.history(n)) for n in names) >= OUTAGE_RUNS:
+            if counts >= total and sum(len(reader.history(n)) for n in names) >= total:
                 in_reader = time.monotonic() - released
         time.sleep(0.005)  # polling another process's view: nothing to wait on
     counter.close()
@@ -663,7 +674,7 @@ def outage(folder: Path, table: Table) -> None:
         member.shutdown()
     ratio = statistics.median(s / p for s, p in zip(stored_us, plain_us, strict=True))
     table.row(
-        "outage: 10,000 runs in the store after it returns",
+        f"outage: {total:,} runs in the store after it returns",
         float("inf") if in_store is None else in_store,
         "s",
         TARGET_OUTAGE_SECONDS,
@@ -676,7 +687,7 @@ def outage(folder: Path, table: Table) -> None:
     table.row("outage: per run during the outage, x no store", ratio, "x")
     print(
         f"  ({statistics.median(stored_us):.1f} vs {statistics.median(plain_us):.1f} us/run; "
-        f"{OUTAGE_RUNS} runs over {OUTAGE_SECONDS} s, {OUTAGE_JOBS} jobs)"
+        f"{total} runs over {seconds} s, {OUTAGE_JOBS} jobs)"
     )
 
 
@@ -687,21 +698,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="flush rounds")
     parser.add_argument("--polls", type=int, default=400, help="health polls, steady")
     parser.add_argument("--seeds", type=int, default=3, help="restarted processes timed")
+    parser.add_argument("--jobs", type=int, default=FLEET_JOBS, help="jobs (flush, fleet)")
+    parser.add_argument("--seed-jobs", type=int, default=SEED_JOBS, help="jobs in the seed store")
+    parser.add_argument("--seed-minutes", type=int, default=SEED_MINUTES, help="runs of each")
+    parser.add_argument("--outage-seconds", type=int, default=OUTAGE_SECONDS)
     parser.add_argument("--only", help="run only these cases (comma-separated)")
     parser.add_argument("--seed", help=argparse.SUPPRESS)
-    parser.add_argument("--fleet-writer", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--fleet-writer", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.getLogger("jobpulse").setLevel(logging.ERROR)  # simulated failures, the outage
     if args.seed:
-        return seed_child(args.seed)
+        return seed_child(args.seed, args.seed_jobs)
     if args.fleet_writer:
-        return fleet_writer(args.fleet_writer[0], int(args.fleet_writer[1]))
+        url, index, jobs = args.fleet_writer
+        return fleet_writer(url, int(index), int(jobs))
     cases: dict[str, Callable[[Path, Table], None]] = {
         "overhead": lambda folder, table: overhead(folder, args.runs, args.repeats, table),
-        "flush": lambda folder, table: flush(folder, args.rounds, table),
-        "fleet": lambda folder, table: fleet(folder, args.polls, table),
-        "seed": lambda folder, table: seed(folder, args.seeds, table),
-        "outage": outage,
+        "flush": lambda folder, table: flush(folder, args.rounds, args.jobs, table),
+        "fleet": lambda folder, table: fleet(folder, args.polls, args.jobs, table),
+        "seed": lambda folder, table: seed(
+            folder, args.seeds, args.seed_jobs, args.seed_minutes, table
+        ),
+        "outage": lambda folder, table: outage(folder, args.outage_seconds, table),
     }
     chosen = args.only.split(",") if args.only else list(cases)
     table = Table()
