@@ -90,6 +90,8 @@ SEED_MINUTES = 24 * 60
 OUTAGE_SECONDS = 10
 OUTAGE_RUNS_PER_SECOND = 1000
 OUTAGE_JOBS = 10
+# The runs in a SQLite store (a batch of runs per job and write).
+STORED_RUNS = "SELECT coalesce(sum(json_array_length(runs)), 0) FROM run_batches"
 
 
 class Table:
@@ -315,10 +317,10 @@ def flush(folder: Path, rounds: int, jobs: int, table: Table) -> None:
 
 def raw_write_ms(folder: Path, rounds: int, jobs: int) -> float:
     """What SQLite alone takes for one flush's statements on the store's schema, as the store
-    makes them: 1,000 rows upserted and 10,000 runs inserted in one transaction, the values
-    made beforehand."""
+    makes them: 1,000 rows upserted and 10,000 runs inserted (a batch of 10 per job) in one
+    transaction, the values made beforehand."""
     from jobpulse.store._base import FleetRow
-    from jobpulse.store.sqlite import _UPSERT, SQLiteStore, _insert_runs
+    from jobpulse.store.sqlite import _INSERT_BATCH, _UPSERT, SQLiteStore, _batch
 
     store = SQLiteStore(folder / "raw.db")
     db = store._writer
@@ -343,11 +345,13 @@ def raw_write_ms(folder: Path, rounds: int, jobs: int) -> float:
     for round_index in range(rounds):
         upserts = rows(round_index + 2)
         base = 10**18 + round_index * 10**9
-        runs = [(job, base + k, 1000, base + k + 1000, None) for job in ids for k in range(10)]
+        batches = [
+            _batch(job, [(base + k, 1000, base + k + 1000, None) for k in range(10)]) for job in ids
+        ]
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")
         db.executemany(_UPSERT, upserts)
-        _insert_runs(db, runs)
+        db.executemany(_INSERT_BATCH, batches)
         db.execute("COMMIT")
         samples.append((time.perf_counter() - started) * 1000)
     store.close()
@@ -566,7 +570,7 @@ def seed(folder: Path, seeds: int, jobs: int, minutes: int, table: Table) -> Non
     built = build_seed_store(path, jobs, minutes)
     with sqlite3.connect(path) as connection:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        stored = connection.execute("SELECT count(*) FROM runs").fetchone()[0]
+        stored = connection.execute(STORED_RUNS).fetchone()[0]
     size = sum(
         candidate.stat().st_size
         for candidate in (path, path.with_name(path.name + "-wal"))
@@ -660,7 +664,7 @@ def outage(folder: Path, seconds: int, table: Table) -> None:
     in_store = in_reader = None
     deadline = released + 30
     while time.monotonic() < deadline and (in_store is None or in_reader is None):
-        stored = counter.execute("SELECT count(*) FROM runs").fetchone()[0]
+        stored = counter.execute(STORED_RUNS).fetchone()[0]
         if in_store is None and stored >= total:
             in_store = time.monotonic() - released
         if in_reader is None:

@@ -335,7 +335,8 @@ def test_a_write_that_fails_midway_changes_nothing(tmp_path: Path) -> None:
         write(store, instance("a"), change(success=1, runs=[run(T0, 1)]))
         with sqlite3.connect(path) as other:
             other.execute(
-                "CREATE TRIGGER full BEFORE INSERT ON runs BEGIN SELECT RAISE(ABORT, 'full'); END"
+                "CREATE TRIGGER full BEFORE INSERT ON run_batches"
+                " BEGIN SELECT RAISE(ABORT, 'full'); END"
             )
         # The job's row is updated before the runs are inserted: the failure rolls back both.
         failing = change(failure=1, runs=[run(T0 + 10, 1, "network")])
@@ -430,7 +431,9 @@ def test_a_store_written_by_a_newer_version_is_refused(tmp_path: Path) -> None:
 def test_migrations_run_forward_from_the_first_schema(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     with sqlite3.connect(path) as db:
-        db.executescript(_MIGRATIONS[0])
+        first = _MIGRATIONS[0]
+        assert isinstance(first, str)
+        db.executescript(first)
         db.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)",
             [("schema_version", "1"), ("store_id", "old"), ("seq", "0"), ("generation", "0")],
@@ -442,8 +445,51 @@ def test_migrations_run_forward_from_the_first_schema(tmp_path: Path) -> None:
         indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
         store_id = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
     assert version == (str(SCHEMA_VERSION),)
-    assert {"runs_end", "jobs_next_run"} <= indexes
+    assert {"run_batches_end", "jobs_next_run"} <= indexes
     assert store_id == ("old",)  # the same store, migrated
+
+
+def test_runs_of_schema_3_are_kept_in_batches(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = SQLiteStore(path)
+    write(store, instance("a"), change("one"), change("two"))
+    store.close()
+    hour = 3600 * S
+    odd = 123_456_789_012_345_679
+    old_runs = [  # (job, start, duration, end, category) as schema 3 held them, by id
+        (1, T0, odd, T0 + odd, None),
+        (2, T0 + 1, 5, T0 + 6, "network"),
+        (1, T0 + hour, 7, T0 + hour + 7, "timeout"),
+        (1, T0 + hour + 9, 1, T0 + hour + 10, None),
+    ]
+    with sqlite3.connect(path) as db:  # the file as schema 3 left it
+        db.execute("DROP TABLE run_batches")
+        db.execute(
+            "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, job INTEGER NOT NULL,"
+            " start_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,"
+            " category TEXT)"
+        )
+        db.executemany(
+            "INSERT INTO runs (job, start_ns, duration_ns, end_ns, category)"
+            " VALUES (?, ?, ?, ?, ?)",
+            old_runs,
+        )
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    store = SQLiteStore(path)
+    try:
+        read = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
+    finally:
+        store.close()
+    names = {1: "one", 2: "two"}
+    assert sorted(
+        (r.name, r.start_ns, r.duration_ns, r.end_ns, r.category) for r in read.runs
+    ) == sorted((names[job], *fields) for job, *fields in old_runs)
+    # In order within each job, one batch per job and hour.
+    assert [r.start_ns for r in read.runs if r.name == "one"] == [T0, T0 + hour, T0 + hour + 9]
+    assert len({r.id for r in read.runs}) == 3
+    with sqlite3.connect(path) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    assert "runs" not in tables
 
 
 def test_a_deleted_file_becomes_a_new_store(tmp_path: Path) -> None:

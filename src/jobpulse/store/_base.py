@@ -23,6 +23,7 @@ __all__ = [
     "Instance",
     "JobChange",
     "OpenRun",
+    "RunFields",
     "Store",
     "StoredRun",
     "WriteResult",
@@ -38,6 +39,11 @@ class FinishedRun(NamedTuple):
     end_ns: int
     category: str | None
     error: str | None
+
+
+#: A `FinishedRun`'s fields, in its order: what `JobChange.runs` holds (the registry's own
+#: tuples, taken without a copy per run).
+RunFields = tuple[int, int, int, str | None, str | None]
 
 
 class StoredRun(NamedTuple):
@@ -111,7 +117,7 @@ class JobChange:
     total_duration_ns: int = 0
     min_ns: int | None = None
     max_ns: int | None = None
-    runs: list[FinishedRun] = field(default_factory=list)
+    runs: list[RunFields] = field(default_factory=list)
     dropped_runs: int = 0
     metadata: Mapping[str, Any] | None = None
     last_start_ns: int | None = None

@@ -29,7 +29,7 @@ from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 from jobpulse._shared import LOST, Schedule, parse_schedule
-from jobpulse.store._base import FinishedRun, FleetRow, JobChange
+from jobpulse.store._base import FinishedRun, FleetRow, JobChange, RunFields
 
 __all__ = [
     "apply_change",
@@ -40,7 +40,7 @@ __all__ = [
     "schedule_of",
 ]
 
-_END = operator.attrgetter("end_ns")
+_END = operator.itemgetter(2)  # a run's end_ns
 
 LOST_INSTANCE_ERROR = "the process running it stopped (instance {instance}, pid {pid} on {host})"
 
@@ -75,7 +75,7 @@ def _tolerance_ns(schedule: Schedule | None) -> int:
     return 0
 
 
-def fold_runs(row: FleetRow, runs: Iterable[FinishedRun]) -> bool:
+def fold_runs(row: FleetRow, runs: Iterable[RunFields]) -> bool:
     """Fold finished runs, in the order they ended, into the "last" fields; True if one of
     them is now the run that ended last (of runs that ended at the same nanosecond, the
     one written last)."""
@@ -86,23 +86,23 @@ def fold_runs(row: FleetRow, runs: Iterable[FinishedRun]) -> bool:
         return False
     # Folding them one by one leaves the last run's fields, and the failures since the last
     # success (added to those before, if none succeeded): found from the end.
-    last = ordered[-1]
+    _, last_duration, last_end, last_category, last_error = ordered[-1]
     failures = 0
     for run in reversed(ordered):
-        if run.category is None:
+        if run[3] is None:  # its category: a success
             row.consecutive_failures = 0
             break
         failures += 1
     row.consecutive_failures += failures
-    row.last_end_ns = last.end_ns
-    row.last_duration_ns = last.duration_ns
-    if last.category is None:
+    row.last_end_ns = last_end
+    row.last_duration_ns = last_duration
+    if last_category is None:
         row.last_failed = False
         row.last_error = row.last_error_category = None
     else:
         row.last_failed = True
-        row.last_error = last.error
-        row.last_error_category = last.category
+        row.last_error = last_error
+        row.last_error_category = last_category
     return True
 
 

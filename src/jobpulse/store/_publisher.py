@@ -11,7 +11,6 @@ history (counted and logged; the counts stay exact, they are deltas).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
@@ -22,15 +21,13 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from jobpulse._shared import Clock, Guard, LocalJob, StatusRegistry, after_fork_in_child, redact
-from jobpulse.store._base import FinishedRun, Instance, JobChange, Store, WriteResult
+from jobpulse.store._base import Instance, JobChange, Store, WriteResult
 
 __all__ = ["Publisher"]
 
 logger = logging.getLogger("jobpulse")
 
 _GUARD = Guard("store publisher")
-#: (start_ns, duration_ns, end_ns, category, error) as a FinishedRun, without a Python call.
-_finished_run = functools.partial(tuple.__new__, FinishedRun)
 _HISTORY_NS = 24 * 3600 * 1_000_000_000
 _PRUNE_EVERY_SECONDS = 60.0
 
@@ -180,7 +177,7 @@ class Publisher:
         )
         deltas = [now - before for now, before in zip(counts, published.counts, strict=True)]
         published.counts = counts
-        runs = list(map(_finished_run, job.runs))
+        runs = job.runs  # the registry's list, handed over
         room = self._buffer_runs - self._buffered_runs
         dropped = job.dropped_runs
         if len(runs) > room:

@@ -6,15 +6,14 @@ that must happen once (closing a dead instance's runs, counting a missed slot) e
 lets readers read while one process writes. Readers and the writer use connections of their
 own, made again in a forked child.
 
-The schema has a version (``meta.schema_version``); `_MIGRATIONS` run forward at open, each
-in its own transaction. A file written by a newer version is refused with
+The schema has a version (``meta.schema_version``); `_MIGRATIONS` run forward at open, all
+in one transaction. A file written by a newer version is refused with
 `StoreVersionError`.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import operator
 import os
@@ -22,19 +21,19 @@ import sqlite3
 import threading
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from jobpulse._shared import StoreError, StoreVersionError
 from jobpulse.store._base import (
     Cursor,
-    FinishedRun,
     FleetRead,
     FleetRow,
     Instance,
     JobChange,
     OpenRun,
+    RunFields,
     StoredRun,
     WriteResult,
 )
@@ -42,8 +41,40 @@ from jobpulse.store._merge import LOST_INSTANCE_ERROR, apply_change, claim_overd
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-#: Each migration takes the schema from its index to index + 1.
-_MIGRATIONS: tuple[str, ...] = (
+_HOUR_NS = 3600 * 1_000_000_000
+#: A batch: the runs one write brought for one job, as JSON
+#: ``[[start_ns, duration_ns, end_ns, category], ...]`` in the order they ended; ``end_ns``
+#: is the latest end among them (the batch is pruned once it leaves the history).
+_INSERT_BATCH = "INSERT INTO run_batches (job, end_ns, runs) VALUES (?, ?, ?)"
+_RUN_FIELDS = operator.itemgetter(0, 1, 2, 3)
+_END = operator.itemgetter(2)
+
+
+def _batch(job: int, runs: Sequence[Sequence[Any]]) -> tuple[int, int, str]:
+    """`runs` (start_ns, duration_ns, end_ns, category, ...) of `job` as a run_batches row."""
+    return job, max(map(_END, runs)), _encode(list(map(_RUN_FIELDS, runs)))
+
+
+def _batch_runs(db: sqlite3.Connection) -> None:
+    """4: the runs one write brings for a job in one row (a flush's 10,000 runs were 10,000
+    rows and most of its time); the runs of schema 3, one row per job and hour."""
+    db.execute(
+        "CREATE TABLE run_batches (id INTEGER PRIMARY KEY AUTOINCREMENT, job INTEGER NOT NULL,"
+        " end_ns INTEGER NOT NULL, runs TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX run_batches_end ON run_batches (end_ns)")
+    batches: dict[tuple[int, int], list[tuple[int, int, int, str | None]]] = {}
+    for job, start, duration, end, category in db.execute(
+        "SELECT job, start_ns, duration_ns, end_ns, category FROM runs ORDER BY id"
+    ):
+        batches.setdefault((job, end // _HOUR_NS), []).append((start, duration, end, category))
+    db.executemany(_INSERT_BATCH, [_batch(job, runs) for (job, _), runs in batches.items()])
+    db.execute("DROP TABLE runs")
+
+
+#: Each migration takes the schema from its index to index + 1: statements, or a function
+#: given the connection.
+_MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     CREATE TABLE instances (
@@ -86,6 +117,7 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN runner TEXT NOT NULL DEFAULT '';
     """,
+    _batch_runs,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -102,11 +134,8 @@ _SETTINGS_INDEX = _ROW_FIELDS.index("settings")
 _METADATA_INDEX = _ROW_FIELDS.index("metadata")
 _LAST_FAILED_INDEX = _ROW_FIELDS.index("last_failed")
 _ROW_VALUES = operator.attrgetter(*_ROW_FIELDS)
-#: A runs row as a StoredRun, without a Python call per row.
+#: A stored run as a StoredRun, without a Python call per run.
 _stored_run = functools.partial(tuple.__new__, StoredRun)
-_INSERT_RUNS = "INSERT INTO runs (job, start_ns, duration_ns, end_ns, category) VALUES "
-# Runs per INSERT: 5 values each, below the 999 variables the oldest SQLite allows.
-_RUNS_PER_INSERT = 190
 _BUSY_SECONDS = 1.0
 _CHUNK = 500  # names per IN (...) query, far below SQLite's variable limit
 
@@ -147,8 +176,7 @@ def _fork_safely(store: SQLiteStore) -> None:
 _INHERITED: list[sqlite3.Connection] = []
 
 
-def _encode(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _signed(run_id: int) -> int:
@@ -176,41 +204,18 @@ def _to_row(values: Sequence[Any]) -> FleetRow:
     return FleetRow(*fields)
 
 
-def _copy(row: FleetRow) -> FleetRow:
-    # A shallow copy: the merge replaces a row's settings and metadata, never changes them.
-    copied = object.__new__(FleetRow)
-    copied.__dict__.update(row.__dict__)
-    return copied
-
-
-def _insert_runs(db: sqlite3.Connection, runs: Sequence[tuple[Any, ...]]) -> None:
-    """INSERT `runs` (job, start, duration, end, category), many rows per statement: each
-    statement executed also updates the AUTOINCREMENT sequence, and one statement per run
-    took 2.5x as long for a flush's 10,000 runs."""
-    per = _RUNS_PER_INSERT
-    flat = itertools.chain.from_iterable
-    whole = len(runs) - len(runs) % per
-    if whole:
-        db.executemany(
-            _runs_statement(per), [tuple(flat(runs[i : i + per])) for i in range(0, whole, per)]
-        )
-    if whole < len(runs):
-        db.execute(_runs_statement(len(runs) - whole), tuple(flat(runs[whole:])))
-
-
-@functools.lru_cache(maxsize=8)
-def _runs_statement(count: int) -> str:
-    return _INSERT_RUNS + ", ".join(["(?, ?, ?, ?, ?)"] * count)
-
-
 class _Known:
-    """A jobs row as this writer last wrote or read it: its id, and its JSON columns' text
-    for the settings and metadata objects it holds (written again as they are, unchanged)."""
+    """A jobs row as this writer last wrote or read it: its id, the row (that a write
+    changes in place), and its JSON columns' text with the objects it encodes (written
+    again as it is while the row holds the same objects: the merge replaces a row's
+    settings and metadata, never changes them)."""
 
-    __slots__ = ("id", "metadata", "row", "settings")
+    __slots__ = ("id", "metadata", "metadata_text", "row", "settings", "settings_text")
 
-    def __init__(self, id: int, row: FleetRow, settings: str, metadata: str) -> None:
-        self.id, self.row, self.settings, self.metadata = id, row, settings, metadata
+    def __init__(self, id: int, row: FleetRow, settings_text: str, metadata_text: str) -> None:
+        self.id, self.row = id, row
+        self.settings, self.settings_text = row.settings, settings_text
+        self.metadata, self.metadata_text = row.metadata, metadata_text
 
 
 class SQLiteStore:
@@ -329,8 +334,11 @@ class SQLiteStore:
                     f"this version reads up to {SCHEMA_VERSION}). Upgrade jobpulse, or point "
                     "this service at another store."
                 )
-            for index in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[index].split(";"):
+            for migration in _MIGRATIONS[version:]:
+                if callable(migration):
+                    migration(connection)
+                    continue
+                for statement in migration.split(";"):
                     if statement.strip():
                         connection.execute(statement)
             if version == 0:
@@ -380,17 +388,16 @@ class SQLiteStore:
                 return WriteResult(self._store_id, applied=False)
             connection.execute("BEGIN IMMEDIATE")
             try:
-                result, seq, written = self._write_locked(
+                result = self._write_locked(
                     connection, instance, changes, now_ns, instance_ttl_ns, margin_ns, stopping
                 )
                 connection.execute("COMMIT")
             except BaseException:
+                # The known rows were changed in place: all are read again at the next write.
+                self._known, self._known_seq = {}, -1
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
-            if written:
-                self._known.update(written)
-                self._known_seq = seq
             return result
 
     def _write_locked(
@@ -402,9 +409,8 @@ class SQLiteStore:
         ttl_ns: int,
         margin_ns: int,
         stopping: bool,
-    ) -> tuple[WriteResult, int, dict[str, _Known]]:
-        """The write's statements; returns its result, its seq and the rows it wrote (what
-        the writer knows once it is committed)."""
+    ) -> WriteResult:
+        """The write's statements, changing the known rows in place."""
         # An instance taken for dead (closed) that writes again is alive: closed again when
         # it dies, with the runs it has in progress then.
         db.execute(
@@ -439,10 +445,8 @@ class SQLiteStore:
                 (now_ns - ttl_ns,),
             )
         }
-        # Copies of the known rows this write changes: if it fails, nothing known moved.
-        rows: dict[str, FleetRow] = {}
-        changed: dict[str, FleetRow] = {}
-        new_runs: list[tuple[str, Sequence[FinishedRun]]] = []
+        rows: dict[str, FleetRow] = {}  # the rows this write changes
+        new_runs: list[tuple[str, Sequence[RunFields]]] = []
         open_runs: list[tuple[str, tuple[tuple[int, int], ...], int]] = []
         conflicts: list[str] = []
         missed = 0
@@ -456,7 +460,7 @@ class SQLiteStore:
                 running=change.name in running or bool(change.open_runs),
                 live=live,
             )
-            rows[change.name] = changed[change.name] = row
+            rows[change.name] = row
             missed += counted
             if conflict:
                 conflicts.append(change.name)
@@ -464,39 +468,33 @@ class SQLiteStore:
                 new_runs.append((change.name, change.runs))
             if change.open_runs is not None:
                 open_runs.append((change.name, change.open_runs, change.stall_after_ns))
-        lost = self._close_dead(db, instance.id, now_ns, ttl_ns, rows, changed, new_runs)
+        lost = self._close_dead(db, instance.id, now_ns, ttl_ns, rows, new_runs)
         for row in self._overdue(db, now_ns, margin_ns, rows):
             missed += claim_overdue(row, now_ns, margin_ns, running=row.name in running)
-            changed[row.name] = row
-        written: dict[str, _Known] = {}
-        if changed:
-            values = [self._values(row, seq) for row in changed.values()]
+        known = self._known
+        if rows:
+            values = [self._values(row, seq) for row in rows.values()]
             db.executemany(_UPSERT, values)
             db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
-            known = self._known
-            ids = {name: known[name].id for name in changed if name in known}
-            if len(ids) < len(changed):
-                ids.update(self._ids(db, [name for name in changed if name not in ids]))
+            new = [name for name in rows if name not in known]
+            ids = dict(self._ids(db, new)) if new else {}
             for value in values:
-                name = value[0]
-                written[name] = _Known(
-                    ids[name], changed[name], value[_SETTINGS_INDEX], value[_METADATA_INDEX]
-                )
-        else:
-            ids = {}
+                name, row = value[0], rows[value[0]]
+                entry = known.get(name)
+                if entry is None:
+                    known[name] = _Known(
+                        ids[name], row, value[_SETTINGS_INDEX], value[_METADATA_INDEX]
+                    )
+                else:
+                    entry.settings, entry.settings_text = row.settings, value[_SETTINGS_INDEX]
+                    entry.metadata, entry.metadata_text = row.metadata, value[_METADATA_INDEX]
+            self._known_seq = seq
         if new_runs:
-            inserted: list[tuple[int, int, int, int, str | None]] = []
-            for name, finished in new_runs:
-                job = ids[name]
-                inserted.extend(
-                    [
-                        (job, start, duration, end, category)
-                        for start, duration, end, category, _ in finished
-                    ]
-                )
-            _insert_runs(db, inserted)
+            db.executemany(
+                _INSERT_BATCH, [_batch(known[name].id, runs) for name, runs in new_runs]
+            )
         for name, runs, stall_after_ns in open_runs:
-            job = ids[name]
+            job = known[name].id
             db.execute("DELETE FROM open_runs WHERE instance = ? AND job = ?", (instance.id, job))
             db.executemany(
                 "INSERT INTO open_runs (instance, job, run_id, start_ns, stall_after_ns)"
@@ -506,10 +504,9 @@ class SQLiteStore:
                     for run_id, start in runs
                 ],
             )
-        result = WriteResult(
+        return WriteResult(
             self._store_id, lost_runs=lost, missed_slots=missed, conflicts=tuple(conflicts)
         )
-        return result, seq, written
 
     def _catch_up(self, db: sqlite3.Connection) -> int:
         """Bring what the writer knows up to the jobs table (in the write's transaction): the
@@ -531,13 +528,13 @@ class SQLiteStore:
         return seq
 
     def _take(self, rows: dict[str, FleetRow], name: str) -> FleetRow | None:
-        """The write's row of `name`: the one it works on already, or a copy of the known
-        one (None for a new job)."""
+        """The write's row of `name`, taken into `rows`: the one it works on already, or the
+        known one (None for a new job)."""
         row = rows.get(name)
         if row is None:
             known = self._known.get(name)
             if known is not None:
-                row = rows[name] = _copy(known.row)
+                row = rows[name] = known.row
         return row
 
     def _values(self, row: FleetRow, seq: int) -> tuple[Any, ...]:
@@ -545,14 +542,14 @@ class SQLiteStore:
         row.seq = seq
         values = list(_ROW_VALUES(row))
         known = self._known.get(row.name)
-        if known is not None and known.row.settings is row.settings:
-            values[_SETTINGS_INDEX] = known.settings
+        if known is not None and known.settings is row.settings:
+            values[_SETTINGS_INDEX] = known.settings_text
         else:
             values[_SETTINGS_INDEX] = _encode(row.settings)
-        if known is not None and known.row.metadata is row.metadata:
-            values[_METADATA_INDEX] = known.metadata
-        else:
-            values[_METADATA_INDEX] = _encode(row.metadata)
+        if known is not None and known.metadata is row.metadata:
+            values[_METADATA_INDEX] = known.metadata_text
+        else:  # a new copy with every run, most often empty
+            values[_METADATA_INDEX] = _encode(row.metadata) if row.metadata else "{}"
         return tuple(values)
 
     @staticmethod
@@ -570,8 +567,7 @@ class SQLiteStore:
         now_ns: int,
         ttl_ns: int,
         rows: dict[str, FleetRow],
-        changed: dict[str, FleetRow],
-        new_runs: list[tuple[str, Sequence[FinishedRun]]],
+        new_runs: list[tuple[str, Sequence[RunFields]]],
     ) -> int:
         """Close the open runs of every instance found dead, exactly once: the instance is
         marked closed in the same transaction."""
@@ -596,7 +592,6 @@ class SQLiteStore:
                 row = self._take(rows, name)
                 assert row is not None  # an open run's job has a row
                 run = lost_run(row, start_ns, now_ns, error)
-                changed[name] = row
                 new_runs.append((name, (run,)))
                 lost += 1
         return lost
@@ -643,16 +638,15 @@ class SQLiteStore:
             _to_row(values)
             for values in db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE seq > ?", (since_seq,))
         ]
-        runs = list(
-            map(
-                _stored_run,
-                db.execute(
-                    "SELECT r.id, j.name, r.start_ns, r.duration_ns, r.end_ns, r.category"
-                    " FROM runs r JOIN jobs j ON j.id = r.job WHERE r.id > ? ORDER BY r.id",
-                    (since_run,),
-                ),
+        runs = [
+            _stored_run((id, name, *run))
+            for id, name, batch in db.execute(
+                "SELECT b.id, j.name, b.runs FROM run_batches b JOIN jobs j ON j.id = b.job"
+                " WHERE b.id > ? ORDER BY b.id",
+                (since_run,),
             )
-        )
+            for run in json.loads(batch)
+        ]
         open_runs = [
             OpenRun(values[0], values[1], values[2] % (1 << 64), values[3], values[4])
             for values in db.execute(
@@ -692,7 +686,7 @@ class SQLiteStore:
         connection = self._check_writer()
         connection.execute("BEGIN IMMEDIATE")
         try:
-            connection.execute("DELETE FROM runs WHERE end_ns < ?", (now_ns - history_ns,))
+            connection.execute("DELETE FROM run_batches WHERE end_ns < ?", (now_ns - history_ns,))
             connection.execute(
                 "DELETE FROM instances WHERE (closed = 1 OR stopped = 1) AND last_seen_ns < ?",
                 (now_ns - retention_ns,),
@@ -707,7 +701,9 @@ class SQLiteStore:
                 if json.loads(settings).get("schedule") is None
             ]
             if stale:
-                connection.executemany("DELETE FROM runs WHERE job = ?", [(j,) for j in stale])
+                connection.executemany(
+                    "DELETE FROM run_batches WHERE job = ?", [(j,) for j in stale]
+                )
                 connection.executemany("DELETE FROM jobs WHERE id = ?", [(j,) for j in stale])
                 connection.execute(
                     "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
