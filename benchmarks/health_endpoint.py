@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import random
 import socket
@@ -124,8 +125,10 @@ async def call(app: Starlette, path: str) -> tuple[int, int]:
 
 
 def percentile(samples: list[float], q: float) -> float:
+    """The nearest-rank `q`-quantile: the smallest sample with at least q of them at or
+    below it (p99 of 100 samples is the 99th, not the largest)."""
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
 
 
 def in_process(jobs: int, churn: int, requests: int) -> dict[str, list[float]]:

@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sqlite3
 import statistics
@@ -125,8 +126,10 @@ def url_of(path: Path) -> str:
 
 
 def percentile(samples: list[float], q: float) -> float:
+    """The nearest-rank `q`-quantile: the smallest sample with at least q of them at or
+    below it (p99 of 100 samples is the 99th, not the largest)."""
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
 
 
 def job() -> int:

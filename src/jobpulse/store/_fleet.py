@@ -25,8 +25,7 @@ from jobpulse._shared import (
     JobStatus,
     RunHistory,
     RunRecord,
-    collect_rows,
-    finish_rows,
+    health_rows,
     run_records,
 )
 from jobpulse.store._base import Cursor, FleetRow, Instance, OpenRun, Store
@@ -64,6 +63,7 @@ class FleetView:
         self._refreshed = -float("inf")
         self._jobs: dict[str, Job] = {}
         self._rows: dict[str, FleetRow] = {}
+        self._settings: dict[str, object] = {}  # the settings each job's Job was given
         self._open: dict[str, list[OpenRun]] = {}
         self._all_open: Sequence[OpenRun] = ()
         self._alive: frozenset[str] = frozenset()
@@ -161,12 +161,14 @@ class FleetView:
             return
         job = self._job(name, now_ns)
         settings = row.settings
-        job.critical = bool(settings.get("critical", False))
-        job.failure_threshold = int(settings.get("failure_threshold", 3))
-        job.timeout = settings.get("timeout")
-        job.stall_after = float(settings.get("stall_after", self._default_stall_after))
-        job.auto_stall = bool(settings.get("stall_after_auto", False))
-        job.schedule = schedule_of(settings)
+        if settings is not self._settings.get(name):  # the store's rows share equal ones
+            self._settings[name] = settings
+            job.critical = bool(settings.get("critical", False))
+            job.failure_threshold = int(settings.get("failure_threshold", 3))
+            job.timeout = settings.get("timeout")
+            job.stall_after = float(settings.get("stall_after", self._default_stall_after))
+            job.auto_stall = bool(settings.get("stall_after_auto", False))
+            job.schedule = schedule_of(settings)
         job.created_ns, job.updated_ns = row.created_ns, row.updated_ns
         job.last_outcome = (
             JobState.PENDING
@@ -244,8 +246,8 @@ class FleetView:
     def health_rows(self) -> list[HealthRow]:
         with self._lock:
             now_ns = self._refresh()
-            pending = collect_rows([self._jobs[name] for name in self._sorted_names()], now_ns)
-        return finish_rows(pending)  # a row that fails is logged with no lock held
+            # No job's thread waits for this lock: the rows are built in one pass under it.
+            return health_rows(map(self._jobs.__getitem__, self._sorted_names()), now_ns)
 
     def snapshots(self) -> dict[str, JobStatus]:
         with self._lock:

@@ -185,14 +185,12 @@ def _signed(run_id: int) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parsed(text: str) -> Any:
-    # Most rows hold one of a few settings and metadata texts. Never handed out: see _loads.
+def _loads(text: str) -> Any:
+    """A JSON column's object, parsed once per distinct text (most rows hold one of a few
+    settings and metadata texts) and shared by the rows that hold it: rows' settings and
+    metadata are replaced, never changed in place. The same object for the same text also
+    tells a reader that a row's settings did not move."""
     return json.loads(text)
-
-
-def _loads(text: str) -> dict[str, Any]:
-    """A JSON column's object, parsed once per distinct text; a copy of its own each time."""
-    return dict(_parsed(text))
 
 
 def _to_row(values: Sequence[Any]) -> FleetRow:
@@ -490,9 +488,7 @@ class SQLiteStore:
                     entry.metadata, entry.metadata_text = row.metadata, value[_METADATA_INDEX]
             self._known_seq = seq
         if new_runs:
-            db.executemany(
-                _INSERT_BATCH, [_batch(known[name].id, runs) for name, runs in new_runs]
-            )
+            db.executemany(_INSERT_BATCH, [_batch(known[name].id, runs) for name, runs in new_runs])
         for name, runs, stall_after_ns in open_runs:
             job = known[name].id
             db.execute("DELETE FROM open_runs WHERE instance = ? AND job = ?", (instance.id, job))
