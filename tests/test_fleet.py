@@ -208,6 +208,32 @@ def test_runs_during_a_store_outage_are_written_when_it_returns(
     assert len(reader.history("during")) == 100
 
 
+def test_a_store_that_can_be_read_but_not_written_is_degraded_in_the_document(
+    fleet: MakeMonitor, url: str
+) -> None:
+    writer = fleet()
+    succeed(writer, "before")
+    assert writer.flush()
+    holder = hold_write_lock(url)
+    try:
+        succeed(writer, "during")
+        assert writer.flush(timeout=10) is False
+        document = json.loads(writer.health_json()[1])
+        # Still the fleet's view (WAL lets it be read), without this process's latest runs.
+        assert (document["scope"], document["store"]) == ("fleet", "degraded")
+        assert "locked" in document["store_error"]
+        assert [entry["pid"] for entry in document["instances"]] == [os.getpid()]
+        assert document["jobs"]["before"]["success_count"] == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert writer.flush()
+    document = json.loads(writer.health_json()[1])
+    assert document["store"] == "ok"
+    assert "store_error" not in document
+    assert document["jobs"]["during"]["success_count"] == 1
+
+
 def test_runs_past_the_buffer_are_counted_and_logged_but_counts_stay_exact(
     fleet: MakeMonitor, url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

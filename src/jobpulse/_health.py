@@ -90,8 +90,9 @@ class HealthReport:
     summary: JobsSummary
     duration_ms: float
     #: Whose view this is: ``{"scope": "process"}``, or with a store ``{"scope": "fleet",
-    #: "store": "ok", "instances": [...]}`` (``"store": "unavailable"`` and ``store_error``
-    #: when the store could not be read: the process's own view is served instead).
+    #: "store": "ok", "instances": [...]}`` (``"store": "degraded"`` and ``store_error``
+    #: when this process's writes fail; ``"scope": "process"``, ``"store": "unavailable"``
+    #: and ``store_error`` when the store could not be read: the process's own view).
     view: Mapping[str, Any] = dataclasses.field(default_factory=lambda: PROCESS_VIEW)
 
     @property

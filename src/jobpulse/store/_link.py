@@ -94,11 +94,12 @@ class StoreLink:
             instances = self.fleet.instances()
         except Exception as exc:  # noqa: BLE001 - as in read()
             return {"scope": "process", "store": "unavailable", "store_error": _text(exc)}
-        return {
-            "scope": "fleet",
-            "store": "ok",
-            "instances": [instance.to_dict() for instance in instances],
-        }
+        view: dict[str, Any] = {"scope": "fleet", "store": "ok"}
+        written = self.publisher.error
+        if written is not None:  # read, but this process's latest changes are not in it
+            view.update(store="degraded", store_error=written)
+        view["instances"] = [instance.to_dict() for instance in instances]
+        return view
 
     def instances(self) -> list[Instance]:
         return self.read(lambda fleet: fleet.instances(), lambda: [self.publisher.instance])
