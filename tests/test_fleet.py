@@ -465,6 +465,9 @@ def test_a_store_deleted_under_the_process_gets_its_whole_view_again(
     status = reader.status("kept")
     assert status is not None
     assert status.success_count == 4
+    # The run that was waiting to be written when the new store was found is in its history
+    # (those before went with the old file).
+    assert len(reader.history("kept")) == 1
 
 
 def test_flush_after_shutdown_and_from_the_publisher_itself_is_refused(

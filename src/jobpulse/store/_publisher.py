@@ -276,10 +276,16 @@ class Publisher:
             self.store.url,
         )
         self._store_id = store_id
+        # The runs that were waiting go to the new store: they are in no other.
+        waiting = {name: change.runs for name, change in self._pending.items() if change.runs}
         self._published.clear()
         self._pending.clear()
-        self._buffered_runs = 0
         self._collect(full=True, seed=True)
+        for name, runs in waiting.items():
+            change = self._pending.get(name)
+            if change is not None:  # else the job left the view: its runs went with it
+                change.runs = runs + change.runs
+        self._buffered_runs = sum(len(change.runs) for change in self._pending.values())
 
     def _failed(self, exc: Exception) -> None:
         error = _text(exc)
