@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -213,3 +214,38 @@ def in_own_context(run: JobRun) -> Iterator[JobRun]:
         yield run
     finally:
         context.run(run.__exit__, None, None, None)
+
+
+#: Makes monitors on one store (see `fleet`), with JobMonitor's options.
+MakeMonitor = Callable[..., JobMonitor]
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+@pytest.fixture
+def store_url(store_path: Path) -> str:
+    return f"sqlite:///{store_path}"
+
+
+@pytest.fixture
+def fleet(store_url: str, clock: FakeClock) -> Iterator[MakeMonitor]:
+    """Monitors on one store and one fake clock, as processes of one service would be."""
+    made: list[JobMonitor] = []
+
+    def make(**options: object) -> JobMonitor:
+        monitor = JobMonitor(store=store_url, clock=clock, **options)  # type: ignore[arg-type]
+        made.append(monitor)
+        return monitor
+
+    yield make
+    for monitor in made:
+        monitor.shutdown()
+
+
+def succeed(monitor: JobMonitor, name: str, times: int = 1) -> None:
+    for _ in range(times):
+        with monitor.run(name):
+            pass

@@ -8,7 +8,6 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,40 +16,13 @@ import pytest
 import jobpulse
 from jobpulse import InvalidJobError, JobMonitor, JobState, StoreError
 from jobpulse.testing import FakeClock
-
-MakeMonitor = Callable[..., JobMonitor]
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'jobs.db'}"
-
-
-@pytest.fixture
-def fleet(url: str, clock: FakeClock) -> Iterator[MakeMonitor]:
-    """Monitors on one store and one fake clock, as processes of one service would be."""
-    made: list[JobMonitor] = []
-
-    def make(**options: object) -> JobMonitor:
-        monitor = JobMonitor(store=url, clock=clock, **options)  # type: ignore[arg-type]
-        made.append(monitor)
-        return monitor
-
-    yield make
-    for monitor in made:
-        monitor.shutdown()
+from tests.conftest import MakeMonitor, succeed
 
 
 def fail(monitor: JobMonitor, name: str, times: int = 1) -> None:
     for _ in range(times):
         with pytest.raises(RuntimeError), monitor.run(name):
             raise RuntimeError(f"{name} failed")
-
-
-def succeed(monitor: JobMonitor, name: str, times: int = 1) -> None:
-    for _ in range(times):
-        with monitor.run(name):
-            pass
 
 
 def test_without_a_store_nothing_is_written_and_the_view_is_the_process(
@@ -183,18 +155,18 @@ def test_a_fleet_run_past_its_stall_after_is_stalled(fleet: MakeMonitor, clock: 
         assert web.health().status is jobpulse.HealthStatus.UNHEALTHY
 
 
-def hold_write_lock(url: str) -> sqlite3.Connection:
-    path = url.removeprefix("sqlite:///")
+def hold_write_lock(store_url: str) -> sqlite3.Connection:
+    path = store_url.removeprefix("sqlite:///")
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     return holder
 
 
 def test_runs_during_a_store_outage_are_written_when_it_returns(
-    fleet: MakeMonitor, url: str, caplog: pytest.LogCaptureFixture
+    fleet: MakeMonitor, store_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     writer, reader = fleet(), fleet()
-    holder = hold_write_lock(url)
+    holder = hold_write_lock(store_url)
     succeed(writer, "during", 100)  # jobs run as usual: nothing waits for the store
     with caplog.at_level(logging.WARNING, logger="jobpulse"):
         assert writer.flush(timeout=10) is False
@@ -209,12 +181,12 @@ def test_runs_during_a_store_outage_are_written_when_it_returns(
 
 
 def test_a_store_that_can_be_read_but_not_written_is_degraded_in_the_document(
-    fleet: MakeMonitor, url: str
+    fleet: MakeMonitor, store_url: str
 ) -> None:
     writer = fleet()
     succeed(writer, "before")
     assert writer.flush()
-    holder = hold_write_lock(url)
+    holder = hold_write_lock(store_url)
     try:
         succeed(writer, "during")
         assert writer.flush(timeout=10) is False
@@ -235,10 +207,10 @@ def test_a_store_that_can_be_read_but_not_written_is_degraded_in_the_document(
 
 
 def test_runs_past_the_buffer_are_counted_and_logged_but_counts_stay_exact(
-    fleet: MakeMonitor, url: str, caplog: pytest.LogCaptureFixture
+    fleet: MakeMonitor, store_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     writer = fleet(store_buffer_runs=10)
-    holder = hold_write_lock(url)
+    holder = hold_write_lock(store_url)
     with caplog.at_level(logging.WARNING, logger="jobpulse"):
         for _ in range(3):
             succeed(writer, "busy", 10)
@@ -285,12 +257,12 @@ def test_a_forked_child_is_an_instance_of_its_own(fleet: MakeMonitor) -> None:
 
 
 def test_a_store_that_breaks_under_the_process_costs_jobs_nothing(
-    fleet: MakeMonitor, url: str
+    fleet: MakeMonitor, store_url: str
 ) -> None:
     monitor = fleet()
     succeed(monitor, "steady")
     assert monitor.flush()
-    path = Path(url.removeprefix("sqlite:///"))
+    path = Path(store_url.removeprefix("sqlite:///"))
     with sqlite3.connect(path) as db:  # everything into the main file, which is then broken
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     with path.open("r+b") as file:  # corrupt it in place (the -shm file is mapped: spared)
@@ -328,9 +300,11 @@ def test_different_settings_from_two_instances_are_logged(
         ({"flush_interval": 6, "instance_ttl": 10}, "at least twice"),
     ],
 )
-def test_bad_store_timings_are_refused(url: str, options: dict[str, float], message: str) -> None:
+def test_bad_store_timings_are_refused(
+    store_url: str, options: dict[str, float], message: str
+) -> None:
     with pytest.raises(InvalidJobError, match=message):
-        JobMonitor(store=url, **options)  # type: ignore[arg-type]
+        JobMonitor(store=store_url, **options)  # type: ignore[arg-type]
 
 
 def test_a_bad_store_url_attaches_nothing(tmp_path: Path) -> None:
@@ -449,12 +423,12 @@ def test_a_schedule_that_never_fires_anywhere_is_missed(
 
 
 def test_a_store_deleted_under_the_process_gets_its_whole_view_again(
-    fleet: MakeMonitor, url: str, caplog: pytest.LogCaptureFixture
+    fleet: MakeMonitor, store_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     writer = fleet()
     succeed(writer, "kept", 3)
     assert writer.flush()
-    path = Path(url.removeprefix("sqlite:///"))
+    path = Path(store_url.removeprefix("sqlite:///"))
     for file in path.parent.glob("jobs.db*"):
         file.unlink()
     succeed(writer, "kept")

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,37 +16,11 @@ from jobpulse import InvalidJobError, JobMonitor, JobState
 from jobpulse.store import SQLiteStore
 from jobpulse.store._base import Instance, JobChange
 from jobpulse.testing import FakeClock
-
-MakeMonitor = Callable[..., JobMonitor]
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "jobs.db"
+from tests.conftest import MakeMonitor, succeed
 
 
-@pytest.fixture
-def fleet(path: Path, clock: FakeClock) -> Iterator[MakeMonitor]:
-    made: list[JobMonitor] = []
-
-    def make(**options: object) -> JobMonitor:
-        monitor = JobMonitor(store=f"sqlite:///{path}", clock=clock, **options)  # type: ignore[arg-type]
-        made.append(monitor)
-        return monitor
-
-    yield make
-    for monitor in made:
-        monitor.shutdown()
-
-
-def succeed(monitor: JobMonitor, name: str, times: int = 1) -> None:
-    for _ in range(times):
-        with monitor.run(name):
-            pass
-
-
-def stored_counts(path: Path, name: str) -> tuple[int, int]:
-    store = SQLiteStore(path)
+def stored_counts(store_path: Path, name: str) -> tuple[int, int]:
+    store = SQLiteStore(store_path)
     try:
         rows = {row.name: row for row in store.read(None, now_ns=0, instance_ttl_ns=1).rows}
     finally:
@@ -57,7 +30,7 @@ def stored_counts(path: Path, name: str) -> tuple[int, int]:
 
 
 def test_a_job_registered_again_after_unregister_does_not_take_counts_back(
-    fleet: MakeMonitor, path: Path
+    fleet: MakeMonitor, store_path: Path
 ) -> None:
     monitor = fleet()
     succeed(monitor, "report", 3)
@@ -65,11 +38,11 @@ def test_a_job_registered_again_after_unregister_does_not_take_counts_back(
     assert monitor.unregister("report")
     succeed(monitor, "report")  # registered again, its counts start from zero
     assert monitor.flush()
-    assert stored_counts(path, "report") == (4, 0)
+    assert stored_counts(store_path, "report") == (4, 0)
 
 
 def test_runs_of_a_job_unregistered_before_the_flush_are_still_written(
-    fleet: MakeMonitor, path: Path
+    fleet: MakeMonitor, store_path: Path
 ) -> None:
     monitor = fleet()
     succeed(monitor, "report")
@@ -77,11 +50,11 @@ def test_runs_of_a_job_unregistered_before_the_flush_are_still_written(
     succeed(monitor, "report", 2)
     assert monitor.unregister("report")
     assert monitor.flush()
-    assert stored_counts(path, "report") == (3, 0)
+    assert stored_counts(store_path, "report") == (3, 0)
 
 
 def test_a_job_pruned_from_the_view_and_run_again_does_not_take_counts_back(
-    fleet: MakeMonitor, path: Path, clock: FakeClock
+    fleet: MakeMonitor, store_path: Path, clock: FakeClock
 ) -> None:
     monitor = fleet(retention=3600)
     succeed(monitor, "adhoc", 2)
@@ -91,7 +64,7 @@ def test_a_job_pruned_from_the_view_and_run_again_does_not_take_counts_back(
     assert "adhoc" not in monitor._registry
     succeed(monitor, "adhoc")
     assert monitor.flush()
-    assert stored_counts(path, "adhoc") == (3, 0)
+    assert stored_counts(store_path, "adhoc") == (3, 0)
 
 
 def test_an_unregistered_job_is_not_left_running_or_missed_in_the_fleet(
@@ -140,7 +113,7 @@ def test_an_instance_taken_for_dead_that_writes_again_has_its_later_runs_lost_on
 
 
 def test_shutdown_keeps_its_deadline_when_the_store_is_locked(
-    fleet: MakeMonitor, path: Path
+    fleet: MakeMonitor, store_path: Path
 ) -> None:
     monitor = fleet()
     succeed(monitor, "last")
@@ -148,7 +121,7 @@ def test_shutdown_keeps_its_deadline_when_the_store_is_locked(
     succeed(monitor, "last")
     monitor._shutdown_timeout = 0.1
     publisher = monitor._store.publisher  # type: ignore[union-attr]
-    holder = sqlite3.connect(path, isolation_level=None)
+    holder = sqlite3.connect(store_path, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")  # another process writing, for long
         started = time.monotonic()
@@ -162,22 +135,22 @@ def test_shutdown_keeps_its_deadline_when_the_store_is_locked(
     assert elapsed < 0.6
 
 
-def test_a_bad_store_buffer_attaches_nothing_and_leaves_no_thread(path: Path) -> None:
+def test_a_bad_store_buffer_attaches_nothing_and_leaves_no_thread(store_path: Path) -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
     provider = TracerProvider()
     before = list(provider._active_span_processor._span_processors)
     threads = set(threading.enumerate())
     with pytest.raises(InvalidJobError, match="store_buffer_runs"):
-        JobMonitor(provider, store=f"sqlite:///{path}", store_buffer_runs=0)
+        JobMonitor(provider, store=f"sqlite:///{store_path}", store_buffer_runs=0)
     assert list(provider._active_span_processor._span_processors) == before
     assert set(threading.enumerate()) <= threads
 
 
 def test_one_store_object_shared_by_two_monitors_takes_their_writes_one_at_a_time(
-    path: Path,
+    store_path: Path,
 ) -> None:
-    store = SQLiteStore(path)
+    store = SQLiteStore(store_path)
     start = threading.Barrier(4)
     errors: list[BaseException] = []
 
@@ -203,7 +176,7 @@ def test_one_store_object_shared_by_two_monitors_takes_their_writes_one_at_a_tim
         thread.join()
     store.close()
     assert errors == []
-    assert stored_counts(path, "shared") == (400, 0)
+    assert stored_counts(store_path, "shared") == (400, 0)
 
 
 _HOLD = """
@@ -218,14 +191,14 @@ db.execute("ROLLBACK")
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_child_forked_while_the_store_is_locked_publishes_once_it_is_free(
-    fleet: MakeMonitor, path: Path
+    fleet: MakeMonitor, store_path: Path
 ) -> None:
     parent = fleet()
     succeed(parent, "shared")
     assert parent.flush()
     # Another process is writing as the child is forked.
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(path)],
+        [sys.executable, "-c", _HOLD, str(store_path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
