@@ -104,8 +104,29 @@ def _json_time(ns: int | None) -> str:
 
 
 def _json_ms(seconds: float | None) -> str:
-    # float repr is what json.dumps writes for a float.
-    return "null" if seconds is None else repr(round(seconds * 1000.0, 3))
+    """`_ms` as JSON: the repr of ``round(seconds * 1000.0, 3)``, as json.dumps writes it."""
+    if seconds is None:
+        return "null"
+    ms = seconds * 1000.0
+    # Half the cost of round() then repr(). Both round correctly to 3 places, and below 1e12
+    # the result has at most 15 significant digits, which a float's repr always gives back
+    # exactly: so it is the fixed-point text without its trailing zeros. (Not for a float
+    # subclass, whose round() may return something else.)
+    if type(ms) is float and -1e12 < ms < 1e12:
+        text = f"{ms:.3f}".rstrip("0")
+        return text + "0" if text[-1] == "." else text
+    return repr(round(ms, 3))
+
+
+def _json_rate(rate: float | None) -> str:
+    """The repr of ``round(rate, 4)``; fast as `_json_ms` is (15 digits below 1e11). An int
+    keeps its repr."""
+    if rate is None:
+        return "null"
+    if type(rate) is float and -1e11 < rate < 1e11:
+        text = f"{rate:.4f}".rstrip("0")
+        return text + "0" if text[-1] == "." else text
+    return repr(round(rate, 4))
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -324,7 +345,6 @@ def member_json(job: JobRecord) -> bytes:
     time = _json_time
     ms = _json_ms
     name = encode_json_str(job.job_name)
-    rate = job.success_rate
     return (
         f"{name}:{{"
         f'"job_name":{name},"status":"{job.state.value}",'
@@ -355,7 +375,7 @@ def member_json(job: JobRecord) -> bytes:
         f'"p50_duration_ms":{ms(job.p50_duration_seconds)},'
         f'"p95_duration_ms":{ms(job.p95_duration_seconds)},'
         f'"p99_duration_ms":{ms(job.p99_duration_seconds)},'
-        f'"success_rate":{"null" if rate is None else repr(round(rate, 4))},'
+        f'"success_rate":{_json_rate(job.success_rate)},'
         f'"history_runs":{job.history_runs},"history_dropped":{job.history_dropped},'
         f'"metadata":{_ENCODER.encode(job.metadata) if job.metadata else "{}"},'
         f'"created_at":{time(job.created_at)},'
