@@ -339,6 +339,7 @@ _TIME_FIELDS = (
 _TIME_INDEXES = tuple(JobRecord._fields.index(name) for name in _TIME_FIELDS)
 
 
+_SETTINGS_JSON: dict[tuple[Any, ...], str] = {}
 _STATUS_JSON = {state: f'"{state.value}"' for state in JobState}
 
 
@@ -391,6 +392,22 @@ def member_json(job: JobRecord) -> bytes:
     time = _json_time
     ms = _json_ms
     name = encode_json_str(job_name)
+    # The settings rarely change, and many jobs share them: their text is kept by their
+    # values (equal values are written alike, but for 0.0 and -0.0).
+    key = (timeout, stall_after, stall_after_auto, schedule, zone, grace)
+    settings = _SETTINGS_JSON.get(key)
+    if settings is None:
+        settings = (
+            f'"timeout_ms":{ms(timeout)},'
+            f'"stall_after_ms":{ms(stall_after)},'
+            f'"stall_after_auto":{_BOOL[stall_after_auto]},'
+            f'"schedule":{text(schedule)},"timezone":{text(zone)},'
+            f'"grace_ms":{ms(grace)},'
+        )
+        if timeout != 0 and stall_after != 0 and grace != 0:
+            if len(_SETTINGS_JSON) >= 4096:
+                _SETTINGS_JSON.clear()
+            _SETTINGS_JSON[key] = settings
     # Percentiles often share a bucket, and a run's end is the job's last change: each is
     # written once (not a zero: 0.0 and -0.0 are equal but written apart).
     p50_text = ms(p50)
@@ -416,11 +433,7 @@ def member_json(job: JobRecord) -> bytes:
         f'"last_success_time":{success_text},'
         f'"active_runs":{active_runs},"stalled_runs":{stalled_runs},'
         f'"timeout_count":{timeout_count},'
-        f'"timeout_ms":{ms(timeout)},'
-        f'"stall_after_ms":{ms(stall_after)},'
-        f'"stall_after_auto":{_BOOL[stall_after_auto]},'
-        f'"schedule":{text(schedule)},"timezone":{text(zone)},'
-        f'"grace_ms":{ms(grace)},'
+        f"{settings}"
         f'"missed_count":{missed_count},'
         f'"last_missed_run_time":{time(last_missed)},'
         f'"skipped_count":{skipped_count},'
