@@ -391,3 +391,44 @@ def test_a_steady_poll_reuses_the_jobs_part(monitor: JobMonitor, clock: FakeCloc
     expected = monitor.health().to_dict()
     assert document["jobs"] == expected["jobs"]
     assert document["summary"] == expected["summary"]
+
+
+def test_changed_settings_are_shown_at_once(monitor: JobMonitor) -> None:
+    # The settings' text is reused while they are the same: a job registered again with other
+    # settings shows the new ones, and the job that still has the old ones keeps them.
+    def jobs() -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(monitor.health_json()[1])["jobs"]
+        for name, job in document.items():
+            status = monitor.status(name)
+            assert status is not None
+            assert job == status.to_dict()
+        return document
+
+    for name in ("a", "b"):
+        monitor.register(name, schedule="0 3 * * *", timeout=5, timezone="Europe/Berlin")
+    before = jobs()
+    assert before["a"]["schedule"] == before["b"]["schedule"] == "0 3 * * *"
+    assert before["a"]["timezone"] == "Europe/Berlin"
+    monitor.register("a", schedule="@every 2m", timeout=7, grace=30, stall_after=600)
+    after = jobs()
+    assert (after["a"]["schedule"], after["a"]["timezone"]) == ("@every 2m", None)
+    assert (after["a"]["timeout_ms"], after["a"]["grace_ms"]) == (7000.0, 30000.0)
+    assert after["a"]["stall_after_ms"] == 600000.0
+    assert after["b"] == before["b"]
+    monitor.register("a", schedule="0 3 * * *", timezone="Europe/Berlin", timeout=5, grace=45)
+    monitor.register("a", stall_after="auto")
+    again = jobs()
+    assert (again["a"]["schedule"], again["a"]["timezone"]) == ("0 3 * * *", "Europe/Berlin")
+    assert (again["a"]["timeout_ms"], again["a"]["grace_ms"]) == (5000.0, 45000.0)
+    assert again["a"]["stall_after_auto"] is True
+
+
+def test_the_settings_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobpulse import _model
+
+    monkeypatch.setattr(_model, "_SETTINGS_JSON", {})
+    for index in range(4100):
+        status = replace(_BASE, stall_after_seconds=1.0 + index, timeout_seconds=0.0)
+        assert json.loads(b"{" + status.json_member + b"}")["j"] == status.to_dict()
+        assert len(_model._SETTINGS_JSON) <= 4096
+    assert len(_model._SETTINGS_JSON) < 4096  # cleared once full

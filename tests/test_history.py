@@ -242,6 +242,16 @@ def test_percentiles_match_exact_nearest_rank(
         assert_close(value, nearest_rank(durations, q))
 
 
+def test_stats_and_success_percentile_rank_alike() -> None:
+    # Two implementations of one rank rule: with only successes they must agree exactly.
+    rng = random.Random(4)
+    for size in (1, 2, 3, 19, 20, 21, 99, 100, 101, 1000):
+        history = filled([rng.lognormvariate(0.0, 3.0) for _ in range(size)])
+        stats = history.stats()
+        percentiles = (stats.p50_seconds, stats.p95_seconds, stats.p99_seconds)
+        assert percentiles == tuple(history.success_percentile(q)[1] for q in (0.5, 0.95, 0.99))
+
+
 def test_durations_outside_the_histogram_range_are_clamped() -> None:
     assert filled([0.000_01]).stats().p50_seconds == 2.0**-14  # 10 µs
     assert filled([2.0**-14]).stats().p50_seconds == 2.0**-14

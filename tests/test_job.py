@@ -4,11 +4,15 @@ its own `Job` objects by name, fields changed and the version bumped, rows built
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, cast
 
 import pytest
 
 from jobpulse import JobState
+from jobpulse._history import RunHistory
+from jobpulse._job import _clamp
+from jobpulse._schedule import parse_schedule
 from jobpulse._shared import Job, health_rows
 from tests.conftest import InternalErrors
 
@@ -71,3 +75,86 @@ def test_a_job_whose_row_cannot_be_built_gets_the_unavailable_row(
     }
     assert _member(good.member)["good"]["status"] == "pending"
     assert [where for where, _ in internal_errors.take()] == ["health document row"]
+
+
+def test_the_record_takes_each_field_from_its_own_attribute() -> None:
+    job = Job("every", T0, 60.0)
+    job.critical = True
+    job.failure_threshold = 4
+    job.timeout = 5.5
+    job.stall_after = 66.0
+    job.auto_stall = True
+    job.last_run_ns = T0 + 1
+    job.last_duration_ns = 2_000_000_000
+    job.next_run_ns = T0 + 3
+    job.success_count, job.failure_count, job.consecutive_failures = 5, 3, 1
+    job.last_error, job.last_error_category = "boom", "network"
+    job.total_duration_ns = 16_000_000_000
+    job.min_ns, job.max_ns = 1_000_000_000, 4_000_000_000
+    job.last_success_ns = T0 + 4
+    job.runs = {1: (0.0, None, T0), 2: (0.0, None, T0), 3: (0.0, None, T0)}
+    job.stalled_ids = {1, 2}
+    job.timeout_count = 7
+    job.metadata = {"rows": 8}
+    job.updated_ns = T0 + 9
+    job.schedule = parse_schedule("0 3 * * *", "Europe/Berlin")
+    job.slot_grace_ns = 10_000_000_000
+    job.missed_count, job.last_missed_ns = 11, T0 + 12
+    job.skipped_count, job.last_skip_reason = 13, "max_instances"
+    job.store_dropped = 14
+    job.history = RunHistory(capacity=2)
+    for duration_ns in (100_000, 3_000_000_000, 60 * 1_000_000_000):  # the first is evicted
+        job.history.add(T0, duration_ns, 0, T0)
+    record = job.to_record(T0 + 15)
+    assert record._asdict() == {
+        "job_name": "every",
+        "state": JobState.STALLED,
+        "critical": True,
+        "failure_threshold": 4,
+        "timeout_seconds": 5.5,
+        "stall_after_seconds": 66.0,
+        "last_run_time": T0 + 1,
+        "last_duration_seconds": 2.0,
+        "next_run_time": T0 + 3,
+        "success_count": 5,
+        "failure_count": 3,
+        "consecutive_failures": 1,
+        "last_error": "boom",
+        "last_error_category": "network",
+        "average_duration_seconds": 2.0,
+        "min_duration_seconds": 1.0,
+        "max_duration_seconds": 4.0,
+        "last_success_time": T0 + 4,
+        "active_runs": 3,
+        "stalled_runs": 2,
+        "timeout_count": 7,
+        "metadata": {"rows": 8},
+        "created_at": T0,
+        "updated_at": T0 + 9,
+        "schedule": "0 3 * * *",
+        "timezone": "Europe/Berlin",
+        "grace_seconds": 10.0,
+        "missed_count": 11,
+        "last_missed_run_time": T0 + 12,
+        "skipped_count": 13,
+        "last_skip_reason": "max_instances",
+        "stall_after_auto": True,
+        # Both held runs' buckets, clamped to the extremes seen: 3 s, then 60 s down to 4 s.
+        "p50_duration_seconds": pytest.approx(3.0, rel=0.045),
+        "p95_duration_seconds": 4.0,
+        "p99_duration_seconds": 4.0,
+        "success_rate": 1.0,
+        "history_runs": 2,
+        "history_dropped": 15,
+    }
+    assert record.metadata is not job.metadata
+
+
+def test_clamp_returns_what_min_of_max_returns() -> None:
+    # The very object: 0.0 and -0.0 are written apart.
+    values = [-1.0, -0.0, 0.0, 0.5, float("0.5"), 2.0, math.nan, math.inf]
+    for seconds in values:
+        for low in values:
+            for high in values:
+                assert _clamp(seconds, low, high) is min(max(seconds, low), high)
+    assert _clamp(None, 0.0, 1.0) is None

@@ -62,6 +62,9 @@ class HistoryStats(NamedTuple):
     success_rate: float | None
 
 
+_NO_RUNS = HistoryStats(0, 0, None, None, None, None)
+
+
 class RunHistory:
     """The finished runs of one job that ended within `WINDOW_NS` (24 h) of the latest `now_ns`,
     at most `capacity` of them: past that the oldest are evicted and counted by `dropped`.
@@ -188,14 +191,22 @@ class RunHistory:
 
     def stats(self) -> HistoryStats:
         """Run count, successes, p50/p95/p99 duration and success rate of the held runs."""
-        runs = len(self)
+        runs = len(self._starts) - self._head
         if runs == 0:
-            return HistoryStats(0, 0, None, None, None, None)
+            return _NO_RUNS
         successes = self._successes
         low = self._lowest
         cumulative = list(accumulate(self._all_counts[low : self._highest + 1]))
-        p50, p95, p99 = (_quantile(cumulative, runs, q, low) for q in (0.5, 0.95, 0.99))
-        return HistoryStats(runs, successes, p50, p95, p99, successes / runs)
+        # `_quantile` three times, written out (the health document's path): with a run or
+        # more, each rank is at least 1.
+        return HistoryStats(
+            runs,
+            successes,
+            _MIDPOINTS[low + bisect_left(cumulative, math.ceil(0.5 * runs))],
+            _MIDPOINTS[low + bisect_left(cumulative, math.ceil(0.95 * runs))],
+            _MIDPOINTS[low + bisect_left(cumulative, math.ceil(0.99 * runs))],
+            successes / runs,
+        )
 
     def success_percentile(self, q: float) -> tuple[int, float | None]:
         """(number of successful runs held, their `q`-quantile duration in seconds, or None

@@ -228,49 +228,59 @@ class Job:
         return JobStatus._of_record(self.to_record(now_ns))
 
     def to_record(self, now_ns: int) -> JobRecord:
+        stats = self.stats
+        if stats is None:
+            stats = self.history_stats()
+        _, _, p50, p95, p99, _ = stats
+        min_ns, max_ns = self.min_ns, self.max_ns
+        if min_ns is not None and max_ns is not None:
+            low, high = min_ns / 1e9, max_ns / 1e9
+            p50, p95, p99 = _clamp(p50, low, high), _clamp(p95, low, high), _clamp(p99, low, high)
         runs = self.success_count + self.failure_count
-        stats = self.history_stats()
+        last_duration_ns = self.last_duration_ns
         schedule = self.schedule
+        history = self.history
+        # Positional: a call with 38 keywords costs more than the rest of the record. The
+        # order is JobRecord's; test_job checks every field by name.
         return JobRecord(
-            job_name=self.name,
-            state=self.state(),
-            critical=self.critical,
-            failure_threshold=self.failure_threshold,
-            timeout_seconds=self.timeout,
-            stall_after_seconds=self.stall_after,
-            last_run_time=self.last_run_ns,
-            last_duration_seconds=_seconds(self.last_duration_ns),
-            next_run_time=self.next_run_ns,
-            success_count=self.success_count,
-            failure_count=self.failure_count,
-            consecutive_failures=self.consecutive_failures,
-            last_error=self.last_error,
-            last_error_category=self.last_error_category,
-            average_duration_seconds=self.total_duration_ns / runs / 1e9 if runs else None,
-            min_duration_seconds=_seconds(self.min_ns),
-            max_duration_seconds=_seconds(self.max_ns),
-            last_success_time=self.last_success_ns,
-            active_runs=len(self.runs),
-            stalled_runs=len(self.stalled_ids),
-            timeout_count=self.timeout_count,
-            metadata=dict(self.metadata),
-            created_at=self.created_ns,
-            updated_at=self.updated_ns,
-            schedule=None if schedule is None else schedule.text,
-            timezone=None if schedule is None else schedule.timezone,
-            grace_seconds=self.slot_grace_ns / 1e9 if self.next_run_ns is not None else None,
-            missed_count=self.missed_count,
-            last_missed_run_time=self.last_missed_ns,
-            skipped_count=self.skipped_count,
-            last_skip_reason=self.last_skip_reason,
-            stall_after_auto=self.auto_stall,
-            p50_duration_seconds=self.clamp(stats.p50_seconds),
-            p95_duration_seconds=self.clamp(stats.p95_seconds),
-            p99_duration_seconds=self.clamp(stats.p99_seconds),
-            success_rate=stats.success_rate,
-            history_runs=stats.runs,
-            history_dropped=self.store_dropped
-            + (0 if self.history is None else self.history.dropped(now_ns)),
+            self.name,
+            self.state(),
+            self.critical,
+            self.failure_threshold,
+            self.timeout,
+            self.stall_after,
+            self.last_run_ns,
+            None if last_duration_ns is None else last_duration_ns / 1e9,
+            self.next_run_ns,
+            self.success_count,
+            self.failure_count,
+            self.consecutive_failures,
+            self.last_error,
+            self.last_error_category,
+            self.total_duration_ns / runs / 1e9 if runs else None,
+            None if min_ns is None else min_ns / 1e9,
+            None if max_ns is None else max_ns / 1e9,
+            self.last_success_ns,
+            len(self.runs),
+            len(self.stalled_ids),
+            self.timeout_count,
+            dict(self.metadata),
+            self.created_ns,
+            self.updated_ns,
+            None if schedule is None else schedule.text,
+            None if schedule is None else schedule.timezone,
+            self.slot_grace_ns / 1e9 if self.next_run_ns is not None else None,
+            self.missed_count,
+            self.last_missed_ns,
+            self.skipped_count,
+            self.last_skip_reason,
+            self.auto_stall,
+            p50,
+            p95,
+            p99,
+            stats.success_rate,
+            stats.runs,
+            self.store_dropped + (0 if history is None else history.dropped(now_ns)),
         )
 
     def clamp(self, seconds: float | None) -> float | None:
@@ -446,8 +456,13 @@ def _row_of(record: JobRecord) -> HealthRow:
     )
 
 
-def _seconds(ns: int | None) -> float | None:
-    return None if ns is None else ns / 1e9
+def _clamp(seconds: float | None, low: float, high: float) -> float | None:
+    """``min(max(seconds, low), high)`` (the same one of two equal values), or None."""
+    if seconds is None:
+        return None
+    if low > seconds:
+        seconds = low
+    return high if high < seconds else seconds
 
 
 class LocalJob(NamedTuple):
