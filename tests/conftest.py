@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from jobpulse import JobMonitor, JobRun
+from jobpulse import JobMonitor, JobRun, _guard
 from jobpulse._guard import add_internal_error_hook, remove_internal_error_hook
 from jobpulse.testing import FakeClock
 
@@ -38,6 +38,11 @@ class InternalErrors:
 
 @pytest.fixture(autouse=True)
 def internal_errors() -> Iterator[InternalErrors]:
+    # Each place logs its 1st, 2nd, 4th, ... error: every test starts from the first, so
+    # that what one test expects to be logged does not depend on the tests before it.
+    with _guard._counts_lock:
+        _guard._counts.clear()
+        _guard._foreign_counts.clear()
     collected = InternalErrors()
 
     def hook(where: str, exc: BaseException) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -169,7 +170,7 @@ def test_runs_during_a_store_outage_are_written_when_it_returns(
     holder = hold_write_lock(store_url)
     succeed(writer, "during", 100)  # jobs run as usual: nothing waits for the store
     with caplog.at_level(logging.WARNING, logger="jobpulse"):
-        assert writer.flush(timeout=10) is False
+        assert writer.flush(timeout=3) is False
     assert any("is unavailable" in record.getMessage() for record in caplog.records)
     holder.execute("ROLLBACK")
     holder.close()
@@ -178,6 +179,37 @@ def test_runs_during_a_store_outage_are_written_when_it_returns(
     assert status is not None
     assert status.success_count == 100
     assert len(reader.history("during")) == 100
+
+
+def test_flush_tries_again_while_the_store_is_locked_within_its_timeout(
+    fleet: MakeMonitor, store_url: str
+) -> None:
+    writer = fleet()
+    link = writer._store
+    assert link is not None
+    holder = sqlite3.connect(
+        store_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+    )
+    holder.execute("BEGIN EXCLUSIVE")
+    succeed(writer, "late")
+
+    def release_once_refused() -> None:
+        deadline = time.monotonic() + 30
+        while link.publisher.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    releaser = threading.Thread(target=release_once_refused)
+    releaser.start()
+    try:
+        assert writer.flush(timeout=30) is True  # refused at first, then taken
+    finally:
+        releaser.join()
+    assert link.publisher.error is None
+    status = writer.status("late")
+    assert status is not None
+    assert status.success_count == 1
 
 
 def test_a_store_that_can_be_read_but_not_written_is_degraded_in_the_document(
@@ -189,7 +221,7 @@ def test_a_store_that_can_be_read_but_not_written_is_degraded_in_the_document(
     holder = hold_write_lock(store_url)
     try:
         succeed(writer, "during")
-        assert writer.flush(timeout=10) is False
+        assert writer.flush(timeout=3) is False
         document = json.loads(writer.health_json()[1])
         # Still the fleet's view (WAL lets it be read), without this process's latest runs.
         assert (document["scope"], document["store"]) == ("fleet", "degraded")
@@ -214,7 +246,7 @@ def test_runs_past_the_buffer_are_counted_and_logged_but_counts_stay_exact(
     with caplog.at_level(logging.WARNING, logger="jobpulse"):
         for _ in range(3):
             succeed(writer, "busy", 10)
-            assert writer.flush(timeout=10) is False
+            assert writer.flush(timeout=3) is False
     holder.execute("ROLLBACK")
     holder.close()
     assert writer.flush()

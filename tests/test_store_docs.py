@@ -26,7 +26,7 @@ def test_runs_left_out_of_the_stores_history_show_in_history_dropped(tmp_path: P
             for _ in range(10):
                 with monitor.run("busy"):
                     pass
-            assert monitor.flush(timeout=5) is False
+            assert monitor.flush(timeout=3) is False
         holder.execute("ROLLBACK")
         holder.close()
         assert monitor.flush()

@@ -1092,9 +1092,10 @@ class JobMonitor:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Write what this process has not yet written to its store, and wait until it is
-        written or `timeout` seconds passed; True if the store took it (and always without
-        a store: nothing is pending). Later reads see the store as it is now. For tests,
-        command-line tools and short scripts: a service needs no flush."""
+        written or `timeout` seconds passed, trying again while the store refuses it; True
+        if the store took it (and always without a store: nothing is pending). Later reads
+        see the store as it is now. For tests, command-line tools and short scripts: a
+        service needs no flush."""
         if self._store is None:
             return True
         return self._store.flush(timeout)

@@ -11,6 +11,7 @@ history (counted and logged; the counts stay exact, they are deltas).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -30,6 +31,7 @@ logger = logging.getLogger("jobpulse")
 _GUARD = Guard("store publisher")
 _HISTORY_NS = 24 * 3600 * 1_000_000_000
 _PRUNE_EVERY_SECONDS = 60.0
+_RETRY_SECONDS = 0.1  # between tries of a flush the store refused
 
 
 class _Published:
@@ -327,18 +329,31 @@ class Publisher:
         return self._failing
 
     def flush(self, timeout: float) -> bool:
-        """Write what is pending now and wait until written or `timeout` seconds passed;
-        True if the store took it."""
+        """Write what is pending now and wait until written or `timeout` seconds passed,
+        trying again while the store refuses (another process may hold its lock for longer
+        than one try waits); True if the store took it."""
         if threading.current_thread() is self._thread:  # from on_written, say
             return False
+        deadline = time.monotonic() + timeout
         with self._condition:
-            if self._stopping:
-                return False
-            self._requested += 1
-            target = self._requested
-            self._condition.notify_all()
-            done = self._condition.wait_for(lambda: self._completed >= target, timeout=timeout)
-            return done and self._last_result
+            while not self._stopping:
+                self._requested += 1
+                target = self._requested
+                self._condition.notify_all()
+                done = self._condition.wait_for(
+                    functools.partial(self._completed_since, target),
+                    timeout=deadline - time.monotonic(),
+                )
+                if not done or self._last_result:
+                    return done
+                # Refused: again after a pause (the condition's wait lets the thread run).
+                pause = min(_RETRY_SECONDS, deadline - time.monotonic())
+                if pause <= 0 or self._condition.wait_for(lambda: self._stopping, pause):
+                    return False
+            return False
+
+    def _completed_since(self, target: int) -> bool:
+        return self._completed >= target
 
     def stop(self, timeout: float) -> bool:
         """Have the thread write what is left once, marking this instance as stopped, then
