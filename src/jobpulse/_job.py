@@ -200,13 +200,6 @@ class Job:
             return JobState.MISSED
         return self.last_outcome
 
-    def history_stats(self) -> HistoryStats:
-        stats = self.stats
-        if stats is None:
-            stats = _NO_STATS if self.history is None else self.history.stats()
-            self.stats = stats
-        return stats
-
     def prune_history(self, now_ns: int) -> None:
         """Drop the runs older than the history's window (a change: bumps the version)."""
         history = self.history
@@ -228,9 +221,10 @@ class Job:
         return JobStatus._of_record(self.to_record(now_ns))
 
     def to_record(self, now_ns: int) -> JobRecord:
+        history = self.history
         stats = self.stats
         if stats is None:
-            stats = self.history_stats()
+            stats = self.stats = _NO_STATS if history is None else history.stats()
         _, _, p50, p95, p99, _ = stats
         min_ns, max_ns = self.min_ns, self.max_ns
         if min_ns is not None and max_ns is not None:
@@ -239,7 +233,6 @@ class Job:
         runs = self.success_count + self.failure_count
         last_duration_ns = self.last_duration_ns
         schedule = self.schedule
-        history = self.history
         # Positional: a call with 38 keywords costs more than the rest of the record. The
         # order is JobRecord's; test_job checks every field by name.
         return JobRecord(
