@@ -91,8 +91,16 @@ SEED_MINUTES = 24 * 60
 OUTAGE_SECONDS = 10
 OUTAGE_RUNS_PER_SECOND = 1000
 OUTAGE_JOBS = 10
-# The runs in a SQLite store (a batch of runs per job and write).
-STORED_RUNS = "SELECT coalesce(sum(json_array_length(runs)), 0) FROM run_batches"
+
+
+def stored_runs(connection: sqlite3.Connection) -> int:
+    """The runs in a SQLite store: a row per write, each with its number of jobs n, then n
+    ids and n counts, then 26 bytes a run (jobpulse.store.sqlite._pack_runs)."""
+    total = 0
+    for (value,) in connection.execute("SELECT runs FROM run_writes"):
+        jobs = int.from_bytes(value[:8], "little")
+        total += (len(value) - 8 - 16 * jobs) // 26
+    return total
 
 
 class Table:
@@ -320,17 +328,17 @@ def flush(folder: Path, rounds: int, jobs: int, table: Table) -> None:
 
 def raw_write_ms(folder: Path, rounds: int, jobs: int) -> float:
     """What SQLite alone takes for one flush's statements on the store's schema, as the store
-    makes them: 1,000 rows upserted and 10,000 runs inserted (a batch of 10 per job) in one
+    makes them: 1,000 rows updated and 10,000 runs inserted (one row, 10 per job) in one
     transaction, the values made beforehand."""
     from jobpulse.store._base import FleetRow
-    from jobpulse.store.sqlite import _INSERT_BATCH, _UPSERT, SQLiteStore, _batch
+    from jobpulse.store.sqlite import _INSERT_JOB, _INSERT_RUNS, _UPDATE_JOB, SQLiteStore, _encode
 
     store = SQLiteStore(folder / "raw.db")
     db = store._writer
     assert db is not None
     settings = {"critical": False, "failure_threshold": 3, "timeout": None, "stall_after": 300.0}
 
-    def rows(seq: int) -> list[tuple[Any, ...]]:
+    def rows(seq: int) -> list[list[Any]]:
         # The columns as the store makes them of a row (whatever its schema's version).
         return [
             store._values(
@@ -341,20 +349,22 @@ def raw_write_ms(folder: Path, rounds: int, jobs: int) -> float:
         ]
 
     db.execute("BEGIN IMMEDIATE")
-    db.executemany(_UPSERT, rows(1))
+    db.executemany(_INSERT_JOB, [[index + 1, *values] for index, values in enumerate(rows(1))])
     db.execute("COMMIT")
-    ids = [job for (job,) in db.execute("SELECT id FROM jobs ORDER BY id")]
     samples = []
     for round_index in range(rounds):
-        upserts = rows(round_index + 2)
+        updates = [[*values[1:], index + 1] for index, values in enumerate(rows(round_index + 2))]
         base = 10**18 + round_index * 10**9
-        batches = [
-            _batch(job, [(base + k, 1000, base + k + 1000, None) for k in range(10)]) for job in ids
-        ]
+        runs = _encode(
+            {
+                index + 1: [(base + k, 1000, base + k + 1000, None) for k in range(10)]
+                for index in range(jobs)
+            }
+        )
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")
-        db.executemany(_UPSERT, upserts)
-        db.executemany(_INSERT_BATCH, batches)
+        db.executemany(_UPDATE_JOB, updates)
+        db.execute(_INSERT_RUNS, (base + 2000, runs))
         db.execute("COMMIT")
         samples.append((time.perf_counter() - started) * 1000)
     store.close()
@@ -573,7 +583,7 @@ def seed(folder: Path, seeds: int, jobs: int, minutes: int, table: Table) -> Non
     built = build_seed_store(path, jobs, minutes)
     with sqlite3.connect(path) as connection:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        stored = connection.execute(STORED_RUNS).fetchone()[0]
+        stored = stored_runs(connection)
     size = sum(
         candidate.stat().st_size
         for candidate in (path, path.with_name(path.name + "-wal"))
@@ -667,7 +677,7 @@ def outage(folder: Path, seconds: int, table: Table) -> None:
     in_store = in_reader = None
     deadline = released + 30
     while time.monotonic() < deadline and (in_store is None or in_reader is None):
-        stored = counter.execute(STORED_RUNS).fetchone()[0]
+        stored = stored_runs(counter)
         if in_store is None and stored >= total:
             in_store = time.monotonic() - released
         if in_reader is None:

@@ -250,6 +250,16 @@ def fleet(store_url: str, clock: FakeClock) -> Iterator[MakeMonitor]:
         monitor.shutdown()
 
 
+def pass_time(clock: FakeClock, seconds: int, *writing: JobMonitor) -> None:
+    """`seconds` go by on `clock`, one at a time, while the `writing` monitors write to their
+    store each second, as their publishers do in real time (an instance judges the others'
+    heartbeats only while it has been writing itself)."""
+    for _ in range(seconds):
+        clock.advance(1)
+        for monitor in writing:
+            assert monitor.flush()
+
+
 def succeed(monitor: JobMonitor, name: str, times: int = 1) -> None:
     for _ in range(times):
         with monitor.run(name):

@@ -3,6 +3,7 @@ tests/test_store_processes.py does it with real processes)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -11,11 +12,14 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import jobpulse
 from jobpulse import InvalidJobError, JobMonitor, JobState, StoreError
+from jobpulse.store import SQLiteStore
+from jobpulse.store._base import WriteResult
 from jobpulse.testing import FakeClock
 from tests.conftest import MakeMonitor, succeed
 
@@ -210,6 +214,51 @@ def test_flush_tries_again_while_the_store_is_locked_within_its_timeout(
     status = writer.status("late")
     assert status is not None
     assert status.success_count == 1
+
+
+class FailingStore(SQLiteStore):
+    """A SQLite store whose writes fail while `failing` is set; it notes when each write
+    was tried, and sets `tried` once `enough` were."""
+
+    def __init__(self, path: Path, enough: int) -> None:
+        super().__init__(path)
+        self.failing = True
+        self.tries: list[float] = []
+        self.tried = threading.Event()
+        self.written = threading.Event()
+        self._enough = enough
+
+    def write(self, *args: Any, **kwargs: Any) -> WriteResult:
+        self.tries.append(time.monotonic())
+        if len(self.tries) >= self._enough:
+            self.tried.set()
+        if self.failing:
+            raise sqlite3.OperationalError("disk I/O error")
+        result = super().write(*args, **kwargs)
+        self.written.set()
+        return result
+
+
+def test_a_failing_store_is_tried_again_with_a_backoff_up_to_a_quarter_of_the_ttl(
+    store_path: Path,
+) -> None:
+    store = FailingStore(store_path, enough=6)
+    monitor = JobMonitor(store=store, flush_interval=0.05, instance_ttl=1.0)
+    try:
+        succeed(monitor, "job")
+        assert store.tried.wait(30)
+        # Doubling from the interval, at most a quarter of the ttl, each within 10% (a try
+        # may only come later than that on a busy machine, never sooner).
+        gaps = [after - before for before, after in itertools.pairwise(store.tries[:6])]
+        for index, gap in enumerate(gaps):
+            assert gap >= 0.9 * min(0.05 * 2**index, 0.25), (index, gaps)
+        store.failing = False  # back: what waited is written at the next try
+        assert store.written.wait(30)
+        status = monitor.status("job")
+        assert status is not None
+        assert status.success_count == 1
+    finally:
+        monitor.shutdown()
 
 
 def test_a_store_that_can_be_read_but_not_written_is_degraded_in_the_document(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ import pytest
 
 from jobpulse import StoreError, StoreVersionError
 from jobpulse.store import SCHEMA_VERSION, SQLiteStore, Store, open_store
-from jobpulse.store._base import Cursor, FinishedRun, FleetRow, Instance, JobChange
+from jobpulse.store._base import Cursor, FinishedRun, FleetRead, FleetRow, Instance, JobChange
 from jobpulse.store.sqlite import _MIGRATIONS
 
 S = 1_000_000_000
@@ -64,6 +65,11 @@ def write(store: Store, who: Instance, *changes: JobChange, now_ns: int = T0) ->
     assert result.applied
 
 
+def stored_runs(read: FleetRead) -> list[tuple[str, int, int, int, str | None]]:
+    """A read's runs, one by one: (job, start_ns, duration_ns, end_ns, category)."""
+    return [(batch.name, *run) for batch in read.runs for run in batch.runs]
+
+
 def rows(store: Store, now_ns: int = T0) -> dict[str, FleetRow]:
     read = store.read(None, now_ns=now_ns, instance_ttl_ns=TTL)
     return {row.name: row for row in read.rows}
@@ -100,8 +106,10 @@ def test_round_trip_is_exact(make_store: StoreFactory) -> None:
     assert row.settings == {"critical": True, "failure_threshold": 4, "timeout": 2.5}
     assert (row.next_run_ns, row.grace_ns) == (T0 + 60 * S + 3, 6 * S + 1)
     read = make_store().read(None, now_ns=T0, instance_ttl_ns=TTL)
-    stored = [(r.start_ns, r.duration_ns, r.end_ns, r.category) for r in read.runs]
-    assert stored == [(T0 + 1, odd, T0 + 1 + odd, None), (T0 + 7, 1, T0 + 8, "network")]
+    assert stored_runs(read) == [
+        ("job", T0 + 1, odd, T0 + 1 + odd, None),
+        ("job", T0 + 7, 1, T0 + 8, "network"),
+    ]
 
 
 def test_counts_are_fleet_sums_and_last_fields_follow_the_run_that_ended_last(
@@ -145,10 +153,12 @@ def test_a_write_of_many_runs_keeps_them_all_in_order(make_store: StoreFactory) 
         run(T0 + index * S, index + 1, "timeout" if index % 7 else None) for index in range(450)
     ]
     write(store, instance("a"), change(success=65, failure=385, runs=many))
+    write(store, instance("b"), change(success=1, runs=[run(T0 + 450 * S, 1)]))
     read = store.read(None, now_ns=T0 + 450 * S, instance_ttl_ns=TTL)
-    stored = [(r.start_ns, r.duration_ns, r.end_ns, r.category) for r in read.runs]
-    assert stored == [(r.start_ns, r.duration_ns, r.end_ns, r.category) for r in many]
-    assert [r.id for r in read.runs] == sorted(r.id for r in read.runs)
+    assert stored_runs(read) == [
+        *(("job", r.start_ns, r.duration_ns, r.end_ns, r.category) for r in many),
+        ("job", T0 + 450 * S, 1, T0 + 450 * S + 1, None),
+    ]
 
 
 def test_a_batch_of_runs_folds_as_runs_one_by_one(make_store: StoreFactory) -> None:
@@ -180,13 +190,13 @@ def test_an_incremental_read_gives_only_what_changed(make_store: StoreFactory) -
     write(store, instance("a"), change("one", success=1, runs=[run(T0, 1)]), change("two"))
     first = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
     assert sorted(row.name for row in first.rows) == ["one", "two"]
-    cursor = Cursor(first.store_id, first.seq, first.generation, first.runs[-1].id)
+    cursor = Cursor(first.store_id, first.seq, first.generation, first.run_cursor)
     unchanged = store.read(cursor, now_ns=T0, instance_ttl_ns=TTL)
     assert (unchanged.rows, unchanged.runs, unchanged.open_runs) == ((), (), None)
     write(store, instance("a"), change("two", failure=1, runs=[run(T0 + 5, 1, "unknown")]))
     moved = store.read(cursor, now_ns=T0, instance_ttl_ns=TTL)
     assert [row.name for row in moved.rows] == ["two"]
-    assert [stored.name for stored in moved.runs] == ["two"]
+    assert [batch.name for batch in moved.runs] == ["two"]
     assert not moved.reset
 
 
@@ -197,6 +207,7 @@ def test_a_dead_instances_runs_are_closed_once_as_lost(make_store: StoreFactory)
     assert [(r.instance, r.run_id) for r in read.open_runs or ()] == [("dying", 7)]
     # Not yet dead: nothing happens.
     write(store, instance("a"), now_ns=T0 + TTL - 1)
+    write(store, instance("b"), now_ns=T0 + TTL - 1)
     assert rows(store)["job"].failure_count == 0
     # Two survivors notice it, one after the other: the run is closed once.
     later = T0 + TTL + 1
@@ -207,10 +218,83 @@ def test_a_dead_instances_runs_are_closed_once_as_lost(make_store: StoreFactory)
     assert row.last_error_category == "lost"
     assert "dying" in (row.last_error or "")
     read = store.read(None, now_ns=later, instance_ttl_ns=TTL)
-    assert [r.category for r in read.runs] == ["lost"]
-    assert read.runs[0].duration_ns == later - (T0 - 5 * S)
+    assert [(category, duration) for *_, duration, _, category in stored_runs(read)] == [
+        ("lost", later - (T0 - 5 * S))
+    ]
     assert not read.open_runs
     assert {i.id: i.alive for i in read.instances} == {"dying": False, "a": True, "b": True}
+
+
+def test_a_run_lost_while_its_instance_seemed_dead_counts_once(make_store: StoreFactory) -> None:
+    store = make_store()
+    slow, judge = instance("slow"), instance("judge")
+    started = T0 - 5 * S
+    write(store, slow, change(open_runs=((7, started), (8, started + 1)), stall_after_ns=TTL))
+    write(store, judge, now_ns=T0 + TTL - 1)
+    write(store, judge, now_ns=T0 + TTL + 1)  # slow was not seen for longer than the ttl
+    assert rows(store, T0 + TTL + 1)["job"].failure_count == 2
+    # It was only slow (stopped by a debugger, say): it comes back, says one of the two runs
+    # ended well and that another began, and still has the second one in progress.
+    back = T0 + TTL + 2 * S
+    result = store.write(
+        slow,
+        [
+            change(
+                success=2,
+                total_duration_ns=(back - started) + 3,
+                runs=[run(started, back - started), run(back - 3, 3)],
+                open_runs=((8, started + 1),),
+                last_start_ns=back - 3,
+            )
+        ],
+        now_ns=back,
+        instance_ttl_ns=TTL,
+        margin_ns=MARGIN,
+    )
+    assert result.revived
+    row = rows(store, back)["job"]
+    # The run closed as lost stays lost; only the run that began since is added.
+    assert (row.success_count, row.failure_count) == (1, 2)
+    read = store.read(None, now_ns=back, instance_ttl_ns=TTL)
+    assert [(start, category) for _, start, _, _, category in stored_runs(read)] == [
+        (started, "lost"),
+        (started + 1, "lost"),
+        (back - 3, None),
+    ]
+    # Its second run shows as running again; if it dies now, that run is not lost twice.
+    assert [(r.instance, r.run_id) for r in read.open_runs or ()] == [("slow", 8)]
+    write(store, judge, now_ns=back + S)
+    write(store, judge, now_ns=back + 2 * S)
+    write(store, judge, now_ns=back + TTL + S)
+    write(store, judge, now_ns=back + TTL + 2 * S)
+    assert rows(store, back + TTL + 2 * S)["job"].failure_count == 2
+    read = store.read(None, now_ns=back + TTL + 2 * S, instance_ttl_ns=TTL)
+    assert not read.open_runs
+
+
+def test_an_instance_back_from_an_absence_judges_the_others_at_its_next_write(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    a, b = instance("a"), instance("b")
+    write(store, b, change(open_runs=((1, T0),), stall_after_ns=TTL))
+    write(store, a)
+    # Nothing could write for a minute (the store was out, the host slept, the clock
+    # stepped): b is not taken for dead by the first write after it.
+    write(store, a, now_ns=T0 + 60 * S)
+    assert rows(store, T0 + 60 * S)["job"].failure_count == 0
+    # b writes again: it was alive.
+    write(store, b, now_ns=T0 + 60 * S + 1)
+    write(store, a, now_ns=T0 + 61 * S)
+    assert rows(store, T0 + 61 * S)["job"].failure_count == 0
+    # b is silent from here on: dead once a has seen a ttl go by without it. A new instance's
+    # first write does not judge.
+    write(store, instance("c"), now_ns=T0 + 75 * S)
+    for second in range(62, 71):
+        write(store, a, now_ns=T0 + second * S)
+    assert rows(store, T0 + 70 * S)["job"].failure_count == 0
+    write(store, a, now_ns=T0 + 71 * S)  # b was last seen more than a ttl ago
+    assert rows(store, T0 + 71 * S)["job"].failure_count == 1
 
 
 def test_a_stopped_instance_is_dead_at_once(make_store: StoreFactory) -> None:
@@ -335,7 +419,7 @@ def test_a_write_that_fails_midway_changes_nothing(tmp_path: Path) -> None:
         write(store, instance("a"), change(success=1, runs=[run(T0, 1)]))
         with sqlite3.connect(path) as other:
             other.execute(
-                "CREATE TRIGGER full BEFORE INSERT ON run_batches"
+                "CREATE TRIGGER full BEFORE INSERT ON run_writes"
                 " BEGIN SELECT RAISE(ABORT, 'full'); END"
             )
         # The job's row is updated before the runs are inserted: the failure rolls back both.
@@ -348,6 +432,9 @@ def test_a_write_that_fails_midway_changes_nothing(tmp_path: Path) -> None:
         row = rows(store)["job"]
         assert (row.success_count, row.failure_count) == (1, 1)
         assert row.consecutive_failures == 1
+        # The failed write's new category was given back with it, and given again.
+        read = SQLiteStore(path).read(None, now_ns=T0, instance_ttl_ns=TTL)
+        assert [category for *_, category in stored_runs(read)] == [None, "network"]
     finally:
         store.close()
 
@@ -445,8 +532,30 @@ def test_migrations_run_forward_from_the_first_schema(tmp_path: Path) -> None:
         indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
         store_id = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
     assert version == (str(SCHEMA_VERSION),)
-    assert {"run_batches_end", "jobs_next_run"} <= indexes
+    assert {"run_writes_end", "jobs_next_run", "lost_runs"} <= indexes
+    assert "run_batches" not in indexes
     assert store_id == ("old",)  # the same store, migrated
+
+
+def as_schema(path: Path, version: int) -> None:
+    """Make the store at `path` look as schema `version` left it (its runs tables empty)."""
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE run_writes")
+        db.execute("DROP TABLE lost_runs")
+        db.execute("DROP TABLE categories")
+        db.execute("DELETE FROM meta WHERE key = 'last_job'")
+        if version == 3:
+            db.execute(
+                "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, job INTEGER NOT NULL,"
+                " start_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL,"
+                " end_ns INTEGER NOT NULL, category TEXT)"
+            )
+        else:
+            db.execute(
+                "CREATE TABLE run_batches (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " job INTEGER NOT NULL, end_ns INTEGER NOT NULL, runs TEXT NOT NULL)"
+            )
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
 
 
 def test_runs_of_schema_3_are_kept_in_batches(tmp_path: Path) -> None:
@@ -462,34 +571,66 @@ def test_runs_of_schema_3_are_kept_in_batches(tmp_path: Path) -> None:
         (1, T0 + hour, 7, T0 + hour + 7, "timeout"),
         (1, T0 + hour + 9, 1, T0 + hour + 10, None),
     ]
-    with sqlite3.connect(path) as db:  # the file as schema 3 left it
-        db.execute("DROP TABLE run_batches")
-        db.execute(
-            "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, job INTEGER NOT NULL,"
-            " start_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,"
-            " category TEXT)"
-        )
+    as_schema(path, 3)
+    with sqlite3.connect(path) as db:
         db.executemany(
             "INSERT INTO runs (job, start_ns, duration_ns, end_ns, category)"
             " VALUES (?, ?, ?, ?, ?)",
             old_runs,
         )
-        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     store = SQLiteStore(path)
     try:
         read = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
     finally:
         store.close()
     names = {1: "one", 2: "two"}
-    assert sorted(
-        (r.name, r.start_ns, r.duration_ns, r.end_ns, r.category) for r in read.runs
-    ) == sorted((names[job], *fields) for job, *fields in old_runs)
+    assert sorted(stored_runs(read)) == sorted((names[job], *fields) for job, *fields in old_runs)
     # In order within each job, one batch per job and hour.
-    assert [r.start_ns for r in read.runs if r.name == "one"] == [T0, T0 + hour, T0 + hour + 9]
-    assert len({r.id for r in read.runs}) == 3
+    assert [run[1] for run in stored_runs(read) if run[0] == "one"] == [
+        T0,
+        T0 + hour,
+        T0 + hour + 9,
+    ]
+    assert len(read.runs) == 3
     with sqlite3.connect(path) as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-    assert "runs" not in tables
+    assert not {"runs", "run_batches"} & tables
+
+
+def test_batches_of_schema_4_are_kept_and_job_ids_not_given_again(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = SQLiteStore(path)
+    write(store, instance("a"), change("one"), change("two"), change("three"))
+    store.close()
+    odd = 123_456_789_012_345_679
+    batches = [  # (job, end, runs) as schema 4 held them, by id
+        (1, T0 + odd, [[T0, odd, T0 + odd, None]]),
+        (3, T0 + 6, [[T0 + 1, 5, T0 + 6, "network"], [T0 + 2, 4, T0 + 6, None]]),
+        (1, T0 + odd + 9, [[T0 + odd, 9, T0 + odd + 9, "timeout"]]),
+    ]
+    as_schema(path, 4)
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO run_batches (job, end_ns, runs) VALUES (?, ?, json(?))",
+            [(job, end, json.dumps(runs)) for job, end, runs in batches],
+        )
+        db.execute("DELETE FROM jobs WHERE name = 'three'")  # the last id given
+    store = SQLiteStore(path)
+    try:
+        read = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
+        # The runs of a job pruned since are not read; those of the others are, in order.
+        assert stored_runs(read) == [
+            ("one", T0, odd, T0 + odd, None),
+            ("one", T0 + odd, 9, T0 + odd + 9, "timeout"),
+        ]
+        write(store, instance("a"), change("four", success=1, runs=[run(T0 + 7, 1)]))
+        read = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
+        # A new job's id is not the pruned one's: none of its runs is taken for the new job's.
+        assert [run for run in stored_runs(read) if run[0] == "four"] == [
+            ("four", T0 + 7, 1, T0 + 8, None)
+        ]
+    finally:
+        store.close()
 
 
 def test_a_deleted_file_becomes_a_new_store(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from jobpulse import InvalidJobError, JobMonitor, JobState
 from jobpulse.store import SQLiteStore
 from jobpulse.store._base import Instance, JobChange
 from jobpulse.testing import FakeClock
-from tests.conftest import MakeMonitor, succeed
+from tests.conftest import MakeMonitor, pass_time, succeed
 
 
 def stored_counts(store_path: Path, name: str) -> tuple[int, int]:
@@ -91,25 +91,40 @@ def test_an_unregistered_job_is_not_left_running_or_missed_in_the_fleet(
     run.__exit__(None, None, None)
 
 
-def test_an_instance_taken_for_dead_that_writes_again_has_its_later_runs_lost_once(
+def test_an_instance_taken_for_dead_that_writes_again_has_each_run_lost_once(
     fleet: MakeMonitor, clock: FakeClock
 ) -> None:
     worker, reader = fleet(), fleet()
-    with worker.run("import"):
-        assert worker.flush()
-        clock.advance(11)  # the worker could not write for longer than instance_ttl
-        assert reader.flush()  # ... and the reader takes it for dead: its run is lost
-    assert worker.flush()  # it was alive after all
+    assert reader.flush()
+    first = worker.run("import")
+    first.__enter__()
+    assert worker.flush()
+    # The worker could not write for longer than instance_ttl; the reader, writing all
+    # along, takes it for dead: its run is lost.
+    pass_time(clock, 11, reader)
+    assert counts(reader, "import") == (0, 1, 0)
+    assert worker.flush()  # it was alive after all: told so, it writes its runs again
+    assert worker.flush()
+    assert reader.flush()
+    assert counts(reader, "import") == (0, 1, 1)
+    first.__exit__(None, None, None)
+    assert worker.flush()  # the run it ended was lost already
+    assert reader.flush()
+    assert counts(reader, "import") == (0, 1, 0)
     run = worker.run("import")
     run.__enter__()
     assert worker.flush()
-    clock.advance(11)  # now it is gone for good, with a run open
-    assert reader.flush()
-    status = reader.status("import")
-    assert status is not None
-    assert status.active_runs == 0
-    assert [r.error_category for r in reader.history("import")].count("lost") == 2
+    pass_time(clock, 11, reader)  # now it is gone for good, with a run open
+    assert counts(reader, "import") == (0, 2, 0)
+    assert [r.error_category for r in reader.history("import")] == ["lost", "lost"]
     run.__exit__(None, None, None)
+
+
+def counts(monitor: JobMonitor, name: str) -> tuple[int, int, int]:
+    """The job's (successes, failures, runs in progress) as `monitor` sees them."""
+    status = monitor.status(name)
+    assert status is not None
+    return status.success_count, status.failure_count, status.active_runs
 
 
 def test_shutdown_keeps_its_deadline_when_the_store_is_locked(
@@ -273,3 +288,22 @@ def test_a_child_forked_while_its_parent_writes_is_not_locked_out(
     status = parent.status("shared")
     assert status is not None
     assert status.success_count == 3
+
+
+def test_a_step_of_the_wall_clock_takes_no_instance_for_dead(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    worker, reader = fleet(), fleet()
+    assert reader.flush()
+    run = worker.run("import")
+    run.__enter__()
+    assert worker.flush()
+    clock.step_wall(3600)  # NTP, or an operator, sets the clock an hour forward
+    assert reader.flush()  # every heartbeat before it is now an hour old
+    assert worker.flush()
+    assert reader.flush()
+    assert counts(reader, "import") == (0, 0, 1)
+    run.__exit__(None, None, None)
+    assert worker.flush()
+    assert reader.flush()
+    assert counts(reader, "import") == (1, 0, 0)

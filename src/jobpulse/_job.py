@@ -108,7 +108,6 @@ class Job:
         "snapshot",
         "stall_after",
         "stalled_ids",
-        "stats",
         "store_dropped",
         "success_attributes",
         "success_count",
@@ -162,7 +161,6 @@ class Job:
         self.snapshot: tuple[int, JobStatus] | None = None
         self.member: tuple[int, HealthRow] | None = None
         self.history: RunHistory | None = None
-        self.stats: HistoryStats | None = None
         # The schedule, and the expected run ("slot") with its grace. slot_version changes
         # whenever the slot does, so that a slot computed outside the lock is applied only if
         # nothing moved it meanwhile.
@@ -186,7 +184,7 @@ class Job:
         self.last_skip_reason: str | None = None
         # Finished runs not yet handed to a store's publisher (None: no store), and those
         # left out because too many were waiting.
-        self.unpublished: list[tuple[int, int, int, str | None, str | None]] | None = None
+        self.unpublished: list[tuple[int, int, int, str | None, str | None, bool]] | None = None
         self.unpublished_dropped = 0
         # In a fleet view: runs the store's writers left out of its history.
         self.store_dropped = 0
@@ -204,7 +202,6 @@ class Job:
         """Drop the runs older than the history's window (a change: bumps the version)."""
         history = self.history
         if history is not None and history.prune(now_ns):
-            self.stats = None
             self.version += 1
 
     def cached_status(self, now_ns: int) -> JobStatus:
@@ -222,9 +219,10 @@ class Job:
 
     def to_record(self, now_ns: int) -> JobRecord:
         history = self.history
-        stats = self.stats
-        if stats is None:
-            stats = self.stats = _NO_STATS if history is None else history.stats()
+        # Not kept: a record is built once per version of the job, for its row of the health
+        # document or its snapshot, and a kept one would outlive it (a young object the
+        # garbage collector would promote and scan again).
+        stats = _NO_STATS if history is None else history.stats()
         _, _, p50, p95, p99, _ = stats
         min_ns, max_ns = self.min_ns, self.max_ns
         if min_ns is not None and max_ns is not None:
@@ -433,7 +431,6 @@ def _current_row(job: Job, now_ns: int) -> HealthRow | None:
     history = job.history
     # quiet_until first: a method call per job is most of a pass's cost.
     if history is not None and history.quiet_until <= now_ns and history.prune(now_ns):
-        job.stats = None
         job.version += 1
     cached = job.member
     return cached[1] if cached is not None and cached[0] == job.version else None
@@ -461,8 +458,8 @@ def _clamp(seconds: float | None, low: float, high: float) -> float | None:
 class LocalJob(NamedTuple):
     """One job as a store's publisher takes it from the registry: counters (absolute; the
     publisher makes deltas of them), extremes, the runs finished since the last collection
-    as (start_ns, duration_ns, end_ns, category or None, error or None), and the runs in
-    progress as (run id, start_ns)."""
+    as (start_ns, duration_ns, end_ns, category or None, error or None, timed out), and the
+    runs in progress as (run id, start_ns)."""
 
     name: str
     created_ns: int
@@ -476,7 +473,7 @@ class LocalJob(NamedTuple):
     total_duration_ns: int
     min_ns: int | None
     max_ns: int | None
-    runs: list[tuple[int, int, int, str | None, str | None]]
+    runs: list[tuple[int, int, int, str | None, str | None, bool]]
     dropped_runs: int
     metadata: dict[str, Any]
     last_start_ns: int | None

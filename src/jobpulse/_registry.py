@@ -405,7 +405,6 @@ class StatusRegistry:
                         job, schedule.next_after(end_ns), end_ns, due=due
                     )
             job.updated_ns = end_ns
-            job.stats = None
             job.version += 1
             consecutive = job.consecutive_failures
             if self._dirty is not None:
@@ -414,7 +413,9 @@ class StatusRegistry:
                     self._run_room -= 1
                     if job.unpublished is None:
                         job.unpublished = []
-                    job.unpublished.append((start_ns, duration_ns, end_ns, category, error))
+                    job.unpublished.append(
+                        (start_ns, duration_ns, end_ns, category, error, timed_out)
+                    )
                 else:
                     job.unpublished_dropped += 1
         if rearm is not None:

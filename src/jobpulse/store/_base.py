@@ -23,38 +23,38 @@ __all__ = [
     "Instance",
     "JobChange",
     "OpenRun",
+    "RunBatch",
     "RunFields",
     "Store",
-    "StoredRun",
     "WriteResult",
 ]
 
 
 class FinishedRun(NamedTuple):
     """A run an instance saw end. ``category`` None is a success; ``error`` is the redacted
-    error text of a failed run (kept only in the job's row, for the run that ended last)."""
+    error text of a failed run (kept only in the job's row, for the run that ended last);
+    ``timed_out`` says whether it counted as a timeout."""
 
     start_ns: int
     duration_ns: int
     end_ns: int
     category: str | None
     error: str | None
+    timed_out: bool = False
 
 
 #: A `FinishedRun`'s fields, in its order: what `JobChange.runs` holds (the registry's own
 #: tuples, taken without a copy per run).
-RunFields = tuple[int, int, int, str | None, str | None]
+RunFields = tuple[int, int, int, str | None, str | None, bool]
 
 
-class StoredRun(NamedTuple):
-    """A run as a reader gets it back from the store's history, in the order written."""
+class RunBatch(NamedTuple):
+    """Runs of one job as a reader gets them back from the store's history: each
+    ``(start_ns, duration_ns, end_ns, category)``, in the order they ended. A read's
+    batches are in the order they were written."""
 
-    id: int
     name: str
-    start_ns: int
-    duration_ns: int
-    end_ns: int
-    category: str | None
+    runs: Sequence[Sequence[Any]]
 
 
 class OpenRun(NamedTuple):
@@ -184,6 +184,9 @@ class WriteResult:
     missed_slots: int = 0
     #: Jobs whose settings differ from those another instance registered.
     conflicts: tuple[str, ...] = ()
+    #: The instance had been taken for dead (its runs in progress closed as lost): the
+    #: runs it still has in progress must be written again.
+    revived: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,9 @@ class FleetRead:
     generation: int
     reset: bool
     rows: Sequence[FleetRow]
-    runs: Sequence[StoredRun]
+    runs: Sequence[RunBatch]
+    #: Where the next read's runs start (`Cursor.run_id`).
+    run_cursor: int
     open_runs: Sequence[OpenRun] | None
     instances: Sequence[Instance]
 

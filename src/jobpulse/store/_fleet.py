@@ -62,7 +62,7 @@ class FleetView:
         self._cursor: Cursor | None = None
         self._refreshed = -float("inf")
         self._jobs: dict[str, Job] = {}
-        self._rows: dict[str, FleetRow] = {}
+        self._listed: set[str] = set()  # the jobs of the rows read
         self._settings: dict[str, object] = {}  # the settings each job's Job was given
         self._open: dict[str, list[OpenRun]] = {}
         self._all_open: Sequence[OpenRun] = ()
@@ -101,7 +101,7 @@ class FleetView:
         alive = frozenset(instance.id for instance in read.instances if instance.alive)
         touched: set[str] = set()
         for row in read.rows:
-            self._rows[row.name] = row
+            self._take_row(row, now_ns)
             touched.add(row.name)
         if read.open_runs is not None:
             self._all_open = read.open_runs
@@ -114,27 +114,24 @@ class FleetView:
                     self._open.setdefault(run.name, []).append(run)
             touched.update(previous.keys() ^ self._open.keys())
             touched.update(name for name in self._open if previous.get(name) != self._open[name])
-        # A restarted process reads a day of runs at once: one lookup per job, not per run.
-        histories: dict[str, RunHistory] = {}
-        for _, name, start_ns, duration_ns, _, category in read.runs:
-            history = histories.get(name)
+        # A restarted process reads a day of runs at once: one lookup per batch, not per run.
+        code = self._code
+        for name, runs in read.runs:
+            job = self._job(name, now_ns)
+            history = job.history
             if history is None:
-                job = self._job(name, now_ns)
-                history = job.history
-                if history is None:
-                    history = job.history = RunHistory(self._max_history)
-                job.stats = None
-                histories[name] = history
-            code = 0 if category is None else self._code(category)
-            history.add(start_ns, duration_ns, code, now_ns)
-        touched.update(histories)
+                history = job.history = RunHistory(self._max_history)
+            add = history.add
+            for start_ns, duration_ns, _, category in runs:
+                add(start_ns, duration_ns, 0 if category is None else code(category), now_ns)
+            touched.add(name)
+        listed, jobs = self._listed, self._jobs
         for name in touched:
-            self._apply(name, now_ns)
-        if read.runs:
-            run_id = read.runs[-1].id
-        else:
-            run_id = 0 if self._cursor is None else self._cursor.run_id
-        self._cursor = Cursor(read.store_id, read.seq, read.generation, run_id)
+            if name in listed:  # else runs or open runs of a job whose row is not read yet
+                job = jobs[name]
+                self._judge(job, now_ns)
+                job.version += 1
+        self._cursor = Cursor(read.store_id, read.seq, read.generation, read.run_cursor)
         self._expire(now_ns)
         return now_ns
 
@@ -151,15 +148,16 @@ class FleetView:
         job = self._jobs.get(name)
         if job is None:
             job = self._jobs[name] = Job(name, now_ns, self._default_stall_after)
-            self._sorted = None
         return job
 
-    def _apply(self, name: str, now_ns: int) -> None:
-        """Make the job's `Job` say what its row, open runs and the time say."""
-        row = self._rows.get(name)
-        if row is None:  # runs or open runs of a job whose row is not read yet
-            return
+    def _take_row(self, row: FleetRow, now_ns: int) -> None:
+        """Make the job's `Job` say what its row says. The row is not kept: the `Job` holds
+        all that judging it with time needs."""
+        name = row.name
         job = self._job(name, now_ns)
+        if name not in self._listed:
+            self._listed.add(name)
+            self._sorted = None
         settings = row.settings
         if settings is not self._settings.get(name):  # the store's rows share equal ones
             self._settings[name] = settings
@@ -170,12 +168,9 @@ class FleetView:
             job.auto_stall = bool(settings.get("stall_after_auto", False))
             job.schedule = schedule_of(settings)
         job.created_ns, job.updated_ns = row.created_ns, row.updated_ns
+        failed = row.last_failed
         job.last_outcome = (
-            JobState.PENDING
-            if row.last_failed is None
-            else JobState.FAILED
-            if row.last_failed
-            else JobState.SUCCESS
+            JobState.PENDING if failed is None else JobState.FAILED if failed else JobState.SUCCESS
         )
         job.last_run_ns = row.last_start_ns
         job.last_duration_ns = row.last_duration_ns
@@ -192,33 +187,43 @@ class FleetView:
         job.missed_count, job.last_missed_ns = row.missed_count, row.last_missed_ns
         job.skipped_count, job.last_skip_reason = row.skipped_count, row.last_skip_reason
         job.store_dropped = row.history_dropped
-        # Keyed by position: the fleet's runs have no one id space.
-        open_runs = self._open.get(name)
-        job.runs = (
-            {index: (0.0, None, run.start_ns) for index, run in enumerate(open_runs)}
-            if open_runs
-            else {}
-        )
-        self._judge(job, row, now_ns)
-        job.version += 1  # its history's stats are kept unless runs were added to it
 
-    def _judge(self, job: Job, row: FleetRow, now_ns: int) -> None:
-        """Set what depends on the time (stalled runs, missed) and when that next changes."""
+    def _judge(self, job: Job, now_ns: int) -> None:
+        """Set what depends on the open runs and the time (running, stalled, missed) and
+        when that next changes."""
         due = _FOREVER
-        stalled = set()
-        for index, run in enumerate(self._open.get(job.name, ())):
-            deadline = run.start_ns + run.stall_after_ns
-            if deadline <= now_ns:
-                stalled.add(index)
-            else:
-                due = min(due, deadline)
-        job.stalled_ids = stalled
-        job.missed = is_missed(row, now_ns)
-        if not job.missed and row.next_run_ns is not None:
-            due = min(due, max(row.next_run_ns + row.grace_ns, now_ns + 1))
+        open_runs = self._open.get(job.name)
+        if open_runs:
+            # Keyed by position: the fleet's runs have no one id space.
+            job.runs = {index: (0.0, None, run.start_ns) for index, run in enumerate(open_runs)}
+            stalled = set()
+            for index, run in enumerate(open_runs):
+                deadline = run.start_ns + run.stall_after_ns
+                if deadline <= now_ns:
+                    stalled.add(index)
+                else:
+                    due = min(due, deadline)
+            job.stalled_ids = stalled
+        elif job.runs or job.stalled_ids:
+            job.runs, job.stalled_ids = {}, set()
+        next_run_ns = job.next_run_ns
+        job.missed = is_missed(
+            next_run_ns,
+            job.slot_grace_ns,
+            job.last_run_ns,
+            job.last_missed_ns,
+            job.schedule,
+            now_ns,
+        )
+        if not job.missed and next_run_ns is not None:
+            due = min(due, max(next_run_ns + job.slot_grace_ns, now_ns + 1))
         if due < _FOREVER and self._due.get(job.name) != due:
             self._due[job.name] = due
-            heapq.heappush(self._timers, (due, job.name))
+            timers = self._timers
+            heapq.heappush(timers, (due, job.name))
+            if len(timers) > 2 * len(self._due) + 64:  # mostly entries replaced since
+                self._timers = [(when, name) for name, when in self._due.items()]
+                heapq.heapify(self._timers)
 
     def _expire(self, now_ns: int) -> None:
         timers = self._timers
@@ -227,18 +232,18 @@ class FleetView:
             if self._due.get(name) != due:
                 continue
             del self._due[name]
-            job, row = self._jobs.get(name), self._rows.get(name)
-            if job is None or row is None:
+            job = self._jobs.get(name)
+            if job is None or name not in self._listed:
                 continue
             state, stalled = job.missed, len(job.stalled_ids)
-            self._judge(job, row, now_ns)
+            self._judge(job, now_ns)
             if (job.missed, len(job.stalled_ids)) != (state, stalled):
                 job.version += 1
 
     def _sorted_names(self) -> list[str]:
         names = self._sorted
         if names is None:
-            names = self._sorted = sorted(name for name in self._jobs if name in self._rows)
+            names = self._sorted = sorted(self._listed)
         return names
 
     # -- reading -----------------------------------------------------------------------
@@ -258,7 +263,7 @@ class FleetView:
         with self._lock:
             now_ns = self._refresh()
             job = self._jobs.get(name)
-            if job is None or name not in self._rows:
+            if job is None or name not in self._listed:
                 return None
             return job.cached_status(now_ns)
 

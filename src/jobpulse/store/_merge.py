@@ -23,6 +23,7 @@ merges alike. Pure functions of their arguments, apart from a cache of parsed sc
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import operator
 from collections.abc import Container, Iterable, Mapping
@@ -36,8 +37,10 @@ __all__ = [
     "claim_overdue",
     "fold_runs",
     "is_missed",
+    "judging_time",
     "lost_run",
     "schedule_of",
+    "without_runs",
 ]
 
 _END = operator.itemgetter(2)  # a run's end_ns
@@ -86,7 +89,7 @@ def fold_runs(row: FleetRow, runs: Iterable[RunFields]) -> bool:
         return False
     # Folding them one by one leaves the last run's fields, and the failures since the last
     # success (added to those before, if none succeeded): found from the end.
-    _, last_duration, last_end, last_category, last_error = ordered[-1]
+    _, last_duration, last_end, last_category, last_error, *_ = ordered[-1]
     failures = 0
     for run in reversed(ordered):
         if run[3] is None:  # its category: a success
@@ -106,28 +109,33 @@ def fold_runs(row: FleetRow, runs: Iterable[RunFields]) -> bool:
     return True
 
 
-def _effective_slot(row: FleetRow, schedule: Schedule | None) -> int | None:
-    """The row's expected run, moved on if a run took it (the instance that ran it may be
+def _effective_slot(
+    slot: int | None, grace_ns: int, last_start_ns: int | None, schedule: Schedule | None
+) -> int | None:
+    """The expected run `slot`, moved on if a run took it (the instance that ran it may be
     gone before it says what comes next)."""
-    slot = row.next_run_ns
     if slot is None:
         return None
-    last_start = row.last_start_ns
-    if last_start is not None and last_start >= slot - row.grace_ns:
-        return None if schedule is None else schedule.next_after(max(last_start, slot))
+    if last_start_ns is not None and last_start_ns >= slot - grace_ns:
+        return None if schedule is None else schedule.next_after(max(last_start_ns, slot))
     return slot
 
 
-def is_missed(row: FleetRow, now_ns: int) -> bool:
-    """Whether the fleet has missed the job's schedule as of `now_ns`: a slot was counted
-    missed and no run started since, or the expected run is past its grace with none
-    started."""
-    last_start = row.last_start_ns
-    missed = row.last_missed_ns
-    if missed is not None and (last_start is None or last_start < missed):
+def is_missed(
+    next_run_ns: int | None,
+    grace_ns: int,
+    last_start_ns: int | None,
+    last_missed_ns: int | None,
+    schedule: Schedule | None,
+    now_ns: int,
+) -> bool:
+    """Whether the fleet has missed a job's schedule as of `now_ns` (its row's fields): a
+    slot was counted missed and no run started since, or the expected run is past its grace
+    with none started."""
+    if last_missed_ns is not None and (last_start_ns is None or last_start_ns < last_missed_ns):
         return True
-    slot = _effective_slot(row, schedule_of(row.settings))
-    return slot is not None and now_ns >= slot + row.grace_ns
+    slot = _effective_slot(next_run_ns, grace_ns, last_start_ns, schedule)
+    return slot is not None and now_ns >= slot + grace_ns
 
 
 def claim_overdue(row: FleetRow, now_ns: int, margin_ns: int, *, running: bool = False) -> int:
@@ -135,7 +143,7 @@ def claim_overdue(row: FleetRow, now_ns: int, margin_ns: int, *, running: bool =
     the fleet and move its expected run past them; returns how many were counted. A job
     with a run in progress anywhere is alive: its slots move on uncounted."""
     schedule = schedule_of(row.settings)
-    slot = _effective_slot(row, schedule)
+    slot = _effective_slot(row.next_run_ns, row.grace_ns, row.last_start_ns, schedule)
     if slot != row.next_run_ns:
         if row.next_run_ns is not None and now_ns < row.next_run_ns + row.grace_ns + margin_ns:
             return 0  # taken just now: the instance that took it says what comes next
@@ -258,3 +266,45 @@ def lost_run(row: FleetRow, start_ns: int, now_ns: int, error: str) -> FinishedR
     row.updated_ns = max(row.updated_ns, now_ns)
     fold_runs(row, (run,))
     return run
+
+
+def judging_time(now_ns: int, previous_ns: int | None, margin_ns: int) -> int | None:
+    """The time against which an instance judges the others' heartbeats at a write: `now_ns`,
+    or, if its own previous heartbeat (`previous_ns`) is more than `margin_ns` old, that
+    heartbeat plus the margin. An instance that could not write for a while (the store was
+    out, the process was stopped, the host slept, the wall clock stepped forward) cannot
+    tell whether the others could: they may have been away as long, and are judged at its
+    next write. None at an instance's first write: it has not seen the others write yet."""
+    if previous_ns is None:
+        return None
+    return min(now_ns, previous_ns + margin_ns)
+
+
+def without_runs(change: JobChange, starts: Container[int]) -> tuple[JobChange, list[int]]:
+    """`change` without its finished runs that started at one of `starts` (runs closed as
+    lost while their instance was taken for dead, counted already), and their part of its
+    counts. Returns the change and the starts of the runs taken out."""
+    kept: list[RunFields] = []
+    taken: list[int] = []
+    success = failure = timeouts = duration = 0
+    for run in change.runs:
+        if run[0] not in starts:
+            kept.append(run)
+            continue
+        taken.append(run[0])
+        duration += run[1]
+        if run[3] is None:
+            success += 1
+        else:
+            failure += 1
+            timeouts += run[5]
+    if not taken:
+        return change, taken
+    return dataclasses.replace(
+        change,
+        runs=kept,
+        success=change.success - success,
+        failure=change.failure - failure,
+        timeouts=change.timeouts - timeouts,
+        total_duration_ns=change.total_duration_ns - duration,
+    ), taken

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -106,6 +107,11 @@ class Publisher:
         self._dropped_runs = 0
         self._store_id: str | None = None
         self._failing: str | None = None  # the error of the write that failed last
+        self._failures = 0  # writes failed in a row
+        # Between tries of a store that fails: doubling from the interval, up to a quarter of
+        # the ttl (so that the heartbeat is back well before others take this one for dead).
+        self._max_backoff = max(flush_interval, instance_ttl / 4)
+        self._resend = False  # every job's runs in progress, at the next write
         self._last_prune = -_PRUNE_EVERY_SECONDS
         self._start_thread()
         after_fork_in_child(self._reset_after_fork)
@@ -139,7 +145,7 @@ class Publisher:
             with self._condition:
                 self._condition.wait_for(
                     lambda: self._stopping or self._requested > self._completed,
-                    timeout=self.flush_interval,
+                    timeout=self._wait(),
                 )
                 stopping, target = self._stopping, self._requested
             written = False
@@ -154,6 +160,13 @@ class Publisher:
                 self._condition.notify_all()
             if stopping:
                 return
+
+    def _wait(self) -> float:
+        """Seconds until the next write: the interval, or a backoff while the store fails."""
+        if not self._failures:
+            return self.flush_interval
+        backoff = min(self.flush_interval * 2 ** (self._failures - 1), self._max_backoff)
+        return float(backoff) * (0.9 + 0.2 * random.random())  # apart from other processes
 
     def _collect(self, *, full: bool = False, seed: bool = False) -> None:
         """Copy the registry's changes into the buffer, as deltas (with the last runs'
@@ -237,7 +250,8 @@ class Publisher:
 
     def _cycle(self, *, stopping: bool = False) -> bool:
         """Collect and write once; True if the store took everything."""
-        self._collect()
+        self._collect(full=self._resend)
+        self._resend = False
         now_ns = self._clock.time_ns()
         try:
             result = self._write(now_ns, stopping)
@@ -293,14 +307,15 @@ class Publisher:
         error = _text(exc)
         if self._failing is None:
             logger.warning(
-                "store %s is unavailable (%s); %d finished runs wait to be written, retried "
-                "every %gs",
+                "store %s is unavailable (%s); %d finished runs wait to be written, tried "
+                "again after a pause that doubles up to %gs",
                 self.store.url,
                 error,
                 self._buffered_runs,
-                self.flush_interval,
+                self._max_backoff,
             )
         self._failing = error
+        self._failures += 1
 
     def _written(self, result: WriteResult) -> None:
         if self._failing is not None:
@@ -310,6 +325,17 @@ class Publisher:
                 self._buffered_runs,
             )
             self._failing = None
+        self._failures = 0
+        if result.revived:
+            logger.warning(
+                "store %s: this process was taken for dead (no heartbeat for longer than "
+                "instance_ttl) and its runs in progress were closed as lost; they are shown "
+                "as running again, and counted once",
+                self.store.url,
+            )
+            for published in self._published.values():
+                published.open_runs = ()
+            self._resend = True
         for name in result.conflicts:
             logger.warning(
                 "job %r: this process registered it with settings that differ from another "
@@ -378,6 +404,8 @@ class Publisher:
         self._pending.clear()
         self._buffered_runs = 0
         self._failing = None
+        self._failures = 0
+        self._resend = False
         self._collect(full=True)
         self._pending.clear()
         self._buffered_runs = 0
