@@ -160,6 +160,22 @@ def test_a_fleet_run_past_its_stall_after_is_stalled(fleet: MakeMonitor, clock: 
         assert web.health().status is jobpulse.HealthStatus.UNHEALTHY
 
 
+def test_a_reader_keeps_one_timer_per_job_however_often_its_slot_moves(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    worker, web = fleet(), fleet()
+    worker.register("busy", schedule="@every 1h")
+    for _ in range(300):  # each run moves the expected run, and each read sees it move
+        succeed(worker, "busy")
+        clock.advance(1)
+        assert worker.flush()
+        status = web.status("busy")
+        assert status is not None
+    link = web._store
+    assert link is not None
+    assert len(link.fleet._timers) <= 2 * len(link.fleet._due) + 64
+
+
 def hold_write_lock(store_url: str) -> sqlite3.Connection:
     path = store_url.removeprefix("sqlite:///")
     holder = sqlite3.connect(path, isolation_level=None)

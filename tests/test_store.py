@@ -67,7 +67,7 @@ def write(store: Store, who: Instance, *changes: JobChange, now_ns: int = T0) ->
 
 def stored_runs(read: FleetRead) -> list[tuple[str, int, int, int, str | None]]:
     """A read's runs, one by one: (job, start_ns, duration_ns, end_ns, category)."""
-    return [(batch.name, *run) for batch in read.runs for run in batch.runs]
+    return [(name, *run) for name, runs in read.runs for run in runs]
 
 
 def rows(store: Store, now_ns: int = T0) -> dict[str, FleetRow]:
@@ -191,12 +191,14 @@ def test_an_incremental_read_gives_only_what_changed(make_store: StoreFactory) -
     first = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
     assert sorted(row.name for row in first.rows) == ["one", "two"]
     cursor = Cursor(first.store_id, first.seq, first.generation, first.run_cursor)
+    assert len(first.rows) == 2
+    assert [row.name for row in first.rows[::-1]] == [first.rows[1].name, first.rows[0].name]
     unchanged = store.read(cursor, now_ns=T0, instance_ttl_ns=TTL)
     assert (unchanged.rows, unchanged.runs, unchanged.open_runs) == ((), (), None)
     write(store, instance("a"), change("two", failure=1, runs=[run(T0 + 5, 1, "unknown")]))
     moved = store.read(cursor, now_ns=T0, instance_ttl_ns=TTL)
     assert [row.name for row in moved.rows] == ["two"]
-    assert [batch.name for batch in moved.runs] == ["two"]
+    assert [name for name, _ in moved.runs] == ["two"]
     assert not moved.reset
 
 
@@ -653,6 +655,6 @@ def test_a_deleted_file_becomes_a_new_store(tmp_path: Path) -> None:
         assert not refused.applied
         assert refused.store_id != first.store_id
         assert path.exists()
-        assert store.read(None, now_ns=T0, instance_ttl_ns=TTL).rows == []
+        assert list(store.read(None, now_ns=T0, instance_ttl_ns=TTL).rows) == []
     finally:
         store.close()

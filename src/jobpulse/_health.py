@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 from jobpulse._job import HealthRow
-from jobpulse._model import JobsSummary, JobState, JobStatus, dump_json, rfc3339
+from jobpulse._model import JobsSummary, JobStatus, dump_json, rfc3339
 
 __all__ = ["PROCESS_VIEW", "HealthDocument", "HealthReport", "HealthStatus", "evaluate"]
 
@@ -40,19 +40,6 @@ class HealthStatus(str, enum.Enum):
 _HTTP_STATUS = {HealthStatus.HEALTHY: 200, HealthStatus.DEGRADED: 206, HealthStatus.UNHEALTHY: 503}
 
 
-class _Judged(Protocol):
-    """What the rules read of a job: `JobStatus`, or a registry `HealthRow`."""
-
-    @property
-    def state(self) -> JobState: ...
-    @property
-    def critical(self) -> bool: ...
-    @property
-    def consecutive_failures(self) -> int: ...
-    @property
-    def failure_threshold(self) -> int: ...
-
-
 def evaluate(statuses: Mapping[str, JobStatus]) -> HealthStatus:
     """The spec's rules, with criticality and the failure threshold set per job.
 
@@ -61,19 +48,22 @@ def evaluate(statuses: Mapping[str, JobStatus]) -> HealthStatus:
     - degraded: any other job whose last run failed, or that missed its schedule;
     - healthy: otherwise (jobs that never ran are healthy).
     """
-    return _judge(statuses.values())
+    return _judge(
+        [
+            (job.state.value, job.critical, job.consecutive_failures, job.failure_threshold, b"")
+            for job in statuses.values()
+        ]
+    )
 
 
-def _judge(jobs: Iterable[_Judged]) -> HealthStatus:
-    stalled, missed_state = JobState.STALLED, JobState.MISSED  # enum lookups are slow in a loop
+def _judge(rows: Iterable[HealthRow]) -> HealthStatus:
+    """`evaluate`'s rules over health rows."""
     result = HealthStatus.HEALTHY
-    for status in jobs:
-        state = status.state
-        if state is stalled:
+    for state, critical, failures, threshold, _ in rows:
+        if state == "stalled":
             return HealthStatus.UNHEALTHY
-        missed = state is missed_state
-        failures = status.consecutive_failures
-        if status.critical and (missed or failures >= status.failure_threshold):
+        missed = state == "missed"
+        if critical and (missed or failures >= threshold):
             return HealthStatus.UNHEALTHY
         if missed or failures > 0:
             result = HealthStatus.DEGRADED
@@ -142,8 +132,8 @@ class HealthDocument:
         last = self._last
         if last is None or len(last[0]) != len(rows) or not all(map(operator.is_, last[0], rows)):
             status = _judge(rows)
-            counts = JobsSummary.count([row.state for row in rows], now)
-            last = self._last = (rows, status, counts, b",".join([row.member for row in rows]))
+            counts = JobsSummary.count([row[0] for row in rows], now)
+            last = self._last = (rows, status, counts, b",".join([row[4] for row in rows]))
         _, status, counts, jobs = last
         summary = dataclasses.replace(counts, last_update_time=now)
         elapsed = (time.perf_counter() - started) * 1000.0

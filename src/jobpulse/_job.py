@@ -324,15 +324,13 @@ class Job:
         return int(seconds * 1e9)
 
 
-class HealthRow(NamedTuple):
-    """One job as the health document needs it: its state and health settings, and its
-    serialized member of the document."""
-
-    state: JobState
-    critical: bool
-    consecutive_failures: int
-    failure_threshold: int
-    member: bytes
+#: One job as the health document needs it: its state's value (`JobState.value`), whether it
+#: is critical, its consecutive failures and failure threshold, and its serialized member of
+#: the document. A plain tuple of plain values, as is the (version, row) pair a job caches:
+#: the garbage collector stops tracking such tuples the first time it sees them, so the rows
+#: a poll builds (one per changed job) are not promoted and scanned again by every full
+#: collection, as a NamedTuple's, or a tuple holding a `JobState`, would be.
+HealthRow = tuple[str, bool, int, int, bytes]
 
 
 def unavailable_row(job: Job) -> HealthRow:
@@ -347,8 +345,8 @@ def unavailable_row(job: Job) -> HealthRow:
         f'"failure_threshold":{job.failure_threshold},'
         '"error":"this job\'s status could not be shown"}'
     )
-    return HealthRow(
-        state,
+    return (
+        state.value,
         job.critical,
         job.consecutive_failures,
         job.failure_threshold,
@@ -437,8 +435,8 @@ def _current_row(job: Job, now_ns: int) -> HealthRow | None:
 
 
 def _row_of(record: JobRecord) -> HealthRow:
-    return HealthRow(
-        record.state,
+    return (
+        record.state.value,
         record.critical,
         record.consecutive_failures,
         record.failure_threshold,

@@ -341,6 +341,7 @@ _TIME_INDEXES = tuple(JobRecord._fields.index(name) for name in _TIME_FIELDS)
 
 _SETTINGS_JSON: dict[tuple[Any, ...], str] = {}
 _STATUS_JSON = {state: f'"{state.value}"' for state in JobState}
+_STATE_VALUES = tuple(state.value for state in JobState)
 
 
 def member_json(job: JobRecord) -> bytes:
@@ -465,22 +466,22 @@ class JobsSummary:
 
     @classmethod
     def of(cls, statuses: Mapping[str, JobStatus], now: datetime) -> JobsSummary:
-        return cls.count([status.state for status in statuses.values()], now)
+        return cls.count([status.state.value for status in statuses.values()], now)
 
     @classmethod
-    def count(cls, states: Collection[JobState], now: datetime) -> JobsSummary:
-        """The summary of jobs in `states`, one state per job."""
-        counts = dict.fromkeys(JobState, 0)
+    def count(cls, states: Collection[str], now: datetime) -> JobsSummary:
+        """The summary of jobs in `states` (`JobState` values), one state per job."""
+        counts = dict.fromkeys(_STATE_VALUES, 0)
         for state in states:
             counts[state] += 1
         return cls(
             total_jobs=len(states),
-            pending_jobs=counts[JobState.PENDING],
-            running_jobs=counts[JobState.RUNNING],
-            healthy_jobs=counts[JobState.SUCCESS],
-            unhealthy_jobs=counts[JobState.FAILED],
-            stalled_jobs=counts[JobState.STALLED],
-            missed_jobs=counts[JobState.MISSED],
+            pending_jobs=counts["pending"],
+            running_jobs=counts["running"],
+            healthy_jobs=counts["success"],
+            unhealthy_jobs=counts["failed"],
+            stalled_jobs=counts["stalled"],
+            missed_jobs=counts["missed"],
             last_update_time=now,
         )
 

@@ -48,13 +48,11 @@ class FinishedRun(NamedTuple):
 RunFields = tuple[int, int, int, str | None, str | None, bool]
 
 
-class RunBatch(NamedTuple):
-    """Runs of one job as a reader gets them back from the store's history: each
-    ``(start_ns, duration_ns, end_ns, category)``, in the order they ended. A read's
-    batches are in the order they were written."""
-
-    name: str
-    runs: Sequence[Sequence[Any]]
+#: Runs of one job as a reader gets them back from the store's history: (job name, runs),
+#: each run ``(start_ns, duration_ns, end_ns, category)``, in the order they ended. A read's
+#: batches are in the order they were written. Plain tuples of plain values, which the
+#: garbage collector stops tracking at once (a restarted process reads a day of runs).
+RunBatch = tuple[str, Sequence[tuple[int, int, int, str | None]]]
 
 
 class OpenRun(NamedTuple):

@@ -24,9 +24,9 @@ import threading
 import uuid
 import weakref
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from jobpulse._shared import StoreError, StoreVersionError
 from jobpulse.store._base import (
@@ -98,7 +98,7 @@ def _array(typecode: str, data: memoryview) -> array[int]:
 
 def _unpack_runs(
     value: bytes, categories: Sequence[str | None]
-) -> list[tuple[int, list[tuple[int, int, int, str | None]]]]:
+) -> list[tuple[int, tuple[tuple[int, int, int, str | None], ...]]]:
     """`_pack_runs` undone: (job id, its runs as (start_ns, duration_ns, end_ns,
     category)), `categories` giving each code's category."""
     view = memoryview(value)
@@ -120,7 +120,7 @@ def _unpack_runs(
     first = 0
     for index in range(jobs):
         last = first + header[jobs + index]
-        unpacked.append((header[index], every[first:last]))
+        unpacked.append((header[index], tuple(every[first:last])))
         first = last
     return unpacked
 
@@ -317,6 +317,36 @@ def _to_row(values: Sequence[Any]) -> FleetRow:
     if fields[_LAST_FAILED_INDEX] is not None:
         fields[_LAST_FAILED_INDEX] = bool(fields[_LAST_FAILED_INDEX])
     return FleetRow(*fields)
+
+
+_NAME_COLUMN = 1 + _ROW_FIELDS.index("name")
+
+
+class _Rows(Sequence[FleetRow]):
+    """Rows of the jobs table read as they are (plain tuples), each made a `FleetRow` when
+    taken: a reader takes them one at a time, so that no more than one is alive at once (a
+    thousand of them at once were promoted by the garbage collector, and made its full
+    collections more frequent)."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[Any]) -> None:
+        self._raw = raw
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @overload
+    def __getitem__(self, index: int) -> FleetRow: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[FleetRow]: ...
+    def __getitem__(self, index: int | slice) -> FleetRow | list[FleetRow]:
+        if isinstance(index, slice):
+            return list(map(_to_row, self._raw[index]))
+        return _to_row(self._raw[index])
+
+    def __iter__(self) -> Iterator[FleetRow]:
+        return map(_to_row, self._raw)
 
 
 class _Known:
@@ -825,12 +855,11 @@ class SQLiteStore:
         names = self._read_names
         if not names and since_seq >= 0:  # a connection made again: the names of every job
             names.update(db.execute("SELECT id, name FROM jobs"))
-        rows = []
-        for values in db.execute(f"SELECT id, {_COLUMNS} FROM jobs WHERE seq > ?", (since_seq,)):
-            row = _to_row(values)
-            names[values[0]] = row.name
-            rows.append(row)
-        runs = []
+        raw = db.execute(f"SELECT id, {_COLUMNS} FROM jobs WHERE seq > ?", (since_seq,)).fetchall()
+        for values in raw:
+            names[values[0]] = values[_NAME_COLUMN]
+        rows = _Rows(raw)
+        runs: list[RunBatch] = []
         last_run = since_run
         # A job missing from the names is one pruned since: its runs left with it.
         categories: list[str | None] = []
@@ -843,7 +872,7 @@ class SQLiteStore:
             for job, batch in _unpack_runs(value, categories):
                 name = names.get(job)
                 if name is not None:
-                    runs.append(RunBatch(name, batch))
+                    runs.append((name, batch))
         open_runs = [
             OpenRun(instance, names[job], run_id % (1 << 64), start_ns, stall_after_ns)
             for instance, job, run_id, start_ns, stall_after_ns in db.execute(
