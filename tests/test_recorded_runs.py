@@ -82,6 +82,9 @@ def test_record_run_with_an_error_and_a_category(monitor: JobMonitor, otel: Otel
         ({"start": datetime(2026, 1, 1), "end": T0}, "start must be a timezone-aware"),
         ({"start": T0, "end": "later"}, "end must be a timezone-aware"),
         ({"start": T0, "end": T0, "category": "Worker Lost"}, "category must be a snake_case"),
+        # Nanoseconds since 1970 in 64 bits (spans, stores): 1970 to April 2262.
+        ({"start": datetime(1969, 12, 31, tzinfo=timezone.utc), "end": T0}, "start must be"),
+        ({"start": T0, "end": datetime(2262, 4, 12, tzinfo=timezone.utc)}, "end must be"),
     ],
 )
 def test_record_run_refuses_bad_input_and_records_nothing(

@@ -1226,7 +1226,11 @@ def _detach(context: object) -> None:
 def _aware_ns(when: object, what: str) -> int:
     if not isinstance(when, datetime) or when.utcoffset() is None:
         raise InvalidJobError(f"{what} must be a timezone-aware datetime, got {when!r}")
-    return to_ns(when)
+    ns = to_ns(when)
+    # What spans and stores hold: unsigned, and signed 64-bit nanoseconds since 1970.
+    if not 0 <= ns < 1 << 63:
+        raise InvalidJobError(f"{what} must be between 1970 and 2262, got {when.isoformat()}")
+    return ns
 
 
 def _function_name(func: Callable[..., Any]) -> str:
