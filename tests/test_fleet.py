@@ -10,7 +10,7 @@ import os
 import sqlite3
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,20 @@ def test_a_reader_keeps_one_timer_per_job_however_often_its_slot_moves(
     link = web._store
     assert link is not None
     assert len(link.fleet._timers) <= 2 * len(link.fleet._due) + 64
+
+
+def test_an_expected_run_centuries_away_is_no_expected_run_in_the_store(
+    fleet: MakeMonitor,
+) -> None:
+    monitor = fleet()
+    monitor.set_next_run("far", datetime(9999, 1, 1, tzinfo=timezone.utc))
+    succeed(monitor, "near")
+    assert monitor.flush()  # past 64-bit nanoseconds: it would refuse every write
+    far, near = monitor.status("far"), monitor.status("near")
+    assert far is not None
+    assert near is not None
+    assert far.next_run_time is None
+    assert near.success_count == 1
 
 
 def hold_write_lock(store_url: str) -> sqlite3.Connection:

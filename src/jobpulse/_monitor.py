@@ -473,7 +473,7 @@ class JobMonitor:
         none has started by ``when + grace`` the job is ``missed``. A job with a schedule of
         its own goes back to it after the next run. Registers the job on first use.
         """
-        when_ns = None if when is None else _aware_ns(when, "when")
+        when_ns = None if when is None else _aware_ns(when, "when", held=False)
         grace_seconds = None if grace is None else to_seconds(grace, "grace")
         if name not in self._registry:
             self.register(name)
@@ -1223,12 +1223,14 @@ def _detach(context: object) -> None:
         context_api.detach(context)  # type: ignore[arg-type]
 
 
-def _aware_ns(when: object, what: str) -> int:
+def _aware_ns(when: object, what: str, *, held: bool = True) -> int:
+    """`when` in epoch nanoseconds; if `held` (the time of a run, or of a missed slot), it
+    must fit what spans and stores hold: unsigned, and signed, 64-bit nanoseconds since 1970.
+    An expected run may be any time: a slot centuries away is never due."""
     if not isinstance(when, datetime) or when.utcoffset() is None:
         raise InvalidJobError(f"{what} must be a timezone-aware datetime, got {when!r}")
     ns = to_ns(when)
-    # What spans and stores hold: unsigned, and signed 64-bit nanoseconds since 1970.
-    if not 0 <= ns < 1 << 63:
+    if held and not 0 <= ns < 1 << 63:
         raise InvalidJobError(f"{what} must be between 1970 and 2262, got {when.isoformat()}")
     return ns
 

@@ -33,6 +33,7 @@ _GUARD = Guard("store publisher")
 _HISTORY_NS = 24 * 3600 * 1_000_000_000
 _PRUNE_EVERY_SECONDS = 60.0
 _RETRY_SECONDS = 0.1  # between tries of a flush the store refused
+_NS_LIMIT = 1 << 63
 
 
 class _Published:
@@ -224,9 +225,13 @@ class Publisher:
         )
         if job.settings != published.settings:
             change.settings = published.settings = job.settings
-        next_run = (job.next_run_ns, job.grace_ns)
+        # A slot past what a store holds (64-bit nanoseconds: April 2262) is never due.
+        next_run_ns = (
+            job.next_run_ns if job.next_run_ns is None or job.next_run_ns < _NS_LIMIT else None
+        )
+        next_run = (next_run_ns, job.grace_ns)
         if next_run != published.next_run and (
-            job.next_run_ns is not None or published.next_run is not None
+            next_run_ns is not None or published.next_run is not None
         ):
             change.next_run = published.next_run = next_run
         if job.open_runs != published.open_runs:
