@@ -274,6 +274,40 @@ def test_a_run_lost_while_its_instance_seemed_dead_counts_once(make_store: Store
     assert not read.open_runs
 
 
+def test_runs_of_one_job_that_started_at_the_same_time_are_each_lost_once(
+    make_store: StoreFactory,
+) -> None:
+    # Two runs of a job begun in the same clock tick (a coarse clock, tasks started together):
+    # each is a run of its own when its instance dies, and when it comes back.
+    store = make_store()
+    slow, judge = instance("slow"), instance("judge")
+    started = T0 - 5 * S
+    write(store, slow, change(open_runs=((7, started), (8, started)), stall_after_ns=TTL))
+    write(store, judge, now_ns=T0 + TTL - 1)
+    write(store, judge, now_ns=T0 + TTL + 1)
+    assert rows(store, T0 + TTL + 1)["job"].failure_count == 2
+    read = store.read(None, now_ns=T0 + TTL + 1, instance_ttl_ns=TTL)
+    assert [(start, category) for _, start, _, _, category in stored_runs(read)] == [
+        (started, "lost"),
+        (started, "lost"),
+    ]
+    # It was only slow: one of the two ends, the other is still in progress, then ends too.
+    back = T0 + TTL + 2 * S
+    one = change(success=1, total_duration_ns=back - started, runs=[run(started, back - started)])
+    one.open_runs = ((8, started),)
+    assert store.write(slow, [one], now_ns=back, instance_ttl_ns=TTL, margin_ns=MARGIN).revived
+    assert rows(store, back)["job"].failure_count == 2
+    later = back + S
+    other = change(
+        success=1, total_duration_ns=later - started, runs=[run(started, later - started)]
+    )
+    other.open_runs = ()
+    write(store, slow, other, now_ns=later)
+    row = rows(store, later)["job"]
+    assert (row.success_count, row.failure_count) == (0, 2)  # each counted once, as lost
+    assert len(stored_runs(store.read(None, now_ns=later, instance_ttl_ns=TTL))) == 2
+
+
 def test_an_instance_back_from_an_absence_judges_the_others_at_its_next_write(
     make_store: StoreFactory,
 ) -> None:

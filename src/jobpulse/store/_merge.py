@@ -280,17 +280,20 @@ def judging_time(now_ns: int, previous_ns: int | None, margin_ns: int) -> int | 
     return min(now_ns, previous_ns + margin_ns)
 
 
-def without_runs(change: JobChange, starts: Container[int]) -> tuple[JobChange, list[int]]:
-    """`change` without its finished runs that started at one of `starts` (runs closed as
-    lost while their instance was taken for dead, counted already), and their part of its
-    counts. Returns the change and the starts of the runs taken out."""
+def without_runs(change: JobChange, starts: Mapping[int, int]) -> tuple[JobChange, list[int]]:
+    """`change` without its finished runs that started at one of `starts`, at most as many
+    of each start as `starts` gives (runs closed as lost while their instance was taken for
+    dead, counted already; several runs of a job may start in the same clock tick), and
+    their part of its counts. Returns the change and the starts of the runs taken out."""
     kept: list[RunFields] = []
     taken: list[int] = []
+    left = dict(starts)
     success = failure = timeouts = duration = 0
     for run in change.runs:
-        if run[0] not in starts:
+        if not left.get(run[0]):
             kept.append(run)
             continue
+        left[run[0]] -= 1
         taken.append(run[0])
         duration += run[1]
         if run[3] is None:

@@ -184,9 +184,12 @@ def _runs_per_write(db: sqlite3.Connection) -> None:
         rows.append((id, end_ns, _pack_runs([(job, runs)], codes)))
     db.executemany("INSERT INTO run_writes (id, end_ns, runs) VALUES (?, ?, ?)", rows)
     db.execute("DROP TABLE run_batches")
+    # A run by its id (two runs of a job may start in the same clock tick); its start is what
+    # its finished form, which has no id, is known by.
     db.execute(
         "CREATE TABLE lost_runs (instance TEXT NOT NULL, job INTEGER NOT NULL,"
-        " start_ns INTEGER NOT NULL, PRIMARY KEY (instance, job, start_ns)) WITHOUT ROWID"
+        " run_id INTEGER NOT NULL, start_ns INTEGER NOT NULL,"
+        " PRIMARY KEY (instance, job, run_id)) WITHOUT ROWID"
     )
 
 
@@ -697,13 +700,14 @@ class SQLiteStore:
     ) -> Sequence[JobChange]:
         """`changes` without the runs that were closed as lost while this instance was
         taken for dead (they are counted already), and those runs' claims dropped."""
-        claimed: dict[str, set[int]] = {}
-        for job, start_ns in db.execute(
-            "SELECT job, start_ns FROM lost_runs WHERE instance = ?", (me,)
+        # Per job, the ids of its lost runs by their start.
+        claimed: dict[str, dict[int, list[int]]] = {}
+        for job, run_id, start_ns in db.execute(
+            "SELECT job, run_id, start_ns FROM lost_runs WHERE instance = ?", (me,)
         ):
             name = self._names.get(job)
             if name is not None:
-                claimed.setdefault(name, set()).add(start_ns)
+                claimed.setdefault(name, {}).setdefault(start_ns, []).append(run_id)
         if not claimed:
             return changes
         kept = []
@@ -711,13 +715,13 @@ class SQLiteStore:
         for change in changes:
             starts = claimed.get(change.name)
             if starts and change.runs:
-                change, matched = without_runs(change, starts)
+                change, matched = without_runs(
+                    change, {start: len(ids) for start, ids in starts.items()}
+                )
                 job = self._known[change.name].id
-                ended.extend((me, job, start_ns) for start_ns in matched)
+                ended.extend((me, job, starts[start_ns].pop()) for start_ns in matched)
             kept.append(change)
-        db.executemany(
-            "DELETE FROM lost_runs WHERE instance = ? AND job = ? AND start_ns = ?", ended
-        )
+        db.executemany("DELETE FROM lost_runs WHERE instance = ? AND job = ? AND run_id = ?", ended)
         return kept
 
     def _catch_up(self, db: sqlite3.Connection) -> tuple[int, int]:
@@ -789,16 +793,17 @@ class SQLiteStore:
         for instance, host, pid in dead:
             db.execute("UPDATE instances SET closed = 1 WHERE id = ?", (instance,))
             runs = db.execute(
-                "SELECT job, start_ns FROM open_runs WHERE instance = ?", (instance,)
+                "SELECT job, run_id, start_ns FROM open_runs WHERE instance = ?", (instance,)
             ).fetchall()
             if not runs:
                 continue
             db.execute("DELETE FROM open_runs WHERE instance = ?", (instance,))
             error = LOST_INSTANCE_ERROR.format(instance=instance, pid=pid, host=host)
-            for job, start_ns in runs:
+            for job, run_id, start_ns in runs:
                 claimed = db.execute(
-                    "INSERT OR IGNORE INTO lost_runs (instance, job, start_ns) VALUES (?, ?, ?)",
-                    (instance, job, start_ns),
+                    "INSERT OR IGNORE INTO lost_runs (instance, job, run_id, start_ns)"
+                    " VALUES (?, ?, ?, ?)",
+                    (instance, job, run_id, start_ns),
                 ).rowcount
                 if not claimed:  # lost once already, before its instance came back
                     continue
