@@ -692,3 +692,19 @@ def test_a_deleted_file_becomes_a_new_store(tmp_path: Path) -> None:
         assert list(store.read(None, now_ns=T0, instance_ttl_ns=TTL).rows) == []
     finally:
         store.close()
+
+
+def test_a_writer_forgets_the_ids_of_jobs_pruned_since(tmp_path: Path) -> None:
+    # A service whose job names come and go (one per customer, say) prunes each idle one
+    # after `retention`: the writer's map of job ids to names must not keep them all.
+    store = SQLiteStore(tmp_path / "jobs.db")
+    day = 24 * 3600 * S
+    try:
+        for index in range(50):
+            now_ns = T0 + index * 2 * day
+            write(store, instance("a"), change(f"job-{index}", success=1), now_ns=now_ns)
+            store.prune(now_ns=now_ns + 2 * day, history_ns=day, retention_ns=day)
+        write(store, instance("a"), change("last"), now_ns=T0 + 101 * day)
+        assert sorted(store._names.values()) == ["last"]
+    finally:
+        store.close()

@@ -733,7 +733,9 @@ class SQLiteStore:
         )
         seq, generation = int(meta["seq"]), int(meta["generation"])
         if generation != self._known_generation or seq < self._known_seq:
+            # Every row is read again; the names of jobs pruned meanwhile are forgotten.
             self._known, self._known_seq, self._known_generation = {}, -1, generation
+            self._names = {}
         if seq > self._known_seq:
             for values in db.execute(
                 f"SELECT id, {_COLUMNS} FROM jobs WHERE seq > ?", (self._known_seq,)
