@@ -308,6 +308,37 @@ def test_runs_of_one_job_that_started_at_the_same_time_are_each_lost_once(
     assert len(stored_runs(store.read(None, now_ns=later, instance_ttl_ns=TTL))) == 2
 
 
+def test_the_real_end_of_a_lost_run_leaves_the_last_success_and_extremes_alone(
+    make_store: StoreFactory,
+) -> None:
+    # docs/store.md: the real end of a run closed as lost is left out of the counts, the
+    # history and the last-run fields; the instance's change still carried it in its own
+    # last success and extremes.
+    store = make_store()
+    slow, judge = instance("slow"), instance("judge")
+    started = T0 - 5 * S
+    write(store, slow, change(open_runs=((7, started),), stall_after_ns=TTL))
+    write(store, judge, now_ns=T0 + TTL - 1)
+    closed = T0 + TTL + 1
+    write(store, judge, now_ns=closed)
+    back = T0 + 3600 * S  # it was stopped for an hour, its run went on meanwhile
+    real = run(started, back - started)
+    ended = change(
+        success=1,
+        total_duration_ns=real.duration_ns,
+        runs=[real],
+        min_ns=real.duration_ns,
+        max_ns=real.duration_ns,
+        last_success_ns=back,
+    )
+    ended.open_runs = ()
+    assert store.write(slow, [ended], now_ns=back, instance_ttl_ns=TTL, margin_ns=MARGIN).revived
+    row = rows(store, back)["job"]
+    assert (row.success_count, row.failure_count) == (0, 1)
+    assert row.last_success_ns is None  # no run of it succeeded, as far as the fleet counts
+    assert row.min_ns == row.max_ns == closed - started  # the lost run's duration
+
+
 def test_an_instance_back_from_an_absence_judges_the_others_at_its_next_write(
     make_store: StoreFactory,
 ) -> None:
