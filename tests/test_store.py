@@ -739,3 +739,24 @@ def test_a_writer_forgets_the_ids_of_jobs_pruned_since(tmp_path: Path) -> None:
         assert sorted(store._names.values()) == ["last"]
     finally:
         store.close()
+
+
+def test_a_store_that_has_given_every_category_code_still_takes_runs_of_a_new_one(
+    tmp_path: Path,
+) -> None:
+    # A run's category is kept as a 16-bit code, and codes are never given back: past the
+    # last code, a run of a new category made every write of its instance fail for good.
+    path = tmp_path / "jobs.db"
+    store = SQLiteStore(path)
+    try:
+        with sqlite3.connect(path) as db:
+            db.executemany(
+                "INSERT INTO categories (name) VALUES (?)",
+                [("unknown",), *((f"category_{index}",) for index in range(0xFFFE))],
+            )
+        write(store, instance("a"), change(failure=1, runs=[run(T0, S, "brand_new")]))
+        write(store, instance("a"), change(failure=1, runs=[run(T0 + S, S, "category_7")]))
+        read = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
+    finally:
+        store.close()
+    assert [category for *_, category in stored_runs(read)] == ["unknown", "category_7"]

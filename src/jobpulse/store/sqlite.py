@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, overload
 
-from jobpulse._shared import StoreError, StoreVersionError
+from jobpulse._shared import UNKNOWN, StoreError, StoreVersionError
 from jobpulse.store._base import (
     Cursor,
     FleetRead,
@@ -147,9 +147,22 @@ def _batch_runs(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE runs")
 
 
+#: The last code a category other than ``unknown`` may get: codes are 16 bits and never
+#: given back, and ``unknown`` must still find one past it.
+_LAST_CODE = 0xFFFE
+
+
 def _code_of(db: sqlite3.Connection, category: str) -> int:
-    """The code of a run's category in the store (given at its first use)."""
-    db.execute("INSERT OR IGNORE INTO categories (name) VALUES (?)", (category,))
+    """The code of a run's category in the store (given at its first use). Once the codes
+    are all given, a new category is stored as ``unknown`` (a code past 16 bits would make
+    every write of the run fail)."""
+    found = db.execute("SELECT code FROM categories WHERE name = ?", (category,)).fetchone()
+    if found is not None:
+        return int(found[0])
+    (last,) = db.execute("SELECT coalesce(max(code), 0) FROM categories").fetchone()
+    if last >= _LAST_CODE and category != UNKNOWN:
+        return _code_of(db, UNKNOWN)
+    db.execute("INSERT INTO categories (name) VALUES (?)", (category,))
     return int(db.execute("SELECT code FROM categories WHERE name = ?", (category,)).fetchone()[0])
 
 
