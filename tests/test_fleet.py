@@ -291,6 +291,26 @@ def test_a_failing_store_is_tried_again_with_a_backoff_up_to_a_quarter_of_the_tt
         monitor.shutdown()
 
 
+def test_the_publisher_keeps_trying_after_more_than_a_thousand_failures_in_a_row(
+    store_path: Path,
+) -> None:
+    # 1,025 failures in a row are about 43 minutes of an outage at the default settings: the
+    # backoff's doubling must not overflow (a float times 2**1024 raises OverflowError, which
+    # ended the publisher's thread, and no write was ever made again).
+    store = FailingStore(store_path, enough=1100)
+    monitor = JobMonitor(store=store, flush_interval=0.001, instance_ttl=0.002)
+    try:
+        succeed(monitor, "job")
+        assert store.tried.wait(30), len(store.tries)
+        store.failing = False
+        assert store.written.wait(10)
+        status = monitor.status("job")
+        assert status is not None
+        assert status.success_count == 1
+    finally:
+        monitor.shutdown()
+
+
 def test_a_store_that_can_be_read_but_not_written_is_degraded_in_the_document(
     fleet: MakeMonitor, store_url: str
 ) -> None:

@@ -274,6 +274,71 @@ def test_a_run_lost_while_its_instance_seemed_dead_counts_once(make_store: Store
     assert not read.open_runs
 
 
+def test_runs_of_one_job_that_started_at_the_same_time_are_each_lost_once(
+    make_store: StoreFactory,
+) -> None:
+    # Two runs of a job begun in the same clock tick (a coarse clock, tasks started together):
+    # each is a run of its own when its instance dies, and when it comes back.
+    store = make_store()
+    slow, judge = instance("slow"), instance("judge")
+    started = T0 - 5 * S
+    write(store, slow, change(open_runs=((7, started), (8, started)), stall_after_ns=TTL))
+    write(store, judge, now_ns=T0 + TTL - 1)
+    write(store, judge, now_ns=T0 + TTL + 1)
+    assert rows(store, T0 + TTL + 1)["job"].failure_count == 2
+    read = store.read(None, now_ns=T0 + TTL + 1, instance_ttl_ns=TTL)
+    assert [(start, category) for _, start, _, _, category in stored_runs(read)] == [
+        (started, "lost"),
+        (started, "lost"),
+    ]
+    # It was only slow: one of the two ends, the other is still in progress, then ends too.
+    back = T0 + TTL + 2 * S
+    one = change(success=1, total_duration_ns=back - started, runs=[run(started, back - started)])
+    one.open_runs = ((8, started),)
+    assert store.write(slow, [one], now_ns=back, instance_ttl_ns=TTL, margin_ns=MARGIN).revived
+    assert rows(store, back)["job"].failure_count == 2
+    later = back + S
+    other = change(
+        success=1, total_duration_ns=later - started, runs=[run(started, later - started)]
+    )
+    other.open_runs = ()
+    write(store, slow, other, now_ns=later)
+    row = rows(store, later)["job"]
+    assert (row.success_count, row.failure_count) == (0, 2)  # each counted once, as lost
+    assert len(stored_runs(store.read(None, now_ns=later, instance_ttl_ns=TTL))) == 2
+
+
+def test_the_real_end_of_a_lost_run_leaves_the_last_success_and_extremes_alone(
+    make_store: StoreFactory,
+) -> None:
+    # docs/store.md: the real end of a run closed as lost is left out of the counts, the
+    # history and the last-run fields; the instance's change still carried it in its own
+    # last success and extremes.
+    store = make_store()
+    slow, judge = instance("slow"), instance("judge")
+    started = T0 - 5 * S
+    write(store, slow, change(open_runs=((7, started),), stall_after_ns=TTL))
+    write(store, judge, now_ns=T0 + TTL - 1)
+    closed = T0 + TTL + 1
+    write(store, judge, now_ns=closed)
+    back = T0 + 3600 * S  # it was stopped for an hour, its run went on meanwhile
+    real = run(started, back - started)
+    ended = change(
+        success=1,
+        total_duration_ns=real.duration_ns,
+        runs=[real],
+        min_ns=real.duration_ns,
+        max_ns=real.duration_ns,
+        last_success_ns=back,
+    )
+    ended.open_runs = ()
+    assert store.write(slow, [ended], now_ns=back, instance_ttl_ns=TTL, margin_ns=MARGIN).revived
+    row = rows(store, back)["job"]
+    assert (row.success_count, row.failure_count) == (0, 1)
+    assert row.last_success_ns is None  # no run of it succeeded, as far as the fleet counts
+    assert row.min_ns == row.max_ns == closed - started  # the lost run's duration
+
+
 def test_an_instance_back_from_an_absence_judges_the_others_at_its_next_write(
     make_store: StoreFactory,
 ) -> None:
@@ -658,3 +723,40 @@ def test_a_deleted_file_becomes_a_new_store(tmp_path: Path) -> None:
         assert list(store.read(None, now_ns=T0, instance_ttl_ns=TTL).rows) == []
     finally:
         store.close()
+
+
+def test_a_writer_forgets_the_ids_of_jobs_pruned_since(tmp_path: Path) -> None:
+    # A service whose job names come and go (one per customer, say) prunes each idle one
+    # after `retention`: the writer's map of job ids to names must not keep them all.
+    store = SQLiteStore(tmp_path / "jobs.db")
+    day = 24 * 3600 * S
+    try:
+        for index in range(50):
+            now_ns = T0 + index * 2 * day
+            write(store, instance("a"), change(f"job-{index}", success=1), now_ns=now_ns)
+            store.prune(now_ns=now_ns + 2 * day, history_ns=day, retention_ns=day)
+        write(store, instance("a"), change("last"), now_ns=T0 + 101 * day)
+        assert sorted(store._names.values()) == ["last"]
+    finally:
+        store.close()
+
+
+def test_a_store_that_has_given_every_category_code_still_takes_runs_of_a_new_one(
+    tmp_path: Path,
+) -> None:
+    # A run's category is kept as a 16-bit code, and codes are never given back: past the
+    # last code, a run of a new category made every write of its instance fail for good.
+    path = tmp_path / "jobs.db"
+    store = SQLiteStore(path)
+    try:
+        with sqlite3.connect(path) as db:
+            db.executemany(
+                "INSERT INTO categories (name) VALUES (?)",
+                [("unknown",), *((f"category_{index}",) for index in range(0xFFFE))],
+            )
+        write(store, instance("a"), change(failure=1, runs=[run(T0, S, "brand_new")]))
+        write(store, instance("a"), change(failure=1, runs=[run(T0 + S, S, "category_7")]))
+        read = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
+    finally:
+        store.close()
+    assert [category for *_, category in stored_runs(read)] == ["unknown", "category_7"]

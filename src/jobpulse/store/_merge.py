@@ -280,17 +280,21 @@ def judging_time(now_ns: int, previous_ns: int | None, margin_ns: int) -> int | 
     return min(now_ns, previous_ns + margin_ns)
 
 
-def without_runs(change: JobChange, starts: Container[int]) -> tuple[JobChange, list[int]]:
-    """`change` without its finished runs that started at one of `starts` (runs closed as
-    lost while their instance was taken for dead, counted already), and their part of its
-    counts. Returns the change and the starts of the runs taken out."""
+def without_runs(change: JobChange, starts: Mapping[int, int]) -> tuple[JobChange, list[int]]:
+    """`change` without its finished runs that started at one of `starts`, at most as many
+    of each start as `starts` gives (runs closed as lost while their instance was taken for
+    dead, counted already; several runs of a job may start in the same clock tick), and
+    their part of its counts, its last success and its extremes. Returns the change and the
+    starts of the runs taken out."""
     kept: list[RunFields] = []
     taken: list[int] = []
+    left = dict(starts)
     success = failure = timeouts = duration = 0
     for run in change.runs:
-        if run[0] not in starts:
+        if not left.get(run[0]):
             kept.append(run)
             continue
+        left[run[0]] -= 1
         taken.append(run[0])
         duration += run[1]
         if run[3] is None:
@@ -300,6 +304,14 @@ def without_runs(change: JobChange, starts: Container[int]) -> tuple[JobChange, 
             timeouts += run[5]
     if not taken:
         return change, taken
+    last_success_ns, min_ns, max_ns = change.last_success_ns, change.min_ns, change.max_ns
+    if not change.dropped_runs:
+        # The instance's own last success and extremes, absolute, counted the runs taken
+        # out; those of its runs written before are in the row already, so the runs kept
+        # give the rest exactly (unless some were left out of the buffer: kept as they are).
+        last_success_ns = max((run[2] for run in kept if run[3] is None), default=None)
+        min_ns = min((run[1] for run in kept), default=None)
+        max_ns = max((run[1] for run in kept), default=None)
     return dataclasses.replace(
         change,
         runs=kept,
@@ -307,4 +319,7 @@ def without_runs(change: JobChange, starts: Container[int]) -> tuple[JobChange, 
         failure=change.failure - failure,
         timeouts=change.timeouts - timeouts,
         total_duration_ns=change.total_duration_ns - duration,
+        last_success_ns=last_success_ns,
+        min_ns=min_ns,
+        max_ns=max_ns,
     ), taken

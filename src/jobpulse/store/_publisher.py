@@ -166,7 +166,10 @@ class Publisher:
         """Seconds until the next write: the interval, or a backoff while the store fails."""
         if not self._failures:
             return self.flush_interval
-        backoff = min(self.flush_interval * 2 ** (self._failures - 1), self._max_backoff)
+        # The exponent is capped: a float times 2**1024 overflows (after some 43 minutes of
+        # an outage at the default settings), which would end this thread.
+        doubled = self.flush_interval * 2.0 ** min(self._failures - 1, 64)
+        backoff = min(doubled, self._max_backoff)
         return float(backoff) * (0.9 + 0.2 * random.random())  # apart from other processes
 
     def _collect(self, *, full: bool = False, seed: bool = False) -> None:

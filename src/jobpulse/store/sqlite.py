@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, overload
 
-from jobpulse._shared import StoreError, StoreVersionError
+from jobpulse._shared import UNKNOWN, StoreError, StoreVersionError
 from jobpulse.store._base import (
     Cursor,
     FleetRead,
@@ -147,9 +147,22 @@ def _batch_runs(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE runs")
 
 
+#: The last code a category other than ``unknown`` may get: codes are 16 bits and never
+#: given back, and ``unknown`` must still find one past it.
+_LAST_CODE = 0xFFFE
+
+
 def _code_of(db: sqlite3.Connection, category: str) -> int:
-    """The code of a run's category in the store (given at its first use)."""
-    db.execute("INSERT OR IGNORE INTO categories (name) VALUES (?)", (category,))
+    """The code of a run's category in the store (given at its first use). Once the codes
+    are all given, a new category is stored as ``unknown`` (a code past 16 bits would make
+    every write of the run fail)."""
+    found = db.execute("SELECT code FROM categories WHERE name = ?", (category,)).fetchone()
+    if found is not None:
+        return int(found[0])
+    (last,) = db.execute("SELECT coalesce(max(code), 0) FROM categories").fetchone()
+    if last >= _LAST_CODE and category != UNKNOWN:
+        return _code_of(db, UNKNOWN)
+    db.execute("INSERT INTO categories (name) VALUES (?)", (category,))
     return int(db.execute("SELECT code FROM categories WHERE name = ?", (category,)).fetchone()[0])
 
 
@@ -184,9 +197,12 @@ def _runs_per_write(db: sqlite3.Connection) -> None:
         rows.append((id, end_ns, _pack_runs([(job, runs)], codes)))
     db.executemany("INSERT INTO run_writes (id, end_ns, runs) VALUES (?, ?, ?)", rows)
     db.execute("DROP TABLE run_batches")
+    # A run by its id (two runs of a job may start in the same clock tick); its start is what
+    # its finished form, which has no id, is known by.
     db.execute(
         "CREATE TABLE lost_runs (instance TEXT NOT NULL, job INTEGER NOT NULL,"
-        " start_ns INTEGER NOT NULL, PRIMARY KEY (instance, job, start_ns)) WITHOUT ROWID"
+        " run_id INTEGER NOT NULL, start_ns INTEGER NOT NULL,"
+        " PRIMARY KEY (instance, job, run_id)) WITHOUT ROWID"
     )
 
 
@@ -697,13 +713,14 @@ class SQLiteStore:
     ) -> Sequence[JobChange]:
         """`changes` without the runs that were closed as lost while this instance was
         taken for dead (they are counted already), and those runs' claims dropped."""
-        claimed: dict[str, set[int]] = {}
-        for job, start_ns in db.execute(
-            "SELECT job, start_ns FROM lost_runs WHERE instance = ?", (me,)
+        # Per job, the ids of its lost runs by their start.
+        claimed: dict[str, dict[int, list[int]]] = {}
+        for job, run_id, start_ns in db.execute(
+            "SELECT job, run_id, start_ns FROM lost_runs WHERE instance = ?", (me,)
         ):
             name = self._names.get(job)
             if name is not None:
-                claimed.setdefault(name, set()).add(start_ns)
+                claimed.setdefault(name, {}).setdefault(start_ns, []).append(run_id)
         if not claimed:
             return changes
         kept = []
@@ -711,13 +728,13 @@ class SQLiteStore:
         for change in changes:
             starts = claimed.get(change.name)
             if starts and change.runs:
-                change, matched = without_runs(change, starts)
+                change, matched = without_runs(
+                    change, {start: len(ids) for start, ids in starts.items()}
+                )
                 job = self._known[change.name].id
-                ended.extend((me, job, start_ns) for start_ns in matched)
+                ended.extend((me, job, starts[start_ns].pop()) for start_ns in matched)
             kept.append(change)
-        db.executemany(
-            "DELETE FROM lost_runs WHERE instance = ? AND job = ? AND start_ns = ?", ended
-        )
+        db.executemany("DELETE FROM lost_runs WHERE instance = ? AND job = ? AND run_id = ?", ended)
         return kept
 
     def _catch_up(self, db: sqlite3.Connection) -> tuple[int, int]:
@@ -729,7 +746,9 @@ class SQLiteStore:
         )
         seq, generation = int(meta["seq"]), int(meta["generation"])
         if generation != self._known_generation or seq < self._known_seq:
+            # Every row is read again; the names of jobs pruned meanwhile are forgotten.
             self._known, self._known_seq, self._known_generation = {}, -1, generation
+            self._names = {}
         if seq > self._known_seq:
             for values in db.execute(
                 f"SELECT id, {_COLUMNS} FROM jobs WHERE seq > ?", (self._known_seq,)
@@ -789,16 +808,17 @@ class SQLiteStore:
         for instance, host, pid in dead:
             db.execute("UPDATE instances SET closed = 1 WHERE id = ?", (instance,))
             runs = db.execute(
-                "SELECT job, start_ns FROM open_runs WHERE instance = ?", (instance,)
+                "SELECT job, run_id, start_ns FROM open_runs WHERE instance = ?", (instance,)
             ).fetchall()
             if not runs:
                 continue
             db.execute("DELETE FROM open_runs WHERE instance = ?", (instance,))
             error = LOST_INSTANCE_ERROR.format(instance=instance, pid=pid, host=host)
-            for job, start_ns in runs:
+            for job, run_id, start_ns in runs:
                 claimed = db.execute(
-                    "INSERT OR IGNORE INTO lost_runs (instance, job, start_ns) VALUES (?, ?, ?)",
-                    (instance, job, start_ns),
+                    "INSERT OR IGNORE INTO lost_runs (instance, job, run_id, start_ns)"
+                    " VALUES (?, ?, ?, ?)",
+                    (instance, job, run_id, start_ns),
                 ).rowcount
                 if not claimed:  # lost once already, before its instance came back
                     continue
