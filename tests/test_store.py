@@ -470,6 +470,15 @@ def test_prune_drops_old_history_dead_instances_and_idle_jobs(make_store: StoreF
     assert [i.id for i in after.instances] == ["a"]
 
 
+def test_runs_said_to_end_in_the_future_leave_with_their_write(make_store: StoreFactory) -> None:
+    store = make_store()
+    day = 24 * 3600 * S
+    ahead = run(T0 + 30 * day, S)  # a clock far ahead, or a run recorded with a bad end
+    write(store, instance("a"), change("job", success=2, runs=[run(T0, S), ahead]), now_ns=T0)
+    store.prune(now_ns=T0 + 2 * day, history_ns=day, retention_ns=30 * day)
+    assert store.read(None, now_ns=T0 + 2 * day, instance_ttl_ns=TTL).runs == []
+
+
 def test_a_job_pruned_and_written_again_starts_anew(make_store: StoreFactory) -> None:
     store = make_store()
     day = 24 * 3600 * S

@@ -688,7 +688,10 @@ class SQLiteStore:
             codes = self._codes
             for category in set(map(_CATEGORY, every)) - codes.keys():
                 codes[category] = _code_of(db, category)
-            db.execute(_INSERT_RUNS, (max(map(_END, every)), _pack_runs(batches, codes)))
+            # Pruned a day after its latest end, or after now: a run recorded as ending in
+            # the future must not keep the row, with the other jobs' runs, for good.
+            end_ns = min(max(map(_END, every)), now_ns)
+            db.execute(_INSERT_RUNS, (end_ns, _pack_runs(batches, codes)))
         for name, runs, stall_after_ns in open_runs:
             job = known[name].id
             db.execute("DELETE FROM open_runs WHERE instance = ? AND job = ?", (instance.id, job))
