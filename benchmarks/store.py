@@ -331,7 +331,14 @@ def raw_write_ms(folder: Path, rounds: int, jobs: int) -> float:
     makes them: 1,000 rows updated and 10,000 runs inserted (one row, 10 per job) in one
     transaction, the values made beforehand."""
     from jobpulse.store._base import FleetRow
-    from jobpulse.store.sqlite import _INSERT_JOB, _INSERT_RUNS, _UPDATE_JOB, SQLiteStore, _encode
+    from jobpulse.store._rows import KnownRows
+    from jobpulse.store.sqlite import (
+        _INSERT_JOB,
+        _INSERT_RUNS,
+        _UPDATE_JOB,
+        SQLiteStore,
+        _pack_runs,
+    )
 
     store = SQLiteStore(folder / "raw.db")
     db = store._writer
@@ -339,11 +346,13 @@ def raw_write_ms(folder: Path, rounds: int, jobs: int) -> float:
     settings = {"critical": False, "failure_threshold": 3, "timeout": None, "stall_after": 300.0}
 
     def rows(seq: int) -> list[list[Any]]:
-        # The columns as the store makes them of a row (whatever its schema's version).
+        # The values as the store makes them of a row (whatever its schema's version).
+        known = KnownRows()
         return [
-            store._values(
+            known.values(
                 FleetRow(f"job_{index:04d}", 1, seq, settings=settings, settings_instance="i"),
                 seq,
+                index + 1,
             )
             for index in range(jobs)
         ]
@@ -355,11 +364,12 @@ def raw_write_ms(folder: Path, rounds: int, jobs: int) -> float:
     for round_index in range(rounds):
         updates = [[*values[1:], index + 1] for index, values in enumerate(rows(round_index + 2))]
         base = 10**18 + round_index * 10**9
-        runs = _encode(
-            {
-                index + 1: [(base + k, 1000, base + k + 1000, None) for k in range(10)]
+        runs = _pack_runs(
+            [
+                (index + 1, [(base + k, 1000, base + k + 1000, None) for k in range(10)])
                 for index in range(jobs)
-            }
+            ],
+            {None: 0},
         )
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")

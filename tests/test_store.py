@@ -745,7 +745,7 @@ def test_a_writer_forgets_the_ids_of_jobs_pruned_since(tmp_path: Path) -> None:
             write(store, instance("a"), change(f"job-{index}", success=1), now_ns=now_ns)
             store.prune(now_ns=now_ns + 2 * day, history_ns=day, retention_ns=day)
         write(store, instance("a"), change("last"), now_ns=T0 + 101 * day)
-        assert sorted(store._names.values()) == ["last"]
+        assert sorted(store._known.names.values()) == ["last"]
     finally:
         store.close()
 

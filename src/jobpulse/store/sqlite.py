@@ -13,7 +13,6 @@ in one transaction. A file written by a newer version is refused with
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import operator
@@ -24,29 +23,22 @@ import threading
 import uuid
 import weakref
 from array import array
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 from jobpulse._shared import UNKNOWN, StoreError, StoreVersionError
 from jobpulse.store._base import (
     Cursor,
     FleetRead,
-    FleetRow,
     Instance,
     JobChange,
     OpenRun,
     RunBatch,
     WriteResult,
 )
-from jobpulse.store._merge import (
-    LOST_INSTANCE_ERROR,
-    apply_change,
-    claim_overdue,
-    judging_time,
-    lost_run,
-    without_runs,
-)
+from jobpulse.store._rows import ROW_FIELDS, KnownRows, Rows, encode
+from jobpulse.store._write import StoredInstance, WriteState, plan_write
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -142,7 +134,7 @@ def _batch_runs(db: sqlite3.Connection) -> None:
         batches.setdefault((job, end // _HOUR_NS), []).append((start, duration, end, category))
     db.executemany(
         "INSERT INTO run_batches (job, end_ns, runs) VALUES (?, ?, ?)",
-        [(job, max(map(_END, runs)), _encode(runs)) for (job, _), runs in batches.items()],
+        [(job, max(map(_END, runs)), encode(runs)) for (job, _), runs in batches.items()],
     )
     db.execute("DROP TABLE runs")
 
@@ -256,19 +248,13 @@ _MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-# FleetRow's fields in the order of the jobs table's columns (after id).
-_ROW_FIELDS = (*tuple(name for name in FleetRow.__dataclass_fields__ if name != "seq"), "seq")
-_JSON_FIELDS = ("settings", "metadata")
-_COLUMNS = ", ".join(_ROW_FIELDS)
-_INSERT_JOB = f"INSERT INTO jobs (id, {_COLUMNS}) VALUES (?, {', '.join('?' * len(_ROW_FIELDS))})"
+# The jobs table's columns: the id, then a row's values.
+_COLUMNS = ", ".join(ROW_FIELDS)
+_INSERT_JOB = f"INSERT INTO jobs (id, {_COLUMNS}) VALUES (?, {', '.join('?' * len(ROW_FIELDS))})"
 #: Every column but the name, then the id.
-_UPDATE_JOB = f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _ROW_FIELDS[1:])} WHERE id = ?"
-_SETTINGS_INDEX = _ROW_FIELDS.index("settings")
-_METADATA_INDEX = _ROW_FIELDS.index("metadata")
-_LAST_FAILED_INDEX = _ROW_FIELDS.index("last_failed")
-_ROW_VALUES = operator.attrgetter(*_ROW_FIELDS)
+_UPDATE_JOB = f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in ROW_FIELDS[1:])} WHERE id = ?"
+_NAME_COLUMN = 1 + ROW_FIELDS.index("name")
 _BUSY_SECONDS = 1.0
-_NEVER = -(1 << 63)
 
 
 def _fork_safely(store: SQLiteStore) -> None:
@@ -307,76 +293,9 @@ def _fork_safely(store: SQLiteStore) -> None:
 _INHERITED: list[sqlite3.Connection] = []
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def _signed(run_id: int) -> int:
     # Run ids are span ids, 64-bit unsigned; SQLite's integers are signed.
     return run_id - (1 << 64) if run_id >= 1 << 63 else run_id
-
-
-@functools.lru_cache(maxsize=4096)
-def _loads(text: str) -> Any:
-    """A JSON column's object, parsed once per distinct text (most rows hold one of a few
-    settings and metadata texts) and shared by the rows that hold it: rows' settings and
-    metadata are replaced, never changed in place. The same object for the same text also
-    tells a reader that a row's settings did not move."""
-    return json.loads(text)
-
-
-def _to_row(values: Sequence[Any]) -> FleetRow:
-    """A jobs row (its id, then `_ROW_FIELDS`) as a FleetRow."""
-    fields = list(values)
-    del fields[0]
-    fields[_SETTINGS_INDEX] = _loads(fields[_SETTINGS_INDEX])
-    fields[_METADATA_INDEX] = _loads(fields[_METADATA_INDEX])
-    if fields[_LAST_FAILED_INDEX] is not None:
-        fields[_LAST_FAILED_INDEX] = bool(fields[_LAST_FAILED_INDEX])
-    return FleetRow(*fields)
-
-
-_NAME_COLUMN = 1 + _ROW_FIELDS.index("name")
-
-
-class _Rows(Sequence[FleetRow]):
-    """Rows of the jobs table read as they are (plain tuples), each made a `FleetRow` when
-    taken: a reader takes them one at a time, so that no more than one is alive at once (a
-    thousand of them at once were promoted by the garbage collector, and made its full
-    collections more frequent)."""
-
-    __slots__ = ("_raw",)
-
-    def __init__(self, raw: list[Any]) -> None:
-        self._raw = raw
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-    @overload
-    def __getitem__(self, index: int) -> FleetRow: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[FleetRow]: ...
-    def __getitem__(self, index: int | slice) -> FleetRow | list[FleetRow]:
-        if isinstance(index, slice):
-            return list(map(_to_row, self._raw[index]))
-        return _to_row(self._raw[index])
-
-    def __iter__(self) -> Iterator[FleetRow]:
-        return map(_to_row, self._raw)
-
-
-class _Known:
-    """A jobs row as this writer last wrote or read it: its id, the row (that a write
-    changes in place), and its JSON columns' text with the objects it encodes (written
-    again as it is while the row holds the same objects: the merge replaces a row's
-    settings and metadata, never changes them)."""
-
-    __slots__ = ("id", "metadata", "metadata_text", "row", "settings", "settings_text")
-
-    def __init__(self, id: int, row: FleetRow, settings_text: str, metadata_text: str) -> None:
-        self.id, self.row = id, row
-        self.settings, self.settings_text = row.settings, settings_text
-        self.metadata, self.metadata_text = row.metadata, metadata_text
 
 
 class SQLiteStore:
@@ -399,14 +318,11 @@ class SQLiteStore:
         self._writer_identity: tuple[int, int] | None = None
         self._reader_identity: tuple[int, int] | None = None
         self._store_id = ""
-        # The jobs table as the writer knows it (every row, with rows of seq <= _known_seq
+        # The jobs table as the writer knows it (every row, with rows of seq <= its seq
         # as they are): a write reads only what other writers changed since its last one.
-        self._known: dict[str, _Known] = {}
-        self._known_seq = -1
-        self._known_generation = -1
-        # Job ids to names, for the writer and for the reader (ids are never given twice in
-        # one file; each connection's own map, as each may be on another file for a moment).
-        self._names: dict[int, str] = {}
+        self._known = KnownRows()
+        # Job ids to names for the reader (the writer's are its known rows'): ids are never
+        # given twice in one file.
         self._read_names: dict[int, str] = {}
         # Categories of runs by code, as the writer knows them (all read again after a
         # failed write: a code given in it was given back).
@@ -463,8 +379,7 @@ class SQLiteStore:
             raise self._fail(f"{self.path} cannot be used as a store", exc) from None
         self._store_id = store_id[0]
         self._writer, self._writer_identity = writer, identity
-        self._known, self._known_seq, self._known_generation = {}, -1, -1
-        self._names = {}
+        self._known.forget()
         self._codes = {None: 0}
 
     def _identity_now(self) -> tuple[int, int] | None:
@@ -566,7 +481,7 @@ class SQLiteStore:
                 connection.execute("COMMIT")
             except BaseException:
                 # The known rows were changed in place: all are read again at the next write.
-                self._known, self._known_seq = {}, -1
+                self._known.forget()
                 self._codes = {None: 0}
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
@@ -583,10 +498,51 @@ class SQLiteStore:
         margin_ns: int,
         stopping: bool,
     ) -> WriteResult:
-        """The write's statements, changing the known rows in place."""
+        """The write's statements (`plan_write` decides them), changing the known rows in
+        place."""
+        me = instance.id
         previous = db.execute(
-            "SELECT last_seen_ns, closed FROM instances WHERE id = ?", (instance.id,)
+            "SELECT last_seen_ns, closed FROM instances WHERE id = ?", (me,)
         ).fetchone()
+        seq, last_job = self._catch_up(db)
+        seq += 1
+        known = self._known
+        names = known.names
+        open_runs: dict[str, list[tuple[str, int, int]]] = {}
+        for who, job, run_id, start_ns in db.execute(
+            "SELECT instance, job, run_id, start_ns FROM open_runs"
+        ):
+            open_runs.setdefault(who, []).append((names[job], run_id, start_ns))
+        claims: dict[str, dict[int, list[int]]] = {}
+        for job, run_id, start_ns in db.execute(
+            "SELECT job, run_id, start_ns FROM lost_runs WHERE instance = ?", (me,)
+        ):
+            if job in names:
+                claims.setdefault(names[job], {}).setdefault(start_ns, []).append(run_id)
+        state = WriteState(
+            previous_seen_ns=None if previous is None else previous[0],
+            revived=previous is not None and bool(previous[1]),
+            instances=[
+                StoredInstance(id, host, pid, seen, bool(stopped), bool(closed))
+                for id, host, pid, seen, stopped, closed in db.execute(
+                    "SELECT id, host, pid, last_seen_ns, stopped, closed FROM instances"
+                )
+            ],
+            open_runs=open_runs,
+            claims=claims,
+            row=known.row,
+            overdue=lambda now, margin: self._overdue(db, now, margin),
+            lost_before=lambda who: {
+                (names[job], run_id)
+                for job, run_id in db.execute(
+                    "SELECT job, run_id FROM lost_runs WHERE instance = ?", (who,)
+                )
+                if job in names
+            },
+        )
+        plan = plan_write(
+            instance, changes, state, now_ns=now_ns, ttl_ns=ttl_ns, margin_ns=margin_ns
+        )
         # An instance taken for dead (closed) that writes again is alive: closed again when
         # it dies, with the runs it has in progress then.
         db.execute(
@@ -594,7 +550,7 @@ class SQLiteStore:
             " stopped) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
             "last_seen_ns = excluded.last_seen_ns, stopped = excluded.stopped, closed = 0",
             (
-                instance.id,
+                me,
                 instance.service,
                 instance.host,
                 instance.pid,
@@ -604,75 +560,17 @@ class SQLiteStore:
                 int(stopping),
             ),
         )
-        judge_ns = judging_time(now_ns, None if previous is None else previous[0], margin_ns)
-        live_since = (now_ns if judge_ns is None else judge_ns) - ttl_ns
-        seq, last_job = self._catch_up(db)
-        seq += 1
-        known = self._known
-        names = self._names
-        live = {
-            id
-            for (id,) in db.execute(
-                "SELECT id FROM instances WHERE stopped = 0 AND last_seen_ns >= ?", (live_since,)
-            )
-        }
-        live.add(instance.id)
-        running = {
-            names[job]
-            for (job,) in db.execute(
-                "SELECT DISTINCT o.job FROM open_runs o JOIN instances i ON i.id = o.instance"
-                " WHERE i.stopped = 0 AND i.last_seen_ns >= ?",
-                (live_since,),
-            )
-        }
-        changes = self._without_lost(db, instance.id, changes)
-        rows: dict[str, FleetRow] = {}  # the rows this write changes
-        new_runs: dict[str, Sequence[Sequence[Any]]] = {}
-        open_runs: list[tuple[str, tuple[tuple[int, int], ...], int]] = []
-        conflicts: list[str] = []
-        missed = 0
-        for change in changes:
-            name = change.name
-            row, conflict, counted = apply_change(
-                self._take(rows, name),
-                change,
-                instance.id,
-                now_ns,
-                margin_ns,
-                running=name in running or bool(change.open_runs),
-                live=live,
-            )
-            rows[name] = row
-            missed += counted
-            if conflict:
-                conflicts.append(name)
-            if change.runs:
-                new_runs[name] = change.runs
-            if change.open_runs is not None:
-                open_runs.append((name, change.open_runs, change.stall_after_ns))
-        # At its first write, an instance takes only stopped instances for dead.
-        silent_before = _NEVER if judge_ns is None else judge_ns - ttl_ns
-        lost = self._close_dead(db, instance.id, silent_before, now_ns, rows, new_runs)
-        for row in self._overdue(db, now_ns, margin_ns, rows):
-            missed += claim_overdue(row, now_ns, margin_ns, running=row.name in running)
-        if rows:
+        if plan.rows:
             updates: list[list[Any]] = []
             inserts: list[list[Any]] = []
-            for row in rows.values():
-                values = self._values(row, seq)
-                entry = known.get(row.name)
-                if entry is None:
+            for row in plan.rows.values():
+                id = known.get_id(row.name)
+                if id is None:
                     last_job += 1
-                    known[row.name] = _Known(
-                        last_job, row, values[_SETTINGS_INDEX], values[_METADATA_INDEX]
-                    )
-                    names[last_job] = row.name
-                    values.insert(0, last_job)
-                    inserts.append(values)
+                    inserts.append([last_job, *known.values(row, seq, last_job)])
                 else:
-                    entry.settings, entry.settings_text = row.settings, values[_SETTINGS_INDEX]
-                    entry.metadata, entry.metadata_text = row.metadata, values[_METADATA_INDEX]
-                    values[0] = entry.id  # for the name, which an update leaves as it is
+                    values = known.values(row, seq)
+                    values[0] = id  # for the name, which an update leaves as it is
                     values.append(values.pop(0))
                     updates.append(values)
             if updates:
@@ -681,10 +579,10 @@ class SQLiteStore:
                 db.executemany(_INSERT_JOB, inserts)
                 db.execute("UPDATE meta SET value = ? WHERE key = 'last_job'", (str(last_job),))
             db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
-            self._known_seq = seq
-        if new_runs:
-            batches = [(known[name].id, runs) for name, runs in new_runs.items()]
-            every = list(itertools.chain.from_iterable(new_runs.values()))
+            known.seq = seq
+        if plan.runs:
+            batches = [(known.id(name), runs) for name, runs in plan.runs.items()]
+            every = list(itertools.chain.from_iterable(plan.runs.values()))
             codes = self._codes
             for category in set(map(_CATEGORY, every)) - codes.keys():
                 codes[category] = _code_of(db, category)
@@ -692,53 +590,32 @@ class SQLiteStore:
             # the future must not keep the row, with the other jobs' runs, for good.
             end_ns = min(max(map(_END, every)), now_ns)
             db.execute(_INSERT_RUNS, (end_ns, _pack_runs(batches, codes)))
-        for name, runs, stall_after_ns in open_runs:
-            job = known[name].id
-            db.execute("DELETE FROM open_runs WHERE instance = ? AND job = ?", (instance.id, job))
+        for name, runs, stall_after_ns in plan.open_runs:
+            job = known.id(name)
+            db.execute("DELETE FROM open_runs WHERE instance = ? AND job = ?", (me, job))
             db.executemany(
                 "INSERT INTO open_runs (instance, job, run_id, start_ns, stall_after_ns)"
                 " VALUES (?, ?, ?, ?, ?)",
-                [
-                    (instance.id, job, _signed(run_id), start, stall_after_ns)
-                    for run_id, start in runs
-                ],
+                [(me, job, _signed(run_id), start, stall_after_ns) for run_id, start in runs],
             )
+        for who in plan.closed:
+            db.execute("UPDATE instances SET closed = 1 WHERE id = ?", (who,))
+            db.execute("DELETE FROM open_runs WHERE instance = ?", (who,))
+        db.executemany(
+            "INSERT OR IGNORE INTO lost_runs (instance, job, run_id, start_ns) VALUES (?, ?, ?, ?)",
+            [(who, known.id(name), run_id, start) for who, name, run_id, start in plan.lost],
+        )
+        db.executemany(
+            "DELETE FROM lost_runs WHERE instance = ? AND job = ? AND run_id = ?",
+            [(me, known.id(name), run_id) for name, run_id in plan.ended],
+        )
         return WriteResult(
             self._store_id,
-            lost_runs=lost,
-            missed_slots=missed,
-            conflicts=tuple(conflicts),
-            revived=previous is not None and bool(previous[1]),
+            lost_runs=len(plan.lost),
+            missed_slots=plan.missed_slots,
+            conflicts=tuple(plan.conflicts),
+            revived=state.revived,
         )
-
-    def _without_lost(
-        self, db: sqlite3.Connection, me: str, changes: Sequence[JobChange]
-    ) -> Sequence[JobChange]:
-        """`changes` without the runs that were closed as lost while this instance was
-        taken for dead (they are counted already), and those runs' claims dropped."""
-        # Per job, the ids of its lost runs by their start.
-        claimed: dict[str, dict[int, list[int]]] = {}
-        for job, run_id, start_ns in db.execute(
-            "SELECT job, run_id, start_ns FROM lost_runs WHERE instance = ?", (me,)
-        ):
-            name = self._names.get(job)
-            if name is not None:
-                claimed.setdefault(name, {}).setdefault(start_ns, []).append(run_id)
-        if not claimed:
-            return changes
-        kept = []
-        ended: list[tuple[str, int, int]] = []
-        for change in changes:
-            starts = claimed.get(change.name)
-            if starts and change.runs:
-                change, matched = without_runs(
-                    change, {start: len(ids) for start, ids in starts.items()}
-                )
-                job = self._known[change.name].id
-                ended.extend((me, job, starts[start_ns].pop()) for start_ns in matched)
-            kept.append(change)
-        db.executemany("DELETE FROM lost_runs WHERE instance = ? AND job = ? AND run_id = ?", ended)
-        return kept
 
     def _catch_up(self, db: sqlite3.Connection) -> tuple[int, int]:
         """Bring what the writer knows up to the jobs table (in the write's transaction): the
@@ -748,106 +625,30 @@ class SQLiteStore:
             db.execute("SELECT key, value FROM meta WHERE key IN ('seq', 'generation', 'last_job')")
         )
         seq, generation = int(meta["seq"]), int(meta["generation"])
-        if generation != self._known_generation or seq < self._known_seq:
+        known = self._known
+        if generation != known.generation or seq < known.seq:
             # Every row is read again; the names of jobs pruned meanwhile are forgotten.
-            self._known, self._known_seq, self._known_generation = {}, -1, generation
-            self._names = {}
-        if seq > self._known_seq:
+            known.forget()
+            known.generation = generation
+        if seq > known.seq:
             for values in db.execute(
-                f"SELECT id, {_COLUMNS} FROM jobs WHERE seq > ?", (self._known_seq,)
+                f"SELECT id, {_COLUMNS} FROM jobs WHERE seq > ?", (known.seq,)
             ):
-                row = _to_row(values)
-                self._known[row.name] = _Known(
-                    values[0], row, values[1 + _SETTINGS_INDEX], values[1 + _METADATA_INDEX]
-                )
-                self._names[values[0]] = row.name
-            self._known_seq = seq
+                known.add(values[0], values, 1)
+            known.seq = seq
         return seq, int(meta["last_job"])
 
-    def _take(self, rows: dict[str, FleetRow], name: str) -> FleetRow | None:
-        """The write's row of `name`, taken into `rows`: the one it works on already, or the
-        known one (None for a new job)."""
-        row = rows.get(name)
-        if row is None:
-            known = self._known.get(name)
-            if known is not None:
-                row = rows[name] = known.row
-        return row
-
-    def _values(self, row: FleetRow, seq: int) -> list[Any]:
-        """The row's columns (`_ROW_FIELDS`), its JSON columns encoded only if changed."""
-        row.seq = seq
-        values = list(_ROW_VALUES(row))
-        known = self._known.get(row.name)
-        if known is not None and known.settings is row.settings:
-            values[_SETTINGS_INDEX] = known.settings_text
-        else:
-            values[_SETTINGS_INDEX] = _encode(row.settings)
-        if known is not None and known.metadata is row.metadata:
-            values[_METADATA_INDEX] = known.metadata_text
-        else:  # a new copy with every run, most often empty
-            values[_METADATA_INDEX] = _encode(row.metadata) if row.metadata else "{}"
-        return values
-
-    def _close_dead(
-        self,
-        db: sqlite3.Connection,
-        me: str,
-        seen_before_ns: int,
-        now_ns: int,
-        rows: dict[str, FleetRow],
-        new_runs: dict[str, Sequence[Sequence[Any]]],
-    ) -> int:
-        """Close the open runs of every instance stopped or not seen since `seen_before_ns`,
-        exactly once: the instance is marked closed in the same transaction, and
-        each run is claimed (`lost_runs`), so that an instance closed again after it came
-        back does not lose the same run twice."""
-        dead = db.execute(
-            "SELECT id, host, pid FROM instances WHERE closed = 0 AND id != ?"
-            " AND (stopped = 1 OR last_seen_ns < ?)",
-            (me, seen_before_ns),
-        ).fetchall()
-        lost = 0
-        for instance, host, pid in dead:
-            db.execute("UPDATE instances SET closed = 1 WHERE id = ?", (instance,))
-            runs = db.execute(
-                "SELECT job, run_id, start_ns FROM open_runs WHERE instance = ?", (instance,)
-            ).fetchall()
-            if not runs:
-                continue
-            db.execute("DELETE FROM open_runs WHERE instance = ?", (instance,))
-            error = LOST_INSTANCE_ERROR.format(instance=instance, pid=pid, host=host)
-            for job, run_id, start_ns in runs:
-                claimed = db.execute(
-                    "INSERT OR IGNORE INTO lost_runs (instance, job, run_id, start_ns)"
-                    " VALUES (?, ?, ?, ?)",
-                    (instance, job, run_id, start_ns),
-                ).rowcount
-                if not claimed:  # lost once already, before its instance came back
-                    continue
-                name = self._names[job]
-                row = self._take(rows, name)
-                assert row is not None  # an open run's job has a row
-                run = lost_run(row, start_ns, now_ns, error)
-                new_runs[name] = [*new_runs.get(name, ()), run]  # not the change's list
-                lost += 1
-        return lost
-
-    def _overdue(
-        self, db: sqlite3.Connection, now_ns: int, margin_ns: int, rows: dict[str, FleetRow]
-    ) -> list[FleetRow]:
+    @staticmethod
+    def _overdue(db: sqlite3.Connection, now_ns: int, margin_ns: int) -> list[str]:
         # grace is at most 300 s: the index narrows to slots at least that far in the past.
-        names = db.execute(
-            "SELECT name FROM jobs WHERE next_run_ns IS NOT NULL AND next_run_ns <= ?"
-            " AND next_run_ns + grace_ns + ? <= ?",
-            (now_ns, margin_ns, now_ns),
-        ).fetchall()
-        overdue = []
-        for (name,) in names:
-            row = self._take(rows, name)
-            assert row is not None  # the table's rows are known
-            overdue.append(row)
-        return overdue
+        return [
+            name
+            for (name,) in db.execute(
+                "SELECT name FROM jobs WHERE next_run_ns IS NOT NULL AND next_run_ns <= ?"
+                " AND next_run_ns + grace_ns + ? <= ?",
+                (now_ns, margin_ns, now_ns),
+            )
+        ]
 
     # -- reading -----------------------------------------------------------------------
 
@@ -881,7 +682,7 @@ class SQLiteStore:
         raw = db.execute(f"SELECT id, {_COLUMNS} FROM jobs WHERE seq > ?", (since_seq,)).fetchall()
         for values in raw:
             names[values[0]] = values[_NAME_COLUMN]
-        rows = _Rows(raw)
+        rows = Rows(raw, 1)
         runs: list[RunBatch] = []
         last_run = since_run
         # A job missing from the names is one pruned since: its runs left with it.
