@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pytest
 from jobpulse import StoreError, StoreVersionError
 from jobpulse.store import SCHEMA_VERSION, SQLiteStore, Store, open_store
 from jobpulse.store._base import Cursor, FinishedRun, FleetRead, FleetRow, Instance, JobChange
+from jobpulse.store.redis import RedisStore
 from jobpulse.store.sqlite import _MIGRATIONS
+from tests import redis_server
 
 S = 1_000_000_000
 T0 = 1_780_000_000 * S  # a fixed wall time, 2026
@@ -23,19 +26,28 @@ MARGIN = 2 * S
 StoreFactory = Callable[[], Store]
 
 
-def sqlite_factory(tmp_path: Path) -> StoreFactory:
+redis_url = redis_server.redis_url  # the session's Redis server, for the redis backend
+
+
+def sqlite_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     path = tmp_path / "fleet" / "jobs.db"
     return lambda: SQLiteStore(path)
 
 
-BACKENDS = {"sqlite": sqlite_factory}
+def redis_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    url = request.getfixturevalue("redis_url")
+    prefix = f"test:{uuid.uuid4().hex}:"  # a store of its own in the session's server
+    return lambda: RedisStore(url, prefix=prefix)
+
+
+BACKENDS = {"sqlite": sqlite_factory, "redis": redis_factory}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Opens stores on one backend location; every store opened is closed afterwards."""
     opened: list[Store] = []
-    factory = BACKENDS[request.param](tmp_path)
+    factory = BACKENDS[request.param](request, tmp_path)
 
     def make() -> Store:
         store = factory()

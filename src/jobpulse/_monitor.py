@@ -346,7 +346,13 @@ class JobMonitor:
         # Checked and opened before anything is attached to a provider: a bad store, or a
         # bad setting of one, changes nothing.
         buffer_runs = validate_positive_int(store_buffer_runs, "store_buffer_runs")
-        opened = None if store is None else _open_store(store, flush_interval, instance_ttl)
+        service, version = _service_of(tracer_provider)
+        service = service_name or service
+        opened = (
+            None
+            if store is None
+            else _open_store(store, flush_interval, instance_ttl, self.namespace, service)
+        )
         meter = (meter_provider or metrics.get_meter_provider()).get_meter(METER_NAME, __version__)
         self._processor = JobStatusProcessor(
             self._registry, Instruments(meter, self._registry, namespace)
@@ -369,12 +375,11 @@ class JobMonitor:
         if opened is not None:
             from jobpulse.store._link import StoreLink
 
-            service, version = _service_of(tracer_provider)
             self._store = StoreLink(
                 opened,
                 self._registry,
                 self._clock,
-                service=service_name or service,
+                service=service,
                 version=version,
                 flush_interval=to_seconds(flush_interval, "flush_interval"),
                 instance_ttl=to_seconds(instance_ttl, "instance_ttl"),
@@ -1163,7 +1168,13 @@ class JobMonitor:
         return Instance("", service, socket.gethostname(), os.getpid(), version, now_ns, now_ns)
 
 
-def _open_store(store: str | Store, flush_interval: Duration, instance_ttl: Duration) -> Store:
+def _open_store(
+    store: str | Store,
+    flush_interval: Duration,
+    instance_ttl: Duration,
+    namespace: str,
+    service: str,
+) -> Store:
     from jobpulse.store import open_store
 
     flush_seconds = to_seconds(flush_interval, "flush_interval")
@@ -1173,7 +1184,7 @@ def _open_store(store: str | Store, flush_interval: Duration, instance_ttl: Dura
             f"flush_interval must be > 0 and instance_ttl at least twice it, got "
             f"flush_interval={flush_seconds:g}s, instance_ttl={ttl_seconds:g}s"
         )
-    return open_store(store)
+    return open_store(store, namespace=namespace, service=service)
 
 
 def _service_of(provider: trace.TracerProvider | None) -> tuple[str, str]:

@@ -192,7 +192,11 @@ def setup(
         opened = None
         if store is not None:
             opened = _open_store(
-                store, monitor_options["flush_interval"], monitor_options["instance_ttl"]
+                store,
+                monitor_options["flush_interval"],
+                monitor_options["instance_ttl"],
+                monitor_options["namespace"],
+                _service(service_name, resource_attributes),
             )
             monitor_options["store"] = opened
         try:
@@ -320,6 +324,20 @@ def _build(
 
 def _environment_has(variables: tuple[str, ...]) -> bool:
     return any(os.environ.get(variable, "").strip() for variable in variables)
+
+
+def _service(
+    service_name: str | None, attributes: Mapping[str, str | bool | int | float] | None
+) -> str:
+    """The ``service.name`` the monitor will have: the global SDK provider's, if there is
+    one already (it is reused), else the one `_resource` makes."""
+    current = trace.get_tracer_provider()
+    resource = (
+        current.resource
+        if isinstance(current, SdkTracerProvider)
+        else _resource(service_name, attributes)
+    )
+    return str(resource.attributes.get(SERVICE_NAME, "unknown_service"))
 
 
 def _resource(

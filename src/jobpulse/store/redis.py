@@ -1,0 +1,737 @@
+"""The store on Redis: one view for the processes of a service on several hosts.
+
+A Celery deployment (a web app, workers with prefork children, beat, on several hosts) or
+any service whose processes share a Redis opens ``redis://host:port/db`` (``rediss://`` for
+TLS; user and password from the URL). Needs redis-py (``pip install jobpulse[redis]``,
+hiredis optional). One Redis, not Redis Cluster: the keys of a service are written together.
+
+Keys, under a prefix (``jobpulse:<namespace>:<service>:`` by default, or the URL's
+``?prefix=``), so that several services share one Redis:
+
+==========================  ==================================================================
+``meta``                    hash: store id, schema version, seq (bumped by every write),
+                            generation (bumped when jobs are pruned), the last job id given
+``lock``                    the write lock: a token, with a deadline (``PX``)
+``names``, ``rows``         hashes: job name to id; id to the job's row (JSON values)
+``changed``                 sorted set: job id by the seq of its row's last change
+``instances``               hash: instance id to its record (JSON), heartbeat included
+``open:<instance>``         hash: job id to the instance's runs in progress (JSON); expires
+                            `retention` after the instance's last write
+``lost:<instance>``         hash: ``<job id>:<run id>`` to the start of a run closed as lost;
+                            expires as ``open:``
+``runs:<job id>``           stream: one entry per write that brought runs of the job, its id
+                            ``<seq>-0``; about the last 4,096 runs, expiring a day after the
+                            last write
+``ran``                     sorted set: job id by the seq of its last entry of runs
+``written``                 sorted set: the last seq written in each minute, by when (what
+                            pruning the runs of more than a day ago goes by)
+==========================  ==================================================================
+
+A write takes the lock, reads what it needs (`jobpulse.store._write.WriteState`) with one
+script, plans the write in this process by the merge rules every backend shares
+(`jobpulse.store._write.plan_write`), and stores the plan with one script that checks it
+still holds the lock: the whole write is atomic, and a writer that lost its lock (paused
+past the lock's deadline) writes nothing. A read is one script: a consistent snapshot.
+Nothing grows without bound when a process dies: its records expire or are pruned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import operator
+import os
+import sys
+import threading
+import time
+import uuid
+import weakref
+from array import array
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, TypeVar
+
+from jobpulse._shared import StoreError, StoreVersionError, redact
+from jobpulse.store._base import (
+    Cursor,
+    FleetRead,
+    Instance,
+    JobChange,
+    OpenRun,
+    RunBatch,
+    WriteResult,
+)
+from jobpulse.store._rows import KnownRows, Rows, encode, row_of
+from jobpulse.store._write import StoredInstance, WritePlan, WriteState, plan_write
+
+try:
+    import redis
+    from redis.exceptions import RedisError
+except ImportError:  # pragma: no cover - the extra is missing
+    raise ImportError("the Redis store needs redis-py: pip install jobpulse[redis]") from None
+
+__all__ = ["SCHEMA_VERSION", "RedisStore", "default_prefix"]
+
+T = TypeVar("T")
+
+#: The layout's version (`meta`'s ``schema_version``); a store of a newer one is refused.
+SCHEMA_VERSION = 1
+#: About how many runs of a job the store keeps (as the view does by default).
+HISTORY_RUNS = 4096
+_HISTORY_MS = 25 * 3600 * 1000  # a runs stream expires a day (and an hour) after its last write
+_LOCK_MS = 10_000  # a writer paused for longer loses the lock, and writes nothing
+_BUSY_SECONDS = 1.0  # how long a write waits for another process's
+_CHUNK = 1000  # arguments per command in the scripts (Lua's stack is limited)
+_START, _DURATION, _END, _CATEGORY = (operator.itemgetter(index) for index in range(4))
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+# ARGV[1] is the prefix of every key; the scripts name their keys themselves (one Redis, not
+# a cluster).
+
+#: Takes (prefix, new store id, instance id); sets up `meta` if the store is new (empty);
+#: returns meta, the instance's record, the rows changed since ARGV[4], the instances, every
+#: instance's runs in progress, and the instance's lost runs.
+_STATE = """
+local p = ARGV[1]
+redis.call('HSETNX', p .. 'meta', 'store_id', ARGV[2])
+redis.call('HSETNX', p .. 'meta', 'schema_version', ARGV[5])
+local meta = redis.call('HGETALL', p .. 'meta')
+local me = redis.call('HGET', p .. 'instances', ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', p .. 'changed', '(' .. ARGV[4], '+inf')
+local rows = {}
+for i = 1, #ids, 1000 do
+  local chunk = {}
+  for j = i, math.min(i + 999, #ids) do chunk[#chunk + 1] = ids[j] end
+  local values = redis.call('HMGET', p .. 'rows', unpack(chunk))
+  for j = 1, #chunk do rows[#rows + 1] = chunk[j]; rows[#rows + 1] = values[j] end
+end
+local instances = redis.call('HGETALL', p .. 'instances')
+local open = {}
+for i = 1, #instances, 2 do
+  open[#open + 1] = instances[i]
+  open[#open + 1] = redis.call('HGETALL', p .. 'open:' .. instances[i])
+end
+local lost = redis.call('HGETALL', p .. 'lost:' .. ARGV[3])
+return {meta, me or false, rows, instances, open, lost}
+"""
+
+#: Stores a write's plan if ARGV[2] still holds the lock, then lets the lock go. The
+#: arguments: prefix, token, instance id, its record, seq, last job id, retention (ms),
+#: history (ms), now (ms), then counted groups: rows (id, values), names (name, id), runs (job id,
+#: packed runs, categories or "", maxlen), open runs (job id, runs or "" for none), closed
+#: instances (id, record), lost runs (instance, "<job>:<run>", start), claims ended
+#: ("<job>:<run>").
+_PERSIST = """
+local p = ARGV[1]
+if redis.call('GET', p .. 'lock') ~= ARGV[2] then
+  return redis.error_reply('JOBPULSE the write lock was lost (held past its deadline)')
+end
+local me, seq, retention, history, now = ARGV[3], ARGV[5], ARGV[7], ARGV[8], ARGV[9]
+local i = 10
+local function group(width)
+  local n = tonumber(ARGV[i])
+  local first = i + 1
+  i = first + n * width
+  return first, n
+end
+local function chunked(command, key, first, n, width, pick)
+  local args = {}
+  for k = 0, n - 1 do
+    for _, value in ipairs(pick(first + k * width)) do args[#args + 1] = value end
+    if #args >= 1000 then redis.call(command, key, unpack(args)); args = {} end
+  end
+  if #args > 0 then redis.call(command, key, unpack(args)) end
+end
+redis.call('HSET', p .. 'instances', me, ARGV[4])
+local first, n = group(2)
+chunked('HSET', p .. 'rows', first, n, 2, function(at) return {ARGV[at], ARGV[at + 1]} end)
+chunked('ZADD', p .. 'changed', first, n, 2, function(at) return {seq, ARGV[at]} end)
+first, n = group(2)
+chunked('HSET', p .. 'names', first, n, 2, function(at) return {ARGV[at], ARGV[at + 1]} end)
+first, n = group(4)
+for k = 0, n - 1 do
+  local at = first + k * 4
+  local key = p .. 'runs:' .. ARGV[at]
+  if ARGV[at + 2] == '' then
+    redis.call('XADD', key, 'MAXLEN', ARGV[at + 3], seq .. '-0', 'r', ARGV[at + 1])
+  else
+    redis.call('XADD', key, 'MAXLEN', ARGV[at + 3], seq .. '-0', 'r', ARGV[at + 1],
+      'c', ARGV[at + 2])
+  end
+  redis.call('PEXPIRE', key, history)
+end
+chunked('ZADD', p .. 'ran', first, n, 4, function(at) return {seq, ARGV[at]} end)
+first, n = group(2)
+for k = 0, n - 1 do
+  local at = first + k * 2
+  if ARGV[at + 1] == '' then
+    redis.call('HDEL', p .. 'open:' .. me, ARGV[at])
+  else
+    redis.call('HSET', p .. 'open:' .. me, ARGV[at], ARGV[at + 1])
+  end
+end
+redis.call('PEXPIRE', p .. 'open:' .. me, retention)
+first, n = group(2)
+for k = 0, n - 1 do
+  local at = first + k * 2
+  redis.call('HSET', p .. 'instances', ARGV[at], ARGV[at + 1])
+  redis.call('DEL', p .. 'open:' .. ARGV[at])
+end
+first, n = group(3)
+for k = 0, n - 1 do
+  local at = first + k * 3
+  redis.call('HSET', p .. 'lost:' .. ARGV[at], ARGV[at + 1], ARGV[at + 2])
+  redis.call('PEXPIRE', p .. 'lost:' .. ARGV[at], retention)
+end
+first, n = group(1)
+chunked('HDEL', p .. 'lost:' .. me, first, n, 1, function(at) return {ARGV[at]} end)
+if redis.call('HGET', p .. 'meta', 'seq') ~= seq then
+  -- The last seq written in each minute, and when: what pruning the runs goes by.
+  local last = redis.call('ZREVRANGE', p .. 'written', 0, 0, 'WITHSCORES')
+  if #last > 0 and math.floor(tonumber(last[2]) / 60000) == math.floor(tonumber(now) / 60000) then
+    redis.call('ZREM', p .. 'written', last[1])
+  end
+  redis.call('ZADD', p .. 'written', now, seq)
+end
+redis.call('HSET', p .. 'meta', 'seq', seq, 'last_job', ARGV[6])
+redis.call('DEL', p .. 'lock')
+return 1
+"""
+
+#: A reader's snapshot: (prefix, cursor seq or -1). Returns meta, the rows changed since
+#: the cursor, the instances, every instance's runs in progress, and per job the entries
+#: of runs written since the cursor, up to the store's seq.
+_READ = """
+local p = ARGV[1]
+local meta = redis.call('HGETALL', p .. 'meta')
+local seq = redis.call('HGET', p .. 'meta', 'seq') or '0'
+local since = ARGV[2]
+local rows = {}
+if tonumber(since) < tonumber(seq) then
+  local ids = redis.call('ZRANGEBYSCORE', p .. 'changed', '(' .. since, seq)
+  for i = 1, #ids, 1000 do
+    local chunk = {}
+    for j = i, math.min(i + 999, #ids) do chunk[#chunk + 1] = ids[j] end
+    local values = redis.call('HMGET', p .. 'rows', unpack(chunk))
+    for j = 1, #chunk do rows[#rows + 1] = chunk[j]; rows[#rows + 1] = values[j] end
+  end
+end
+local instances = redis.call('HGETALL', p .. 'instances')
+local open = {}
+for i = 1, #instances, 2 do
+  open[#open + 1] = instances[i]
+  open[#open + 1] = redis.call('HGETALL', p .. 'open:' .. instances[i])
+end
+local runs = {}
+if tonumber(since) < tonumber(seq) then
+  local jobs = redis.call('ZRANGEBYSCORE', p .. 'ran', '(' .. since, seq)
+  local low = since == '-1' and '-' or ('(' .. since .. '-18446744073709551615')
+  for _, job in ipairs(jobs) do
+    runs[#runs + 1] = job
+    runs[#runs + 1] = redis.call('XRANGE', p .. 'runs:' .. job, low, seq .. '-18446744073709551615')
+  end
+end
+return {meta, rows, instances, open, runs}
+"""
+
+#: Prunes if ARGV[2] still holds the lock, then lets it go: (prefix, token, the time before
+#: which runs leave (ms), number of jobs, job ids and names..., instance ids...).
+_PRUNE = """
+local p = ARGV[1]
+if redis.call('GET', p .. 'lock') ~= ARGV[2] then
+  return redis.error_reply('JOBPULSE the write lock was lost (held past its deadline)')
+end
+local before = redis.call('ZREVRANGEBYSCORE', p .. 'written', '(' .. ARGV[3], '-inf', 'LIMIT', 0, 1)
+if #before > 0 then
+  local old = before[1]
+  for _, job in ipairs(redis.call('ZRANGEBYSCORE', p .. 'ran', '-inf', old)) do
+    redis.call('DEL', p .. 'runs:' .. job)
+  end
+  redis.call('ZREMRANGEBYSCORE', p .. 'ran', '-inf', old)
+  for _, job in ipairs(redis.call('ZRANGE', p .. 'ran', 0, -1)) do
+    redis.call('XTRIM', p .. 'runs:' .. job, 'MINID', (old + 1) .. '-0')
+  end
+  redis.call('ZREMRANGEBYSCORE', p .. 'written', '-inf', '(' .. ARGV[3])
+end
+local jobs = tonumber(ARGV[4])
+for k = 0, jobs - 1 do
+  local id, name = ARGV[5 + 2 * k], ARGV[6 + 2 * k]
+  redis.call('HDEL', p .. 'rows', id)
+  redis.call('HDEL', p .. 'names', name)
+  redis.call('ZREM', p .. 'changed', id)
+  redis.call('ZREM', p .. 'ran', id)
+  redis.call('DEL', p .. 'runs:' .. id)
+end
+if jobs > 0 then redis.call('HINCRBY', p .. 'meta', 'generation', 1) end
+for at = 5 + 2 * jobs, #ARGV do
+  redis.call('HDEL', p .. 'instances', ARGV[at])
+  redis.call('DEL', p .. 'open:' .. ARGV[at], p .. 'lost:' .. ARGV[at])
+end
+redis.call('DEL', p .. 'lock')
+return 1
+"""
+
+#: Lets the lock go if ARGV[2] holds it.
+_RELEASE = """
+if redis.call('GET', ARGV[1] .. 'lock') == ARGV[2] then redis.call('DEL', ARGV[1] .. 'lock') end
+return 1
+"""
+
+
+def default_prefix(namespace: str, service: str) -> str:
+    """The keys' prefix of a service's store: ``jobpulse:<namespace>:<service>:``."""
+    return f"jobpulse:{namespace}:{service}:"
+
+
+def _pack(runs: Sequence[Sequence[Any]]) -> tuple[bytes, str]:
+    """A job's runs of one write as a stream entry's values: their start_ns, duration_ns and
+    end_ns as three arrays of little-endian 64-bit integers, and their categories as JSON
+    ("" when all succeeded)."""
+    fields = array("q", map(_START, runs))
+    fields.extend(map(_DURATION, runs))
+    fields.extend(map(_END, runs))
+    if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian hosts
+        fields.byteswap()
+    categories = list(map(_CATEGORY, runs))
+    return fields.tobytes(), "" if not any(categories) else encode(categories)
+
+
+def _unpack(
+    packed: bytes, categories: bytes | None
+) -> tuple[tuple[int, int, int, str | None], ...]:
+    fields = array("q")
+    fields.frombytes(packed)
+    if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian hosts
+        fields.byteswap()
+    count = len(fields) // 3
+    named = json.loads(categories) if categories else itertools.repeat(None, count)
+    return tuple(
+        zip(fields[:count], fields[count : 2 * count], fields[2 * count :], named, strict=False)
+    )
+
+
+def _pairs(flat: Sequence[Any]) -> dict[Any, Any]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _record(instance: Instance, last_seen_ns: int, stopped: bool, closed: bool = False) -> str:
+    return encode(
+        [
+            instance.service,
+            instance.host,
+            instance.pid,
+            instance.version,
+            instance.started_ns,
+            last_seen_ns,
+            int(stopped),
+            int(closed),
+        ]
+    )
+
+
+def _instance_of(id: str, record: bytes, now_ns: int, ttl_ns: int) -> Instance:
+    service, host, pid, version, started_ns, seen, stopped, _ = json.loads(record)
+    return Instance(
+        id,
+        service,
+        host,
+        pid,
+        version,
+        started_ns,
+        seen,
+        alive=not stopped and seen >= now_ns - ttl_ns,
+        stopped=bool(stopped),
+    )
+
+
+def _fork_safely(store: RedisStore) -> None:
+    """Hold the store's write lock across ``os.fork`` (a child must not inherit a write
+    half done); the child makes its own connections (redis-py's pool does, by pid)."""
+    if not hasattr(os, "register_at_fork"):  # pragma: no cover - Windows
+        return
+    ref = weakref.ref(store)
+
+    def before() -> None:
+        held = ref()
+        if held is not None:
+            held._write_lock.acquire()
+
+    def after_in_parent() -> None:
+        held = ref()
+        if held is not None:
+            held._write_lock.release()
+
+    def after_in_child() -> None:  # pragma: no cover - runs in the child only
+        held = ref()
+        if held is not None:
+            held.after_fork()
+
+    os.register_at_fork(
+        before=before, after_in_parent=after_in_parent, after_in_child=after_in_child
+    )
+
+
+class RedisStore:
+    """A store in the Redis at `url`, its keys under `prefix`.
+
+    Raises `StoreError` naming the URL without its password if the URL is not one redis-py
+    takes, or Redis answers with an error (a wrong password, a wrong database), and
+    `StoreVersionError` if a newer jobpulse wrote the store. A Redis that cannot be reached
+    is no error: the store is unavailable until it can be (writes wait, reads fall back to
+    the process's view). Thread-safe (see `jobpulse.store.Store`).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        shown_url: str | None = None,
+        timeout: float = 1.0,
+        history_runs: int = HISTORY_RUNS,
+    ) -> None:
+        self.url = shown_url or redact(url)
+        self.prefix = prefix
+        self._history_runs = history_runs
+        try:
+            self._client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry_on_timeout=False,
+            )
+        except (ValueError, RedisError) as exc:
+            raise StoreError(f"store {self.url}: {exc}") from None
+        self._state = self._client.register_script(_STATE)
+        self._persist = self._client.register_script(_PERSIST)
+        self._read_script = self._client.register_script(_READ)
+        self._prune_script = self._client.register_script(_PRUNE)
+        self._release = self._client.register_script(_RELEASE)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._known = KnownRows()
+        self._read_names: dict[int, str] = {}
+        self._read_store = ""
+        self._store_id = ""
+        # How long a dead instance's runs in progress and claims are kept (the publisher's
+        # prune says; the monitor's default until then).
+        self._retention_ms = 24 * 3600 * 1000
+        self._seq = self._last_job = 0  # as the last write read them
+        self._check()
+        _fork_safely(self)
+
+    def _fail(self, exc: BaseException) -> StoreError:
+        return StoreError(f"store {self.url}: {type(exc).__name__}: {exc}")
+
+    def _check(self) -> None:
+        """At open: the store's version, and errors that will not pass by themselves."""
+        try:
+            meta = self._client.hgetall(self.prefix + "meta")
+        except (redis.ConnectionError, redis.TimeoutError):
+            return  # unreachable for now: the publisher retries, readers fall back
+        except RedisError as exc:
+            raise self._fail(exc) from None
+        self._check_version(meta.get(b"schema_version"))
+
+    def _check_version(self, version: Any) -> None:
+        if version is not None and int(version) > SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"store {self.url}: written by a newer jobpulse (schema version "
+                f"{int(version)}; this version reads up to {SCHEMA_VERSION}). Upgrade "
+                "jobpulse, or point this service at another store."
+            )
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _acquire(self) -> str:
+        """Take the write lock (waiting at most `_BUSY_SECONDS` for another writer's);
+        returns its token."""
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + _BUSY_SECONDS
+        while not self._client.set(self.prefix + "lock", token, nx=True, px=_LOCK_MS):
+            if time.monotonic() >= deadline:
+                raise StoreError(f"store {self.url} is locked: another write takes too long")
+            time.sleep(0.005)  # another process's write: nothing to wait on here
+        return token
+
+    def _locked(self, work: Callable[[str], T]) -> T:
+        """`work(token)` with the write lock held; what the writer knew is forgotten if it
+        fails (the scripts let the lock go when they succeed)."""
+        with self._write_lock:
+            token = self._acquire()
+            try:
+                return work(token)
+            except BaseException:
+                self._known.forget()
+                with contextlib.suppress(RedisError):  # else it expires
+                    self._release(args=[self.prefix, token])
+                raise
+
+    def write(
+        self,
+        instance: Instance,
+        changes: Sequence[JobChange],
+        *,
+        now_ns: int,
+        instance_ttl_ns: int,
+        margin_ns: int,
+        stopping: bool = False,
+        expected_store_id: str | None = None,
+    ) -> WriteResult:
+        def work(token: str) -> WriteResult:
+            store_id, state, records = self._read_state(instance.id)
+            if expected_store_id is not None and expected_store_id != store_id:
+                self._release(args=[self.prefix, token])
+                return WriteResult(store_id, applied=False)
+            plan = plan_write(
+                instance,
+                changes,
+                state,
+                now_ns=now_ns,
+                ttl_ns=instance_ttl_ns,
+                margin_ns=margin_ns,
+            )
+            self._store(token, instance, plan, records, now_ns=now_ns, stopping=stopping)
+            return WriteResult(
+                store_id,
+                lost_runs=len(plan.lost),
+                missed_slots=plan.missed_slots,
+                conflicts=tuple(plan.conflicts),
+                revived=state.revived,
+            )
+
+        return self._locked(work)
+
+    def _read_state(self, me: str) -> tuple[str, WriteState, dict[str, list[Any]]]:
+        """With the lock held: the store's id, what the write needs, and the instances'
+        records. Brings the known rows up to date."""
+        known = self._known
+        meta_flat, previous, rows, instances_flat, open_flat, lost_flat = self._state(
+            args=[self.prefix, uuid.uuid4().hex, me, known.seq, SCHEMA_VERSION]
+        )
+        meta = _pairs(meta_flat)
+        self._check_version(meta.get(b"schema_version"))
+        store_id = _text(meta[b"store_id"])
+        seq, generation = int(meta.get(b"seq", 0)), int(meta.get(b"generation", 0))
+        if store_id != self._store_id or generation != known.generation or seq < known.seq:
+            # Another store (Redis emptied), or jobs pruned: every row is read again.
+            self._store_id = store_id
+            known.forget()
+            known.generation = generation
+            rows = [
+                value
+                for pair in self._client.hgetall(self.prefix + "rows").items()
+                for value in pair
+            ]
+        for id, values in zip(rows[::2], rows[1::2], strict=True):
+            if values is not None:
+                known.add(int(id), json.loads(values))
+        known.seq = seq
+        self._seq, self._last_job = seq, int(meta.get(b"last_job", 0))
+        names = known.names
+        records = {_text(id): json.loads(value) for id, value in _pairs(instances_flat).items()}
+        open_runs: dict[str, list[tuple[str, int, int]]] = {}
+        for who, fields in _pairs(open_flat).items():
+            in_progress = open_runs[_text(who)] = []
+            for job, value in _pairs(fields).items():
+                name = names.get(int(job))
+                if name is not None:
+                    in_progress += [(name, run_id, start) for run_id, start, _ in json.loads(value)]
+        claims: dict[str, dict[int, list[int]]] = {}
+        for field, start in _pairs(lost_flat).items():
+            job, run_id = map(int, _text(field).split(":"))
+            if job in names:
+                claims.setdefault(names[job], {}).setdefault(int(start), []).append(run_id)
+        record = json.loads(previous) if previous else None
+        state = WriteState(
+            previous_seen_ns=None if record is None else record[5],
+            revived=record is not None and bool(record[7]),
+            instances=[
+                StoredInstance(id, host, pid, seen, bool(stopped), bool(closed))
+                for id, (_, host, pid, _, _, seen, stopped, closed) in records.items()
+            ],
+            open_runs=open_runs,
+            claims=claims,
+            row=known.row,
+            overdue=lambda now, margin: [
+                row.name
+                for row in known.rows()
+                if row.next_run_ns is not None and row.next_run_ns + row.grace_ns + margin <= now
+            ],
+            lost_before=self._lost_before,
+        )
+        return store_id, state, records
+
+    def _lost_before(self, who: str) -> Collection[tuple[str, int]]:
+        names = self._known.names
+        before = set()
+        for field in self._client.hkeys(f"{self.prefix}lost:{who}"):
+            job, run_id = map(int, _text(field).split(":"))
+            if job in names:
+                before.add((names[job], run_id))
+        return before
+
+    def _store(
+        self,
+        token: str,
+        instance: Instance,
+        plan: WritePlan,
+        records: Mapping[str, list[Any]],
+        *,
+        now_ns: int,
+        stopping: bool,
+    ) -> None:
+        """Store `plan` with `_PERSIST`, which lets the lock go."""
+        known = self._known
+        seq, last_job = self._seq, self._last_job
+        if plan.rows or plan.runs:  # a heartbeat alone tells readers nothing new
+            seq += 1
+        rows: list[Any] = []
+        names: list[Any] = []
+        for row in plan.rows.values():
+            id = known.get_id(row.name)
+            if id is None:
+                last_job += 1
+                names += [row.name, last_job]
+                rows += [last_job, encode(known.values(row, seq, last_job))]
+            else:
+                rows += [id, encode(known.values(row, seq))]
+        runs: list[Any] = []
+        for name, finished in plan.runs.items():
+            packed, categories = _pack(finished)
+            maxlen = max(1, -(-self._history_runs // len(finished)))
+            runs += [known.id(name), packed, categories, maxlen]
+        open_runs: list[Any] = []
+        for name, in_progress, stall_after_ns in plan.open_runs:
+            value = encode([[run_id, start, stall_after_ns] for run_id, start in in_progress])
+            open_runs += [known.id(name), value if in_progress else ""]
+        closed: list[Any] = []
+        for who in plan.closed:
+            closed += [who, encode([*records[who][:7], 1])]
+        lost: list[Any] = []
+        for who, name, run_id, start in plan.lost:
+            lost += [who, f"{known.id(name)}:{run_id}", start]
+        ended = [f"{known.id(name)}:{run_id}" for name, run_id in plan.ended]
+        record = _record(instance, now_ns, stopping)
+        self._persist(
+            args=[
+                *(self.prefix, token, instance.id, record, seq, last_job),
+                *(self._retention_ms, _HISTORY_MS, now_ns // 1_000_000),
+                *(len(rows) // 2, *rows, len(names) // 2, *names),
+                *(len(runs) // 4, *runs, len(open_runs) // 2, *open_runs),
+                *(len(closed) // 2, *closed, len(lost) // 3, *lost, len(ended), *ended),
+            ]
+        )
+        known.seq = seq
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read(self, cursor: Cursor | None, *, now_ns: int, instance_ttl_ns: int) -> FleetRead:
+        with self._read_lock:
+            since = -1 if cursor is None else cursor.seq
+            meta_flat, rows, instances_flat, open_flat, runs_flat = self._read_script(
+                args=[self.prefix, since]
+            )
+            meta = _pairs(meta_flat)
+            store_id = _text(meta.get(b"store_id", b""))
+            seq = int(meta.get(b"seq", 0))
+            generation = int(meta.get(b"generation", 0))
+            instances = sorted(
+                (
+                    _instance_of(_text(id), record, now_ns, instance_ttl_ns)
+                    for id, record in _pairs(instances_flat).items()
+                ),
+                key=lambda found: (found.started_ns, found.id),
+            )
+            reset = cursor is None or cursor.store_id != store_id or cursor.generation != generation
+            if not reset and cursor is not None and cursor.seq == seq:
+                return FleetRead(store_id, seq, generation, False, (), (), seq, None, instances)
+            if reset and since >= 0:  # read it all again
+                return self._read_all(now_ns, instance_ttl_ns)
+            if reset or store_id != self._read_store:
+                self._read_names = {}
+                self._read_store = store_id
+            names = self._read_names
+            raw = []
+            for id, values in zip(rows[::2], rows[1::2], strict=True):
+                if values is not None:
+                    decoded = json.loads(values)
+                    names[int(id)] = decoded[0]
+                    raw.append(decoded)
+            batches: list[RunBatch] = []
+            for job, entries in zip(runs_flat[::2], runs_flat[1::2], strict=True):
+                name = names.get(int(job))
+                if name is None:
+                    continue
+                for _, fields in entries:
+                    values = _pairs(fields)
+                    batches.append((name, _unpack(values[b"r"], values.get(b"c"))))
+            open_runs = [
+                OpenRun(_text(who), names[int(job)], run_id, start, stall_after)
+                for who, fields in _pairs(open_flat).items()
+                for job, value in _pairs(fields).items()
+                if int(job) in names
+                for run_id, start, stall_after in json.loads(value)
+            ]
+            return FleetRead(
+                store_id, seq, generation, reset, Rows(raw), batches, seq, open_runs, instances
+            )
+
+    def _read_all(self, now_ns: int, ttl_ns: int) -> FleetRead:
+        return self.read(None, now_ns=now_ns, instance_ttl_ns=ttl_ns)
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def prune(self, *, now_ns: int, history_ns: int, retention_ns: int) -> None:
+        """Runs written more than `history_ns` ago (to the minute), jobs without a schedule
+        not updated for `retention_ns` and with no run in progress, and instances dead or
+        stopped for that long."""
+        self._locked(lambda token: self._prune_locked(token, now_ns, history_ns, retention_ns))
+
+    def _prune_locked(self, token: str, now_ns: int, history_ns: int, retention_ns: int) -> None:
+        self._retention_ms = retention_ns // 1_000_000
+        client = self._client
+        records = {
+            _text(id): json.loads(value)
+            for id, value in client.hgetall(self.prefix + "instances").items()
+        }
+        busy: set[int] = set()
+        for who in records:
+            busy.update(int(job) for job in client.hkeys(f"{self.prefix}open:{who}"))
+        cutoff = now_ns - retention_ns
+        stale: list[Any] = []
+        for id, value in client.hgetall(self.prefix + "rows").items():
+            row = row_of(json.loads(value))
+            if (
+                row.updated_ns < cutoff
+                and row.next_run_ns is None
+                and row.settings.get("schedule") is None
+                and int(id) not in busy
+            ):
+                stale += [int(id), row.name]
+        gone = [
+            who
+            for who, record in records.items()
+            if (record[6] or record[7]) and record[5] < cutoff
+        ]
+        runs_before_ms = (now_ns - history_ns) // 1_000_000
+        self._prune_script(
+            args=[self.prefix, token, runs_before_ms, len(stale) // 2, *stale, *gone]
+        )
+
+    def after_fork(self) -> None:
+        # redis-py makes new connections in a child; the locks and what the writer knew
+        # (the parent's) are made anew.
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._write_lock, self._read_lock:
+            self._client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
