@@ -174,8 +174,8 @@ def test_a_store_opened_here_is_closed_when_setup_fails_later(
     opened: list[Store] = []
     from jobpulse._monitor import _open_store as real
 
-    def spy(store: str | Store, flush_interval: float, instance_ttl: float) -> Store:
-        opened.append(real(store, flush_interval, instance_ttl))
+    def spy(store: str | Store, *args: Any) -> Store:
+        opened.append(real(store, *args))
         return opened[-1]
 
     monkeypatch.setattr(_setup, "_open_store", spy)
