@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -235,13 +236,44 @@ def store_url(store_path: Path) -> str:
     return f"sqlite:///{store_path}"
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server for the whole session (tests/redis_server.py): ``redis://127.0.0.1:
+    <port>/0``. The Celery test app's broker is set to it."""
+    from tests import celery_app, redis_server
+
+    with redis_server.running_redis(tmp_path_factory.mktemp("redis")) as url:
+        celery_app.app.conf.broker_url = url
+        yield url
+
+
+#: Runs a test that uses `fleet` on the SQLite backend only (it uses the file itself).
+sqlite_only = pytest.mark.parametrize("store_backend", ["sqlite"])
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """The backend `fleet` runs a test on: each in turn."""
+    return str(request.param)
+
+
 @pytest.fixture
-def fleet(store_url: str, clock: FakeClock) -> Iterator[MakeMonitor]:
+def fleet_url(store_backend: str, store_url: str, request: pytest.FixtureRequest) -> str:
+    """A store of the test's own on `store_backend`: a SQLite file in its folder, or keys
+    under a prefix of its own in the session's Redis."""
+    if store_backend == "sqlite":
+        return store_url
+    server = request.getfixturevalue("redis_url")
+    return f"{server}?prefix=test:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+def fleet(fleet_url: str, clock: FakeClock) -> Iterator[MakeMonitor]:
     """Monitors on one store and one fake clock, as processes of one service would be."""
     made: list[JobMonitor] = []
 
     def make(**options: object) -> JobMonitor:
-        monitor = JobMonitor(store=store_url, clock=clock, **options)  # type: ignore[arg-type]
+        monitor = JobMonitor(store=fleet_url, clock=clock, **options)  # type: ignore[arg-type]
         made.append(monitor)
         return monitor
 

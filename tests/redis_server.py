@@ -2,15 +2,12 @@
 
 ::
 
-    from tests import redis_server
-
-    redis_url = redis_server.redis_url  # the fixture, in a test module
-
     def test_something(redis_url: str) -> None: ...   # redis://127.0.0.1:<port>/0
 
-The `redis_url` fixture starts the server once per test session (``--save ''
---appendonly no``: nothing is written to disk) and stops it at the end. Without the binary
-the tests that use it skip, or fail in CI (``JOBPULSE_REQUIRE_SERVERS=1``), as
+The `redis_url` fixture (tests/conftest.py) starts a server with `running_redis` once per
+test session (``--save '' --appendonly no``: nothing is written to disk) and stops it at
+the end; a test that stops and starts its own uses `running_redis`. Without the binary the
+tests that use it skip, or fail in CI (``JOBPULSE_REQUIRE_SERVERS=1``), as
 `require_binary` decides.
 """
 
@@ -27,7 +24,7 @@ import redis
 
 from tests.prometheus_server import free_port, require_binary, stop_process
 
-__all__ = ["flush", "redis_url", "running_redis"]
+__all__ = ["flush", "running_redis"]
 
 READY_TIMEOUT_SECONDS = 20.0
 
@@ -99,13 +96,3 @@ def flush(url: str) -> None:
         client.flushall()
     finally:
         client.close()
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis server for the whole session; the Celery test app's broker is set to it."""
-    from tests import celery_app
-
-    with running_redis(tmp_path_factory.mktemp("redis")) as url:
-        celery_app.app.conf.broker_url = url
-        yield url

@@ -31,7 +31,7 @@ from jobpulse.integrations.celery import (
     CeleryJobInstrumentor,
     beat_job_name,
 )
-from tests import celery_app, celery_support, redis_server
+from tests import celery_app, celery_support
 from tests.celery_support import SpanWaiter, running_beat, running_worker, runs_of
 from tests.conftest import MonitorFactory, Otel, log_signal
 from tests.otlp_receiver import ReceivedSpan, http_receiver
@@ -40,7 +40,6 @@ from tests.prometheus_server import free_port, stop_process
 
 # Fixtures: the session's Redis server, a monitor on the real clock reporting to `otel`,
 # the integration instrumented with it, and a span waiter.
-redis_url = redis_server.redis_url
 monitor = celery_support.monitor
 instrumented = celery_support.instrumented
 waiter = celery_support.waiter

@@ -21,12 +21,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests import redis_server
-
 pytestmark = pytest.mark.slow
-
-# Fixture (see tests/redis_server.py)
-redis_url = redis_server.redis_url
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The ``celery`` command of the environment running the tests.

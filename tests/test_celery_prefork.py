@@ -24,11 +24,10 @@ from jobpulse.integrations.celery import (
     TASK_ID_ATTRIBUTE,
     CeleryJobInstrumentor,
 )
-from tests import celery_app, celery_support, redis_server
+from tests import celery_app, celery_support
 from tests.celery_support import SpanWaiter, running_worker
 
 # Fixtures (see tests/celery_support.py)
-redis_url = redis_server.redis_url
 monitor = celery_support.monitor
 instrumented = celery_support.instrumented
 waiter = celery_support.waiter

@@ -21,7 +21,7 @@ from jobpulse import InvalidJobError, JobMonitor, JobState, StoreError
 from jobpulse.store import SQLiteStore
 from jobpulse.store._base import WriteResult
 from jobpulse.testing import FakeClock
-from tests.conftest import MakeMonitor, succeed
+from tests.conftest import MakeMonitor, sqlite_only, succeed
 
 
 def fail(monitor: JobMonitor, name: str, times: int = 1) -> None:
@@ -197,6 +197,7 @@ def hold_write_lock(store_url: str) -> sqlite3.Connection:
     return holder
 
 
+@sqlite_only
 def test_runs_during_a_store_outage_are_written_when_it_returns(
     fleet: MakeMonitor, store_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -215,6 +216,7 @@ def test_runs_during_a_store_outage_are_written_when_it_returns(
     assert len(reader.history("during")) == 100
 
 
+@sqlite_only
 def test_flush_tries_again_while_the_store_is_locked_within_its_timeout(
     fleet: MakeMonitor, store_url: str
 ) -> None:
@@ -311,6 +313,7 @@ def test_the_publisher_keeps_trying_after_more_than_a_thousand_failures_in_a_row
         monitor.shutdown()
 
 
+@sqlite_only
 def test_a_store_that_can_be_read_but_not_written_is_degraded_in_the_document(
     fleet: MakeMonitor, store_url: str
 ) -> None:
@@ -337,6 +340,7 @@ def test_a_store_that_can_be_read_but_not_written_is_degraded_in_the_document(
     assert document["jobs"]["during"]["success_count"] == 1
 
 
+@sqlite_only
 def test_runs_past_the_buffer_are_counted_and_logged_but_counts_stay_exact(
     fleet: MakeMonitor, store_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -387,6 +391,7 @@ def test_a_forked_child_is_an_instance_of_its_own(fleet: MakeMonitor) -> None:
     assert pids == sorted([os.getpid(), pid])
 
 
+@sqlite_only
 def test_a_store_that_breaks_under_the_process_costs_jobs_nothing(
     fleet: MakeMonitor, store_url: str
 ) -> None:
@@ -553,6 +558,7 @@ def test_a_schedule_that_never_fires_anywhere_is_missed(
     assert status.missed_count == 3  # each slot once, though both processes saw it
 
 
+@sqlite_only
 def test_a_store_deleted_under_the_process_gets_its_whole_view_again(
     fleet: MakeMonitor, store_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -20,12 +20,11 @@ from jobpulse import JobMonitor, JobStatus
 from jobpulse.integrations import celery as celery_integration
 from jobpulse.integrations.apscheduler import APSchedulerInstrumentor
 from jobpulse.integrations.celery import CeleryJobInstrumentor, beat_job_name
-from tests import celery_app, celery_support, redis_server
+from tests import celery_app, celery_support
 from tests.celery_support import running_beat
 from tests.conftest import Otel
 from tests.prometheus_server import free_port
 
-redis_url = redis_server.redis_url
 monitor = celery_support.monitor
 
 pytestmark = pytest.mark.filterwarnings(

@@ -19,13 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import redis_server
 from tests.otel_instrumented import MARKER
 from tests.prometheus_server import free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
-redis_url = redis_server.redis_url
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENTELEMETRY_INSTRUMENT = str(Path(sys.executable).with_name("opentelemetry-instrument"))

@@ -16,7 +16,6 @@ from jobpulse.store import SCHEMA_VERSION, SQLiteStore, Store, open_store
 from jobpulse.store._base import Cursor, FinishedRun, FleetRead, FleetRow, Instance, JobChange
 from jobpulse.store.redis import RedisStore
 from jobpulse.store.sqlite import _MIGRATIONS
-from tests import redis_server
 
 S = 1_000_000_000
 T0 = 1_780_000_000 * S  # a fixed wall time, 2026
@@ -24,9 +23,6 @@ TTL = 10 * S
 MARGIN = 2 * S
 
 StoreFactory = Callable[[], Store]
-
-
-redis_url = redis_server.redis_url  # the session's Redis server, for the redis backend
 
 
 def sqlite_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:

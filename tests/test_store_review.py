@@ -16,7 +16,7 @@ from jobpulse import InvalidJobError, JobMonitor, JobState
 from jobpulse.store import SQLiteStore
 from jobpulse.store._base import Instance, JobChange
 from jobpulse.testing import FakeClock
-from tests.conftest import MakeMonitor, pass_time, succeed
+from tests.conftest import MakeMonitor, pass_time, sqlite_only, succeed
 
 
 def stored_counts(store_path: Path, name: str) -> tuple[int, int]:
@@ -29,6 +29,7 @@ def stored_counts(store_path: Path, name: str) -> tuple[int, int]:
     return row.success_count, row.failure_count
 
 
+@sqlite_only
 def test_a_job_registered_again_after_unregister_does_not_take_counts_back(
     fleet: MakeMonitor, store_path: Path
 ) -> None:
@@ -41,6 +42,7 @@ def test_a_job_registered_again_after_unregister_does_not_take_counts_back(
     assert stored_counts(store_path, "report") == (4, 0)
 
 
+@sqlite_only
 def test_runs_of_a_job_unregistered_before_the_flush_are_still_written(
     fleet: MakeMonitor, store_path: Path
 ) -> None:
@@ -53,6 +55,7 @@ def test_runs_of_a_job_unregistered_before_the_flush_are_still_written(
     assert stored_counts(store_path, "report") == (3, 0)
 
 
+@sqlite_only
 def test_a_job_pruned_from_the_view_and_run_again_does_not_take_counts_back(
     fleet: MakeMonitor, store_path: Path, clock: FakeClock
 ) -> None:
@@ -127,6 +130,7 @@ def counts(monitor: JobMonitor, name: str) -> tuple[int, int, int]:
     return status.success_count, status.failure_count, status.active_runs
 
 
+@sqlite_only
 def test_shutdown_keeps_its_deadline_when_the_store_is_locked(
     fleet: MakeMonitor, store_path: Path
 ) -> None:
@@ -205,6 +209,7 @@ db.execute("ROLLBACK")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@sqlite_only
 def test_a_child_forked_while_the_store_is_locked_publishes_once_it_is_free(
     fleet: MakeMonitor, store_path: Path
 ) -> None:
@@ -249,6 +254,7 @@ def test_a_child_forked_while_the_store_is_locked_publishes_once_it_is_free(
     assert status.success_count == 3
 
 
+@sqlite_only
 def test_a_child_forked_while_its_parent_writes_is_not_locked_out(
     fleet: MakeMonitor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
