@@ -79,7 +79,7 @@ SCHEMA_VERSION = 1
 #: About how many runs of a job the store keeps (as the view does by default).
 HISTORY_RUNS = 4096
 _HISTORY_MS = 25 * 3600 * 1000  # a runs stream expires a day (and an hour) after its last write
-_LOCK_MS = 10_000  # a writer paused for longer loses the lock, and writes nothing
+_LOCK_MS = 5_000  # a writer paused for longer loses the lock, and writes nothing
 _BUSY_SECONDS = 1.0  # how long a write waits for another process's
 _CHUNK = 1000  # arguments per command in the scripts (Lua's stack is limited)
 _START, _DURATION, _END, _CATEGORY = (operator.itemgetter(index) for index in range(4))
@@ -271,6 +271,14 @@ redis.call('DEL', p .. 'lock')
 return 1
 """
 
+#: Takes the lock for ARGV[2] if it is free or already its own, for ARGV[3] ms; 1 if taken.
+_TAKE = """
+local held = redis.call('GET', ARGV[1] .. 'lock')
+if held and held ~= ARGV[2] then return 0 end
+redis.call('SET', ARGV[1] .. 'lock', ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
 #: Lets the lock go if ARGV[2] holds it.
 _RELEASE = """
 if redis.call('GET', ARGV[1] .. 'lock') == ARGV[2] then redis.call('DEL', ARGV[1] .. 'lock') end
@@ -411,8 +419,10 @@ class RedisStore:
         self._read_script = self._client.register_script(_READ)
         self._prune_script = self._client.register_script(_PRUNE)
         self._release = self._client.register_script(_RELEASE)
+        self._take = self._client.register_script(_TAKE)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._token = uuid.uuid4().hex  # the write lock's, as this object takes it
         self._known = KnownRows()
         self._read_names: dict[int, str] = {}
         self._read_store = ""
@@ -431,6 +441,8 @@ class RedisStore:
         """At open: the store's version, and errors that will not pass by themselves."""
         try:
             meta = self._client.hgetall(self.prefix + "meta")
+        except redis.AuthenticationError as exc:  # a ConnectionError that will not pass
+            raise self._fail(exc) from None
         except (redis.ConnectionError, redis.TimeoutError):
             return  # unreachable for now: the publisher retries, readers fall back
         except RedisError as exc:
@@ -447,23 +459,25 @@ class RedisStore:
 
     # -- writing -----------------------------------------------------------------------
 
-    def _acquire(self) -> str:
-        """Take the write lock (waiting at most `_BUSY_SECONDS` for another writer's);
-        returns its token."""
-        token = uuid.uuid4().hex
+    def _acquire(self, token: str) -> None:
+        """Take the write lock as `token`, waiting at most `_BUSY_SECONDS` for another
+        writer's."""
         deadline = time.monotonic() + _BUSY_SECONDS
-        while not self._client.set(self.prefix + "lock", token, nx=True, px=_LOCK_MS):
+        while not self._take(args=[self.prefix, token, _LOCK_MS]):
             if time.monotonic() >= deadline:
                 raise StoreError(f"store {self.url} is locked: another write takes too long")
             time.sleep(0.005)  # another process's write: nothing to wait on here
-        return token
 
     def _locked(self, work: Callable[[str], T]) -> T:
         """`work(token)` with the write lock held; what the writer knew is forgotten if it
-        fails (the scripts let the lock go when they succeed)."""
+        fails (the scripts let the lock go when they succeed). The token is this store
+        object's, the same at every write: a Redis too slow to answer in time may still
+        take the lock for a try given up on (at once, or after letting it go for that try:
+        it serves its clients in any order), and the next try finds it its own."""
         with self._write_lock:
-            token = self._acquire()
+            token = self._token
             try:
+                self._acquire(token)
                 return work(token)
             except BaseException:
                 self._known.forget()
@@ -632,57 +646,57 @@ class RedisStore:
 
     def read(self, cursor: Cursor | None, *, now_ns: int, instance_ttl_ns: int) -> FleetRead:
         with self._read_lock:
-            since = -1 if cursor is None else cursor.seq
-            meta_flat, rows, instances_flat, open_flat, runs_flat = self._read_script(
-                args=[self.prefix, since]
-            )
-            meta = _pairs(meta_flat)
-            store_id = _text(meta.get(b"store_id", b""))
-            seq = int(meta.get(b"seq", 0))
-            generation = int(meta.get(b"generation", 0))
-            instances = sorted(
-                (
-                    _instance_of(_text(id), record, now_ns, instance_ttl_ns)
-                    for id, record in _pairs(instances_flat).items()
-                ),
-                key=lambda found: (found.started_ns, found.id),
-            )
-            reset = cursor is None or cursor.store_id != store_id or cursor.generation != generation
-            if not reset and cursor is not None and cursor.seq == seq:
-                return FleetRead(store_id, seq, generation, False, (), (), seq, None, instances)
-            if reset and since >= 0:  # read it all again
-                return self._read_all(now_ns, instance_ttl_ns)
-            if reset or store_id != self._read_store:
-                self._read_names = {}
-                self._read_store = store_id
-            names = self._read_names
-            raw = []
-            for id, values in zip(rows[::2], rows[1::2], strict=True):
-                if values is not None:
-                    decoded = json.loads(values)
-                    names[int(id)] = decoded[0]
-                    raw.append(decoded)
-            batches: list[RunBatch] = []
-            for job, entries in zip(runs_flat[::2], runs_flat[1::2], strict=True):
-                name = names.get(int(job))
-                if name is None:
-                    continue
-                for _, fields in entries:
-                    values = _pairs(fields)
-                    batches.append((name, _unpack(values[b"r"], values.get(b"c"))))
-            open_runs = [
-                OpenRun(_text(who), names[int(job)], run_id, start, stall_after)
-                for who, fields in _pairs(open_flat).items()
-                for job, value in _pairs(fields).items()
-                if int(job) in names
-                for run_id, start, stall_after in json.loads(value)
-            ]
-            return FleetRead(
-                store_id, seq, generation, reset, Rows(raw), batches, seq, open_runs, instances
-            )
+            return self._read_locked(cursor, now_ns, instance_ttl_ns)
 
-    def _read_all(self, now_ns: int, ttl_ns: int) -> FleetRead:
-        return self.read(None, now_ns=now_ns, instance_ttl_ns=ttl_ns)
+    def _read_locked(self, cursor: Cursor | None, now_ns: int, ttl_ns: int) -> FleetRead:
+        since = -1 if cursor is None else cursor.seq
+        meta_flat, rows, instances_flat, open_flat, runs_flat = self._read_script(
+            args=[self.prefix, since]
+        )
+        meta = _pairs(meta_flat)
+        store_id = _text(meta.get(b"store_id", b""))
+        seq = int(meta.get(b"seq", 0))
+        generation = int(meta.get(b"generation", 0))
+        instances = sorted(
+            (
+                _instance_of(_text(id), record, now_ns, ttl_ns)
+                for id, record in _pairs(instances_flat).items()
+            ),
+            key=lambda found: (found.started_ns, found.id),
+        )
+        reset = cursor is None or cursor.store_id != store_id or cursor.generation != generation
+        if not reset and cursor is not None and cursor.seq == seq:
+            return FleetRead(store_id, seq, generation, False, (), (), seq, None, instances)
+        if reset and since >= 0:  # read it all again
+            return self._read_locked(None, now_ns, ttl_ns)
+        if reset or store_id != self._read_store:
+            self._read_names = {}
+            self._read_store = store_id
+        names = self._read_names
+        raw = []
+        for id, values in zip(rows[::2], rows[1::2], strict=True):
+            if values is not None:
+                decoded = json.loads(values)
+                names[int(id)] = decoded[0]
+                raw.append(decoded)
+        batches: list[RunBatch] = []
+        for job, entries in zip(runs_flat[::2], runs_flat[1::2], strict=True):
+            name = names.get(int(job))
+            if name is None:
+                continue
+            for _, fields in entries:
+                values = _pairs(fields)
+                batches.append((name, _unpack(values[b"r"], values.get(b"c"))))
+        open_runs = [
+            OpenRun(_text(who), names[int(job)], run_id, start, stall_after)
+            for who, fields in _pairs(open_flat).items()
+            for job, value in _pairs(fields).items()
+            if int(job) in names
+            for run_id, start, stall_after in json.loads(value)
+        ]
+        return FleetRead(
+            store_id, seq, generation, reset, Rows(raw), batches, seq, open_runs, instances
+        )
 
     # -- housekeeping ------------------------------------------------------------------
 
@@ -728,6 +742,7 @@ class RedisStore:
         # (the parent's) are made anew.
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._token = uuid.uuid4().hex
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:

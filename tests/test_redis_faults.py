@@ -1,0 +1,223 @@
+"""Faults of a Redis store, with a real ``redis-server`` the test stops, empties and blocks:
+jobs run throughout and nothing raises into them, the health route answers from the
+process's own view (``"store": "unavailable"``, never a 500), and once Redis is back the
+fleet's view is complete again within 5 s."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+
+from jobpulse import JobMonitor, StoreError
+from jobpulse.starlette import HEALTH_PATH, routes
+from tests.conftest import succeed
+from tests.redis_server import RedisServer
+from tests.test_starlette import client_for
+
+pytestmark = pytest.mark.slow
+
+#: How soon after Redis is back the fleet's view must be whole again (the issue's figure).
+BACK_WITHIN_SECONDS = 5.0
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def monitors(server: RedisServer) -> Iterator[Callable[[], JobMonitor]]:
+    made: list[JobMonitor] = []
+
+    def make() -> JobMonitor:
+        monitor = JobMonitor(store=server.url, flush_interval=0.2, instance_ttl=2.0)
+        made.append(monitor)
+        return monitor
+
+    yield make
+    for monitor in made:
+        monitor.shutdown()
+
+
+def document(monitor: JobMonitor) -> tuple[int, dict[str, Any]]:
+    app = Starlette(routes=routes(monitor, registry=CollectorRegistry()))
+    with client_for(app) as client:
+        response = client.get(HEALTH_PATH)
+    return response.status_code, response.json()
+
+
+def whole_again(check: Callable[[], bool]) -> float:
+    """Seconds until `check()` holds (at most `BACK_WITHIN_SECONDS`, else the test fails)."""
+    started = time.monotonic()
+    while not check():
+        elapsed = time.monotonic() - started
+        assert elapsed < BACK_WITHIN_SECONDS, "the fleet's view is not whole again in time"
+        time.sleep(0.05)  # another process's writes: nothing here to wait on
+    return time.monotonic() - started
+
+
+def counted(monitor: JobMonitor, name: str) -> tuple[int, int, int]:
+    status = monitor.status(name)
+    if status is None:
+        return (0, 0, 0)
+    return status.success_count, status.failure_count, len(monitor.history(name))
+
+
+def test_redis_stopped_and_started_again_loses_nothing(
+    server: RedisServer, monitors: Callable[[], JobMonitor]
+) -> None:
+    worker, web = monitors(), monitors()
+    succeed(worker, "steady", 5)
+    assert worker.flush()
+    assert counted(web, "steady") == (5, 0, 5)
+    server.stop(keep_data=True)
+    succeed(worker, "steady", 50)  # nothing waits for the store, nothing raises
+    # At its next read of the store (within a flush interval), the process's own view.
+    whole_again(lambda: document(web)[1]["store"] == "unavailable")
+    code, body = document(web)
+    assert code != 500
+    assert body["scope"] == "process"
+    assert "Connection" in body["store_error"]
+    assert not worker.flush(timeout=0.5)
+    server.start()
+    whole_again(lambda: counted(web, "steady") == (55, 0, 55))
+    code, body = document(web)
+    assert (code, body["scope"], body["store"]) == (200, "fleet", "ok")
+
+
+def test_redis_restarted_empty_is_given_the_live_processes_views_again(
+    server: RedisServer, monitors: Callable[[], JobMonitor]
+) -> None:
+    worker, web = monitors(), monitors()
+    succeed(worker, "report", 3)
+    with pytest.raises(RuntimeError), worker.run("billing"):
+        raise RuntimeError("card refused")
+    assert worker.flush()
+    assert counted(web, "report") == (3, 0, 3)
+    server.stop(keep_data=False)
+    server.start()  # empty: every key is gone
+    whole_again(
+        lambda: counted(web, "report")[:2] == (3, 0)
+        and counted(web, "billing")[:2] == (0, 1)
+        and len(web.instances()) == 2
+    )
+    status = web.status("billing")
+    assert status is not None
+    assert status.last_error == "RuntimeError: card refused"
+    assert status.consecutive_failures == 1
+
+
+def test_a_redis_that_answers_slowly_costs_jobs_nothing_and_the_route_answers(
+    server: RedisServer, monitors: Callable[[], JobMonitor]
+) -> None:
+    worker, web = monitors(), monitors()
+    succeed(worker, "steady", 3)
+    assert worker.flush()
+    asleep = threading.Event()
+
+    def block() -> None:
+        client = redis.Redis.from_url(server.url)
+        try:
+            asleep.set()
+            client.execute_command("DEBUG", "SLEEP", "3")
+        finally:
+            client.close()
+
+    blocker = threading.Thread(target=block)
+    blocker.start()
+    try:
+        assert asleep.wait(10)
+        time.sleep(0.1)  # let DEBUG SLEEP reach the server: it has no reply until it ends
+        started = time.monotonic()
+        succeed(worker, "steady", 20)  # runs never wait for the store
+        ran = time.monotonic() - started
+        code, body = document(web)
+        answered = time.monotonic() - started
+    finally:
+        blocker.join()
+    assert ran < 1.0, f"20 runs took {ran:.2f} s while Redis slept"
+    assert code != 500
+    assert answered < 3.0  # a read gives up after its socket timeout (1 s)
+    assert (body["scope"], body["store"]) == ("process", "unavailable")
+    assert "Timeout" in body["store_error"]
+    whole_again(lambda: counted(web, "steady") == (23, 0, 23))
+
+
+def test_a_wrong_password_is_refused_at_construction_naming_the_url_without_it(
+    server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.config_set("requirepass", "right")
+        url = server.url.replace("redis://", "redis://:wrong-secret@")
+        with pytest.raises(StoreError, match=r"store redis://:\*\*\*@127\.0\.0\.1") as raised:
+            JobMonitor(store=url)
+        assert "wrong-secret" not in str(raised.value)
+        good = JobMonitor(store=server.url.replace("redis://", "redis://:right@"))
+        try:
+            succeed(good, "ok")
+            assert good.flush()
+        finally:
+            good.shutdown()
+    finally:
+        client.execute_command("AUTH", "right")
+        client.config_set("requirepass", "")
+        client.close()
+
+
+def test_an_unreachable_redis_at_start_is_no_error_and_is_used_once_it_answers(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    url = server.url
+    server.stop(keep_data=False)
+    monitor = JobMonitor(store=url, flush_interval=0.2, instance_ttl=2.0)
+    try:
+        succeed(monitor, "early")
+        code, body = document(monitor)
+        assert (code, body["store"]) == (200, "unavailable")
+        server.start()
+        whole_again(lambda: monitor.flush(timeout=0.5) and counted(monitor, "early")[0] == 1)
+    finally:
+        monitor.shutdown()
+        server.kill()
+
+
+def test_a_prefix_keeps_two_services_on_one_redis_apart(redis_url: str) -> None:
+    shop = JobMonitor(store=redis_url, service_name="shop")
+    billing = JobMonitor(store=redis_url, service_name="billing")
+    shared = JobMonitor(store=f"{redis_url}?prefix=jobpulse::shop:")
+    try:
+        succeed(shop, "cart_cleanup")
+        succeed(billing, "invoices")
+        for monitor in (shop, billing, shared):
+            assert monitor.flush()
+        assert set(shop.statuses()) == {"cart_cleanup"}
+        assert set(billing.statuses()) == {"invoices"}
+        assert set(shared.statuses()) == {"cart_cleanup"}  # the shop's keys, by ?prefix=
+        keys = redis.Redis.from_url(redis_url).keys("jobpulse::*")
+        assert {key.split(b":")[2] for key in keys} == {b"shop", b"billing"}
+    finally:
+        for monitor in (shop, billing, shared):
+            monitor.shutdown()
+
+
+def test_a_bad_redis_url_is_refused_clearly() -> None:
+    with pytest.raises(StoreError, match=r"empty \?prefix="):
+        JobMonitor(store="redis://127.0.0.1:1/0?prefix=")
+    with pytest.raises(StoreError, match=r"store redis://:\*\*\*@host:notaport/0: Port"):
+        JobMonitor(store="redis://:hunter2@host:notaport/0")
