@@ -110,9 +110,11 @@ def test_redis_restarted_empty_is_given_the_live_processes_views_again(
     server.stop(keep_data=False)
     server.start()  # empty: every key is gone
     whole_again(
-        lambda: counted(web, "report")[:2] == (3, 0)
-        and counted(web, "billing")[:2] == (0, 1)
-        and len(web.instances()) == 2
+        lambda: (
+            counted(web, "report")[:2] == (3, 0)
+            and counted(web, "billing")[:2] == (0, 1)
+            and len(web.instances()) == 2
+        )
     )
     status = web.status("billing")
     assert status is not None
@@ -132,7 +134,7 @@ def test_a_redis_that_answers_slowly_costs_jobs_nothing_and_the_route_answers(
         client = redis.Redis.from_url(server.url)
         try:
             asleep.set()
-            client.execute_command("DEBUG", "SLEEP", "3")
+            client.execute_command("DEBUG", "SLEEP", "3")  # type: ignore[no-untyped-call]
         finally:
             client.close()
 
@@ -173,7 +175,7 @@ def test_a_wrong_password_is_refused_at_construction_naming_the_url_without_it(
         finally:
             good.shutdown()
     finally:
-        client.execute_command("AUTH", "right")
+        client.execute_command("AUTH", "right")  # type: ignore[no-untyped-call]
         client.config_set("requirepass", "")
         client.close()
 
@@ -209,8 +211,8 @@ def test_a_prefix_keeps_two_services_on_one_redis_apart(redis_url: str) -> None:
         assert set(shop.statuses()) == {"cart_cleanup"}
         assert set(billing.statuses()) == {"invoices"}
         assert set(shared.statuses()) == {"cart_cleanup"}  # the shop's keys, by ?prefix=
-        keys = redis.Redis.from_url(redis_url).keys("jobpulse::*")
-        assert {key.split(b":")[2] for key in keys} == {b"shop", b"billing"}
+        keys = redis.Redis.from_url(redis_url, decode_responses=True).keys("jobpulse::*")
+        assert {str(key).split(":")[2] for key in keys} == {"shop", "billing"}
     finally:
         for monitor in (shop, billing, shared):
             monitor.shutdown()
