@@ -9,6 +9,7 @@ a solo worker running for its whole module.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -100,6 +101,11 @@ def test_the_prefork_parent_records_the_failures_only_it_sees(
     assert (hard_run.attributes or {})["job.error.category"] == "time_limit"
     assert (hard_run.attributes or {})["error.type"] == "billiard.exceptions.TimeLimitExceeded"
     assert (hard_run.attributes or {})[TASK_ID_ATTRIBUTE] == hard.id
+    # The child that ran it, whose own open run a store takes for this one.
+    child = (hard_run.attributes or {})["job.ran_in.pid"]
+    assert isinstance(child, int)
+    assert child != os.getpid()
+    assert "job.ran_in.pid" not in (unseen_run.attributes or {})  # accepted before: unknown
     assert hard_run.end_time is not None
     assert hard_run.start_time is not None
     duration = (hard_run.end_time - hard_run.start_time) / 1e9

@@ -18,10 +18,11 @@ import pytest
 
 import jobpulse
 from jobpulse import InvalidJobError, JobMonitor, JobState, StoreError
+from jobpulse._shared import JOB_RAN_IN_PID
 from jobpulse.store import SQLiteStore
 from jobpulse.store._base import WriteResult
 from jobpulse.testing import FakeClock
-from tests.conftest import MakeMonitor, sqlite_only, succeed
+from tests.conftest import MakeMonitor, pass_time, sqlite_only, succeed
 
 
 def fail(monitor: JobMonitor, name: str, times: int = 1) -> None:
@@ -188,6 +189,35 @@ def test_an_expected_run_centuries_away_is_no_expected_run_in_the_store(
     assert near is not None
     assert far.next_run_time is None
     assert near.success_count == 1
+
+
+def test_a_run_recorded_for_a_process_killed_with_it_open_counts_once(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    # A prefork parent records the run of a child killed by a hard time limit, naming the
+    # child's pid (here this process's: the child is a monitor of its own in it).
+    child, parent = fleet(), fleet()
+    assert parent.flush()
+    run = child.run("charge_cards")
+    run.__enter__()
+    assert child.flush()
+    started = clock.now()
+    clock.advance(5)
+    parent.record_run(
+        "charge_cards",
+        start=started,
+        end=clock.now(),
+        error=TimeoutError("hard time limit (5 s) exceeded"),
+        category="time_limit",
+        attributes={JOB_RAN_IN_PID: os.getpid()},
+    )
+    assert parent.flush()
+    pass_time(clock, 12, parent)  # the child never writes again: it is found dead
+    status = parent.status("charge_cards")
+    assert status is not None
+    assert (status.failure_count, status.active_runs) == (1, 0)
+    assert [r.error_category for r in parent.history("charge_cards")] == ["time_limit"]
+    run.__exit__(None, None, None)
 
 
 def hold_write_lock(store_url: str) -> sqlite3.Connection:

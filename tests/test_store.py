@@ -347,6 +347,28 @@ def test_the_real_end_of_a_lost_run_leaves_the_last_success_and_extremes_alone(
     assert row.min_ns == row.max_ns == closed - started  # the lost run's duration
 
 
+def test_a_run_another_process_of_the_host_ended_for_a_dead_one_is_not_lost_too(
+    make_store: StoreFactory,
+) -> None:
+    # A prefork child killed by a hard time limit: its parent records the run (ran_in names
+    # the child's pid); the run the child left open is that run, not a second one, lost.
+    store = make_store()
+    child, parent = instance("child"), instance("parent")
+    started = T0 - 5 * S
+    write(store, child, change(open_runs=((9, started),), stall_after_ns=TTL), now_ns=T0)
+    write(store, parent, now_ns=T0)
+    killed = run(started, 5 * S + 1, "time_limit")
+    write(store, parent, change(failure=1, runs=[killed], ran_in=(child.pid,)), now_ns=T0 + 1)
+    read = store.read(None, now_ns=T0 + 1, instance_ttl_ns=TTL)
+    assert not read.open_runs
+    for second in range(1, TTL // S + 3):  # the child is found dead: nothing is left open
+        write(store, parent, now_ns=T0 + second * S)
+    row = rows(store, T0 + (TTL // S + 2) * S)["job"]
+    assert (row.failure_count, row.last_error_category) == (1, "time_limit")
+    read = store.read(None, now_ns=T0 + (TTL // S + 2) * S, instance_ttl_ns=TTL)
+    assert [run[4] for run in stored_runs(read)] == ["time_limit"]
+
+
 def test_an_instance_back_from_an_absence_judges_the_others_at_its_next_write(
     make_store: StoreFactory,
 ) -> None:

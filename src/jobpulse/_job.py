@@ -116,6 +116,7 @@ class Job:
         "total_duration_ns",
         "unpublished",
         "unpublished_dropped",
+        "unpublished_ran_in",
         "updated_ns",
         "version",
     )
@@ -186,6 +187,8 @@ class Job:
         # left out because too many were waiting.
         self.unpublished: list[tuple[int, int, int, str | None, str | None, bool]] | None = None
         self.unpublished_dropped = 0
+        # The pids of the processes of this host that ran those runs (see JOB_RAN_IN_PID).
+        self.unpublished_ran_in: list[int] = []
         # In a fleet view: runs the store's writers left out of its history.
         self.store_dropped = 0
 
@@ -490,6 +493,9 @@ class LocalJob(NamedTuple):
     #: progress and expected run are no longer this instance's, and a job of that name
     #: registered again starts its counts from zero.
     removed: bool = False
+    #: The pids of the processes of this host that ran some of `runs` and could not end
+    #: them (`JOB_RAN_IN_PID`): the runs they left open are those.
+    ran_in: tuple[int, ...] = ()
 
 
 def local_job(job: Job, *, removed: bool = False) -> LocalJob:
@@ -541,6 +547,7 @@ def local_job(job: Job, *, removed: bool = False) -> LocalJob:
             job.last_error_category,
         ),
         removed=removed,
+        ran_in=tuple(job.unpublished_ran_in),
     )
 
 

@@ -23,6 +23,7 @@ from jobpulse._shared import (
     ERROR_TYPE,
     JOB_METADATA,
     JOB_NAME,
+    JOB_RAN_IN_PID,
     JOB_TIMED_OUT,
     STALLED_EVENT,
 )
@@ -105,11 +106,13 @@ class JobStatusProcessor(SpanProcessor):
         with _END_GUARD:
             start_ns = span.start_time or 0
             end_ns = span.end_time or start_ns
-            error = category = None
+            error = category = ran_in = None
             timed_out = False
             if span.status.status_code is StatusCode.ERROR:
                 error, category = _failure_of(span)
                 timed_out = bool(span_attribute(span, JOB_TIMED_OUT))
+                pid = span_attribute(span, JOB_RAN_IN_PID)
+                ran_in = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
             metadata_text = span_attribute(span, JOB_METADATA)
             result = self._registry.end_run(
                 name,  # type: ignore[arg-type]
@@ -121,6 +124,7 @@ class JobStatusProcessor(SpanProcessor):
                 timed_out,
                 _metadata.decode(metadata_text) if metadata_text is not None else None,
                 closed_elsewhere=closed_elsewhere,
+                ran_in=ran_in,
             )
             if result is None:
                 return False

@@ -330,6 +330,7 @@ class StatusRegistry:
         metadata: Mapping[str, Any] | None = None,
         *,
         closed_elsewhere: bool = False,
+        ran_in: int | None = None,
     ) -> tuple[Mapping[str, str], int] | None:
         """A run ended: successfully if `error` is None. Returns the metric attributes for
         the run and the job's consecutive failures, or None if nothing was recorded: the job
@@ -338,7 +339,8 @@ class StatusRegistry:
         `closed_elsewhere` is for ends that do not come from the span's on_end (a span found
         ended at its stall deadline, a dropped span, a ``span.end()`` that raised): such an end
         is recorded only if the run is open, and an on_end of that run that comes after all
-        (it was still under way in another thread) is not counted again."""
+        (it was still under way in another thread) is not counted again. `ran_in` is the pid
+        of the process of this host that ran it and could not end it (`JOB_RAN_IN_PID`)."""
         duration_ns = end_ns - start_ns
         refused = 0
         rearm = missed_deadline = None
@@ -418,6 +420,8 @@ class StatusRegistry:
                     )
                 else:
                     job.unpublished_dropped += 1
+                if ran_in is not None:
+                    job.unpublished_ran_in.append(ran_in)
         if rearm is not None:
             self._watchdog.schedule((_STALL, name), rearm)
         self._arm_missed(name, missed_deadline)
@@ -880,6 +884,8 @@ class StatusRegistry:
                     changes.append(local_job(job))
                     job.unpublished = None
                     job.unpublished_dropped = 0
+                    if job.unpublished_ran_in:
+                        job.unpublished_ran_in = []
             return changes
 
     def close(self) -> None:
@@ -898,6 +904,7 @@ class StatusRegistry:
             job.version += 1
             job.unpublished = None
             job.unpublished_dropped = 0
+            job.unpublished_ran_in = []
         self._removed = []
         if self._dirty is not None:
             self._dirty = dict.fromkeys(self._jobs)

@@ -32,6 +32,10 @@ CODE_FUNCTION = "code.function.name"
 ERROR_TYPE = "error.type"
 ERROR_CATEGORY = "job.error.category"
 JOB_TIMED_OUT = "job.timed_out"
+#: A run that another process of this host ran and could not end (a prefork child killed by
+#: a time limit, or lost): that process's pid. With a store, the run that process left open
+#: is this one, not a second run lost with its process.
+JOB_RAN_IN_PID = "job.ran_in.pid"
 #: The run's metadata as JSON (see `encode_metadata`).
 JOB_METADATA = "job.metadata"
 #: Span event added to a run when it passes its job's ``stall_after``.
@@ -117,6 +121,7 @@ __all__ = [
     "JOB_METADATA",
     "JOB_NAME",
     "JOB_NAME_ATTRIBUTE",
+    "JOB_RAN_IN_PID",
     "JOB_RECORD_ONLY",
     "JOB_TIMED_OUT",
     "LOST",

@@ -79,6 +79,7 @@ from jobpulse._shared import (
     INTERRUPTED,
     JOB_METADATA,
     JOB_NAME,
+    JOB_RAN_IN_PID,
     JOB_RECORD_ONLY,
     NESTED,
     TIMEOUT,
@@ -559,6 +560,10 @@ class CeleryJobInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             limit = error.args[0] if isinstance(error, TimeLimitExceeded) and error.args else 0
             start = end - timedelta(seconds=limit if isinstance(limit, (int, float)) else 0)
         attributes: dict[str, str | bool | int | float] = {TASK_ID_ATTRIBUTE: task_id}
+        pid = getattr(request, "worker_pid", None)
+        if isinstance(pid, int) and not isinstance(pid, bool):
+            # The child that ran it: with a store, the run it left open is this one.
+            attributes[JOB_RAN_IN_PID] = pid
         headers = getattr(request, "request_dict", None)
         entry = headers.get(BEAT_HEADER) if isinstance(headers, dict) else None
         if isinstance(entry, str) and entry:

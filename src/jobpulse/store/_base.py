@@ -131,6 +131,10 @@ class JobChange:
     #: (end_ns, duration_ns, failed, consecutive_failures, error, category), for a row
     #: that has none.
     seed_last: tuple[int, int, bool, int, str | None, str | None] | None = None
+    #: The pids of processes of the writer's host that ran some of `runs` and could not end
+    #: them (a prefork child killed by a time limit): the runs they left open are those, so
+    #: they are not also lost when those processes are found dead.
+    ran_in: tuple[int, ...] = ()
 
 
 @dataclass

@@ -67,6 +67,7 @@ def _merge(old: JobChange, new: JobChange) -> JobChange:
         last_skip_reason=new.last_skip_reason if new.skipped else old.last_skip_reason,
         next_run=new.next_run if new.next_run is not None else old.next_run,
         open_runs=new.open_runs if new.open_runs is not None else old.open_runs,
+        ran_in=old.ran_in + new.ran_in,
     )
 
 
@@ -225,6 +226,7 @@ class Publisher:
             last_missed_ns=job.last_missed_ns,
             last_skip_reason=job.last_skip_reason,
             stall_after_ns=int(job.stall_after * 1e9),
+            ran_in=job.ran_in,
         )
         if job.settings != published.settings:
             change.settings = published.settings = job.settings

@@ -82,6 +82,10 @@ class WritePlan:
     lost: list[tuple[str, str, int, int]] = field(default_factory=list)
     #: The writing instance's claims its changes matched, to drop: (job, run id).
     ended: list[tuple[str, int]] = field(default_factory=list)
+    #: Runs in progress of other instances that this write's runs are (`JobChange.ran_in`):
+    #: (instance, job, run id, start_ns), to drop from the runs in progress and to claim
+    #: (as counted already: never lost when their instance is found dead).
+    absorbed: list[tuple[str, str, int, int]] = field(default_factory=list)
     missed_slots: int = 0
     conflicts: list[str] = field(default_factory=list)
 
@@ -106,7 +110,11 @@ def plan_write(
         if not other.stopped and other.last_seen_ns >= live_since
     }
     live.add(instance.id)
-    running = {job for who, runs in state.open_runs.items() if who in live for job, _, _ in runs}
+    open_runs = {who: list(runs) for who, runs in state.open_runs.items()}
+    for change in changes:
+        if change.ran_in:
+            _absorb(plan, instance, change, state.instances, open_runs)
+    running = {job for who, runs in open_runs.items() if who in live for job, _, _ in runs}
 
     def take(name: str) -> FleetRow | None:
         row = rows.get(name)
@@ -149,7 +157,7 @@ def plan_write(
         if not other.stopped and (judge_ns is None or other.last_seen_ns >= judge_ns - ttl_ns):
             continue
         plan.closed.append(other.id)
-        _close(plan, other, state, now_ns, take)
+        _close(plan, other, open_runs.get(other.id, ()), state, now_ns, take)
     for name in state.overdue(now_ns, margin_ns):
         overdue = take(name)
         if overdue is not None:
@@ -160,13 +168,13 @@ def plan_write(
 def _close(
     plan: WritePlan,
     dead: StoredInstance,
+    runs: Sequence[tuple[str, int, int]],
     state: WriteState,
     now_ns: int,
     take: Callable[[str], FleetRow | None],
 ) -> None:
     """Close the runs in progress of the `dead` instance as lost, but those closed already
     (before it came back and died again)."""
-    runs = state.open_runs.get(dead.id, ())
     if not runs:
         return
     before = state.lost_before(dead.id)
@@ -180,3 +188,29 @@ def _close(
         run = lost_run(row, start_ns, now_ns, error)
         plan.runs[name] = [*plan.runs.get(name, ()), run]  # not the change's list
         plan.lost.append((dead.id, name, run_id, start_ns))
+
+
+def _absorb(
+    plan: WritePlan,
+    writer: Instance,
+    change: JobChange,
+    instances: Sequence[StoredInstance],
+    open_runs: dict[str, list[tuple[str, int, int]]],
+) -> None:
+    """The runs of `change.name` left open by the processes of the writer's host that
+    `change.ran_in` names are the change's runs: taken from `open_runs` into
+    `plan.absorbed`. A pid may have been another process's before: the one seen last."""
+    for pid in set(change.ran_in):
+        ran = [
+            other
+            for other in instances
+            if other.host == writer.host and other.pid == pid and other.id != writer.id
+        ]
+        if not ran:
+            continue
+        who = max(ran, key=lambda other: other.last_seen_ns).id
+        left = open_runs.get(who, [])
+        for name, run_id, start_ns in left:
+            if name == change.name:
+                plan.absorbed.append((who, name, run_id, start_ns))
+        open_runs[who] = [run for run in left if run[0] != change.name]

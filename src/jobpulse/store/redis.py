@@ -120,7 +120,7 @@ return {meta, me or false, rows, instances, open, lost}
 #: history (ms), now (ms), then counted groups: rows (id, values), names (name, id), runs (job id,
 #: packed runs, categories or "", maxlen), open runs (job id, runs or "" for none), closed
 #: instances (id, record), lost runs (instance, "<job>:<run>", start), claims ended
-#: ("<job>:<run>").
+#: ("<job>:<run>"), runs in progress dropped (instance, job id).
 _PERSIST = """
 local p = ARGV[1]
 if redis.call('GET', p .. 'lock') ~= ARGV[2] then
@@ -185,6 +185,11 @@ for k = 0, n - 1 do
 end
 first, n = group(1)
 chunked('HDEL', p .. 'lost:' .. me, first, n, 1, function(at) return {ARGV[at]} end)
+first, n = group(2)
+for k = 0, n - 1 do
+  local at = first + k * 2
+  redis.call('HDEL', p .. 'open:' .. ARGV[at], ARGV[at + 1])
+end
 if redis.call('HGET', p .. 'meta', 'seq') ~= seq then
   -- The last seq written in each minute, and when: what pruning the runs goes by.
   local last = redis.call('ZREVRANGE', p .. 'written', 0, 0, 'WITHSCORES')
@@ -627,9 +632,12 @@ class RedisStore:
         for who in plan.closed:
             closed += [who, encode([*records[who][:7], 1])]
         lost: list[Any] = []
-        for who, name, run_id, start in plan.lost:
+        for who, name, run_id, start in (*plan.lost, *plan.absorbed):
             lost += [who, f"{known.id(name)}:{run_id}", start]
         ended = [f"{known.id(name)}:{run_id}" for name, run_id in plan.ended]
+        dropped: list[Any] = []
+        for who, name in {(who, name) for who, name, _, _ in plan.absorbed}:
+            dropped += [who, known.id(name)]
         record = _record(instance, now_ns, stopping)
         self._persist(
             args=[
@@ -638,6 +646,7 @@ class RedisStore:
                 *(len(rows) // 2, *rows, len(names) // 2, *names),
                 *(len(runs) // 4, *runs, len(open_runs) // 2, *open_runs),
                 *(len(closed) // 2, *closed, len(lost) // 3, *lost, len(ended), *ended),
+                *(len(dropped) // 2, *dropped),
             ]
         )
         known.seq = seq

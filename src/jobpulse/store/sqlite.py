@@ -603,7 +603,14 @@ class SQLiteStore:
             db.execute("DELETE FROM open_runs WHERE instance = ?", (who,))
         db.executemany(
             "INSERT OR IGNORE INTO lost_runs (instance, job, run_id, start_ns) VALUES (?, ?, ?, ?)",
-            [(who, known.id(name), run_id, start) for who, name, run_id, start in plan.lost],
+            [
+                (who, known.id(name), run_id, start)
+                for who, name, run_id, start in (*plan.lost, *plan.absorbed)
+            ],
+        )
+        db.executemany(
+            "DELETE FROM open_runs WHERE instance = ? AND job = ?",
+            {(who, known.id(name)) for who, name, _, _ in plan.absorbed},
         )
         db.executemany(
             "DELETE FROM lost_runs WHERE instance = ? AND job = ? AND run_id = ?",
