@@ -193,6 +193,44 @@ def test_a_batch_of_runs_folds_as_runs_one_by_one(make_store: StoreFactory) -> N
     assert row.last_end_ns == T0 + 51
 
 
+def test_consecutive_failures_count_interleaved_writers_runs(make_store: StoreFactory) -> None:
+    # Two prefork children fail the same task in turn: each writes its own runs, the second
+    # ones that ended before the first's last one.
+    store = make_store()
+    a, b = instance("a"), instance("b")
+    write(store, a, change(failure=3, runs=[run(T0 + k, 1, "network") for k in (1, 3, 5)]))
+    write(store, b, change(failure=2, runs=[run(T0 + k, 1, "network") for k in (2, 4)]))
+    row = rows(store)["job"]
+    assert (row.failure_count, row.consecutive_failures) == (5, 5)
+    assert row.last_end_ns == T0 + 6  # the last fields follow the run that ended last
+    # A success written late, that ended between failures: only those after it count.
+    write(store, b, change(success=1, runs=[run(T0 + 3, 1)], last_success_ns=T0 + 4))
+    row = rows(store)["job"]
+    assert (row.consecutive_failures, row.last_success_ns, row.last_failed) == (2, T0 + 4, True)
+    # One that ended before the last success changes nothing but the counts.
+    write(store, a, change(success=1, runs=[run(T0, 1)], last_success_ns=T0 + 1))
+    row = rows(store)["job"]
+    assert (row.success_count, row.consecutive_failures, row.last_success_ns) == (2, 2, T0 + 4)
+    # A success that ends after every failure ends the streak, wherever it is written.
+    write(store, a, change(success=1, runs=[run(T0 + 9, 1)], last_success_ns=T0 + 10))
+    assert rows(store)["job"].consecutive_failures == 0
+
+
+def test_a_long_streak_of_failures_keeps_its_count_past_the_ends_it_keeps(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    failures = [run(T0 + 10 * k, 1, "network") for k in range(1, 101)]
+    write(store, instance("a"), change(failure=100, runs=failures))
+    assert rows(store)["job"].consecutive_failures == 100
+    # A late success older than every failure kept: the failures before it are unknown.
+    write(store, instance("b"), change(success=1, runs=[run(T0 + 5, 1)]))
+    assert rows(store)["job"].consecutive_failures == 100
+    # One that ended among the kept ones: those after it, exactly.
+    write(store, instance("b"), change(success=1, runs=[run(T0 + 995, 1)]))
+    assert rows(store)["job"].consecutive_failures == 1
+
+
 def test_an_incremental_read_gives_only_what_changed(make_store: StoreFactory) -> None:
     store = make_store()
     write(store, instance("a"), change("one", success=1, runs=[run(T0, 1)]), change("two"))
@@ -649,6 +687,7 @@ def as_schema(path: Path, version: int) -> None:
         db.execute("DROP TABLE run_writes")
         db.execute("DROP TABLE lost_runs")
         db.execute("DROP TABLE categories")
+        db.execute("ALTER TABLE jobs DROP COLUMN failure_ends")
         db.execute("DELETE FROM meta WHERE key = 'last_job'")
         if version == 3:
             db.execute(

@@ -159,6 +159,8 @@ class FleetRow:
     last_duration_ns: int | None = None
     last_failed: bool | None = None
     consecutive_failures: int = 0
+    #: When the failures since the last success ended (the newest, at most 64).
+    failure_ends: tuple[int, ...] = ()
     last_error: str | None = None
     last_error_category: str | None = None
     last_success_ns: int | None = None

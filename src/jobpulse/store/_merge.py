@@ -1,8 +1,10 @@
 """How the changes of many instances fold into one row per job: the fleet's merge rules.
 
 - Counts are sums of deltas: they survive restarts and are never counted twice.
-- ``last_*`` fields and ``consecutive_failures`` follow the run that ended last: a late
-  batch from another instance changes the totals, not the "last" fields.
+- ``last_*`` fields follow the run that ended last: a late batch from another instance
+  changes the totals, not the "last" fields. ``consecutive_failures`` counts the failures
+  that ended after the last success, whichever instance ran them and however late they are
+  written (two processes' runs interleave).
 - Settings come from the latest registration; a different one from another instance is a
   conflict, which the caller logs.
 - Missed: a slot (the expected next run) whose grace has passed with no run started since
@@ -78,25 +80,28 @@ def _tolerance_ns(schedule: Schedule | None) -> int:
     return 0
 
 
+#: The ends of the failures since the last success a row keeps: enough to count them again
+#: when a success that ended among them is written late (past it, the count is kept).
+KEPT_FAILURE_ENDS = 64
+
+
 def fold_runs(row: FleetRow, runs: Iterable[RunFields]) -> bool:
-    """Fold finished runs, in the order they ended, into the "last" fields; True if one of
-    them is now the run that ended last (of runs that ended at the same nanosecond, the
-    one written last)."""
+    """Fold finished runs into the row: each one into the last success and the failures
+    since it (however late it is written: two processes' runs interleave), and those that
+    ended after the run that ended last into the "last" fields. True if one of them is now
+    the run that ended last (of runs that ended at the same nanosecond, the one written
+    last)."""
     ordered = sorted(runs, key=_END)  # stable: equal ends keep the order written
+    for run in ordered:
+        if run[3] is None:  # its category: a success
+            succeeded(row, run[2])
+        else:
+            _failed(row, run[2])
     if row.last_end_ns is not None:
         del ordered[: bisect.bisect_left(ordered, row.last_end_ns, key=_END)]
     if not ordered:
         return False
-    # Folding them one by one leaves the last run's fields, and the failures since the last
-    # success (added to those before, if none succeeded): found from the end.
     _, last_duration, last_end, last_category, last_error, *_ = ordered[-1]
-    failures = 0
-    for run in reversed(ordered):
-        if run[3] is None:  # its category: a success
-            row.consecutive_failures = 0
-            break
-        failures += 1
-    row.consecutive_failures += failures
     row.last_end_ns = last_end
     row.last_duration_ns = last_duration
     if last_category is None:
@@ -107,6 +112,32 @@ def fold_runs(row: FleetRow, runs: Iterable[RunFields]) -> bool:
         row.last_error = last_error
         row.last_error_category = last_category
     return True
+
+
+def _failed(row: FleetRow, end_ns: int) -> None:
+    """A failure that ended at `end_ns`: one more since the last success, unless it ended
+    before it (at the same nanosecond, the one written last is the later)."""
+    if row.last_success_ns is not None and end_ns < row.last_success_ns:
+        return
+    row.consecutive_failures += 1
+    ends = row.failure_ends
+    if len(ends) < KEPT_FAILURE_ENDS or end_ns > ends[0]:
+        row.failure_ends = tuple(sorted((*ends, end_ns))[-KEPT_FAILURE_ENDS:])
+
+
+def succeeded(row: FleetRow, end_ns: int) -> None:
+    """A success that ended at `end_ns`: the last success unless it ended before it, and
+    then the failures since are those that ended after it."""
+    if row.last_success_ns is not None and end_ns < row.last_success_ns:
+        return
+    row.last_success_ns = end_ns
+    ends = row.failure_ends
+    later = tuple(end for end in ends if end > end_ns)
+    if len(ends) < KEPT_FAILURE_ENDS or len(later) < len(ends):
+        # Every failure counted is kept, or the success ended after some kept one (and so
+        # after every one not kept): the count is exact.
+        row.consecutive_failures = len(later)
+        row.failure_ends = later
 
 
 def _effective_slot(
@@ -216,10 +247,6 @@ def apply_change(
         row.min_ns = change.min_ns
     if change.max_ns is not None and (row.max_ns is None or change.max_ns > row.max_ns):
         row.max_ns = change.max_ns
-    if change.last_success_ns is not None and (
-        row.last_success_ns is None or change.last_success_ns > row.last_success_ns
-    ):
-        row.last_success_ns = change.last_success_ns
     if change.seed_last is not None and row.last_end_ns is None:
         end_ns, duration_ns, failed, consecutive, error, category = change.seed_last
         row.last_end_ns, row.last_duration_ns, row.last_failed = end_ns, duration_ns, failed
@@ -232,6 +259,11 @@ def apply_change(
             row.metadata = dict(change.metadata)
     if fold_runs(row, change.runs) and change.metadata is not None:
         row.metadata = dict(change.metadata)
+    last_success = change.last_success_ns  # the instance's own: its run may have been
+    if last_success is not None and (  # left out of a full buffer
+        row.last_success_ns is None or last_success > row.last_success_ns
+    ):
+        succeeded(row, last_success)
     if change.skipped:
         row.skipped_count += change.skipped
         row.last_skip_reason = change.last_skip_reason

@@ -25,6 +25,7 @@ __all__ = ["ROW_FIELDS", "KnownRows", "Rows", "encode", "row_of"]
 ROW_FIELDS = (*tuple(name for name in FleetRow.__dataclass_fields__ if name != "seq"), "seq")
 SETTINGS_INDEX = ROW_FIELDS.index("settings")
 METADATA_INDEX = ROW_FIELDS.index("metadata")
+_FAILURE_ENDS_INDEX = ROW_FIELDS.index("failure_ends")
 _LAST_FAILED_INDEX = ROW_FIELDS.index("last_failed")
 _ROW_VALUES = operator.attrgetter(*ROW_FIELDS)
 
@@ -40,11 +41,18 @@ def loads(text: str) -> Any:
     return json.loads(text)
 
 
+@functools.lru_cache(maxsize=1024)
+def _ends(text: str) -> tuple[int, ...]:
+    return tuple(json.loads(text))
+
+
 def row_of(values: Sequence[Any], offset: int = 0) -> FleetRow:
     """The FleetRow of stored values: `ROW_FIELDS` from `offset` on."""
     fields = list(values[offset:]) if offset else list(values)
     fields[SETTINGS_INDEX] = loads(fields[SETTINGS_INDEX])
     fields[METADATA_INDEX] = loads(fields[METADATA_INDEX])
+    ends = fields[_FAILURE_ENDS_INDEX]
+    fields[_FAILURE_ENDS_INDEX] = _ends(ends) if ends != "[]" else ()
     if fields[_LAST_FAILED_INDEX] is not None:
         fields[_LAST_FAILED_INDEX] = bool(fields[_LAST_FAILED_INDEX])
     return FleetRow(*fields)
@@ -141,6 +149,8 @@ class KnownRows:
             values[METADATA_INDEX] = known.metadata_text
         else:  # a new copy with every run, most often empty
             values[METADATA_INDEX] = encode(row.metadata) if row.metadata else "{}"
+        ends = row.failure_ends
+        values[_FAILURE_ENDS_INDEX] = encode(ends) if ends else "[]"
         if known is None:
             assert new_id is not None, "a row new to the store needs an id"
             self._rows[row.name] = _Known(

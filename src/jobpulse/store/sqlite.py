@@ -164,7 +164,8 @@ def _runs_per_write(db: sqlite3.Connection) -> None:
     schema 4's batches, one row each. Job ids are never used again (``meta.last_job``): a
     row of runs names its jobs by id, and outlives a job pruned meanwhile. Runs closed as
     lost are remembered (`lost_runs`), so that their real end, if their instance was not
-    dead after all, is not counted a second time."""
+    dead after all, is not counted a second time. A job's row keeps the ends of its failures
+    since the last success (``failure_ends``), to count them across interleaved writers."""
     db.execute(
         "CREATE TABLE run_writes (id INTEGER PRIMARY KEY AUTOINCREMENT,"
         " end_ns INTEGER NOT NULL, runs BLOB NOT NULL)"
@@ -191,6 +192,7 @@ def _runs_per_write(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE run_batches")
     # A run by its id (two runs of a job may start in the same clock tick); its start is what
     # its finished form, which has no id, is known by.
+    db.execute("ALTER TABLE jobs ADD COLUMN failure_ends TEXT NOT NULL DEFAULT '[]'")
     db.execute(
         "CREATE TABLE lost_runs (instance TEXT NOT NULL, job INTEGER NOT NULL,"
         " run_id INTEGER NOT NULL, start_ns INTEGER NOT NULL,"
