@@ -52,11 +52,15 @@ issue's sizes only.
 
 from __future__ import annotations
 
+import abc
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -64,7 +68,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -81,11 +85,11 @@ TARGET_STEADY_P99_MS = 5.0
 TARGET_CHANGED_P99_MS = 50.0
 TARGET_SEED_SECONDS = 1.0
 TARGET_SEED_MB = 20.0
+TARGET_SEED_REDIS_MB = 30.0
 TARGET_OUTAGE_SECONDS = 5.0
 
 # The issue's sizes (smaller ones, from the command line, only to try the script out).
 FLEET_JOBS = 1000
-WRITERS = 4
 SEED_JOBS = 100
 SEED_MINUTES = 24 * 60
 OUTAGE_SECONDS = 10
@@ -108,17 +112,19 @@ class Table:
 
     def __init__(self) -> None:
         self.failed = False
-        print(f"{'figure':<52} {'value':>12} {'target':>10} {'':>5}")
+        self.prefix = ""  # the backend's name
+        print(f"{'figure':<60} {'value':>12} {'target':>10} {'':>5}")
 
     def row(self, figure: str, value: float, unit: str, target: float | None = None) -> None:
+        figure = self.prefix + figure
         shown = f"{value:.2f} {unit}" if unit != "x" else f"{value:.3f}x"
         if target is None:
-            print(f"{figure:<52} {shown:>12}", flush=True)
+            print(f"{figure:<60} {shown:>12}", flush=True)
             return
         passed = value <= target
         self.failed |= not passed
         limit = f"<= {target:g}{unit if unit == 'x' else ' ' + unit}"
-        print(f"{figure:<52} {shown:>12} {limit:>10} {'PASS' if passed else 'FAIL':>5}", flush=True)
+        print(f"{figure:<60} {shown:>12} {limit:>10} {'PASS' if passed else 'FAIL':>5}", flush=True)
 
 
 def monitor(**options: Any) -> JobMonitor:
@@ -129,8 +135,151 @@ def monitor(**options: Any) -> JobMonitor:
     )
 
 
-def url_of(path: Path) -> str:
-    return f"sqlite:///{path}"
+class Backend(abc.ABC):
+    """Where the cases' stores are."""
+
+    name = ""
+    #: The writer processes of the fleet case.
+    writers = 4
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+
+    @abc.abstractmethod
+    def url(self, name: str) -> str: ...
+
+    @abc.abstractmethod
+    def stored_runs(self, url: str) -> int: ...
+
+    @abc.abstractmethod
+    def size(self, url: str) -> tuple[str, float]:
+        """What the store at `url` takes, in MB, and what that figure is."""
+
+    @abc.abstractmethod
+    def out(self, url: str) -> AbstractContextManager[None]:
+        """The store at `url` refuses writes for the block."""
+
+    def close(self) -> None:
+        return None
+
+
+class SQLiteBackend(Backend):
+    """SQLite files in the run's folder."""
+
+    name = "SQLite"
+
+    def url(self, name: str) -> str:
+        return f"sqlite:///{self.folder / name}.db"
+
+    def path(self, url: str) -> Path:
+        return Path(url.removeprefix("sqlite:///"))
+
+    def stored_runs(self, url: str) -> int:
+        with sqlite3.connect(self.path(url)) as connection:
+            return stored_runs(connection)
+
+    def size(self, url: str) -> tuple[str, float]:
+        path = self.path(url)
+        with sqlite3.connect(path) as connection:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        files = (path, path.with_name(path.name + "-wal"))
+        total = sum(file.stat().st_size for file in files if file.exists())
+        return "database + wal after checkpoint", total / 1e6
+
+    @contextmanager
+    def out(self, url: str) -> Iterator[None]:
+        holder = sqlite3.connect(self.path(url), isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another connection holds the file
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+
+class RedisBackend(Backend):
+    """Keys under a prefix per case in a redis-server of the run's own (on 127.0.0.1, its
+    data saved in the run's folder only when the outage case stops it)."""
+
+    name = "Redis"
+    writers = 10
+
+    def __init__(self, folder: Path) -> None:
+        import redis
+
+        super().__init__(folder)
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server is not on PATH (Debian: apt-get install redis-server)")
+        self._redis = redis
+        self._binary = binary
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.server = f"redis://127.0.0.1:{self.port}/0"
+        self._start()
+
+    def _start(self) -> None:
+        self._process = subprocess.Popen(
+            [
+                *(self._binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.folder)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except self._redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def client(self) -> Any:
+        return self._redis.Redis.from_url(self.server)
+
+    def url(self, name: str) -> str:
+        return f"{self.server}?prefix=bench:{name}:"
+
+    def _keys(self, url: str) -> list[bytes]:
+        prefix = url.split("?prefix=", 1)[1]
+        return list(self.client().scan_iter(match=prefix + "*", count=1000))
+
+    def stored_runs(self, url: str) -> int:
+        client = self.client()
+        total = 0
+        for key in self._keys(url):
+            if b":runs:" in key:
+                for _, fields in client.xrange(key):
+                    total += len(fields[b"r"]) // 24
+        return total
+
+    def size(self, url: str) -> tuple[str, float]:
+        client = self.client()
+        used = sum(client.memory_usage(key, samples=0) or 0 for key in self._keys(url))
+        return "Redis memory of its keys (MEMORY USAGE)", used / 1e6
+
+    def used_memory(self) -> int:
+        return int(self.client().info("memory")["used_memory"])
+
+    @contextmanager
+    def out(self, url: str) -> Iterator[None]:
+        with contextlib.suppress(self._redis.ConnectionError):  # it closes it as it stops
+            self.client().shutdown(save=True)  # stopped, its data kept
+        self._process.wait(30)
+        try:
+            yield
+        finally:
+            self._start()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(30)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -147,9 +296,9 @@ def job() -> int:
 # -- overhead --------------------------------------------------------------------------
 
 
-def overhead(folder: Path, runs: int, repeats: int, table: Table) -> None:
+def overhead(backend: Backend, runs: int, repeats: int, table: Table) -> None:
     plain = monitor()
-    stored = monitor(store=url_of(folder / "overhead.db"))
+    stored = monitor(store=backend.url("overhead"))
     plain_job = plain.job("bench_job")(job)
     stored_job = stored.job("bench_job")(job)
 
@@ -208,8 +357,8 @@ def overhead(folder: Path, runs: int, repeats: int, table: Table) -> None:
         return statistics.median(v / b for v, b in zip(values, base, strict=True))
 
     table.row("overhead: no store, us/run", statistics.median(plain_us), "us")
-    table.row("overhead: SQLite store, runs only, us/run", statistics.median(stored_us), "us")
-    table.row("overhead: SQLite store, runs + flush, us/run", statistics.median(flushed_us), "us")
+    table.row("overhead: store, runs only, us/run", statistics.median(stored_us), "us")
+    table.row("overhead: store, runs + flush, us/run", statistics.median(flushed_us), "us")
     table.row("overhead: runs only, x no store", ratio(stored_us, plain_us), "x")
     table.row(
         "overhead: runs + flush, x no store",
@@ -248,10 +397,10 @@ def run_jobs(target: JobMonitor, names: list[str], times: int, fail_every: int =
                 pass
 
 
-def flush(folder: Path, rounds: int, jobs: int, table: Table) -> None:
+def flush(backend: Backend, rounds: int, jobs: int, table: Table) -> None:
     names = [f"job_{index:04d}" for index in range(jobs)]
     target = monitor(
-        store=url_of(folder / "flush.db"),
+        store=backend.url("flush"),
         max_jobs=jobs,
         flush_interval=3600,
         instance_ttl=7200,
@@ -318,11 +467,12 @@ def flush(folder: Path, rounds: int, jobs: int, table: Table) -> None:
     table.row("flush:     of which the registry's lock held", statistics.median(lock_ms), "ms")
     table.row("flush:   write (one transaction)", statistics.median(write_ms), "ms")
     table.row("flush:   collect + write, CPU", statistics.median(cycle_cpu_ms), "ms")
-    table.row(
-        "flush: raw SQLite, the same rows and runs (floor)",
-        raw_write_ms(folder, rounds, jobs),
-        "ms",
-    )
+    if isinstance(backend, SQLiteBackend):
+        table.row(
+            "flush: raw SQLite, the same rows and runs (floor)",
+            raw_write_ms(backend.folder, rounds, jobs),
+            "ms",
+        )
     print(f"  (median of {rounds} rounds; max flush() {max(flush_ms):.1f} ms)")
 
 
@@ -384,11 +534,11 @@ def raw_write_ms(folder: Path, rounds: int, jobs: int) -> float:
 # -- fleet health document -------------------------------------------------------------
 
 
-def fleet_writer(url: str, index: int, jobs: int) -> int:
+def fleet_writer(url: str, index: int, jobs: int, writers: int) -> int:
     """In a process of its own: one of the fleet's writers. Registers every job and runs its
     share 20 times, then at each "run" line of stdin runs its share once and flushes."""
     names = [f"job_{number:04d}" for number in range(jobs)]
-    share = names[index::WRITERS]
+    share = names[index::writers]
     writer = monitor(store=url, max_jobs=jobs)
     register_fleet_jobs(writer, names)  # every worker registers every job
     run_jobs(writer, share, 20, fail_every=9)
@@ -407,15 +557,18 @@ def fleet_writer(url: str, index: int, jobs: int) -> int:
 class Writers:
     """The fleet's writer processes, driven over their stdin and stdout."""
 
-    def __init__(self, url: str, jobs: int) -> None:
+    def __init__(self, url: str, jobs: int, writers: int) -> None:
         self._processes = [
             subprocess.Popen(
-                [sys.executable, __file__, "--fleet-writer", url, str(index), str(jobs)],
+                [
+                    *(sys.executable, __file__, "--fleet-writer", url),
+                    *(str(index), str(jobs), str(writers)),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
             )
-            for index in range(WRITERS)
+            for index in range(writers)
         ]
         self._expect("ready")
 
@@ -441,12 +594,13 @@ class Writers:
             process.wait(timeout=30)
 
 
-def fleet(folder: Path, polls: int, jobs: int, table: Table) -> None:
-    url = url_of(folder / "fleet.db")
+def fleet(backend: Backend, polls: int, jobs: int, table: Table) -> None:
+    url = backend.url("fleet")
+    writers_count = backend.writers
     names = [f"job_{index:04d}" for index in range(jobs)]
     # Writers of their own, as a service's workers are: the reader's process holds only
     # what a reader holds (its heap is what its garbage collector walks).
-    writers = Writers(url, jobs)
+    writers = Writers(url, jobs, writers_count)
     reader = monitor(store=url, max_jobs=jobs)
     link = reader._store
     assert link is not None
@@ -465,7 +619,7 @@ def fleet(folder: Path, polls: int, jobs: int, table: Table) -> None:
     _, body = poll()
     document = json.loads(body)
     assert len(document["jobs"]) == jobs
-    assert len(document["instances"]) >= WRITERS  # the reader's own once it has written
+    assert len(document["instances"]) >= writers_count  # the reader's too once it has written
     cpu_ms.clear()
     steady = [poll()[0] for _ in range(polls)]
     steady_cpu, cpu_ms = cpu_ms, []
@@ -501,7 +655,7 @@ def fleet(folder: Path, polls: int, jobs: int, table: Table) -> None:
     )
     print(
         f"  (p50 {percentile(steady, 0.5):.2f} / {percentile(changed, 0.5):.2f} ms; "
-        f"{len(steady)} / {len(changed)} polls; {jobs} jobs, {WRITERS} writers; "
+        f"{len(steady)} / {len(changed)} polls; {jobs} jobs, {writers_count} writers; "
         f"document {len(body) / 1024:.0f} KB, {runs} runs counted)"
     )
 
@@ -526,15 +680,16 @@ def process_changed(names: list[str], polls: int) -> list[float]:
 # -- seeding a restarted process -------------------------------------------------------
 
 
-def build_seed_store(path: Path, jobs: int, minutes: int) -> float:
+def build_seed_store(url: str, jobs: int, minutes: int) -> float:
     """100 jobs, a run of each every minute for 24 h up to now, written by one monitor on a
-    FakeClock (each run takes 2 s; one in 50 fails); returns the seconds it took."""
+    FakeClock (each run takes 2 s; one in 50 fails) that writes every minute, as its
+    publisher would; returns the seconds it took."""
     started = time.perf_counter()
     # The first run 3 minutes inside the 24 h window, so that it is still in it when the
     # restarted processes read the store; the last ones end a minute or two from now.
     clock = FakeClock(datetime.now(timezone.utc) - timedelta(minutes=minutes - 3))
     names = [f"seed_{index:03d}" for index in range(jobs)]
-    writer = monitor(store=url_of(path), clock=clock, max_jobs=jobs)
+    writer = monitor(store=url, clock=clock, max_jobs=jobs, flush_interval=3600, instance_ttl=7200)
     for index, name in enumerate(names):
         writer.register(name, critical=index % 10 == 0, schedule="@every 1m")
     failure = ValueError("simulated failure")
@@ -549,8 +704,7 @@ def build_seed_store(path: Path, jobs: int, minutes: int) -> float:
             else:
                 run.__exit__(None, None, None)
         clock.advance(58)
-        if minute % 60 == 59:
-            assert writer.flush(timeout=30)
+        assert writer.flush(timeout=30)
     assert writer.flush(timeout=30)
     for name in names[:1]:
         status = writer.status(name)
@@ -560,11 +714,11 @@ def build_seed_store(path: Path, jobs: int, minutes: int) -> float:
     return time.perf_counter() - started
 
 
-def seed_child(path: str, jobs: int) -> int:
+def seed_child(url: str, jobs: int) -> int:
     """In a new process: the seconds from JobMonitor(store=...) to its first complete health
     document, printed as JSON."""
     started = time.perf_counter()
-    restarted = monitor(store=url_of(Path(path)), max_jobs=jobs)
+    restarted = monitor(store=url, max_jobs=jobs)
     opened = time.perf_counter()
     _, body = restarted.health_json()
     done = time.perf_counter()
@@ -588,22 +742,17 @@ def seed_child(path: str, jobs: int) -> int:
     return 0
 
 
-def seed(folder: Path, seeds: int, jobs: int, minutes: int, table: Table) -> None:
-    path = folder / "seed.db"
-    built = build_seed_store(path, jobs, minutes)
-    with sqlite3.connect(path) as connection:
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        stored = stored_runs(connection)
-    size = sum(
-        candidate.stat().st_size
-        for candidate in (path, path.with_name(path.name + "-wal"))
-        if candidate.exists()
-    )
+def seed(backend: Backend, seeds: int, jobs: int, minutes: int, table: Table) -> None:
+    url = backend.url("seed")
+    memory_before = backend.used_memory() if isinstance(backend, RedisBackend) else 0
+    built = build_seed_store(url, jobs, minutes)
+    stored = backend.stored_runs(url)
+    what, size = backend.size(url)
     totals: list[float] = []
     opened: list[float] = []
     for _ in range(seeds):
         output = subprocess.run(
-            [sys.executable, __file__, "--seed", str(path), "--seed-jobs", str(jobs)],
+            [sys.executable, __file__, "--seed", url, "--seed-jobs", str(jobs)],
             check=True,
             capture_output=True,
             text=True,
@@ -622,7 +771,11 @@ def seed(folder: Path, seeds: int, jobs: int, minutes: int, table: Table) -> Non
         TARGET_SEED_SECONDS,
     )
     table.row("seed:   of which JobMonitor(store=...)", statistics.median(opened), "s")
-    table.row("seed: database + wal after checkpoint", size / 1e6, "MB", TARGET_SEED_MB)
+    target = TARGET_SEED_REDIS_MB if isinstance(backend, RedisBackend) else TARGET_SEED_MB
+    table.row(f"seed: {what}", size, "MB", target)
+    if isinstance(backend, RedisBackend):
+        grown = (backend.used_memory() - memory_before) / 1e6
+        table.row("seed:   Redis used_memory grown by it (INFO memory)", grown, "MB", target)
     print(
         f"  ({stored} runs in the store, built in {built:.1f} s; median of {seeds} processes, "
         f"max {max(totals):.2f} s)"
@@ -632,23 +785,12 @@ def seed(folder: Path, seeds: int, jobs: int, minutes: int, table: Table) -> Non
 # -- outage ----------------------------------------------------------------------------
 
 
-@contextmanager
-def exclusive_lock(path: Path) -> Iterator[sqlite3.Connection]:
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        yield holder
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-
-
-def outage(folder: Path, seconds: int, table: Table) -> None:
+def outage(backend: Backend, seconds: int, table: Table) -> None:
     total = seconds * OUTAGE_RUNS_PER_SECOND
-    path = folder / "outage.db"
+    url = backend.url("outage")
     names = [f"outage_{index}" for index in range(OUTAGE_JOBS)]
-    writer = monitor(store=url_of(path))
-    reader = monitor(store=url_of(path))
+    writer = monitor(store=url)
+    reader = monitor(store=url)
     plain = monitor()
     for name in names:
         writer.register(name)
@@ -667,8 +809,7 @@ def outage(folder: Path, seconds: int, table: Table) -> None:
     round_of(plain)  # warm up
     stored_us: list[float] = []
     plain_us: list[float] = []
-    counter = sqlite3.connect(path, isolation_level=None)
-    with exclusive_lock(path):
+    with backend.out(url):
         began = time.monotonic()
         for index in range(seconds):
             if index % 2:
@@ -683,11 +824,12 @@ def outage(folder: Path, seconds: int, table: Table) -> None:
         assert writer_link is not None
         # The store was really out (a short outage may end before the publisher's first try).
         assert writer_link.publisher.error is not None or not writer.flush(timeout=5)
+        buffered = writer_link.publisher._buffered_runs
     released = time.monotonic()
     in_store = in_reader = None
     deadline = released + 30
     while time.monotonic() < deadline and (in_store is None or in_reader is None):
-        stored = stored_runs(counter)
+        stored = backend.stored_runs(url)
         if in_store is None and stored >= total:
             in_store = time.monotonic() - released
         if in_reader is None:
@@ -695,8 +837,7 @@ def outage(folder: Path, seconds: int, table: Table) -> None:
             counts = sum(s.success_count for s in statuses.values())
             if counts >= total and sum(len(reader.history(n)) for n in names) >= total:
                 in_reader = time.monotonic() - released
-        time.sleep(0.005)  # polling another process's view: nothing to wait on
-    counter.close()
+        time.sleep(0.02)  # polling another process's view: nothing to wait on
     for member in (writer, reader, plain):
         member.shutdown()
     ratio = statistics.median(s / p for s, p in zip(stored_us, plain_us, strict=True))
@@ -712,6 +853,7 @@ def outage(folder: Path, seconds: int, table: Table) -> None:
         "s",
     )
     table.row("outage: per run during the outage, x no store", ratio, "x")
+    table.row("outage: finished runs buffered when it returned", buffered, "runs")
     print(
         f"  ({statistics.median(stored_us):.1f} vs {statistics.median(plain_us):.1f} us/run; "
         f"{total} runs over {seconds} s, {OUTAGE_JOBS} jobs)"
@@ -730,29 +872,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-minutes", type=int, default=SEED_MINUTES, help="runs of each")
     parser.add_argument("--outage-seconds", type=int, default=OUTAGE_SECONDS)
     parser.add_argument("--only", help="run only these cases (comma-separated)")
+    parser.add_argument(
+        "--backends", default="sqlite,redis", help="the stores to measure (comma-separated)"
+    )
     parser.add_argument("--seed", help=argparse.SUPPRESS)
-    parser.add_argument("--fleet-writer", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--fleet-writer", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.getLogger("jobpulse").setLevel(logging.ERROR)  # simulated failures, the outage
     if args.seed:
         return seed_child(args.seed, args.seed_jobs)
     if args.fleet_writer:
-        url, index, jobs = args.fleet_writer
-        return fleet_writer(url, int(index), int(jobs))
-    cases: dict[str, Callable[[Path, Table], None]] = {
-        "overhead": lambda folder, table: overhead(folder, args.runs, args.repeats, table),
-        "flush": lambda folder, table: flush(folder, args.rounds, args.jobs, table),
-        "fleet": lambda folder, table: fleet(folder, args.polls, args.jobs, table),
-        "seed": lambda folder, table: seed(
-            folder, args.seeds, args.seed_jobs, args.seed_minutes, table
+        url, index, jobs, writers = args.fleet_writer
+        return fleet_writer(url, int(index), int(jobs), int(writers))
+    cases: dict[str, Callable[[Backend, Table], None]] = {
+        "overhead": lambda backend, table: overhead(backend, args.runs, args.repeats, table),
+        "flush": lambda backend, table: flush(backend, args.rounds, args.jobs, table),
+        "fleet": lambda backend, table: fleet(backend, args.polls, args.jobs, table),
+        "seed": lambda backend, table: seed(
+            backend, args.seeds, args.seed_jobs, args.seed_minutes, table
         ),
-        "outage": lambda folder, table: outage(folder, args.outage_seconds, table),
+        "outage": lambda backend, table: outage(backend, args.outage_seconds, table),
+    }
+    backends: dict[str, Callable[[Path], Backend]] = {
+        "sqlite": SQLiteBackend,
+        "redis": RedisBackend,
     }
     chosen = args.only.split(",") if args.only else list(cases)
     table = Table()
     with tempfile.TemporaryDirectory(prefix="jobpulse-bench-") as folder:
-        for name in chosen:
-            cases[name](Path(folder), table)
+        for name in args.backends.split(","):
+            backend = backends[name](Path(folder) / name)
+            table.prefix = f"{backend.name} "
+            try:
+                for case in chosen:
+                    cases[case](backend, table)
+            finally:
+                backend.close()
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(
         f"(Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, "

@@ -248,6 +248,26 @@ def test_an_incremental_read_gives_only_what_changed(make_store: StoreFactory) -
     assert not moved.reset
 
 
+def test_a_reader_that_fell_behind_many_writes_reads_every_run(make_store: StoreFactory) -> None:
+    # A store may keep the latest writes together for readers that keep up (Redis keeps
+    # 256): one that read last long ago still gets every run, from each job's own.
+    store = make_store()
+    a = instance("a")
+    write(store, a, change("busy", success=1, runs=[run(T0, 1)]), change("calm"))
+    first = store.read(None, now_ns=T0, instance_ttl_ns=TTL)
+    cursor = Cursor(first.store_id, first.seq, first.generation, first.run_cursor)
+    for index in range(1, 301):
+        starts = [T0 + index * S, T0 + index * S + 1]
+        write(store, a, change("busy", success=2, runs=[run(start, 1) for start in starts]))
+    write(store, a, change("calm", failure=1, runs=[run(T0 + 999 * S, 1, "network")]))
+    later = store.read(cursor, now_ns=T0, instance_ttl_ns=TTL)
+    runs = stored_runs(later)
+    assert [run[1] for run in runs if run[0] == "busy"] == [
+        T0 + index * S + offset for index in range(1, 301) for offset in (0, 1)
+    ]
+    assert [(run[0], run[4]) for run in runs if run[0] == "calm"] == [("calm", "network")]
+
+
 def test_a_dead_instances_runs_are_closed_once_as_lost(make_store: StoreFactory) -> None:
     store = make_store()
     write(store, instance("dying"), change(open_runs=((7, T0 - 5 * S),), stall_after_ns=300 * S))

@@ -132,6 +132,9 @@ def succeeded(row: FleetRow, end_ns: int) -> None:
         return
     row.last_success_ns = end_ns
     ends = row.failure_ends
+    if not ends:  # none kept: none since (or a streak seeded without its ends, before it)
+        row.consecutive_failures = 0
+        return
     later = tuple(end for end in ends if end > end_ns)
     if len(ends) < KEPT_FAILURE_ENDS or len(later) < len(ends):
         # Every failure counted is kept, or the success ended after some kept one (and so

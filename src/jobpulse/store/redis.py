@@ -48,7 +48,7 @@ import time
 import uuid
 import weakref
 from array import array
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from jobpulse._shared import StoreError, StoreVersionError, redact
@@ -78,11 +78,14 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 #: About how many runs of a job the store keeps (as the view does by default).
 HISTORY_RUNS = 4096
-_HISTORY_MS = 25 * 3600 * 1000  # a runs stream expires a day (and an hour) after its last write
+#: A job's runs expire this long after a write pushed it back (a writer does once an hour).
+_HISTORY_MS = 25 * 3600 * 1000
 _LOCK_MS = 5_000  # a writer paused for longer loses the lock, and writes nothing
 _BUSY_SECONDS = 1.0  # how long a write waits for another process's
-_CHUNK = 1000  # arguments per command in the scripts (Lua's stack is limited)
-_START, _DURATION, _END, _CATEGORY = (operator.itemgetter(index) for index in range(4))
+#: How many writes' runs `recent` keeps, for readers that keep up.
+_RECENT_WRITES = 256
+_FIELDS = operator.itemgetter(0, 1, 2)  # a run's start_ns, duration_ns and end_ns
+_CATEGORY = operator.itemgetter(3)
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 # ARGV[1] is the prefix of every key; the scripts name their keys themselves (one Redis, not
@@ -117,17 +120,19 @@ return {meta, me or false, rows, instances, open, lost}
 
 #: Stores a write's plan if ARGV[2] still holds the lock, then lets the lock go. The
 #: arguments: prefix, token, instance id, its record, seq, last job id, retention (ms),
-#: history (ms), now (ms), then counted groups: rows (id, values), names (name, id), runs (job id,
-#: packed runs, categories or "", maxlen), open runs (job id, runs or "" for none), closed
-#: instances (id, record), lost runs (instance, "<job>:<run>", start), claims ended
-#: ("<job>:<run>"), runs in progress dropped (instance, job id).
+#: history (ms), now (ms), the rows' ids and values, a counted group of names (name, id),
+#: the runs' jobs, packed runs and categories (a JSON object of the jobs that have
+#: failures, or ""), how many writes `recent` keeps, then counted groups: open runs (job
+#: id, runs or "" for none), closed instances (id, record), lost runs (instance,
+#: "<job>:<run>", start), claims ended ("<job>:<run>"), runs in progress dropped
+#: (instance, job id). Few, long arguments: each one costs the client a call to encode it.
 _PERSIST = """
 local p = ARGV[1]
 if redis.call('GET', p .. 'lock') ~= ARGV[2] then
   return redis.error_reply('JOBPULSE the write lock was lost (held past its deadline)')
 end
 local me, seq, retention, history, now = ARGV[3], ARGV[5], ARGV[7], ARGV[8], ARGV[9]
-local i = 10
+local i
 local function group(width)
   local n = tonumber(ARGV[i])
   local first = i + 1
@@ -142,25 +147,72 @@ local function chunked(command, key, first, n, width, pick)
   end
   if #args > 0 then redis.call(command, key, unpack(args)) end
 end
-redis.call('HSET', p .. 'instances', me, ARGV[4])
-local first, n = group(2)
-chunked('HSET', p .. 'rows', first, n, 2, function(at) return {ARGV[at], ARGV[at + 1]} end)
-chunked('ZADD', p .. 'changed', first, n, 2, function(at) return {seq, ARGV[at]} end)
-first, n = group(2)
-chunked('HSET', p .. 'names', first, n, 2, function(at) return {ARGV[at], ARGV[at + 1]} end)
-first, n = group(4)
-for k = 0, n - 1 do
-  local at = first + k * 4
-  local key = p .. 'runs:' .. ARGV[at]
-  if ARGV[at + 2] == '' then
-    redis.call('XADD', key, 'MAXLEN', ARGV[at + 3], seq .. '-0', 'r', ARGV[at + 1])
-  else
-    redis.call('XADD', key, 'MAXLEN', ARGV[at + 3], seq .. '-0', 'r', ARGV[at + 1],
-      'c', ARGV[at + 2])
+local function split(text, separator)
+  local parts, start = {}, 1
+  if text == '' then return parts end
+  while true do
+    local at = string.find(text, separator, start, true)
+    if not at then parts[#parts + 1] = string.sub(text, start); return parts end
+    parts[#parts + 1] = string.sub(text, start, at - 1)
+    start = at + 1
   end
-  redis.call('PEXPIRE', key, history)
 end
-chunked('ZADD', p .. 'ran', first, n, 4, function(at) return {seq, ARGV[at]} end)
+local function by_chunks(command, key, values)
+  for at = 1, #values, 1000 do
+    redis.call(command, key, unpack(values, at, math.min(at + 999, #values)))
+  end
+end
+redis.call('HSET', p .. 'instances', me, ARGV[4])
+-- Rows: their ids (comma-separated), their values (one per line).
+local ids, rows = split(ARGV[10], ','), split(ARGV[11], '\\n')
+local pairs_, scores = {}, {}
+for k = 1, #ids do
+  pairs_[#pairs_ + 1] = ids[k]; pairs_[#pairs_ + 1] = rows[k]
+  scores[#scores + 1] = seq; scores[#scores + 1] = ids[k]
+end
+by_chunks('HSET', p .. 'rows', pairs_)
+by_chunks('ZADD', p .. 'changed', scores)
+i = 12
+local first, n = group(2)
+chunked('HSET', p .. 'names', first, n, 2, function(at) return {ARGV[at], ARGV[at + 1]} end)
+-- Runs: "<job>:<runs>:<maxlen>:<1 to push its expiry back>" per job (comma-separated),
+-- their packed runs one after the other, and the categories of the jobs that have
+-- failures, as a JSON object (or "").
+local specs, packed, named, at = ARGV[i], ARGV[i + 1], ARGV[i + 2], 1
+local jobs = split(specs, ',')
+local categories = named ~= '' and cjson.decode(named) or {}
+i = i + 3
+local ran = {}
+for _, spec in ipairs(jobs) do
+  local fields = split(spec, ':')
+  local job, size = fields[1], tonumber(fields[2]) * 24
+  local key = p .. 'runs:' .. job
+  local runs = string.sub(packed, at, at + size - 1)
+  at = at + size
+  if categories[job] then
+    local c = cjson.encode(categories[job])
+    redis.call('XADD', key, 'MAXLEN', fields[3], seq .. '-0', 'r', runs, 'c', c)
+  else
+    redis.call('XADD', key, 'MAXLEN', fields[3], seq .. '-0', 'r', runs)
+  end
+  if fields[4] == '1' then redis.call('PEXPIRE', key, history) end
+  ran[#ran + 1] = seq; ran[#ran + 1] = job
+end
+by_chunks('ZADD', p .. 'ran', ran)
+if #jobs > 0 then
+  -- The last writes' runs together, for readers that keep up (one range to read, not one
+  -- per job): `recent_trimmed` is the seq before which it may lack some.
+  local kept = tonumber(ARGV[i])
+  local length = redis.call('XLEN', p .. 'recent')
+  if length >= kept then
+    local gone = redis.call('XRANGE', p .. 'recent', '-', '+', 'COUNT', length - kept + 1)
+    local last = string.match(gone[#gone][1], '^(%d+)')
+    redis.call('HSET', p .. 'meta', 'recent_trimmed', last)
+    redis.call('XTRIM', p .. 'recent', 'MAXLEN', kept - 1)
+  end
+  redis.call('XADD', p .. 'recent', seq .. '-0', 'j', specs, 'r', packed, 'c', named)
+end
+i = i + 1
 first, n = group(2)
 for k = 0, n - 1 do
   local at = first + k * 2
@@ -203,22 +255,28 @@ redis.call('DEL', p .. 'lock')
 return 1
 """
 
-#: A reader's snapshot: (prefix, cursor seq or -1). Returns meta, the rows changed since
-#: the cursor, the instances, every instance's runs in progress, and per job the entries
-#: of runs written since the cursor, up to the store's seq.
+#: A reader's snapshot: (prefix, cursor seq or -1). Returns meta; the rows changed since
+#: the cursor, as their ids and their values; the instances; every
+#: instance's runs in progress; and the runs written since the cursor, up to the store's
+#: seq: from `recent` if it holds them all ("recent": per write, its jobs, their runs and
+#: their categories as a JSON object), else from each job's stream ("jobs": per job, its
+#: id, its entries' runs one after the other, and their categories as one JSON array, ""
+#: if all succeeded).
 _READ = """
 local p = ARGV[1]
 local meta = redis.call('HGETALL', p .. 'meta')
 local seq = redis.call('HGET', p .. 'meta', 'seq') or '0'
 local since = ARGV[2]
-local rows = {}
+local ids, values = {}, {}
 if tonumber(since) < tonumber(seq) then
-  local ids = redis.call('ZRANGEBYSCORE', p .. 'changed', '(' .. since, seq)
-  for i = 1, #ids, 1000 do
+  local changed = redis.call('ZRANGEBYSCORE', p .. 'changed', '(' .. since, seq)
+  for i = 1, #changed, 1000 do
     local chunk = {}
-    for j = i, math.min(i + 999, #ids) do chunk[#chunk + 1] = ids[j] end
-    local values = redis.call('HMGET', p .. 'rows', unpack(chunk))
-    for j = 1, #chunk do rows[#rows + 1] = chunk[j]; rows[#rows + 1] = values[j] end
+    for j = i, math.min(i + 999, #changed) do chunk[#chunk + 1] = changed[j] end
+    local found = redis.call('HMGET', p .. 'rows', unpack(chunk))
+    for j = 1, #chunk do
+      if found[j] then ids[#ids + 1] = chunk[j]; values[#values + 1] = found[j] end
+    end
   end
 end
 local instances = redis.call('HGETALL', p .. 'instances')
@@ -227,16 +285,40 @@ for i = 1, #instances, 2 do
   open[#open + 1] = instances[i]
   open[#open + 1] = redis.call('HGETALL', p .. 'open:' .. instances[i])
 end
-local runs = {}
-if tonumber(since) < tonumber(seq) then
-  local jobs = redis.call('ZRANGEBYSCORE', p .. 'ran', '(' .. since, seq)
+local runs, mode = {}, 'jobs'
+local trimmed = redis.call('HGET', p .. 'meta', 'recent_trimmed') or '-1'
+local high = seq .. '-18446744073709551615'
+if tonumber(since) >= 0 and tonumber(since) >= tonumber(trimmed) then
+  -- `recent` holds every write since the cursor: one range
+  mode = 'recent'
+  local low = '(' .. since .. '-18446744073709551615'
+  for _, entry in ipairs(redis.call('XRANGE', p .. 'recent', low, high)) do
+    local fields = entry[2]
+    runs[#runs + 1] = fields[2]; runs[#runs + 1] = fields[4]; runs[#runs + 1] = fields[6]
+  end
+elseif tonumber(since) < tonumber(seq) then
   local low = since == '-1' and '-' or ('(' .. since .. '-18446744073709551615')
-  for _, job in ipairs(jobs) do
+  for _, job in ipairs(redis.call('ZRANGEBYSCORE', p .. 'ran', '(' .. since, seq)) do
+    local packed, named, failed = {}, {}, false
+    for _, entry in ipairs(redis.call('XRANGE', p .. 'runs:' .. job, low, high)) do
+      local fields = entry[2]
+      local r, c = fields[2], fields[4]
+      packed[#packed + 1] = r
+      if c then
+        failed = true
+        named[#named + 1] = string.sub(c, 2, -2)
+      else
+        local nulls = {}
+        for k = 1, #r / 24 do nulls[k] = 'null' end
+        named[#named + 1] = table.concat(nulls, ',')
+      end
+    end
     runs[#runs + 1] = job
-    runs[#runs + 1] = redis.call('XRANGE', p .. 'runs:' .. job, low, seq .. '-18446744073709551615')
+    runs[#runs + 1] = table.concat(packed)
+    runs[#runs + 1] = failed and ('[' .. table.concat(named, ',') .. ']') or ''
   end
 end
-return {meta, rows, instances, open, runs}
+return {meta, ids, values, instances, open, mode, runs}
 """
 
 #: Prunes if ARGV[2] still holds the lock, then lets it go: (prefix, token, the time before
@@ -296,31 +378,58 @@ def default_prefix(namespace: str, service: str) -> str:
     return f"jobpulse:{namespace}:{service}:"
 
 
-def _pack(runs: Sequence[Sequence[Any]]) -> tuple[bytes, str]:
-    """A job's runs of one write as a stream entry's values: their start_ns, duration_ns and
-    end_ns as three arrays of little-endian 64-bit integers, and their categories as JSON
-    ("" when all succeeded)."""
-    fields = array("q", map(_START, runs))
-    fields.extend(map(_DURATION, runs))
-    fields.extend(map(_END, runs))
+def _pack(runs: Sequence[Sequence[Any]]) -> bytes:
+    """Runs as a stream entry holds them: each one's start_ns, duration_ns and end_ns, as
+    little-endian 64-bit integers, one run after the other (so that entries put one after
+    the other are runs one after the other)."""
+    fields = array("q", itertools.chain.from_iterable(map(_FIELDS, runs)))
     if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian hosts
         fields.byteswap()
-    categories = list(map(_CATEGORY, runs))
-    return fields.tobytes(), "" if not any(categories) else encode(categories)
+    return fields.tobytes()
 
 
 def _unpack(
     packed: bytes, categories: bytes | None
 ) -> tuple[tuple[int, int, int, str | None], ...]:
+    """`_pack` undone, with each run's category from `categories` (JSON; none: all
+    succeeded)."""
     fields = array("q")
     fields.frombytes(packed)
     if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian hosts
         fields.byteswap()
-    count = len(fields) // 3
-    named = json.loads(categories) if categories else itertools.repeat(None, count)
-    return tuple(
-        zip(fields[:count], fields[count : 2 * count], fields[2 * count :], named, strict=False)
-    )
+    named = json.loads(categories) if categories else itertools.repeat(None)
+    return tuple(zip(fields[0::3], fields[1::3], fields[2::3], named, strict=False))
+
+
+def _unpack_write(
+    specs: bytes, packed: bytes, categories: bytes
+) -> list[tuple[int, tuple[tuple[int, int, int, str | None], ...]]]:
+    """An entry of `recent` undone: per job (id, its runs)."""
+    fields = array("q")
+    fields.frombytes(packed)
+    if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian hosts
+        fields.byteswap()
+    nothing: Iterator[str | None] = itertools.repeat(None)
+    every = list(zip(fields[0::3], fields[1::3], fields[2::3], nothing, strict=False))
+    named = json.loads(categories) if categories else {}
+    unpacked: list[tuple[int, tuple[tuple[int, int, int, str | None], ...]]] = []
+    first = 0
+    for spec in specs.split(b","):
+        job, count = spec.split(b":", 2)[:2]
+        last = first + int(count)
+        failed = named.get(job.decode())
+        if failed is None:
+            runs = tuple(every[first:last])
+        else:
+            runs = tuple(
+                (start, duration, end, category)
+                for (start, duration, end, _), category in zip(
+                    every[first:last], failed, strict=True
+                )
+            )
+        unpacked.append((int(job), runs))
+        first = last
+    return unpacked
 
 
 def _pairs(flat: Sequence[Any]) -> dict[Any, Any]:
@@ -436,6 +545,8 @@ class RedisStore:
         # prune says; the monitor's default until then).
         self._retention_ms = 24 * 3600 * 1000
         self._seq = self._last_job = 0  # as the last write read them
+        # The hour (monotonic) in which this writer last pushed back each job's runs' expiry.
+        self._expiring: dict[int, float] = {}
         self._check()
         _fork_safely(self)
 
@@ -540,6 +651,7 @@ class RedisStore:
             # Another store (Redis emptied), or jobs pruned: every row is read again.
             self._store_id = store_id
             known.forget()
+            self._expiring = {}
             known.generation = generation
             rows = [
                 value
@@ -609,21 +721,34 @@ class RedisStore:
         seq, last_job = self._seq, self._last_job
         if plan.rows or plan.runs:  # a heartbeat alone tells readers nothing new
             seq += 1
-        rows: list[Any] = []
+        ids: list[str] = []
+        rows: list[str] = []  # JSON has no raw line break
         names: list[Any] = []
         for row in plan.rows.values():
             id = known.get_id(row.name)
             if id is None:
                 last_job += 1
-                names += [row.name, last_job]
-                rows += [last_job, encode(known.values(row, seq, last_job))]
+                id = last_job
+                names += [row.name, id]
+                rows.append(encode(known.values(row, seq, id)))
             else:
-                rows += [id, encode(known.values(row, seq))]
-        runs: list[Any] = []
+                rows.append(encode(known.values(row, seq)))
+            ids.append(str(id))
+        specs: list[str] = []
+        categories: dict[int, list[str | None]] = {}
+        expiring = self._expiring
+        hour = time.monotonic() // 3600
         for name, finished in plan.runs.items():
-            packed, categories = _pack(finished)
+            id = known.id(name)
             maxlen = max(1, -(-self._history_runs // len(finished)))
-            runs += [known.id(name), packed, categories, maxlen]
+            # A job's runs expire a day after its last write: pushed back once an hour.
+            push = expiring.get(id) != hour
+            expiring[id] = hour
+            specs.append(f"{id}:{len(finished)}:{maxlen}:{int(push)}")
+            named = list(map(_CATEGORY, finished))
+            if any(named):
+                categories[id] = named
+        packed = _pack(list(itertools.chain.from_iterable(plan.runs.values())))
         open_runs: list[Any] = []
         for name, in_progress, stall_after_ns in plan.open_runs:
             value = encode([[run_id, start, stall_after_ns] for run_id, start in in_progress])
@@ -643,10 +768,11 @@ class RedisStore:
             args=[
                 *(self.prefix, token, instance.id, record, seq, last_job),
                 *(self._retention_ms, _HISTORY_MS, now_ns // 1_000_000),
-                *(len(rows) // 2, *rows, len(names) // 2, *names),
-                *(len(runs) // 4, *runs, len(open_runs) // 2, *open_runs),
-                *(len(closed) // 2, *closed, len(lost) // 3, *lost, len(ended), *ended),
-                *(len(dropped) // 2, *dropped),
+                *(",".join(ids), "\n".join(rows), len(names) // 2, *names),
+                *(",".join(specs), packed, encode(categories) if categories else ""),
+                _RECENT_WRITES,
+                *(len(open_runs) // 2, *open_runs, len(closed) // 2, *closed),
+                *(len(lost) // 3, *lost, len(ended), *ended, len(dropped) // 2, *dropped),
             ]
         )
         known.seq = seq
@@ -659,7 +785,7 @@ class RedisStore:
 
     def _read_locked(self, cursor: Cursor | None, now_ns: int, ttl_ns: int) -> FleetRead:
         since = -1 if cursor is None else cursor.seq
-        meta_flat, rows, instances_flat, open_flat, runs_flat = self._read_script(
+        meta_flat, ids, rows, instances_flat, open_flat, mode, runs_flat = self._read_script(
             args=[self.prefix, since]
         )
         meta = _pairs(meta_flat)
@@ -682,20 +808,22 @@ class RedisStore:
             self._read_names = {}
             self._read_store = store_id
         names = self._read_names
-        raw = []
-        for id, values in zip(rows[::2], rows[1::2], strict=True):
-            if values is not None:
-                decoded = json.loads(values)
-                names[int(id)] = decoded[0]
-                raw.append(decoded)
+        raw = json.loads(b"[" + b",".join(rows) + b"]")  # one parse for every row
+        for id, values in zip(ids, raw, strict=True):
+            names[int(id)] = values[0]
         batches: list[RunBatch] = []
-        for job, entries in zip(runs_flat[::2], runs_flat[1::2], strict=True):
-            name = names.get(int(job))
-            if name is None:
-                continue
-            for _, fields in entries:
-                values = _pairs(fields)
-                batches.append((name, _unpack(values[b"r"], values.get(b"c"))))
+        groups = zip(runs_flat[::3], runs_flat[1::3], runs_flat[2::3], strict=True)
+        if mode == b"recent":
+            for specs, packed, categories in groups:
+                for job, runs in _unpack_write(specs, packed, categories):
+                    name = names.get(job)
+                    if name is not None:
+                        batches.append((name, runs))
+        else:
+            for job, packed, categories in groups:
+                name = names.get(int(job))
+                if name is not None:
+                    batches.append((name, _unpack(packed, categories)))
         open_runs = [
             OpenRun(_text(who), names[int(job)], run_id, start, stall_after)
             for who, fields in _pairs(open_flat).items()
