@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,16 @@ def test_documents_have_code() -> None:
 
 @pytest.mark.usefixtures("otel_globals")  # blocks may call jobpulse.setup()
 @pytest.mark.parametrize(("where", "code"), _blocks(), ids=[where for where, _ in _blocks()])
-def test_code_block_runs(where: str, code: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_code_block_runs(
+    where: str,
+    code: str,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if "REDIS_URL" in code:  # a block on a Redis store: the session's server, a prefix of its own
+        server = request.getfixturevalue("redis_url")
+        monkeypatch.setenv("REDIS_URL", f"{server}?prefix=docs:{uuid.uuid4().hex}:")
     namespace: dict[str, object] = {"__name__": f"docs_{where}"}
     exec(compile(code, where, "exec"), namespace)
     monitor = namespace.get("monitor")
