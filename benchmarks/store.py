@@ -37,11 +37,10 @@ folder, and keys under a prefix per case in a redis-server this script starts on
                used_memory grew while it was built.
   outage       the store refuses writes for 10 s (SQLite: another connection holds the file
                with BEGIN EXCLUSIVE; Redis: the server is stopped, its data saved, and started
-               again) while 10,000
-               runs (10 jobs) happen in ten one-second rounds, each alternated with as many
-               runs of a monitor without a store; then the lock is released and the time is
-               taken until the store's runs table, and a reader monitor's counts and
-               history, hold all 10,000.
+               again) while 10,000 runs (10 jobs) happen in ten one-second rounds, each
+               alternated with as many runs of a monitor without a store; then the store
+               comes back and the time is taken until it holds all 10,000 runs, and until a
+               reader monitor's counts and history do.
 
 Targets (issues 14 and 15), on both backends: overhead <= 1.1x; flush <= 50 ms; fleet p99
 <= 5 ms steady and <= 50 ms all changed; seed <= 1 s; the store under 20 MB (SQLite) and at
