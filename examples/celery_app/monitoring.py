@@ -8,10 +8,13 @@ and builds its own OTLP exporters at its first export, and the integration reset
 state at ``worker_process_init`` and flushes the child's monitor at
 ``worker_process_shutdown``. Nothing has to be set up again in ``worker_process_init``.
 
-A status view lives in the memory of the process that keeps it: the pool child that ran a
-task counts the run, and beat's view has one job ``beat:<entry>`` per schedule entry. So
-each process logs its own view (`ViewLog`); exported over OTLP, each process's spans and
-metrics carry a ``service.instance.id`` of their own.
+Without a store, a status view lives in the memory of the process that keeps it: the pool
+child that ran a task counts the run, and beat's view has one job ``beat:<entry>`` per
+schedule entry. So each process logs its own view (`ViewLog`); exported over OTLP, each
+process's spans and metrics carry a ``service.instance.id`` of their own. With a store
+(``JOBPULSE_STORE``, which `jobpulse.setup()` reads), every process's view is the
+deployment's, and the web app (`web`) serves it: the service name below is what puts every
+process's keys in one place, so all of them (and the web app) set jobpulse up here.
 """
 
 from __future__ import annotations
