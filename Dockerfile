@@ -1,9 +1,11 @@
-# The icy-backend demo (examples/icy_backend) as the `app` service of docker-compose.yml.
+# The icy-backend demo (examples/icy_backend) as the `app` service of docker-compose.yml, and
+# the Celery example (examples/celery_app) as its `celery-worker`, `celery-beat` and
+# `celery-web` services, which run other commands in the same image.
 #
 #   docker build -t jobpulse-icy-backend .
 #   docker run --rm -p 127.0.0.1:8000:8000 jobpulse-icy-backend
 #
-# Only what the demo needs goes in (see .dockerignore): the package's build inputs
+# Only what the examples need goes in (see .dockerignore): the package's build inputs
 # (pyproject.toml, README.md, src/) and examples/.
 FROM python:3.11-slim-bookworm
 
@@ -15,10 +17,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # The package and its dependencies first, so that editing the example reuses this layer.
-# uvicorn serves the demo and is in no extra of the package.
+# The demo: prometheus, otlp, starlette, apscheduler. The Celery example: celery, redis (its
+# broker's client and the store's), starlette. uvicorn (the server extra) serves both web apps.
 COPY pyproject.toml README.md ./
 COPY src/ ./src/
-RUN pip install ".[prometheus,otlp,starlette,apscheduler]" "uvicorn>=0.30"
+RUN pip install ".[prometheus,otlp,starlette,apscheduler,celery,redis,server]"
 
 COPY examples/ ./examples/
 

@@ -2,8 +2,10 @@
 
 No Docker engine runs here, so nothing is started: the compose file is validated against the
 Compose Specification's JSON schema (as vendored by check-jsonschema), and the files that must
-agree with one another (compose, Dockerfile, .dockerignore, collector-config/*) are
-cross-checked: ports, hostnames, mount paths, pinned images.
+agree with one another (compose, Dockerfile, .dockerignore, collector-config/*, examples/) are
+cross-checked: ports, hostnames, mount paths, pinned images, the store every process of a
+service shares, the Celery deployment's commands. tests/test_celery_example.py runs those
+commands (and the worker's and web app's healthchecks) for real, against a redis-server.
 
 Each check is a function of a `Kit` (every file, parsed) returning a list of problems; each
 has a negative test that breaks a copy of the kit in memory and expects the problem reported.
@@ -36,7 +38,14 @@ COLLECTOR = "otel-collector"
 JAEGER = "jaeger"
 PROMETHEUS = "prometheus"
 GRAFANA = "grafana"
-SERVICES = (APP, COLLECTOR, JAEGER, PROMETHEUS, GRAFANA)
+REDIS = "redis"
+CELERY_WORKER = "celery-worker"
+CELERY_BEAT = "celery-beat"
+CELERY_WEB = "celery-web"
+#: The services of the Celery example: one deployment, one service name, one store.
+CELERY_SERVICES = (CELERY_WORKER, CELERY_BEAT, CELERY_WEB)
+SERVICES = (APP, COLLECTOR, JAEGER, PROMETHEUS, GRAFANA, REDIS, *CELERY_SERVICES)
+CELERY_APP = "examples.celery_app"
 
 LOOPBACK = "127.0.0.1"
 JAEGER_OTLP_GRPC_PORT = 4317
@@ -44,6 +53,14 @@ JAEGER_UI_PORT = 16686
 PROMETHEUS_DEFAULT_PORT = 9090
 PROMETHEUS_DEFAULT_CONFIG = "/etc/prometheus/prometheus.yml"
 APP_EXTRAS = {"prometheus", "otlp", "starlette", "apscheduler"}
+#: The Celery example: its worker and beat, its broker's (and the store's) Redis client, and
+#: its web app with uvicorn.
+CELERY_EXTRAS = {"celery", "redis", "starlette", "server", "otlp"}
+REDIS_PORT = 6379
+REDIS_DATABASES = 16  # redis-server's default `databases`
+STORE_VARIABLE = "JOBPULSE_STORE"
+BROKER_VARIABLE = "CELERY_BROKER_URL"
+HEALTH_PATH = "/api/v1/health/jobs"
 _PIP_EXTRAS = re.compile(r"\.\[(?P<extras>[^\]]*)\]")
 _SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_?KEY", re.IGNORECASE)
 _INTERPOLATION = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?][^}]*)?\}$")
@@ -418,32 +435,49 @@ def app_problems(kit: Kit) -> list[str]:
     if targets != [(APP, port)]:
         problems.append(f"prometheus.yml scrapes icy-backend at {targets}, the app is {APP}:{port}")
 
+    return problems + _otlp_problems(kit, APP)
+
+
+def _otlp_problems(kit: Kit, name: str) -> list[str]:
+    """`name` sends OTLP where the collector's receiver of its protocol listens."""
+    problems: list[str] = []
+    env = _environment(_services(kit).get(name, {}))
     endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
     protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     receiver = _collector_component(kit, "receivers", "otlp").get("protocols", {})
     listen = (receiver.get("grpc" if protocol == "grpc" else "http") or {}).get("endpoint", "")
     host, otlp_port = _host_port(endpoint)
     _, receiver_port = _host_port(listen)
+    prefix = "" if name == APP else f"{name}: "
     if host != COLLECTOR:
-        problems.append(f"OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r} is not the {COLLECTOR} service")
+        problems.append(
+            f"{prefix}OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r} is not the {COLLECTOR} service"
+        )
     if otlp_port is None or otlp_port != receiver_port:
         problems.append(
-            f"OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r} is not the collector's OTLP {protocol} "
-            f"receiver ({listen!r})"
+            f"{prefix}OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r} is not the collector's OTLP "
+            f"{protocol} receiver ({listen!r})"
         )
     if not endpoint.startswith("http://"):
         problems.append(
-            f"OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r}: the collector speaks plain http"
+            f"{prefix}OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r}: the collector speaks plain http"
         )
     return problems
 
 
+def _healthcheck_test(service: Mapping[str, Any]) -> list[str]:
+    test = (service.get("healthcheck") or {}).get("test", [])
+    return [test] if isinstance(test, str) else [str(word) for word in test]
+
+
 def healthcheck_problems(kit: Kit) -> list[str]:
     """The app's healthcheck reads /metrics: a degraded job (HTTP 206/503 from the health
-    endpoint) is what the demo shows, not a reason to call the container unhealthy."""
-    test = " ".join(
-        str(word) for word in _services(kit).get(APP, {}).get("healthcheck", {}).get("test", [])
-    )
+    endpoint) is what the demo shows, not a reason to call the container unhealthy. The
+    Celery web app's may read its health route, taking any HTTP answer for a live app. The
+    worker's pings it without importing the example (which would set jobpulse up: an
+    instance of the store at each check). Redis and the services that wait for it healthy
+    have one."""
+    test = " ".join(_healthcheck_test(_services(kit).get(APP, {})))
     port = _environment(_services(kit).get(APP, {})).get("PORT")
     problems: list[str] = []
     if f":{port}/metrics" not in test:
@@ -453,6 +487,184 @@ def healthcheck_problems(kit: Kit) -> list[str]:
             "the app's healthcheck reads the jobs' health: a degraded job would make the "
             "container unhealthy"
         )
+    web = _services(kit).get(CELERY_WEB, {})
+    web_test = " ".join(_healthcheck_test(web))
+    web_port = _flag(_command(web), "--port")
+    if not web_test:
+        problems.append(f"{CELERY_WEB} has no healthcheck")
+    elif f"127.0.0.1:{web_port}/" not in web_test:
+        problems.append(f"{CELERY_WEB}'s healthcheck does not ask its port {web_port}")
+    if "/api/v1/health" in web_test and "HTTPError" not in web_test:
+        problems.append(
+            f"{CELERY_WEB}'s healthcheck fails on an HTTP error: a failing job (503) would "
+            "make the container unhealthy"
+        )
+    worker_test = _healthcheck_test(_services(kit).get(CELERY_WORKER, {}))
+    worker_words = shlex.split(" ".join(worker_test[1:])) if worker_test else []
+    if "ping" not in worker_words:
+        problems.append(f"{CELERY_WORKER}'s healthcheck does not ping the worker: {worker_test}")
+    if "-A" in worker_words or "--app" in worker_words or CELERY_APP in worker_words:
+        problems.append(
+            f"{CELERY_WORKER}'s healthcheck imports {CELERY_APP}, which sets jobpulse up: "
+            "each check would be an instance of the store"
+        )
+    if worker_test and "$$HOSTNAME" not in " ".join(worker_test):
+        problems.append(f"{CELERY_WORKER}'s healthcheck does not ping its own node")
+    if not _healthcheck_test(_services(kit).get(REDIS, {})):
+        problems.append(f"{REDIS} has no healthcheck: the services that need it cannot wait")
+    return problems
+
+
+def _redis_services(kit: Kit) -> set[str]:
+    """The services that run a Redis image."""
+    return {
+        name
+        for name, service in _services(kit).items()
+        if str(service.get("image", "")).rpartition("/")[2].partition(":")[0] == "redis"
+    }
+
+
+def _redis_url_problems(kit: Kit, name: str, variable: str) -> list[str]:
+    """`variable` of `name` is a URL of a Redis service of the kit, which `name` waits for."""
+    url = _environment(_services(kit)[name]).get(variable, "")
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return [f"{name}: {variable} {url!r} is not a redis:// URL"]
+    problems: list[str] = []
+    if parts.hostname not in _redis_services(kit):
+        problems.append(
+            f"{name}: {variable} {url!r} names {parts.hostname!r}, no Redis service of the kit "
+            f"({sorted(_redis_services(kit))})"
+        )
+    if (parts.port or REDIS_PORT) != REDIS_PORT:
+        problems.append(f"{name}: {variable} {url!r}: Redis listens on {REDIS_PORT}")
+    database = parts.path.strip("/") or "0"
+    if not database.isdigit() or int(database) >= REDIS_DATABASES:
+        problems.append(f"{name}: {variable} {url!r}: no database {database!r}")
+    depends_on = _services(kit)[name].get("depends_on") or {}
+    condition = (
+        depends_on.get(parts.hostname) or {} if isinstance(depends_on, Mapping) else {}
+    ).get("condition")
+    if condition != "service_healthy":
+        problems.append(f"{name} does not wait for {parts.hostname} to be healthy")
+    return problems
+
+
+def _service_name(service: Mapping[str, Any]) -> str | None:
+    """The service.name its environment sets (OTEL_SERVICE_NAME wins), if any."""
+    env = _environment(service)
+    if env.get("OTEL_SERVICE_NAME"):
+        return env["OTEL_SERVICE_NAME"]
+    for pair in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, _, value = pair.partition("=")
+        if key.strip() == "service.name":
+            return value.strip()
+    return None
+
+
+def store_problems(kit: Kit) -> list[str]:
+    """Every service with ``JOBPULSE_STORE`` has the same one, a database of the kit's Redis
+    service, which it waits for; the Celery services all have it, and one service name (the
+    store's keys are ``jobpulse:<namespace>:<service name>:``). A SQLite file is not shared
+    between containers."""
+    problems: list[str] = []
+    stores = {
+        name: env[STORE_VARIABLE]
+        for name, service in _services(kit).items()
+        if (env := _environment(service)).get(STORE_VARIABLE)
+    }
+    for name in CELERY_SERVICES:
+        if name in _services(kit) and name not in stores:
+            problems.append(f"{name} has no {STORE_VARIABLE}: its view is its own process's")
+    if len(set(stores.values())) > 1:
+        problems.append(f"the services have different stores: {stores}")
+    for name, url in stores.items():
+        if url.startswith("sqlite:"):
+            problems.append(
+                f"{name}: {STORE_VARIABLE} {url!r} is a file in its own container: "
+                "no other service sees it"
+            )
+        else:
+            problems += _redis_url_problems(kit, name, STORE_VARIABLE)
+    names = {
+        name: _service_name(_services(kit)[name])
+        for name in CELERY_SERVICES
+        if name in _services(kit)
+    }
+    if len(set(names.values())) > 1:
+        problems.append(
+            f"the Celery services set different service names, so different store keys: {names}"
+        )
+    return problems
+
+
+def _web_target(kit: Kit, target: str) -> str | None:
+    """Why uvicorn's ``module:attribute`` `target` is not in examples/, or None."""
+    module, _, attribute = target.partition(":")
+    path = kit.root / (module.replace(".", "/") + ".py")
+    if not path.is_file():
+        return f"{module} is no file of the build context ({path.relative_to(kit.root)})"
+    if not re.search(rf"(?m)^{re.escape(attribute)}\b.*=", path.read_text(encoding="utf-8")):
+        return f"{path.relative_to(kit.root)} defines no {attribute!r}"
+    return None
+
+
+def celery_problems(kit: Kit) -> list[str]:
+    """The Celery example as a deployment: a prefork worker sending task events, exactly one
+    beat, a web app on every interface of its container; all built here, on the broker of
+    the kit's Redis, sending OTLP over HTTP to the collector."""
+    problems: list[str] = []
+    services = _services(kit)
+    app_build = services.get(APP, {}).get("build")
+    beats: list[str] = []
+    for name in CELERY_SERVICES:
+        service = services.get(name)
+        if service is None:
+            continue
+        if service.get("build") != app_build:
+            problems.append(f"{name} is not built as the app is: {service.get('build')}")
+        command = _command(service)
+        if name != CELERY_WEB and command[:3] != ["celery", "-A", CELERY_APP]:
+            problems.append(f"{name} runs {command[:3]}, not celery -A {CELERY_APP}")
+        if "beat" in command[3:4] or {"-B", "--beat"} & set(command):
+            beats.append(name)
+        if name == CELERY_WORKER:
+            if command[3:4] != ["worker"]:
+                problems.append(f"{name} runs {command[3:4]}, not a worker")
+            if not {"-E", "--task-events"} & set(command):
+                problems.append(f"{name} sends no task events (-E): beat cannot see its tasks")
+            pool = _flag(command, "--pool") or _flag(command, "-P") or "prefork"
+            if pool != "prefork":
+                problems.append(f"{name} runs the {pool} pool, not prefork")
+        if name == CELERY_WEB:
+            if command[:3] != ["python", "-m", "uvicorn"] or len(command) < 4:
+                problems.append(f"{name} runs {command[:3]}, not python -m uvicorn")
+            else:
+                problem = _web_target(kit, command[3])
+                if problem:
+                    problems.append(f"{name}: {problem}")
+            if _flag(command, "--host") != "0.0.0.0":
+                problems.append(f"{name} listens on {_flag(command, '--host')}, not 0.0.0.0")
+            port = _flag(command, "--port")
+            published = {published.target for published in _ports(service)}
+            if port is None or int(port) not in published:
+                problems.append(f"{name} listens on {port}, it publishes {sorted(published)}")
+        problems += _redis_url_problems(kit, name, BROKER_VARIABLE)
+        problems += _otlp_problems(kit, name)
+        protocol = _environment(service).get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        if protocol != "http/protobuf":
+            problems.append(f"{name} exports OTLP over {protocol}: gRPC breaks with a fork")
+    if len(beats) != 1:
+        problems.append(f"beat runs in {beats}: exactly one beat, or every task is sent twice")
+    brokers = {
+        name: _environment(services[name]).get(BROKER_VARIABLE)
+        for name in CELERY_SERVICES
+        if name in services
+    }
+    if len(set(brokers.values())) > 1:
+        problems.append(f"the Celery services have different brokers: {brokers}")
+    if not (kit.root / CELERY_APP.replace(".", "/") / "__init__.py").is_file():
+        problems.append(f"{CELERY_APP} is not a package of the build context")
     return problems
 
 
@@ -671,8 +883,13 @@ def dockerfile_problems(kit: Kit) -> list[str]:
         problems.append(
             f"pip installs the extras {sorted(extras)}, the demo needs {sorted(APP_EXTRAS)}"
         )
-    if "uvicorn" not in installs:
-        problems.append("pip does not install uvicorn, which serves the demo")
+    if any(name in _services(kit) for name in CELERY_SERVICES) and not extras >= CELERY_EXTRAS:
+        problems.append(
+            f"pip installs the extras {sorted(extras)}, the Celery example needs "
+            f"{sorted(CELERY_EXTRAS)}"
+        )
+    if "server" not in extras and "uvicorn" not in installs:
+        problems.append("pip does not install uvicorn (the server extra), which serves the demo")
     return problems
 
 
@@ -728,6 +945,8 @@ CHECKS: dict[str, Callable[[Kit], list[str]]] = {
     "ports": port_problems,
     "app": app_problems,
     "healthcheck": healthcheck_problems,
+    "store": store_problems,
+    "celery": celery_problems,
     "collector": collector_problems,
     "prometheus": prometheus_problems,
     "grafana": grafana_problems,
@@ -1024,12 +1243,17 @@ def runs_as_root(kit: Kit) -> None:
 
 @breaks("dockerfile", "the demo needs ['apscheduler', 'otlp', 'prometheus', 'starlette']")
 def extra_missing(kit: Kit) -> None:
-    kit.dockerfile = kit.dockerfile.replace(",apscheduler]", "]")
+    kit.dockerfile = kit.dockerfile.replace(",apscheduler,", ",")
+
+
+@breaks("dockerfile", "the Celery example needs ['celery', 'otlp', 'redis', 'server', 'starlette']")
+def celery_extra_missing(kit: Kit) -> None:
+    kit.dockerfile = kit.dockerfile.replace(",redis,", ",")
 
 
 @breaks("dockerfile", "pip does not install uvicorn")
 def uvicorn_missing(kit: Kit) -> None:
-    kit.dockerfile = kit.dockerfile.replace('"uvicorn>=0.30"', "")
+    kit.dockerfile = kit.dockerfile.replace(",server]", "]")
 
 
 @breaks("dockerfile", "the image's HOST is '127.0.0.1'")
@@ -1050,6 +1274,208 @@ def dockerignore_empty(kit: Kit) -> None:
 @breaks("dockerignore", "examples/icy_backend/app.py is left out of the build context")
 def example_ignored(kit: Kit) -> None:
     kit.dockerignore += "\nexamples/icy_backend/app.py\n"
+
+
+@breaks("services", "service 'redis' is missing")
+def redis_removed(kit: Kit) -> None:
+    del _services(kit)[REDIS]
+
+
+@breaks("services", "celery-worker waits for redis to be healthy: it has no healthcheck")
+def redis_healthcheck_removed(kit: Kit) -> None:
+    del _service(kit, REDIS)["healthcheck"]
+
+
+@breaks("images", "redis: image 'redis:alpine' is not pinned")
+def redis_unpinned(kit: Kit) -> None:
+    _service(kit, REDIS)["image"] = "redis:alpine"
+
+
+@breaks("ports", "celery-web publishes port 8001 on every interface")
+def celery_web_on_every_interface(kit: Kit) -> None:
+    _service(kit, CELERY_WEB)["ports"] = ["8001:8001"]
+
+
+@breaks("healthcheck", "redis has no healthcheck")
+def redis_without_healthcheck(kit: Kit) -> None:
+    del _service(kit, REDIS)["healthcheck"]
+
+
+@breaks("healthcheck", "celery-web's healthcheck fails on an HTTP error")
+def celery_web_healthcheck_fails_on_503(kit: Kit) -> None:
+    _service(kit, CELERY_WEB)["healthcheck"]["test"] = [
+        "CMD",
+        "python",
+        "-c",
+        "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/api/v1/health/jobs')",
+    ]
+
+
+@breaks("healthcheck", "celery-web's healthcheck does not ask its port 8002")
+def celery_web_port_changed_not_its_healthcheck(kit: Kit) -> None:
+    command = _service(kit, CELERY_WEB)["command"]
+    command[:] = ["--port=8002" if word == "--port=8001" else word for word in command]
+
+
+@breaks("healthcheck", "celery-web has no healthcheck")
+def celery_web_without_healthcheck(kit: Kit) -> None:
+    del _service(kit, CELERY_WEB)["healthcheck"]
+
+
+@breaks("healthcheck", "celery-worker's healthcheck imports examples.celery_app")
+def celery_worker_healthcheck_imports_the_example(kit: Kit) -> None:
+    _service(kit, CELERY_WORKER)["healthcheck"]["test"] = [
+        "CMD-SHELL",
+        'celery -A examples.celery_app inspect ping -d "celery@$$HOSTNAME"',
+    ]
+
+
+@breaks("healthcheck", "celery-worker's healthcheck does not ping its own node")
+def celery_worker_healthcheck_pings_any_node(kit: Kit) -> None:
+    _service(kit, CELERY_WORKER)["healthcheck"]["test"] = [
+        "CMD-SHELL",
+        'celery -b "$$CELERY_BROKER_URL" inspect ping',
+    ]
+
+
+@breaks("healthcheck", "celery-worker's healthcheck does not ping the worker")
+def celery_worker_without_healthcheck(kit: Kit) -> None:
+    del _service(kit, CELERY_WORKER)["healthcheck"]
+
+
+@breaks("store", "celery-web has no JOBPULSE_STORE")
+def celery_web_without_store(kit: Kit) -> None:
+    del _service(kit, CELERY_WEB)["environment"][STORE_VARIABLE]
+
+
+@breaks("store", "the services have different stores")
+def celery_beat_on_another_database(kit: Kit) -> None:
+    _service(kit, CELERY_BEAT)["environment"][STORE_VARIABLE] = "redis://redis:6379/2"
+
+
+@breaks("store", "names 'localhost', no Redis service of the kit (['redis'])")
+def store_on_localhost(kit: Kit) -> None:
+    for name in (APP, *CELERY_SERVICES):
+        _service(kit, name)["environment"][STORE_VARIABLE] = "redis://localhost:6379/1"
+
+
+@breaks("store", "names 'redis', no Redis service of the kit ([])")
+def redis_image_replaced(kit: Kit) -> None:
+    _service(kit, REDIS)["image"] = "valkey/valkey:8.0.1"
+
+
+@breaks("store", "Redis listens on 6379")
+def store_on_another_port(kit: Kit) -> None:
+    for name in (APP, *CELERY_SERVICES):
+        _service(kit, name)["environment"][STORE_VARIABLE] = "redis://redis:6380/1"
+
+
+@breaks("store", "no database '16'")
+def store_database_out_of_range(kit: Kit) -> None:
+    for name in (APP, *CELERY_SERVICES):
+        _service(kit, name)["environment"][STORE_VARIABLE] = "redis://redis:6379/16"
+
+
+@breaks("store", "is a file in its own container")
+def store_in_sqlite(kit: Kit) -> None:
+    for name in (APP, *CELERY_SERVICES):
+        _service(kit, name)["environment"][STORE_VARIABLE] = "sqlite:////tmp/jobs.db"
+
+
+@breaks("store", "celery-beat does not wait for redis to be healthy")
+def celery_beat_does_not_wait_for_redis(kit: Kit) -> None:
+    del _service(kit, CELERY_BEAT)["depends_on"][REDIS]
+
+
+@breaks("store", "the Celery services set different service names, so different store keys")
+def celery_worker_renamed(kit: Kit) -> None:
+    _service(kit, CELERY_WORKER)["environment"]["OTEL_SERVICE_NAME"] = "celery-worker"
+
+
+@breaks("store", "the Celery services set different service names")
+def celery_web_renamed_by_resource_attributes(kit: Kit) -> None:
+    environment = _service(kit, CELERY_WEB)["environment"]
+    environment["OTEL_RESOURCE_ATTRIBUTES"] = "deployment.environment=demo,service.name=web"
+
+
+@breaks("celery", "celery-worker sends no task events (-E)")
+def celery_worker_without_events(kit: Kit) -> None:
+    command = _service(kit, CELERY_WORKER)["command"]
+    command.remove("-E")
+
+
+@breaks("celery", "celery-worker runs the solo pool, not prefork")
+def celery_worker_solo(kit: Kit) -> None:
+    command = _service(kit, CELERY_WORKER)["command"]
+    command[:] = ["--pool=solo" if word == "--pool=prefork" else word for word in command]
+
+
+@breaks("celery", "beat runs in ['celery-worker', 'celery-beat']: exactly one beat")
+def beat_twice(kit: Kit) -> None:
+    _service(kit, CELERY_WORKER)["command"].append("--beat")
+
+
+@breaks("celery", "beat runs in []")
+def beat_removed(kit: Kit) -> None:
+    del _services(kit)[CELERY_BEAT]
+
+
+@breaks("celery", "celery-beat runs ['celery', '-A', 'examples.celery'], not celery -A")
+def celery_beat_app_misnamed(kit: Kit) -> None:
+    command = _service(kit, CELERY_BEAT)["command"]
+    command[:] = ["examples.celery" if word == CELERY_APP else word for word in command]
+
+
+@breaks("celery", "celery-web: examples/celery_app/web.py defines no 'app'")
+def celery_web_attribute_misnamed(kit: Kit) -> None:
+    command = _service(kit, CELERY_WEB)["command"]
+    command[:] = [word.replace(":web", ":app") for word in command]
+
+
+@breaks("celery", "celery-web: examples.celery_app.website is no file of the build context")
+def celery_web_module_missing(kit: Kit) -> None:
+    command = _service(kit, CELERY_WEB)["command"]
+    command[:] = [word.replace(".web:", ".website:") for word in command]
+
+
+@breaks("celery", "celery-web listens on 127.0.0.1, not 0.0.0.0")
+def celery_web_on_loopback(kit: Kit) -> None:
+    command = _service(kit, CELERY_WEB)["command"]
+    command[:] = ["--host=127.0.0.1" if word == "--host=0.0.0.0" else word for word in command]
+
+
+@breaks("celery", "celery-web listens on 8002, it publishes [8001]")
+def celery_web_port_not_published(kit: Kit) -> None:
+    command = _service(kit, CELERY_WEB)["command"]
+    command[:] = ["--port=8002" if word == "--port=8001" else word for word in command]
+
+
+@breaks("celery", "celery-web is not built as the app is")
+def celery_web_built_elsewhere(kit: Kit) -> None:
+    _service(kit, CELERY_WEB)["build"] = {"context": ".", "dockerfile": "Dockerfile.web"}
+
+
+@breaks("celery", "the Celery services have different brokers")
+def celery_beat_on_another_broker(kit: Kit) -> None:
+    _service(kit, CELERY_BEAT)["environment"][BROKER_VARIABLE] = "redis://redis:6379/3"
+
+
+@breaks("celery", "celery-worker: CELERY_BROKER_URL 'amqp://rabbitmq//' is not a redis:// URL")
+def celery_worker_on_rabbitmq(kit: Kit) -> None:
+    _service(kit, CELERY_WORKER)["environment"][BROKER_VARIABLE] = "amqp://rabbitmq//"
+
+
+@breaks("celery", "celery-beat exports OTLP over grpc: gRPC breaks with a fork")
+def celery_beat_over_grpc(kit: Kit) -> None:
+    environment = _service(kit, CELERY_BEAT)["environment"]
+    environment["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+    environment["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://otel-collector:4317"
+
+
+@breaks("celery", "celery-worker: OTEL_EXPORTER_OTLP_ENDPOINT 'http://otel-collector:4317' is not")
+def celery_worker_otlp_to_the_grpc_port(kit: Kit) -> None:
+    environment = _service(kit, CELERY_WORKER)["environment"]
+    environment["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://otel-collector:4317"
 
 
 @pytest.mark.parametrize(
