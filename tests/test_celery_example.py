@@ -138,7 +138,7 @@ def test_the_example_worker_with_beat_shows_its_runs_and_stops_on_sigterm(
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("OTEL_", "CELERY_", "EXAMPLE_"))
+        if not key.startswith(("OTEL_", "CELERY_", "EXAMPLE_", "JOBPULSE_"))
     }
     env.update(FAST, CELERY_BROKER_URL=broker)
     if LAUNCHERS[launcher]:
