@@ -62,10 +62,26 @@ def new_jobpulse_threads(before: set[threading.Thread]) -> list[str]:
 
 
 def arm_watchdog(monitor: JobMonitor) -> None:
-    """A run arms a stall deadline, which starts the monitor's watchdog thread."""
+    """A run arms a stall deadline on the monitor's watchdog thread."""
     with monitor.run("arming"):
         pass
     assert "jobpulse-watchdog" in jobpulse_threads()
+
+
+def test_a_monitors_threads_start_with_it_not_in_its_first_run(
+    otel: Otel, before: set[threading.Thread]
+) -> None:
+    # A host that checks which threads a test leaves behind (Celery's own suite compares
+    # each test's with the first's) must not see one appear in the first run of a job.
+    built = JobMonitor(otel.tracer_provider, otel.meter_provider)
+    try:
+        started = set(threading.enumerate())
+        assert new_jobpulse_threads(before) == ["jobpulse-watchdog"]
+        arm_watchdog(built)
+        assert set(threading.enumerate()) == started
+    finally:
+        built.shutdown()
+    assert new_jobpulse_threads(before) == []
 
 
 def test_monitor_shutdown_stops_its_watchdog(otel: Otel, before: set[threading.Thread]) -> None:

@@ -32,7 +32,9 @@ class Watchdog:
     """Calls `on_due` for each key whose deadline (on `clock.monotonic()`) has passed.
 
     Thread-safe. `on_due` runs on the watchdog thread (or inside `FakeClock.advance`) with no
-    lock held, under the guard. The thread is a daemon, started on the first deadline.
+    lock held, under the guard. The thread is a daemon, started with the watchdog (and in a
+    forked child, at the fork), not at its first deadline: a host that checks which threads
+    its work leaves behind (Celery's own test suite does) sees it from the start.
     """
 
     def __init__(
@@ -48,7 +50,13 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._manual = clock.on_advance(self._wake_manual)
+        self._start()
         after_fork_in_child(self._reset_after_fork)
+
+    def _start(self) -> None:
+        if not self._manual:
+            self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            self._thread.start()
 
     def schedule(self, key: Hashable, deadline: float) -> None:
         """Make sure `on_due(key, ...)` runs at `deadline` or earlier. A later deadline for a
@@ -61,12 +69,7 @@ class Watchdog:
                 return
             self._deadlines[key] = deadline
             heapq.heappush(self._heap, (deadline, next(self._sequence), key))
-            if self._manual:
-                return
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
-            elif self._heap[0][2] == key:
+            if not self._manual and self._heap[0][2] == key:
                 self._cond.notify()
 
     def pending(self) -> int:
@@ -127,3 +130,5 @@ class Watchdog:
         self._heap = []
         self._deadlines = {}
         self._thread = None
+        if not self._stopped:
+            self._start()
