@@ -336,15 +336,9 @@ class JobMonitor:
         default_stall_after = to_seconds(stall_after, "stall_after")
         retention_seconds = to_seconds(retention, "retention")
         max_history = validate_positive_int(max_history, "max_history")
-        self._registry = StatusRegistry(
-            clock=self._clock,
-            default_stall_after=default_stall_after,
-            max_jobs=validate_positive_int(max_jobs, "max_jobs"),
-            retention_seconds=retention_seconds,
-            max_history=max_history,
-        )
-        # Checked and opened before anything is attached to a provider: a bad store, or a
-        # bad setting of one, changes nothing.
+        max_jobs = validate_positive_int(max_jobs, "max_jobs")
+        # Checked and opened before anything is made or attached to a provider: a bad store,
+        # or a bad setting of one, changes nothing and leaves no thread.
         buffer_runs = validate_positive_int(store_buffer_runs, "store_buffer_runs")
         service, version = _service_of(tracer_provider)
         service = service_name or service
@@ -352,6 +346,13 @@ class JobMonitor:
             None
             if store is None
             else _open_store(store, flush_interval, instance_ttl, self.namespace, service)
+        )
+        self._registry = StatusRegistry(
+            clock=self._clock,
+            default_stall_after=default_stall_after,
+            max_jobs=max_jobs,
+            retention_seconds=retention_seconds,
+            max_history=max_history,
         )
         meter = (meter_provider or metrics.get_meter_provider()).get_meter(METER_NAME, __version__)
         self._processor = JobStatusProcessor(

@@ -91,32 +91,50 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 # ARGV[1] is the prefix of every key; the scripts name their keys themselves (one Redis, not
 # a cluster).
 
+#: What the scripts that read share: the rows changed since a seq (their ids and values)
+#: and every instance with its runs in progress.
+_READING = """
+local function changed_rows(p, since, upto)
+  local ids, values = {}, {}
+  local changed = redis.call('ZRANGEBYSCORE', p .. 'changed', '(' .. since, upto)
+  for i = 1, #changed, 1000 do
+    local chunk = {}
+    for j = i, math.min(i + 999, #changed) do chunk[#chunk + 1] = changed[j] end
+    local found = redis.call('HMGET', p .. 'rows', unpack(chunk))
+    for j = 1, #chunk do
+      if found[j] then ids[#ids + 1] = chunk[j]; values[#values + 1] = found[j] end
+    end
+  end
+  return ids, values
+end
+local function instances_and_runs(p)
+  local instances = redis.call('HGETALL', p .. 'instances')
+  local open = {}
+  for i = 1, #instances, 2 do
+    open[#open + 1] = instances[i]
+    open[#open + 1] = redis.call('HGETALL', p .. 'open:' .. instances[i])
+  end
+  return instances, open
+end
+"""
+
 #: Takes (prefix, new store id, instance id); sets up `meta` if the store is new (empty);
 #: returns meta, the instance's record, the rows changed since ARGV[4], the instances, every
 #: instance's runs in progress, and the instance's lost runs.
-_STATE = """
+_STATE = (
+    _READING
+    + """
 local p = ARGV[1]
 redis.call('HSETNX', p .. 'meta', 'store_id', ARGV[2])
 redis.call('HSETNX', p .. 'meta', 'schema_version', ARGV[5])
 local meta = redis.call('HGETALL', p .. 'meta')
 local me = redis.call('HGET', p .. 'instances', ARGV[3])
-local ids = redis.call('ZRANGEBYSCORE', p .. 'changed', '(' .. ARGV[4], '+inf')
-local rows = {}
-for i = 1, #ids, 1000 do
-  local chunk = {}
-  for j = i, math.min(i + 999, #ids) do chunk[#chunk + 1] = ids[j] end
-  local values = redis.call('HMGET', p .. 'rows', unpack(chunk))
-  for j = 1, #chunk do rows[#rows + 1] = chunk[j]; rows[#rows + 1] = values[j] end
-end
-local instances = redis.call('HGETALL', p .. 'instances')
-local open = {}
-for i = 1, #instances, 2 do
-  open[#open + 1] = instances[i]
-  open[#open + 1] = redis.call('HGETALL', p .. 'open:' .. instances[i])
-end
+local ids, values = changed_rows(p, ARGV[4], '+inf')
+local instances, open = instances_and_runs(p)
 local lost = redis.call('HGETALL', p .. 'lost:' .. ARGV[3])
-return {meta, me or false, rows, instances, open, lost}
+return {meta, me or false, ids, values, instances, open, lost}
 """
+)
 
 #: Stores a write's plan if ARGV[2] still holds the lock, then lets the lock go. The
 #: arguments: prefix, token, instance id, its record, seq, last job id, retention (ms),
@@ -262,29 +280,16 @@ return 1
 #: their categories as a JSON object), else from each job's stream ("jobs": per job, its
 #: id, its entries' runs one after the other, and their categories as one JSON array, ""
 #: if all succeeded).
-_READ = """
+_READ = (
+    _READING
+    + """
 local p = ARGV[1]
 local meta = redis.call('HGETALL', p .. 'meta')
 local seq = redis.call('HGET', p .. 'meta', 'seq') or '0'
 local since = ARGV[2]
 local ids, values = {}, {}
-if tonumber(since) < tonumber(seq) then
-  local changed = redis.call('ZRANGEBYSCORE', p .. 'changed', '(' .. since, seq)
-  for i = 1, #changed, 1000 do
-    local chunk = {}
-    for j = i, math.min(i + 999, #changed) do chunk[#chunk + 1] = changed[j] end
-    local found = redis.call('HMGET', p .. 'rows', unpack(chunk))
-    for j = 1, #chunk do
-      if found[j] then ids[#ids + 1] = chunk[j]; values[#values + 1] = found[j] end
-    end
-  end
-end
-local instances = redis.call('HGETALL', p .. 'instances')
-local open = {}
-for i = 1, #instances, 2 do
-  open[#open + 1] = instances[i]
-  open[#open + 1] = redis.call('HGETALL', p .. 'open:' .. instances[i])
-end
+if tonumber(since) < tonumber(seq) then ids, values = changed_rows(p, since, seq) end
+local instances, open = instances_and_runs(p)
 local runs, mode = {}, 'jobs'
 local trimmed = redis.call('HGET', p .. 'meta', 'recent_trimmed') or '-1'
 local high = seq .. '-18446744073709551615'
@@ -320,6 +325,7 @@ elseif tonumber(since) < tonumber(seq) then
 end
 return {meta, ids, values, instances, open, mode, runs}
 """
+)
 
 #: Prunes if ARGV[2] still holds the lock, then lets it go: (prefix, token, the time before
 #: which runs leave (ms), number of jobs, job ids and names..., instance ids...).
@@ -640,7 +646,7 @@ class RedisStore:
         """With the lock held: the store's id, what the write needs, and the instances'
         records. Brings the known rows up to date."""
         known = self._known
-        meta_flat, previous, rows, instances_flat, open_flat, lost_flat = self._state(
+        meta_flat, previous, ids, rows, instances_flat, open_flat, lost_flat = self._state(
             args=[self.prefix, uuid.uuid4().hex, me, known.seq, SCHEMA_VERSION]
         )
         meta = _pairs(meta_flat)
@@ -653,14 +659,10 @@ class RedisStore:
             known.forget()
             self._expiring = {}
             known.generation = generation
-            rows = [
-                value
-                for pair in self._client.hgetall(self.prefix + "rows").items()
-                for value in pair
-            ]
-        for id, values in zip(rows[::2], rows[1::2], strict=True):
-            if values is not None:
-                known.add(int(id), json.loads(values))
+            every = self._client.hgetall(self.prefix + "rows")
+            ids, rows = list(every), list(every.values())
+        for id, values in zip(ids, json.loads(b"[" + b",".join(rows) + b"]"), strict=True):
+            known.add(int(id), values)
         known.seq = seq
         self._seq, self._last_job = seq, int(meta.get(b"last_job", 0))
         names = known.names
