@@ -25,6 +25,7 @@ Keys, under a prefix (``jobpulse:<namespace>:<service>:`` by default, or the URL
 ``ran``                     sorted set: job id by the seq of its last entry of runs
 ``written``                 sorted set: the last seq written in each minute, by when (what
                             pruning the runs of more than a day ago goes by)
+``pruned``                  there while a process prunes, or did in the last 55 s
 ==========================  ==================================================================
 
 A write takes the lock, reads what it needs (`jobpulse.store._write.WriteState`) with one
@@ -82,6 +83,7 @@ HISTORY_RUNS = 4096
 _HISTORY_MS = 25 * 3600 * 1000
 _LOCK_MS = 5_000  # a writer paused for longer loses the lock, and writes nothing
 _BUSY_SECONDS = 1.0  # how long a write waits for another process's
+_PRUNE_MS = 55_000  # one prune a minute for the service, whichever process does it
 #: How many writes' runs `recent` keeps, for readers that keep up.
 _RECENT_WRITES = 256
 _FIELDS = operator.itemgetter(0, 1, 2)  # a run's start_ns, duration_ns and end_ns
@@ -842,11 +844,14 @@ class RedisStore:
     def prune(self, *, now_ns: int, history_ns: int, retention_ns: int) -> None:
         """Runs written more than `history_ns` ago (to the minute), jobs without a schedule
         not updated for `retention_ns` and with no run in progress, and instances dead or
-        stopped for that long."""
+        stopped for that long. One process of the service does it in a minute (the first to
+        try): it reads every row, and trims every job's runs."""
+        self._retention_ms = retention_ns // 1_000_000
+        if not self._client.set(self.prefix + "pruned", self._token, nx=True, px=_PRUNE_MS):
+            return
         self._locked(lambda token: self._prune_locked(token, now_ns, history_ns, retention_ns))
 
     def _prune_locked(self, token: str, now_ns: int, history_ns: int, retention_ns: int) -> None:
-        self._retention_ms = retention_ns // 1_000_000
         client = self._client
         records = {
             _text(id): json.loads(value)
