@@ -223,6 +223,7 @@ class RedisBackend(Backend):
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.server = f"redis://127.0.0.1:{self.port}/0"
+        self._client = redis.Redis.from_url(self.server)  # reconnects after a restart
         self._start()
 
     def _start(self) -> None:
@@ -245,7 +246,7 @@ class RedisBackend(Backend):
                 time.sleep(0.05)
 
     def client(self) -> Any:
-        return self._redis.Redis.from_url(self.server)
+        return self._client
 
     def url(self, name: str) -> str:
         return f"{self.server}?prefix=bench:{name}:"
@@ -282,6 +283,7 @@ class RedisBackend(Backend):
             self._start()
 
     def close(self) -> None:
+        self._client.close()
         if self._process.poll() is None:
             self._process.terminate()
             self._process.wait(30)
@@ -597,6 +599,8 @@ class Writers:
             process.stdin.close()
         for process in self._processes:
             process.wait(timeout=30)
+            assert process.stdout is not None
+            process.stdout.close()
 
 
 def fleet(backend: Backend, polls: int, jobs: int, table: Table) -> None:

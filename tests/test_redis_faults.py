@@ -211,7 +211,11 @@ def test_a_prefix_keeps_two_services_on_one_redis_apart(redis_url: str) -> None:
         assert set(shop.statuses()) == {"cart_cleanup"}
         assert set(billing.statuses()) == {"invoices"}
         assert set(shared.statuses()) == {"cart_cleanup"}  # the shop's keys, by ?prefix=
-        keys = redis.Redis.from_url(redis_url, decode_responses=True).keys("jobpulse::*")
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            keys = client.keys("jobpulse::*")
+        finally:
+            client.close()
         assert {str(key).split(":")[2] for key in keys} == {"shop", "billing"}
     finally:
         for monitor in (shop, billing, shared):

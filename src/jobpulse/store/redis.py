@@ -555,7 +555,11 @@ class RedisStore:
         self._seq = self._last_job = 0  # as the last write read them
         # The hour (monotonic) in which this writer last pushed back each job's runs' expiry.
         self._expiring: dict[int, float] = {}
-        self._check()
+        try:
+            self._check()
+        except BaseException:
+            self._client.close()  # its connection, not left to the garbage collector
+            raise
         _fork_safely(self)
 
     def _fail(self, exc: BaseException) -> StoreError:
