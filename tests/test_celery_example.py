@@ -31,6 +31,7 @@ import redis
 import yaml
 from celery import Celery
 
+from tests.process_group import ProcessGroup, group_is_gone
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -96,19 +97,6 @@ def wait_for(
             pytest.fail(f"the worker exited with {process.returncode}:\n{log[-4000:]}")
         if time.monotonic() > deadline:
             pytest.fail(f"not seen within {WAIT_SECONDS:g} s; views {views}\n{log[-4000:]}")
-        time.sleep(POLL_SECONDS)
-
-
-def group_is_gone(pgid: int, timeout: float) -> bool:
-    """True once no process of group `pgid` is left (polled until `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        if time.monotonic() > deadline:
-            return False
         time.sleep(POLL_SECONDS)
 
 
@@ -258,34 +246,16 @@ def compose_environment(name: str, redis_address: str) -> dict[str, str]:
     return env
 
 
-class Deployment:
+class Deployment(ProcessGroup):
     """The compose services as processes, each in a session of its own; output in files."""
 
     def __init__(self, directory: Path, redis_address: str) -> None:
-        self.directory = directory
+        super().__init__(directory)
         self.redis_address = redis_address
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def run(self, name: str) -> subprocess.Popen[bytes]:
         command = local(compose_service(name)["command"], self.redis_address)
-        with (self.directory / f"{name}.log").open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=compose_environment(name, self.redis_address),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.processes[name] = process
-        return process
-
-    def log(self, name: str) -> str:
-        return (self.directory / f"{name}.log").read_text(errors="replace")
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {name}\n{self.log(name)[-3000:]}" for name in self.processes)
+        return self.start(name, command, compose_environment(name, self.redis_address), ROOT)
 
     def web_url(self, deadline: float) -> tuple[str, int]:
         """The web app's base URL and port, once uvicorn says it listens."""
@@ -294,19 +264,6 @@ class Deployment:
                 pytest.fail("the web app did not start:\n" + self.logs())
             time.sleep(POLL_SECONDS)  # another process's output: nothing to wait on
         return match[1], int(match[2])
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            if not group_is_gone(process.pid, timeout=5):
-                os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -369,9 +326,9 @@ def test_the_compose_deployment_is_seen_whole_from_its_web_app(
     try:
         started = time.monotonic()
         deadline = started + WAIT_SECONDS
-        web = deployment.start("celery-web")
-        worker = deployment.start("celery-worker")
-        beat = deployment.start("celery-beat")
+        web = deployment.run("celery-web")
+        worker = deployment.run("celery-worker")
+        beat = deployment.run("celery-beat")
         client.send_task("export_report", kwargs={"failure_rate": 1})
         base_url, web_port = deployment.web_url(deadline)
 

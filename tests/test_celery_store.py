@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +23,7 @@ import pytest
 from celery import Celery
 
 from tests.demo_process import HEALTH_PATH, ROOT
-from tests.prometheus_server import stop_process
+from tests.process_group import ProcessGroup
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -39,12 +37,12 @@ CELERY = str(Path(sys.executable).parent / "celery")
 UVICORN_READY = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
 
 
-class Deployment:
+class Deployment(ProcessGroup):
     """The processes of one test, each in a session of its own (a worker's children die
     with it at a ``kill -9`` of its group), their output in files."""
 
     def __init__(self, directory: Path, broker: str) -> None:
-        self.directory = directory
+        super().__init__(directory)
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
         self.env.update(
             {
@@ -55,29 +53,14 @@ class Deployment:
                 "PYTHONPATH": str(ROOT),
             }
         )
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.web_url = ""
         self.client = httpx.Client(timeout=10)
 
-    def start(self, name: str, *command: str, **extra: str) -> subprocess.Popen[bytes]:
-        with (self.directory / f"{name}.log").open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env={**self.env, **extra},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.processes[name] = process
-        return process
-
-    def log(self, name: str) -> str:
-        return (self.directory / f"{name}.log").read_text(errors="replace")
+    def run(self, name: str, *command: str, **extra: str) -> None:
+        self.start(name, command, {**self.env, **extra}, ROOT)
 
     def start_web(self) -> None:
-        self.start(
+        self.run(
             "web",
             sys.executable,
             *("-m", "uvicorn", "tests.celery_store_app:web", "--host", "127.0.0.1"),
@@ -92,7 +75,7 @@ class Deployment:
         self.web_url = match[1]
 
     def start_worker(self, *options: str) -> None:
-        self.start(
+        self.run(
             "worker",
             CELERY,
             *("-A", "tests.celery_store_app", "worker", "--pool", "prefork"),
@@ -101,7 +84,7 @@ class Deployment:
         )
 
     def start_beat(self) -> None:
-        self.start(
+        self.run(
             "beat",
             CELERY,
             *("-A", "tests.celery_store_app", "beat", "--loglevel", "INFO"),
@@ -120,27 +103,12 @@ class Deployment:
             if check(body):
                 return body
             if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {name}\n{self.log(name)[-3000:]}" for name in self.processes)
-                pytest.fail(f"timed out waiting for {what}; the document: {body}\n{logs}")
+                pytest.fail(f"timed out waiting for {what}; the document: {body}\n{self.logs()}")
             time.sleep(0.2)  # other processes' writes: nothing here to wait on
 
-    def kill_group(self, name: str) -> None:
-        """``kill -9`` the process and its children (its session)."""
-        process = self.processes[name]
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
         self.client.close()
-        for process in self.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                stop_process(process)
+        super().stop(timeout)
 
 
 @pytest.fixture
