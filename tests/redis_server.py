@@ -112,6 +112,12 @@ class RedisServer:
         if self._process is not None:
             stop_process(self._process)
 
+    def crash(self) -> None:
+        """``kill -9`` it: what it had not saved is gone (a `start` loads its last save)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
 
 @contextmanager
 def running_redis(directory: Path) -> Iterator[str]:

@@ -20,7 +20,7 @@ import jobpulse
 from jobpulse import InvalidJobError, JobMonitor, JobState, StoreError
 from jobpulse._shared import JOB_RAN_IN_PID
 from jobpulse.store import SQLiteStore
-from jobpulse.store._base import WriteResult
+from jobpulse.store._base import UnsureWrite, WriteResult
 from jobpulse.testing import FakeClock
 from tests.conftest import MakeMonitor, pass_time, sqlite_only, succeed
 
@@ -341,6 +341,66 @@ def test_the_publisher_keeps_trying_after_more_than_a_thousand_failures_in_a_row
         assert status.success_count == 1
     finally:
         monitor.shutdown()
+
+
+class LostReplyStore(SQLiteStore):
+    """A SQLite store whose next write, once `lose` is set, raises `UnsureWrite` as a
+    write whose reply was lost: taken first if `taken`, else not. Its `settle` raises the
+    first time (the store cannot tell yet), then says which."""
+
+    def __init__(self, path: Path, *, taken: bool) -> None:
+        super().__init__(path)
+        self.taken = taken
+        self.lose = False
+        self.settled: list[bool] = []
+        self._told = False
+
+    def write(self, *args: Any, **kwargs: Any) -> WriteResult:
+        if not self.lose:
+            return super().write(*args, **kwargs)
+        self.lose = False
+        if self.taken:
+            super().write(*args, **kwargs)
+        raise UnsureWrite("store: TimeoutError: the reply was lost", self._settle)
+
+    def _settle(self) -> bool:
+        if not self._told:
+            self._told = True
+            raise sqlite3.OperationalError("cannot tell yet")
+        self.settled.append(self.taken)
+        return self.taken
+
+
+@pytest.mark.parametrize("taken", [True, False], ids=["taken", "not-taken"])
+def test_a_write_whose_reply_was_lost_is_counted_once_whether_taken_or_not(
+    store_path: Path, taken: bool
+) -> None:
+    store = LostReplyStore(store_path, taken=taken)
+    monitor = JobMonitor(store=store, flush_interval=60, instance_ttl=600)
+    reader = JobMonitor(store=SQLiteStore(store_path), flush_interval=60, instance_ttl=600)
+    try:
+        succeed(monitor, "job", 2)
+        assert monitor.flush()
+        store.lose = True
+        succeed(monitor, "job", 3)
+        fail(monitor, "job")
+        assert monitor.flush(timeout=0.05) is False  # lost; settling it fails at first
+        succeed(monitor, "job", 4)  # collected while that write is unsettled
+        with pytest.raises(RuntimeError), monitor.run("other"):
+            raise RuntimeError("boom")
+        assert monitor.flush()
+        assert store.settled == [taken]
+        status = reader.status("job")
+        assert status is not None
+        assert (status.success_count, status.failure_count) == (9, 1)
+        assert len(reader.history("job")) == 10
+        assert status.consecutive_failures == 0
+        other = reader.status("other")
+        assert other is not None
+        assert (other.failure_count, other.last_error) == (1, "RuntimeError: boom")
+    finally:
+        monitor.shutdown()
+        reader.shutdown()
 
 
 @sqlite_only

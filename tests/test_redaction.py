@@ -207,6 +207,10 @@ CATALOGUE: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("postgres://app:s3cr3t@db:5432/x", ("s3cr3t",), ("postgres://app:", "@db:5432/x")),
     ("postgres://u:pa/ss@host/db failed", ("pa/ss", "ss@"), ("postgres://u:", "@host/db failed")),
     ("redis://:hunter2@cache:6379/0", ("hunter2",), ("redis://:", "@cache:6379/0")),
+    # URL parsers (urlsplit, redis-py) take the last "@" before the path: the rest is the
+    # password's.
+    ("redis://u:p@ss@cache:6379/0", ("p@ss", "ss@"), ("redis://u:", "@cache:6379/0")),
+    ("redis://u:pw@cache/0 mail bob@example.com", ("pw",), ("@cache/0 mail bob@example.com",)),
     ("mongodb+srv://u:p%40ss@cluster0.example.net", ("p%40ss",), ("mongodb+srv://u:",)),
     (
         "ConnectionError: GET https://0f9e8d7c6b5a49382716abcd@rpc.example.com/ failed",
@@ -362,6 +366,8 @@ HOSTILE: list[tuple[str, Callable[[int], str]]] = [
     ("a://", lambda n: "a://" * (n // 4)),
     ("x:// a:", lambda n: "x://" + "a:" * (n // 2)),
     ("u:p without @", lambda n: "s://u:" + "p" * n),
+    ("u:p@p@...", lambda n: "s://u:" + "p@" * (n // 2)),
+    ("u:@p@p... then a path", lambda n: "s://u:" + "@p" * (n // 2) + "/x"),
     ("user info without @", lambda n: "s://" + "u" * n),
     ("eyJ", lambda n: "eyJ" * (n // 3)),
     ("eyJ.", lambda n: "eyJaaaaaaaa." * (n // 12)),

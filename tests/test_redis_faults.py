@@ -18,6 +18,8 @@ from starlette.applications import Starlette
 
 from jobpulse import JobMonitor, StoreError
 from jobpulse.starlette import HEALTH_PATH, routes
+from jobpulse.store import open_store
+from jobpulse.store.redis import RedisStore
 from tests.conftest import succeed
 from tests.redis_server import RedisServer
 from tests.test_starlette import client_for
@@ -158,6 +160,110 @@ def test_a_redis_that_answers_slowly_costs_jobs_nothing_and_the_route_answers(
     whole_again(lambda: counted(web, "steady") == (23, 0, 23))
 
 
+class AsleepAtTheNextWrite:
+    """Redis falls asleep (``DEBUG SLEEP``, longer than the store's 1 s socket timeout)
+    just before `store` sends its next write's script: the script waits in Redis, its reply
+    is lost to the store, and Redis runs it when it wakes, unless it is killed first."""
+
+    def __init__(self, store: RedisStore, url: str, seconds: float) -> None:
+        self._store, self._url, self._seconds = store, url, seconds
+        self._persist = store._persist
+        store._persist = self  # type: ignore[assignment]
+        self._sleeper: threading.Thread | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._store._persist = self._persist  # once
+        self._sleeper = threading.Thread(target=self._sleep)
+        self._sleeper.start()
+        probe = redis.Redis.from_url(self._url, socket_timeout=0.2)
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:  # until a PING goes unanswered: asleep
+                try:
+                    probe.ping()
+                except redis.TimeoutError:
+                    break
+        finally:
+            probe.close()
+        return self._persist(*args, **kwargs)
+
+    def _sleep(self) -> None:
+        client = redis.Redis.from_url(self._url)
+        try:
+            client.execute_command("DEBUG", "SLEEP", str(self._seconds))  # type: ignore[no-untyped-call]
+        except redis.ConnectionError:
+            pass  # killed in its sleep
+        finally:
+            client.close()
+
+    def join(self) -> None:
+        if self._sleeper is not None:
+            self._sleeper.join()
+
+
+def lost_reply_logged(caplog: pytest.LogCaptureFixture) -> bool:
+    return any("UnsureWrite" in record.getMessage() for record in caplog.records)
+
+
+def test_a_write_whose_reply_was_lost_but_that_redis_ran_is_counted_once(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"{server.url}?prefix=lost:"
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    worker = JobMonitor(store=store, flush_interval=0.2, instance_ttl=2.0)
+    web = JobMonitor(store=url, flush_interval=0.2, instance_ttl=2.0)
+    try:
+        succeed(worker, "steady", 5)
+        assert worker.flush()
+        assert counted(web, "steady") == (5, 0, 5)
+        asleep = AsleepAtTheNextWrite(store, server.url, 1.5)
+        succeed(worker, "steady", 7)
+        assert worker.flush(timeout=10)  # settled once Redis woke: taken, or refused
+        asleep.join()
+        assert lost_reply_logged(caplog)
+        assert counted(web, "steady") == (12, 0, 12)
+        succeed(worker, "steady")  # and nothing comes late: the next write counts one
+        assert worker.flush()
+        whole_again(lambda: counted(web, "steady") == (13, 0, 13))
+    finally:
+        worker.shutdown()
+        web.shutdown()
+
+
+def test_a_write_whose_reply_was_lost_as_redis_crashed_is_written_again_once(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"{server.url}?prefix=lost:"
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    worker = JobMonitor(store=store, flush_interval=0.2, instance_ttl=2.0)
+    web = JobMonitor(store=url, flush_interval=0.2, instance_ttl=2.0)
+    try:
+        succeed(worker, "steady", 5)
+        assert worker.flush()
+        assert counted(web, "steady") == (5, 0, 5)
+        client = redis.Redis.from_url(server.url)
+        try:
+            client.save()  # what Redis will come back with
+        finally:
+            client.close()
+        asleep = AsleepAtTheNextWrite(store, server.url, 5)
+        succeed(worker, "steady", 7)
+        assert not worker.flush(timeout=1.2)  # the reply is lost after 1 s: still asleep
+        server.crash()  # the write never ran
+        asleep.join()
+        server.start()
+        whole_again(lambda: counted(web, "steady") == (12, 0, 12))
+        assert lost_reply_logged(caplog)
+        succeed(worker, "steady")  # and nothing comes late: the next write counts one
+        assert worker.flush()
+        whole_again(lambda: counted(web, "steady") == (13, 0, 13))
+    finally:
+        worker.shutdown()
+        web.shutdown()
+
+
 def test_a_wrong_password_is_refused_at_construction_naming_the_url_without_it(
     server: RedisServer,
 ) -> None:
@@ -227,3 +333,70 @@ def test_a_bad_redis_url_is_refused_clearly() -> None:
         JobMonitor(store="redis://127.0.0.1:1/0?prefix=")
     with pytest.raises(StoreError, match=r"store redis://:\*\*\*@host:notaport/0: Port"):
         JobMonitor(store="redis://:hunter2@host:notaport/0")
+    with pytest.raises(StoreError, match=r"store redis://:\*\*\*@host:notaport/0") as raised:
+        JobMonitor(store="redis://:p@ss@host:notaport/0")  # the password is "p@ss"
+    assert "ss@" not in str(raised.value)
+    with pytest.raises(StoreError, match="Invalid IPv6 URL"):
+        JobMonitor(store="redis://:pw@[::1:6379/0")
+    with pytest.raises(StoreError, match="decode_responses is not supported"):
+        JobMonitor(store="redis://127.0.0.1:1/0?decode_responses=true")
+
+
+def test_a_store_that_lost_its_meta_but_kept_the_rest_starts_again_from_the_live_views(
+    server: RedisServer, monitors: Callable[[], JobMonitor]
+) -> None:
+    # As `maxmemory allkeys-lru` may evict it on a shared Redis: a store that has rows but
+    # no id is emptied and re-seeded, never added to (a seq starting again at 1 would also
+    # clash with the history's entries, and every write would fail halfway through).
+    worker, web = monitors(), monitors()
+    succeed(worker, "report", 3)
+    assert worker.flush()
+    assert counted(web, "report") == (3, 0, 3)
+    client = redis.Redis.from_url(server.url)
+    try:
+        (meta,) = client.keys("*:meta")
+        client.delete(meta)
+    finally:
+        client.close()
+    succeed(worker, "report", 2)
+    whole_again(lambda: counted(web, "report")[:2] == (5, 0))
+    assert worker.flush()
+    assert counted(worker, "report")[:2] == (5, 0)
+
+
+def test_redis_back_from_an_older_snapshot_is_one_view_for_old_and_new_readers(
+    server: RedisServer, monitors: Callable[[], JobMonitor]
+) -> None:
+    # A restart from its last RDB save (or AOF everysec's last second): the writes after it
+    # are gone for every process alike; a reader that had read them reads everything again.
+    worker, web = monitors(), monitors()
+    succeed(worker, "kept", 2)
+    assert worker.flush()
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.save()
+        succeed(worker, "gone")
+        assert worker.flush()
+        whole_again(lambda: counted(web, "gone") == (1, 0, 1))
+        client.execute_command("DEBUG", "RELOAD", "NOSAVE")  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
+    succeed(worker, "kept")
+    assert worker.flush()
+    whole_again(lambda: web.status("gone") is None and counted(web, "kept") == (3, 0, 3))
+    fresh = monitors()
+    assert (fresh.status("gone"), counted(fresh, "kept")) == (None, (3, 0, 3))
+
+
+def test_a_closed_store_keeps_no_connection_for_a_later_read(redis_url: str) -> None:
+    monitor = JobMonitor(store=f"{redis_url}?prefix=closed:")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        succeed(monitor, "job")
+        assert monitor.flush()
+        monitor.shutdown()
+        before = len(client.client_list())
+        assert counted(monitor, "job") == (1, 0, 1)  # read after the shutdown: still served
+        assert len(client.client_list()) == before
+    finally:
+        client.close()

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -821,6 +822,32 @@ def test_a_deleted_file_becomes_a_new_store(tmp_path: Path) -> None:
         assert list(store.read(None, now_ns=T0, instance_ttl_ns=TTL).rows) == []
     finally:
         store.close()
+
+
+def test_a_file_restored_from_an_older_copy_is_read_again_whole(tmp_path: Path) -> None:
+    # Same store id, a lower seq: a reader that read the later writes must not keep them.
+    path, copy = tmp_path / "jobs.db", tmp_path / "copy.db"
+    writer, reader = SQLiteStore(path), SQLiteStore(path)
+    try:
+        write(writer, instance("a"), change("kept", success=1))
+        backup = sqlite3.connect(copy)
+        with closing(sqlite3.connect(path)) as source:
+            source.backup(backup)
+        backup.close()
+        write(writer, instance("a"), change("gone", success=1))
+        first = reader.read(None, now_ns=T0, instance_ttl_ns=TTL)
+        assert {row.name for row in first.rows} == {"kept", "gone"}
+        writer.close()
+        for leftover in tmp_path.glob("jobs.db*"):
+            leftover.unlink()
+        copy.rename(path)
+        cursor = Cursor(first.store_id, first.seq, first.generation, first.run_cursor)
+        again = reader.read(cursor, now_ns=T0, instance_ttl_ns=TTL)
+        assert again.reset
+        assert {row.name for row in again.rows} == {"kept"}
+    finally:
+        writer.close()
+        reader.close()
 
 
 def test_a_writer_forgets_the_ids_of_jobs_pruned_since(tmp_path: Path) -> None:

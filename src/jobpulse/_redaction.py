@@ -255,10 +255,11 @@ _TOKEN_PATTERNS = tuple(
 )
 # scheme://user:password@host (a port followed by a path is not a password). The password
 # may hold "/" and ":" but not "://", where another URL would start: so each "://" scans
-# only up to the next one.
+# only up to the next one. It may hold "@" too, as URL parsers take the last "@" before the
+# path: an "@" with another after it (before a space or "/") is the password's.
 _URL_PASSWORD = re.compile(
     r"://(?<=[A-Za-z0-9+.\-]://)[^\s:/@]*:(?![0-9]{1,5}(?:[/?#]|$))"
-    r"(?P<secret>(?:[^\s@:]|:(?!//))+)@"
+    r"(?P<secret>(?:[^\s@:]|:(?!//)|@(?=[^\s/?#@]*@))+)@"
 )
 # A token as the whole of a URL's user info: https://<api key>@rpc.example.com/.
 _URL_TOKEN = re.compile(r"://(?<=[A-Za-z0-9+.\-]://)(?P<secret>[A-Za-z0-9_.~%\-]{20,})@")

@@ -48,7 +48,10 @@ def open_store(
             f"not {type(store).__name__}"
         )
     shown = redact(store)
-    parts = urlsplit(store.strip())
+    try:
+        parts = urlsplit(store.strip())
+    except ValueError as exc:  # an invalid IPv6 host, say
+        raise StoreError(f"store {shown!r}: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise StoreError(

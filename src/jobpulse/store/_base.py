@@ -9,11 +9,11 @@ says how an instance's change folds into it, whichever backend holds the row.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from jobpulse._shared import from_ns, rfc3339
+from jobpulse._shared import StoreError, from_ns, rfc3339
 
 __all__ = [
     "Cursor",
@@ -26,6 +26,7 @@ __all__ = [
     "RunBatch",
     "RunFields",
     "Store",
+    "UnsureWrite",
     "WriteResult",
 ]
 
@@ -193,6 +194,22 @@ class WriteResult:
     revived: bool = False
 
 
+class UnsureWrite(StoreError):
+    """A write that the store may have taken, or may take still, although it raised: its
+    reply was lost (a timeout, a connection dropped) after it was sent.
+
+    `settle()` finds out for good: True if the store took the write, False if it did not
+    and never will. It raises while the store cannot tell; it may then be called again. A
+    backend whose writes are over when they raise (SQLite's transactions) never raises
+    this; one that does (Redis) must fence its writes so that a late one is refused once
+    `settle` has said False.
+    """
+
+    def __init__(self, message: str, settle: Callable[[], bool]) -> None:
+        super().__init__(message)
+        self.settle = settle
+
+
 @dataclass(frozen=True)
 class FleetRead:
     """What changed in the store since a reader's cursor.
@@ -253,7 +270,8 @@ class Store(Protocol):
         row (`jobpulse.store._merge.apply_change`), the runs of dead instances closed as
         lost (each exactly once across the fleet), and the fleet's missed slots counted
         (each once). ``stopping`` marks the instance as shut down. If `expected_store_id` is
-        given and is not the store's id, nothing is written (``applied`` False)."""
+        given and is not the store's id, nothing is written (``applied`` False). Raises
+        `UnsureWrite` if the write may have been taken although it failed."""
         ...
 
     def read(self, cursor: Cursor | None, *, now_ns: int, instance_ttl_ns: int) -> FleetRead:

@@ -6,7 +6,10 @@ published, folds them into a bounded buffer and writes the buffer in one transac
 write that fails leaves the buffer as it is, for the next attempt: a store that is locked,
 slow, full or gone costs the jobs nothing, and the runs it could not take are written when
 it is back. Past `buffer_runs` runs waiting, further runs are left out of the store's
-history (counted and logged; the counts stay exact, they are deltas).
+history (counted and logged; the counts stay exact, they are deltas). A write whose reply
+was lost (`UnsureWrite`: the store may have taken it) is kept apart and settled before the
+next one: dropped if it was taken, else written again with what came since, so that no
+delta counts twice.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from jobpulse._shared import Clock, Guard, LocalJob, StatusRegistry, after_fork_in_child, redact
-from jobpulse.store._base import Instance, JobChange, Store, WriteResult
+from jobpulse.store._base import Instance, JobChange, Store, UnsureWrite, WriteResult
 
 __all__ = ["Publisher"]
 
@@ -105,6 +108,8 @@ class Publisher:
         self.instance = self._new_instance()
         self._published: dict[str, _Published] = {}
         self._pending: dict[str, JobChange] = {}
+        #: A write whose reply was lost: how to settle it, and its changes.
+        self._unsure: tuple[Callable[[], bool], Sequence[JobChange]] | None = None
         self._buffered_runs = 0
         self._dropped_runs = 0
         self._store_id: str | None = None
@@ -264,10 +269,17 @@ class Publisher:
         self._resend = False
         now_ns = self._clock.time_ns()
         try:
+            if self._unsure is not None:
+                self._settle(*self._unsure)
             result = self._write(now_ns, stopping)
             if not result.applied:  # a new, empty store: it gets the whole view again
                 self._reset(result.store_id)
                 result = self._write(now_ns, stopping)
+        except UnsureWrite as exc:  # kept apart until settled
+            self._unsure = (exc.settle, list(self._pending.values()))
+            self._pending = {}
+            self._failed(exc)
+            return False
         except Exception as exc:  # noqa: BLE001 - the store's failure, not ours: retried
             self._failed(exc)
             return False
@@ -295,6 +307,32 @@ class Publisher:
         if result.applied:
             self._store_id = result.store_id
         return result
+
+    def _settle(self, settle: Callable[[], bool], sent: Sequence[JobChange]) -> None:
+        """The write of `sent` whose reply was lost: if the store took it, done with; else
+        its changes go back before those collected since. Raises while the store cannot
+        tell."""
+        taken = settle()
+        self._unsure = None
+        if taken:
+            self._buffered_runs -= sum(len(change.runs) for change in sent)
+            # Whatever that write said (a revival, say) is lost: the runs in progress are
+            # written again, as after a revival.
+            self._reopen()
+            return
+        pending = self._pending
+        self._pending = {}
+        for change in sent:
+            self._pending[change.name] = change
+        for name, change in pending.items():
+            old = self._pending.get(name)
+            self._pending[name] = change if old is None else _merge(old, change)
+
+    def _reopen(self) -> None:
+        """Every job's runs in progress are sent again with the next write."""
+        for published in self._published.values():
+            published.open_runs = ()
+        self._resend = True
 
     def _reset(self, store_id: str) -> None:
         logger.warning(
@@ -343,9 +381,7 @@ class Publisher:
                 "as running again, and counted once",
                 self.store.url,
             )
-            for published in self._published.values():
-                published.open_runs = ()
-            self._resend = True
+            self._reopen()
         for name in result.conflicts:
             logger.warning(
                 "job %r: this process registered it with settings that differ from another "
@@ -412,6 +448,7 @@ class Publisher:
         self.store.after_fork()
         self.instance = self._new_instance()
         self._pending.clear()
+        self._unsure = None
         self._buffered_runs = 0
         self._failing = None
         self._failures = 0

@@ -15,6 +15,8 @@ Keys, under a prefix (``jobpulse:<namespace>:<service>:`` by default, or the URL
 ``names``, ``rows``         hashes: job name to id; id to the job's row (JSON values)
 ``changed``                 sorted set: job id by the seq of its row's last change
 ``instances``               hash: instance id to its record (JSON), heartbeat included
+``applied:<instance>``      the id of the instance's last write taken (or of one refused
+                            for good); expires as ``open:``
 ``open:<instance>``         hash: job id to the instance's runs in progress (JSON); expires
                             `retention` after the instance's last write
 ``lost:<instance>``         hash: ``<job id>:<run id>`` to the start of a run closed as lost;
@@ -23,6 +25,8 @@ Keys, under a prefix (``jobpulse:<namespace>:<service>:`` by default, or the URL
                             ``<seq>-0``; about the last 4,096 runs, expiring a day after the
                             last write
 ``ran``                     sorted set: job id by the seq of its last entry of runs
+``recent``                  stream: the runs of the last 256 writes, one entry per write,
+                            for the readers that keep up (one range to read)
 ``written``                 sorted set: the last seq written in each minute, by when (what
                             pruning the runs of more than a day ago goes by)
 ``pruned``                  there while a process prunes, or did in the last 55 s
@@ -32,13 +36,17 @@ A write takes the lock, reads what it needs (`jobpulse.store._write.WriteState`)
 script, plans the write in this process by the merge rules every backend shares
 (`jobpulse.store._write.plan_write`), and stores the plan with one script that checks it
 still holds the lock: the whole write is atomic, and a writer that lost its lock (paused
-past the lock's deadline) writes nothing. A read is one script: a consistent snapshot.
+past the lock's deadline) writes nothing. Each write has an id, and is taken only if the
+instance's last write taken is the one its writer read (``applied:<instance>``): a write
+whose reply was lost (`UnsureWrite`) is settled before the next one, and one that reaches
+Redis late is refused. A read is one script: a consistent snapshot.
 Nothing grows without bound when a process dies: its records expire or are pruned.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import operator
@@ -60,6 +68,7 @@ from jobpulse.store._base import (
     JobChange,
     OpenRun,
     RunBatch,
+    UnsureWrite,
     WriteResult,
 )
 from jobpulse.store._rows import KnownRows, Rows, encode, row_of
@@ -120,27 +129,42 @@ local function instances_and_runs(p)
 end
 """
 
-#: Takes (prefix, new store id, instance id); sets up `meta` if the store is new (empty);
-#: returns meta, the instance's record, the rows changed since ARGV[4], the instances, every
-#: instance's runs in progress, and the instance's lost runs.
+#: Takes (prefix, new store id, instance id, seq, schema version); sets up `meta` if the
+#: store is new; returns meta, the instance's record, the rows changed since ARGV[4], the
+#: instances, every instance's runs in progress, the instance's lost runs, and the id of its
+#: last write taken ("" for none).
 _STATE = (
     _READING
     + """
 local p = ARGV[1]
-redis.call('HSETNX', p .. 'meta', 'store_id', ARGV[2])
+if redis.call('HSETNX', p .. 'meta', 'store_id', ARGV[2]) == 1 then
+  -- A new store, or one that lost its meta (evicted, deleted) but not the rest: the rest
+  -- goes too, and every process writes its whole view to it once, as to an emptied one.
+  for _, id in ipairs(redis.call('HVALS', p .. 'names')) do
+    redis.call('DEL', p .. 'runs:' .. id)
+  end
+  for _, who in ipairs(redis.call('HKEYS', p .. 'instances')) do
+    redis.call('DEL', p .. 'open:' .. who, p .. 'lost:' .. who, p .. 'applied:' .. who)
+  end
+  for _, key in ipairs({'names', 'rows', 'changed', 'ran', 'recent', 'written', 'instances'}) do
+    redis.call('DEL', p .. key)
+  end
+end
 redis.call('HSETNX', p .. 'meta', 'schema_version', ARGV[5])
 local meta = redis.call('HGETALL', p .. 'meta')
 local me = redis.call('HGET', p .. 'instances', ARGV[3])
 local ids, values = changed_rows(p, ARGV[4], '+inf')
 local instances, open = instances_and_runs(p)
 local lost = redis.call('HGETALL', p .. 'lost:' .. ARGV[3])
-return {meta, me or false, ids, values, instances, open, lost}
+local applied = redis.call('GET', p .. 'applied:' .. ARGV[3]) or ''
+return {meta, me or false, ids, values, instances, open, lost, applied}
 """
 )
 
 #: Stores a write's plan if ARGV[2] still holds the lock, then lets the lock go. The
 #: arguments: prefix, token, instance id, its record, seq, last job id, retention (ms),
-#: history (ms), now (ms), the rows' ids and values, a counted group of names (name, id),
+#: history (ms), now (ms), the rows' ids and values, the write's id, the id of the
+#: instance's last write taken as the writer read it, a counted group of names (name, id),
 #: the runs' jobs, packed runs and categories (a JSON object of the jobs that have
 #: failures, or ""), how many writes `recent` keeps, then counted groups: open runs (job
 #: id, runs or "" for none), closed instances (id, record), lost runs (instance,
@@ -152,6 +176,9 @@ if redis.call('GET', p .. 'lock') ~= ARGV[2] then
   return redis.error_reply('JOBPULSE the write lock was lost (held past its deadline)')
 end
 local me, seq, retention, history, now = ARGV[3], ARGV[5], ARGV[7], ARGV[8], ARGV[9]
+if (redis.call('GET', p .. 'applied:' .. me) or '') ~= ARGV[13] then
+  return redis.error_reply('JOBPULSE another write of this instance was taken, or refused')
+end
 local i
 local function group(width)
   local n = tonumber(ARGV[i])
@@ -183,6 +210,7 @@ local function by_chunks(command, key, values)
   end
 end
 redis.call('HSET', p .. 'instances', me, ARGV[4])
+redis.call('SET', p .. 'applied:' .. me, ARGV[12], 'PX', retention)
 -- Rows: their ids (comma-separated), their values (one per line).
 local ids, rows = split(ARGV[10], ','), split(ARGV[11], '\\n')
 local pairs_, scores = {}, {}
@@ -192,7 +220,7 @@ for k = 1, #ids do
 end
 by_chunks('HSET', p .. 'rows', pairs_)
 by_chunks('ZADD', p .. 'changed', scores)
-i = 12
+i = 14
 local first, n = group(2)
 chunked('HSET', p .. 'names', first, n, 2, function(at) return {ARGV[at], ARGV[at + 1]} end)
 -- Runs: "<job>:<runs>:<maxlen>:<1 to push its expiry back>" per job (comma-separated),
@@ -360,7 +388,7 @@ end
 if jobs > 0 then redis.call('HINCRBY', p .. 'meta', 'generation', 1) end
 for at = 5 + 2 * jobs, #ARGV do
   redis.call('HDEL', p .. 'instances', ARGV[at])
-  redis.call('DEL', p .. 'open:' .. ARGV[at], p .. 'lost:' .. ARGV[at])
+  redis.call('DEL', p .. 'open:' .. ARGV[at], p .. 'lost:' .. ARGV[at], p .. 'applied:' .. ARGV[at])
 end
 redis.call('DEL', p .. 'lock')
 return 1
@@ -372,6 +400,16 @@ local held = redis.call('GET', ARGV[1] .. 'lock')
 if held and held ~= ARGV[2] then return 0 end
 redis.call('SET', ARGV[1] .. 'lock', ARGV[2], 'PX', ARGV[3])
 return 1
+"""
+
+#: Settles a write whose reply was lost: (prefix, instance id, the write's id, a new id,
+#: retention in ms). 1 if the write was taken; else 0, and a write of that id is refused
+#: from now on (the instance's last write taken is the new id).
+_SETTLE = """
+local key = ARGV[1] .. 'applied:' .. ARGV[2]
+if redis.call('GET', key) == ARGV[3] then return 1 end
+redis.call('SET', key, ARGV[4], 'PX', ARGV[5])
+return 0
 """
 
 #: Lets the lock go if ARGV[2] holds it.
@@ -536,15 +574,20 @@ class RedisStore:
             )
         except (ValueError, RedisError) as exc:
             raise StoreError(f"store {self.url}: {exc}") from None
+        if self._client.connection_pool.connection_kwargs.get("decode_responses"):
+            self._client.close()
+            raise StoreError(f"store {self.url}: decode_responses is not supported here")
         self._state = self._client.register_script(_STATE)
         self._persist = self._client.register_script(_PERSIST)
         self._read_script = self._client.register_script(_READ)
         self._prune_script = self._client.register_script(_PRUNE)
         self._release = self._client.register_script(_RELEASE)
+        self._settle_script = self._client.register_script(_SETTLE)
         self._take = self._client.register_script(_TAKE)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._token = uuid.uuid4().hex  # the write lock's, as this object takes it
+        self._closed = False
         self._known = KnownRows()
         self._read_names: dict[int, str] = {}
         self._read_store = ""
@@ -625,7 +668,7 @@ class RedisStore:
         expected_store_id: str | None = None,
     ) -> WriteResult:
         def work(token: str) -> WriteResult:
-            store_id, state, records = self._read_state(instance.id)
+            store_id, state, records, applied = self._read_state(instance.id)
             if expected_store_id is not None and expected_store_id != store_id:
                 self._release(args=[self.prefix, token])
                 return WriteResult(store_id, applied=False)
@@ -637,7 +680,7 @@ class RedisStore:
                 ttl_ns=instance_ttl_ns,
                 margin_ns=margin_ns,
             )
-            self._store(token, instance, plan, records, now_ns=now_ns, stopping=stopping)
+            self._store(token, instance, plan, records, applied, now_ns=now_ns, stopping=stopping)
             return WriteResult(
                 store_id,
                 lost_runs=len(plan.lost),
@@ -648,19 +691,23 @@ class RedisStore:
 
         return self._locked(work)
 
-    def _read_state(self, me: str) -> tuple[str, WriteState, dict[str, list[Any]]]:
-        """With the lock held: the store's id, what the write needs, and the instances'
-        records. Brings the known rows up to date."""
+    def _read_state(self, me: str) -> tuple[str, WriteState, dict[str, list[Any]], bytes]:
+        """With the lock held: the store's id, what the write needs, the instances'
+        records, and the id of the instance's last write taken. Brings the known rows up to
+        date."""
         known = self._known
-        meta_flat, previous, ids, rows, instances_flat, open_flat, lost_flat = self._state(
-            args=[self.prefix, uuid.uuid4().hex, me, known.seq, SCHEMA_VERSION]
-        )
+        found = self._state(args=[self.prefix, uuid.uuid4().hex, me, known.seq, SCHEMA_VERSION])
+        meta_flat, previous, ids, rows, instances_flat, open_flat, lost_flat, applied = found
         meta = _pairs(meta_flat)
         self._check_version(meta.get(b"schema_version"))
         store_id = _text(meta[b"store_id"])
         seq, generation = int(meta.get(b"seq", 0)), int(meta.get(b"generation", 0))
+        if store_id == self._store_id and seq < known.seq:
+            # Redis restarted from an older snapshot: readers are told to read it all again.
+            generation = self._client.hincrby(self.prefix + "meta", "generation", 1)
         if store_id != self._store_id or generation != known.generation or seq < known.seq:
-            # Another store (Redis emptied), or jobs pruned: every row is read again.
+            # Another store (Redis emptied), jobs pruned, or an older snapshot: every row is
+            # read again.
             self._store_id = store_id
             known.forget()
             self._expiring = {}
@@ -703,7 +750,7 @@ class RedisStore:
             ],
             lost_before=self._lost_before,
         )
-        return store_id, state, records
+        return store_id, state, records, applied
 
     def _lost_before(self, who: str) -> Collection[tuple[str, int]]:
         names = self._known.names
@@ -720,11 +767,13 @@ class RedisStore:
         instance: Instance,
         plan: WritePlan,
         records: Mapping[str, list[Any]],
+        applied: bytes,
         *,
         now_ns: int,
         stopping: bool,
     ) -> None:
-        """Store `plan` with `_PERSIST`, which lets the lock go."""
+        """Store `plan` with `_PERSIST`, which lets the lock go, if the instance's last
+        write taken is still `applied`. Raises `UnsureWrite` if its reply is lost."""
         known = self._known
         seq, last_job = self._seq, self._last_job
         if plan.rows or plan.runs:  # a heartbeat alone tells readers nothing new
@@ -772,24 +821,45 @@ class RedisStore:
         for who, name in {(who, name) for who, name, _, _ in plan.absorbed}:
             dropped += [who, known.id(name)]
         record = _record(instance, now_ns, stopping)
-        self._persist(
-            args=[
-                *(self.prefix, token, instance.id, record, seq, last_job),
-                *(self._retention_ms, _HISTORY_MS, now_ns // 1_000_000),
-                *(",".join(ids), "\n".join(rows), len(names) // 2, *names),
-                *(",".join(specs), packed, encode(categories) if categories else ""),
-                _RECENT_WRITES,
-                *(len(open_runs) // 2, *open_runs, len(closed) // 2, *closed),
-                *(len(lost) // 3, *lost, len(ended), *ended, len(dropped) // 2, *dropped),
-            ]
-        )
+        write_id = uuid.uuid4().hex
+        try:
+            self._persist(
+                args=[
+                    *(self.prefix, token, instance.id, record, seq, last_job),
+                    *(self._retention_ms, _HISTORY_MS, now_ns // 1_000_000),
+                    *(",".join(ids), "\n".join(rows), write_id, applied),
+                    *(len(names) // 2, *names),
+                    *(",".join(specs), packed, encode(categories) if categories else ""),
+                    _RECENT_WRITES,
+                    *(len(open_runs) // 2, *open_runs, len(closed) // 2, *closed),
+                    *(len(lost) // 3, *lost, len(ended), *ended, len(dropped) // 2, *dropped),
+                ]
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Sent, and maybe run (now or later, Redis serves its clients in any order).
+            raise UnsureWrite(
+                f"store {self.url}: {type(exc).__name__}: {exc} (whether this write was "
+                "taken is found out before the next)",
+                functools.partial(self._settle, instance.id, write_id),
+            ) from None
         known.seq = seq
+
+    def _settle(self, instance_id: str, write_id: str) -> bool:
+        """Whether the instance's write `write_id` was taken; if not, it never will be."""
+        taken = self._settle_script(
+            args=[self.prefix, instance_id, write_id, uuid.uuid4().hex, self._retention_ms]
+        )
+        return bool(taken)
 
     # -- reading -----------------------------------------------------------------------
 
     def read(self, cursor: Cursor | None, *, now_ns: int, instance_ttl_ns: int) -> FleetRead:
         with self._read_lock:
-            return self._read_locked(cursor, now_ns, instance_ttl_ns)
+            try:
+                return self._read_locked(cursor, now_ns, instance_ttl_ns)
+            finally:
+                if self._closed:  # a read after `close`: its connection is not kept
+                    self._client.close()
 
     def _read_locked(self, cursor: Cursor | None, now_ns: int, ttl_ns: int) -> FleetRead:
         since = -1 if cursor is None else cursor.seq
@@ -807,7 +877,12 @@ class RedisStore:
             ),
             key=lambda found: (found.started_ns, found.id),
         )
-        reset = cursor is None or cursor.store_id != store_id or cursor.generation != generation
+        reset = (
+            cursor is None
+            or cursor.store_id != store_id
+            or cursor.generation != generation
+            or cursor.seq > seq  # Redis restarted from an older snapshot
+        )
         if not reset and cursor is not None and cursor.seq == seq:
             return FleetRead(store_id, seq, generation, False, (), (), seq, None, instances)
         if reset and since >= 0:  # read it all again
@@ -894,6 +969,7 @@ class RedisStore:
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:
+            self._closed = True
             self._client.close()
 
     def __repr__(self) -> str:

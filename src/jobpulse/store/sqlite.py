@@ -676,7 +676,12 @@ class SQLiteStore:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         store_id, seq, generation = meta["store_id"], int(meta["seq"]), int(meta["generation"])
         instances = self._instances(db, now_ns, ttl_ns)
-        reset = cursor is None or cursor.store_id != store_id or cursor.generation != generation
+        reset = (
+            cursor is None
+            or cursor.store_id != store_id
+            or cursor.generation != generation
+            or cursor.seq > seq  # the file restored from an older copy
+        )
         if not reset and cursor is not None and cursor.seq == seq:
             return FleetRead(
                 store_id, seq, generation, False, (), (), cursor.run_id, None, instances
