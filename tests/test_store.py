@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -820,6 +821,39 @@ def test_a_deleted_file_becomes_a_new_store(tmp_path: Path) -> None:
         assert refused.store_id != first.store_id
         assert path.exists()
         assert list(store.read(None, now_ns=T0, instance_ttl_ns=TTL).rows) == []
+    finally:
+        store.close()
+
+
+def test_opening_waits_for_another_process_making_the_new_files_tables(tmp_path: Path) -> None:
+    # Two workers starting on a new file: the second waited 1 s at most, then its monitor
+    # raised "database is locked" at construction.
+    path = tmp_path / "jobs.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # as the first process, making the tables
+    opened: list[SQLiteStore] = []
+    failed: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            opened.append(SQLiteStore(path))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    opening = threading.Thread(target=open_it)
+    opening.start()
+    try:
+        opening.join(timeout=1.5)  # past the 1 s a write waits for the lock
+        assert opening.is_alive(), failed
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    opening.join(timeout=30)
+    assert not failed
+    (store,) = opened
+    try:
+        write(store, instance("a"), change(success=1))
+        assert rows(store)["job"].success_count == 1
     finally:
         store.close()
 

@@ -20,12 +20,13 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 import uuid
 import weakref
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jobpulse._shared import UNKNOWN, StoreError, StoreVersionError
 from jobpulse.store._base import (
@@ -257,6 +258,11 @@ _INSERT_JOB = f"INSERT INTO jobs (id, {_COLUMNS}) VALUES (?, {', '.join('?' * le
 _UPDATE_JOB = f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in ROW_FIELDS[1:])} WHERE id = ?"
 _NAME_COLUMN = 1 + ROW_FIELDS.index("name")
 _BUSY_SECONDS = 1.0
+#: How long opening a file waits for the processes that open it too (a new file's first
+#: process makes its tables while the others wait).
+_OPEN_SECONDS = 10.0
+
+T = TypeVar("T")
 
 
 def _fork_safely(store: SQLiteStore) -> None:
@@ -293,6 +299,21 @@ def _fork_safely(store: SQLiteStore) -> None:
 # Connections a forked child inherited: never used or closed there (closing could touch the
 # parent's WAL), only kept from the garbage collector.
 _INHERITED: list[sqlite3.Connection] = []
+
+
+def _until_free(work: Callable[[], T]) -> T:
+    """`work()`, tried again while another connection holds the lock it needs, up to
+    `_OPEN_SECONDS`: processes that start together on a new file (uvicorn's workers) each
+    open it, and one of them makes its tables."""
+    deadline = time.monotonic() + _OPEN_SECONDS
+    while True:
+        try:
+            return work()
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)  # another process's lock: nothing to wait on here
 
 
 def _signed(run_id: int) -> int:
@@ -351,7 +372,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise self._fail(f"cannot open {self.path}", exc) from None
         try:
-            connection.execute("PRAGMA journal_mode = WAL")
+            _until_free(lambda: connection.execute("PRAGMA journal_mode = WAL"))
             connection.execute("PRAGMA synchronous = NORMAL")
             stat = os.stat(self.path)
         except (sqlite3.Error, OSError) as exc:
@@ -371,7 +392,7 @@ class SQLiteStore:
     def _open_writer(self) -> None:
         writer, identity = self._connect(create=True)
         try:
-            self._migrate(writer)
+            _until_free(lambda: self._migrate(writer))
             store_id = writer.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
         except StoreError:
             writer.close()
