@@ -20,7 +20,7 @@ import jobpulse
 from jobpulse import InvalidJobError, JobMonitor, JobState, StoreError
 from jobpulse._shared import JOB_RAN_IN_PID
 from jobpulse.store import SQLiteStore
-from jobpulse.store._base import UnsureWrite, WriteResult
+from jobpulse.store._base import Instance, JobChange, UnsureWrite, WriteResult
 from jobpulse.testing import FakeClock
 from tests.conftest import MakeMonitor, pass_time, sqlite_only, succeed
 
@@ -341,6 +341,66 @@ def test_the_publisher_keeps_trying_after_more_than_a_thousand_failures_in_a_row
         assert status.success_count == 1
     finally:
         monitor.shutdown()
+
+
+class CountingStore(SQLiteStore):
+    """A SQLite store that counts its writes and heartbeats alone, and sets `beaten` at the
+    fifth heartbeat alone and `written` at each write after the first."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writes = self.beats = 0
+        self.beaten = threading.Event()
+        self.written = threading.Event()
+
+    def write(self, *args: Any, **kwargs: Any) -> WriteResult:
+        result = super().write(*args, **kwargs)
+        self.writes += 1
+        if self.writes > 1:
+            self.written.set()
+        return result
+
+    def beat(self, *args: Any, **kwargs: Any) -> bool:
+        beaten = super().beat(*args, **kwargs)
+        if beaten:
+            self.beats += 1
+            if self.beats >= 5:
+                self.beaten.set()
+        return beaten
+
+
+def test_a_process_with_nothing_to_write_sends_its_heartbeat_alone(store_path: Path) -> None:
+    # A web process beside busy workers: a write reads every row changed since its last
+    # one, each second; a heartbeat alone reads none.
+    store = CountingStore(store_path)
+    idle = JobMonitor(store=store, flush_interval=0.02, instance_ttl=10)
+    busy = JobMonitor(store=SQLiteStore(store_path), flush_interval=60, instance_ttl=600)
+    try:
+        succeed(busy, "job", 3)
+        assert busy.flush()
+        assert store.beaten.wait(30)
+        assert store.writes == 1  # its first: its whole view
+        assert [found.alive for found in busy.instances()] == [True, True]
+        # An instance stopped with a run in progress: a write has more to do (close it,
+        # its run lost), and the idle process makes it.
+        now = time.time_ns()
+        gone, who = SQLiteStore(store_path), Instance("gone", "svc", "host", 1, "1", now, now)
+        try:
+            opened = JobChange(name="job", created_ns=now, updated_ns=now, open_runs=((7, now),))
+            for changes, stopping in (([opened], False), ([], True)):
+                gone.write(
+                    who, changes, now_ns=now, instance_ttl_ns=10**10, margin_ns=0, stopping=stopping
+                )
+        finally:
+            gone.close()
+        assert store.written.wait(30)
+        assert idle.flush()  # and its view is read again
+        status = idle.status("job")
+        assert status is not None
+        assert (status.failure_count, status.last_error_category) == (1, "lost")
+    finally:
+        busy.shutdown()
+        idle.shutdown()
 
 
 class LostReplyStore(SQLiteStore):

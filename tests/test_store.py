@@ -462,6 +462,95 @@ def test_a_stopped_instance_is_dead_at_once(make_store: StoreFactory) -> None:
     assert rows(store)["job"].failure_count == 1
 
 
+def beat(store: Store, who: Instance, now_ns: int, store_id: str | None = None) -> bool:
+    if store_id is None:
+        store_id = store.read(None, now_ns=now_ns, instance_ttl_ns=TTL).store_id
+    return store.beat(
+        who, now_ns=now_ns, instance_ttl_ns=TTL, margin_ns=MARGIN, expected_store_id=store_id
+    )
+
+
+def seen(store: Store, now_ns: int) -> dict[str, int]:
+    read = store.read(None, now_ns=now_ns, instance_ttl_ns=TTL)
+    return {found.id: found.last_seen_ns for found in read.instances}
+
+
+def test_a_heartbeat_alone_reads_no_row_and_moves_no_seq(make_store: StoreFactory) -> None:
+    idle, busy = make_store(), make_store()
+    write(idle, instance("idle"))
+    write(busy, instance("busy"), change(success=1, runs=[run(T0, 5)]))
+    known = idle._known.seq  # type: ignore[attr-defined]
+    assert beat(idle, instance("idle"), T0 + S)
+    assert idle._known.seq == known  # type: ignore[attr-defined]  # busy's row not read
+    assert seen(busy, T0 + S) == {"idle": T0 + S, "busy": T0}
+    read = busy.read(None, now_ns=T0 + S, instance_ttl_ns=TTL)
+    assert read.seq == 1  # busy's write alone: readers have nothing new to read
+    # A heartbeat never moves the one stored back (a late one, after a later write).
+    write(idle, instance("idle"), now_ns=T0 + 3 * S)
+    assert beat(idle, instance("idle"), T0 + 2 * S)
+    assert seen(busy, T0 + 3 * S)["idle"] == T0 + 3 * S
+    # The next write reads what it missed.
+    write(idle, instance("idle"), change(success=1, runs=[run(T0 + 4 * S, 5)]), now_ns=T0 + 4 * S)
+    assert rows(busy, T0 + 4 * S)["job"].success_count == 2
+
+
+def test_a_heartbeat_is_refused_where_a_write_would_close_an_instance(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    assert not beat(store, instance("a"), T0, store_id="")  # no store yet: no id to expect
+    write(store, instance("dying"), change(open_runs=((7, T0),), stall_after_ns=300 * S))
+    assert not beat(store, instance("a"), T0)  # never written: its first write is whole
+    write(store, instance("a"))
+    assert beat(store, instance("a"), T0 + TTL - S)  # "dying" is alive still
+    assert seen(store, T0 + TTL - S)["a"] == T0 + TTL - S
+    assert not beat(store, instance("a"), T0 + TTL + 1)  # dead: its run is to be closed
+    assert rows(store, T0 + TTL + 1)["job"].failure_count == 0  # nothing was written
+    assert seen(store, T0 + TTL + 1)["a"] == T0 + TTL - S
+    write(store, instance("a"), now_ns=T0 + TTL + 1)
+    assert rows(store, T0 + TTL + 1)["job"].failure_count == 1  # lost
+    assert beat(store, instance("a"), T0 + TTL + 2)  # closed already: nothing to do
+    write(store, instance("b"), now_ns=T0 + TTL + 2)
+    store.write(
+        instance("b"), [], now_ns=T0 + TTL + 3, instance_ttl_ns=TTL, margin_ns=MARGIN, stopping=True
+    )
+    assert not beat(store, instance("a"), T0 + TTL + 4)  # stopped: to be closed at once
+    assert not beat(store, instance("b"), T0 + TTL + 4)  # stopped itself
+    assert not beat(store, instance("a"), T0 + TTL + 4, store_id="another")
+
+
+def test_a_heartbeat_is_refused_for_an_instance_taken_for_dead(make_store: StoreFactory) -> None:
+    store = make_store()
+    write(store, instance("slow"), change(open_runs=((1, T0),), stall_after_ns=300 * S))
+    write(store, instance("judge"), now_ns=T0 + TTL)
+    write(store, instance("judge"), now_ns=T0 + TTL + 1)  # closes "slow"
+    assert not beat(store, instance("slow"), T0 + TTL + 2)
+    result = store.write(
+        instance("slow"), [], now_ns=T0 + TTL + 2, instance_ttl_ns=TTL, margin_ns=MARGIN
+    )
+    assert result.revived
+    assert beat(store, instance("slow"), T0 + TTL + 3)
+
+
+def test_a_heartbeat_is_refused_once_a_slot_is_past_its_grace_and_the_margin(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    slot = T0 + 60 * S
+    hourly = {"schedule": "@every 1h"}
+    write(store, instance("a"), change(settings=hourly, next_run=(slot, 5 * S)))
+    due = slot + 5 * S + MARGIN  # what a write counts as overdue from
+    assert beat(store, instance("a"), due - 1_000_001)
+    assert not beat(store, instance("a"), due)
+    assert rows(store, due)["job"].missed_count == 0  # the write counts it
+    write(store, instance("a"), now_ns=due)
+    row = rows(store, due)["job"]
+    assert (row.missed_count, row.next_run_ns) == (1, slot + 3600 * S)
+    assert beat(store, instance("a"), due + S)  # its next slot is an hour away
+    write(store, instance("a"), change(next_run=(None, 0)), now_ns=due + 2 * S)  # unscheduled
+    assert beat(store, instance("a"), due + 7200 * S)
+
+
 def test_a_slot_missed_while_nothing_ran_is_counted_once(make_store: StoreFactory) -> None:
     store = make_store()
     hourly = {"schedule": "@hourly", "timezone": "UTC"}

@@ -274,6 +274,27 @@ class Store(Protocol):
         `UnsureWrite` if the write may have been taken although it failed."""
         ...
 
+    def beat(
+        self,
+        instance: Instance,
+        *,
+        now_ns: int,
+        instance_ttl_ns: int,
+        margin_ns: int,
+        expected_store_id: str,
+    ) -> bool:
+        """The instance's heartbeat alone, stored only if it is all that a `write` of no
+        changes would store; True if stored. False, with nothing stored, if such a write
+        could do more: another instance to close (stopped, or not seen for
+        `instance_ttl_ns`), a job's expected run `margin_ns` past its grace, this instance
+        taken for dead or not written yet, or a store other than `expected_store_id`:
+        `write` is called then. It may come between another writer's reading and writing
+        (a heartbeat changes nothing that writer decides on: had it taken this instance for
+        dead, it still closes it, and this instance's next write finds it revived). Reads
+        no job's row: what an idle process's heartbeat costs does not grow with the jobs
+        the others change."""
+        ...
+
     def read(self, cursor: Cursor | None, *, now_ns: int, instance_ttl_ns: int) -> FleetRead:
         """What changed since `cursor` (everything when None)."""
         ...

@@ -101,6 +101,7 @@ class Publisher:
         self._clock = clock
         self._service, self._version = service, version
         self.flush_interval = flush_interval
+        self._margin_ns = int(flush_interval * 2e9)  # see `judging_time`
         self._ttl_ns = int(instance_ttl * 1e9)
         self._retention_ns = int(retention * 1e9)
         self._buffer_runs = buffer_runs
@@ -271,7 +272,9 @@ class Publisher:
         try:
             if self._unsure is not None:
                 self._settle(*self._unsure)
-            result = self._write(now_ns, stopping)
+            result = None if self._pending or stopping else self._beat(now_ns)
+            if result is None:
+                result = self._write(now_ns, stopping)
             if not result.applied:  # a new, empty store: it gets the whole view again
                 self._reset(result.store_id)
                 result = self._write(now_ns, stopping)
@@ -300,13 +303,28 @@ class Publisher:
             list(self._pending.values()),
             now_ns=now_ns,
             instance_ttl_ns=self._ttl_ns,
-            margin_ns=int(self.flush_interval * 2e9),
+            margin_ns=self._margin_ns,
             stopping=stopping,
             expected_store_id=self._store_id,
         )
         if result.applied:
             self._store_id = result.store_id
         return result
+
+    def _beat(self, now_ns: int) -> WriteResult | None:
+        """With nothing to write, the heartbeat alone if the store takes it as all there is
+        to write (an idle process then reads none of the rows the others change); None if
+        it does not, and a write is made instead."""
+        store_id = self._store_id
+        if store_id is None or not self.store.beat(
+            self.instance,
+            now_ns=now_ns,
+            instance_ttl_ns=self._ttl_ns,
+            margin_ns=self._margin_ns,
+            expected_store_id=store_id,
+        ):
+            return None
+        return WriteResult(store_id)
 
     def _settle(self, settle: Callable[[], bool], sent: Sequence[JobChange]) -> None:
         """The write of `sent` whose reply was lost: if the store took it, done with; else

@@ -14,6 +14,8 @@ Keys, under a prefix (``jobpulse:<namespace>:<service>:`` by default, or the URL
 ``lock``                    the write lock: a token, with a deadline (``PX``)
 ``names``, ``rows``         hashes: job name to id; id to the job's row (JSON values)
 ``changed``                 sorted set: job id by the seq of its row's last change
+``due``                     sorted set: job id by when its expected run plus grace passes
+                            (ms): what a heartbeat alone looks at
 ``instances``               hash: instance id to its record (JSON), heartbeat included
 ``applied:<instance>``      the id of the instance's last write taken (or of one refused
                             for good); expires as ``open:``
@@ -39,7 +41,9 @@ still holds the lock: the whole write is atomic, and a writer that lost its lock
 past the lock's deadline) writes nothing. Each write has an id, and is taken only if the
 instance's last write taken is the one its writer read (``applied:<instance>``): a write
 whose reply was lost (`UnsureWrite`) is settled before the next one, and one that reaches
-Redis late is refused. A read is one script: a consistent snapshot.
+Redis late is refused. A process with nothing to write sends its heartbeat alone (one
+script, `RedisStore.beat`) unless a write could do more: an instance to close, or a job
+in ``due`` whose time has passed. A read is one script: a consistent snapshot.
 Nothing grows without bound when a process dies: its records expire or are pruned.
 """
 
@@ -98,6 +102,7 @@ _RECENT_WRITES = 256
 _FIELDS = operator.itemgetter(0, 1, 2)  # a run's start_ns, duration_ns and end_ns
 _CATEGORY = operator.itemgetter(3)
 _LITTLE_ENDIAN = sys.byteorder == "little"
+_MS = 1_000_000  # ns
 
 # ARGV[1] is the prefix of every key; the scripts name their keys themselves (one Redis, not
 # a cluster).
@@ -146,7 +151,8 @@ if redis.call('HSETNX', p .. 'meta', 'store_id', ARGV[2]) == 1 then
   for _, who in ipairs(redis.call('HKEYS', p .. 'instances')) do
     redis.call('DEL', p .. 'open:' .. who, p .. 'lost:' .. who, p .. 'applied:' .. who)
   end
-  for _, key in ipairs({'names', 'rows', 'changed', 'ran', 'recent', 'written', 'instances'}) do
+  for _, key in ipairs({'names', 'rows', 'changed', 'due', 'ran', 'recent', 'written',
+                        'instances'}) do
     redis.call('DEL', p .. key)
   end
 end
@@ -163,8 +169,9 @@ return {meta, me or false, ids, values, instances, open, lost, applied}
 
 #: Stores a write's plan if ARGV[2] still holds the lock, then lets the lock go. The
 #: arguments: prefix, token, instance id, its record, seq, last job id, retention (ms),
-#: history (ms), now (ms), the rows' ids and values, the write's id, the id of the
-#: instance's last write taken as the writer read it, a counted group of names (name, id),
+#: history (ms), now (ms), the rows' ids, values and due times (ms, "" for none), the
+#: write's id, the id of the instance's last write taken as the writer read it, a counted
+#: group of names (name, id),
 #: the runs' jobs, packed runs and categories (a JSON object of the jobs that have
 #: failures, or ""), how many writes `recent` keeps, then counted groups: open runs (job
 #: id, runs or "" for none), closed instances (id, record), lost runs (instance,
@@ -176,7 +183,7 @@ if redis.call('GET', p .. 'lock') ~= ARGV[2] then
   return redis.error_reply('JOBPULSE the write lock was lost (held past its deadline)')
 end
 local me, seq, retention, history, now = ARGV[3], ARGV[5], ARGV[7], ARGV[8], ARGV[9]
-if (redis.call('GET', p .. 'applied:' .. me) or '') ~= ARGV[13] then
+if (redis.call('GET', p .. 'applied:' .. me) or '') ~= ARGV[14] then
   return redis.error_reply('JOBPULSE another write of this instance was taken, or refused')
 end
 local i
@@ -210,17 +217,25 @@ local function by_chunks(command, key, values)
   end
 end
 redis.call('HSET', p .. 'instances', me, ARGV[4])
-redis.call('SET', p .. 'applied:' .. me, ARGV[12], 'PX', retention)
--- Rows: their ids (comma-separated), their values (one per line).
-local ids, rows = split(ARGV[10], ','), split(ARGV[11], '\\n')
-local pairs_, scores = {}, {}
+redis.call('SET', p .. 'applied:' .. me, ARGV[13], 'PX', retention)
+-- Rows: their ids (comma-separated), their values (one per line), when each is due: its
+-- expected run plus grace, in ms (comma-separated, "" for none).
+local ids, rows, due = split(ARGV[10], ','), split(ARGV[11], '\\n'), split(ARGV[12], ',')
+local pairs_, scores, dues, undue = {}, {}, {}, {}
 for k = 1, #ids do
   pairs_[#pairs_ + 1] = ids[k]; pairs_[#pairs_ + 1] = rows[k]
   scores[#scores + 1] = seq; scores[#scores + 1] = ids[k]
+  if (due[k] or '') == '' then
+    undue[#undue + 1] = ids[k]
+  else
+    dues[#dues + 1] = due[k]; dues[#dues + 1] = ids[k]
+  end
 end
 by_chunks('HSET', p .. 'rows', pairs_)
 by_chunks('ZADD', p .. 'changed', scores)
-i = 14
+by_chunks('ZADD', p .. 'due', dues)
+by_chunks('ZREM', p .. 'due', undue)
+i = 15
 local first, n = group(2)
 chunked('HSET', p .. 'names', first, n, 2, function(at) return {ARGV[at], ARGV[at + 1]} end)
 -- Runs: "<job>:<runs>:<maxlen>:<1 to push its expiry back>" per job (comma-separated),
@@ -391,6 +406,33 @@ for at = 5 + 2 * jobs, #ARGV do
   redis.call('DEL', p .. 'open:' .. ARGV[at], p .. 'lost:' .. ARGV[at], p .. 'applied:' .. ARGV[at])
 end
 redis.call('DEL', p .. 'lock')
+return 1
+"""
+
+#: An instance's heartbeat alone (`RedisStore.beat`): (prefix, store id, instance id, its
+#: record, its last seen (ns), the last seen (ns) below which another instance may be
+#: dead, the due time (ms) from which a job is overdue, retention (ms)). 1 if stored; 0,
+#: with nothing stored, if a write could do more. Records are JSON arrays: [6] is the last
+#: seen, [7] stopped, [8] closed (Lua counts from 1; a double holds the ns to within a
+#: microsecond: the caller leaves a millisecond's room).
+_BEAT = """
+local p, me = ARGV[1], ARGV[3]
+if redis.call('HGET', p .. 'meta', 'store_id') ~= ARGV[2] then return 0 end
+local mine = redis.call('HGET', p .. 'instances', me)
+if not mine then return 0 end
+local record = cjson.decode(mine)
+if record[7] ~= 0 or record[8] ~= 0 then return 0 end
+local instances = redis.call('HGETALL', p .. 'instances')
+for k = 1, #instances, 2 do
+  if instances[k] ~= me then
+    local other = cjson.decode(instances[k + 1])
+    if other[8] == 0 and (other[7] ~= 0 or other[6] < tonumber(ARGV[6])) then return 0 end
+  end
+end
+if #redis.call('ZRANGEBYSCORE', p .. 'due', '-inf', ARGV[7], 'LIMIT', 0, 1) > 0 then return 0 end
+if record[6] < tonumber(ARGV[5]) then redis.call('HSET', p .. 'instances', me, ARGV[4]) end
+redis.call('PEXPIRE', p .. 'open:' .. me, ARGV[8])
+redis.call('PEXPIRE', p .. 'applied:' .. me, ARGV[8])
 return 1
 """
 
@@ -584,6 +626,7 @@ class RedisStore:
         self._release = self._client.register_script(_RELEASE)
         self._settle_script = self._client.register_script(_SETTLE)
         self._take = self._client.register_script(_TAKE)
+        self._beat = self._client.register_script(_BEAT)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._token = uuid.uuid4().hex  # the write lock's, as this object takes it
@@ -780,8 +823,11 @@ class RedisStore:
             seq += 1
         ids: list[str] = []
         rows: list[str] = []  # JSON has no raw line break
+        due: list[str] = []  # for `beat`: a job is overdue from then on
         names: list[Any] = []
         for row in plan.rows.values():
+            next_run_ns = row.next_run_ns
+            due.append("" if next_run_ns is None else str((next_run_ns + row.grace_ns) // _MS))
             id = known.get_id(row.name)
             if id is None:
                 last_job += 1
@@ -827,7 +873,7 @@ class RedisStore:
                 args=[
                     *(self.prefix, token, instance.id, record, seq, last_job),
                     *(self._retention_ms, _HISTORY_MS, now_ns // 1_000_000),
-                    *(",".join(ids), "\n".join(rows), write_id, applied),
+                    *(",".join(ids), "\n".join(rows), ",".join(due), write_id, applied),
                     *(len(names) // 2, *names),
                     *(",".join(specs), packed, encode(categories) if categories else ""),
                     _RECENT_WRITES,
@@ -843,6 +889,29 @@ class RedisStore:
                 functools.partial(self._settle, instance.id, write_id),
             ) from None
         known.seq = seq
+
+    def beat(
+        self,
+        instance: Instance,
+        *,
+        now_ns: int,
+        instance_ttl_ns: int,
+        margin_ns: int,
+        expected_store_id: str,
+    ) -> bool:
+        with self._write_lock:
+            beaten = self._beat(
+                args=[
+                    *(self.prefix, expected_store_id, instance.id),
+                    *(_record(instance, now_ns, stopped=False), now_ns),
+                    # A millisecond's room for the script's doubles: never a beat where a
+                    # write would have closed an instance or claimed a slot.
+                    now_ns - instance_ttl_ns + _MS,
+                    (now_ns - margin_ns) // _MS,
+                    self._retention_ms,
+                ]
+            )
+        return bool(beaten)
 
     def _settle(self, instance_id: str, write_id: str) -> bool:
         """Whether the instance's write `write_id` was taken; if not, it never will be."""

@@ -511,6 +511,46 @@ class SQLiteStore:
                 raise
             return result
 
+    def beat(
+        self,
+        instance: Instance,
+        *,
+        now_ns: int,
+        instance_ttl_ns: int,
+        margin_ns: int,
+        expected_store_id: str,
+    ) -> bool:
+        with self._write_lock:
+            db = self._check_writer()
+            if expected_store_id != self._store_id:
+                return False
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                mine = db.execute(
+                    "SELECT stopped, closed FROM instances WHERE id = ?", (instance.id,)
+                ).fetchone()
+                beaten = (
+                    mine == (0, 0)
+                    and db.execute(
+                        "SELECT 1 FROM instances WHERE id != ? AND closed = 0"
+                        " AND (stopped != 0 OR last_seen_ns < ?) LIMIT 1",
+                        (instance.id, now_ns - instance_ttl_ns),
+                    ).fetchone()
+                    is None
+                    and not self._overdue(db, now_ns, margin_ns, limit=1)
+                )
+                if beaten:
+                    db.execute(
+                        "UPDATE instances SET last_seen_ns = max(last_seen_ns, ?) WHERE id = ?",
+                        (now_ns, instance.id),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return beaten
+
     def _write_locked(
         self,
         db: sqlite3.Connection,
@@ -669,14 +709,14 @@ class SQLiteStore:
         return seq, int(meta["last_job"])
 
     @staticmethod
-    def _overdue(db: sqlite3.Connection, now_ns: int, margin_ns: int) -> list[str]:
+    def _overdue(db: sqlite3.Connection, now_ns: int, margin_ns: int, limit: int = -1) -> list[str]:
         # grace is at most 300 s: the index narrows to slots at least that far in the past.
         return [
             name
             for (name,) in db.execute(
                 "SELECT name FROM jobs WHERE next_run_ns IS NOT NULL AND next_run_ns <= ?"
-                " AND next_run_ns + grace_ns + ? <= ?",
-                (now_ns, margin_ns, now_ns),
+                " AND next_run_ns + grace_ns + ? <= ? LIMIT ?",
+                (now_ns, margin_ns, now_ns, limit),
             )
         ]
 
