@@ -138,7 +138,7 @@ class JobChange:
     ran_in: tuple[int, ...] = ()
 
 
-@dataclass
+@dataclass(slots=True)
 class FleetRow:
     """The fleet's view of one job, as a store holds it. See `jobpulse.store._merge`."""
 
