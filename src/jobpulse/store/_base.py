@@ -9,6 +9,8 @@ says how an instance's change folds into it, whichever backend holds the row.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -28,7 +30,10 @@ __all__ = [
     "Store",
     "UnsureWrite",
     "WriteResult",
+    "little_endian",
 ]
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 class FinishedRun(NamedTuple):
@@ -307,3 +312,13 @@ class Store(Protocol):
     def after_fork(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def little_endian(typecode: str, data: bytes | memoryview) -> array[int]:
+    """The integers that `data` holds little-endian (as both backends pack runs), in an
+    array of this host's order."""
+    values = array(typecode)
+    values.frombytes(data)
+    if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian hosts
+        values.byteswap()
+    return values

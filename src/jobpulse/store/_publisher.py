@@ -186,8 +186,12 @@ class Publisher:
             change = self._change_of(job)
             if seed:
                 change.seed_last = job.last
-            old = self._pending.get(job.name)
-            self._pending[job.name] = change if old is None else _merge(old, change)
+            self._pend(change)
+
+    def _pend(self, change: JobChange) -> None:
+        """`change` waits for the next write, folded into what waits for its job."""
+        old = self._pending.get(change.name)
+        self._pending[change.name] = change if old is None else _merge(old, change)
 
     def _change_of(self, job: LocalJob) -> JobChange:
         published = self._published.get(job.name)
@@ -342,9 +346,8 @@ class Publisher:
         self._pending = {}
         for change in sent:
             self._pending[change.name] = change
-        for name, change in pending.items():
-            old = self._pending.get(name)
-            self._pending[name] = change if old is None else _merge(old, change)
+        for change in pending.values():
+            self._pend(change)
 
     def _reopen(self) -> None:
         """Every job's runs in progress are sent again with the next write."""

@@ -56,12 +56,10 @@ import json
 import operator
 import os
 import struct
-import sys
 import threading
 import time
 import uuid
 import weakref
-from array import array
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -75,6 +73,7 @@ from jobpulse.store._base import (
     RunBatch,
     UnsureWrite,
     WriteResult,
+    little_endian,
 )
 from jobpulse.store._rows import KnownRows, Rows, encode, row_of
 from jobpulse.store._write import StoredInstance, WritePlan, WriteState, plan_write
@@ -102,7 +101,6 @@ _PRUNE_MS = 55_000  # one prune a minute for the service, whichever process does
 _RECENT_WRITES = 256
 _FIELDS = operator.itemgetter(0, 1, 2)  # a run's start_ns, duration_ns and end_ns
 _CATEGORY = operator.itemgetter(3)
-_LITTLE_ENDIAN = sys.byteorder == "little"
 _MS = 1_000_000  # ns
 
 # ARGV[1] is the prefix of every key; the scripts name their keys themselves (one Redis, not
@@ -480,10 +478,7 @@ def _unpack(
 ) -> tuple[tuple[int, int, int, str | None], ...]:
     """`_pack` undone, with each run's category from `categories` (JSON; none: all
     succeeded)."""
-    fields = array("q")
-    fields.frombytes(packed)
-    if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian hosts
-        fields.byteswap()
+    fields = little_endian("q", packed)
     named = json.loads(categories) if categories else itertools.repeat(None)
     return tuple(zip(fields[0::3], fields[1::3], fields[2::3], named, strict=False))
 
@@ -492,10 +487,7 @@ def _unpack_write(
     specs: bytes, packed: bytes, categories: bytes
 ) -> list[tuple[int, tuple[tuple[int, int, int, str | None], ...]]]:
     """An entry of `recent` undone: per job (id, its runs)."""
-    fields = array("q")
-    fields.frombytes(packed)
-    if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian hosts
-        fields.byteswap()
+    fields = little_endian("q", packed)
     nothing: Iterator[str | None] = itertools.repeat(None)
     every = list(zip(fields[0::3], fields[1::3], fields[2::3], nothing, strict=False))
     named = json.loads(categories) if categories else {}
@@ -625,7 +617,7 @@ class RedisStore:
         self._release = self._client.register_script(_RELEASE)
         self._settle_script = self._client.register_script(_SETTLE)
         self._take = self._client.register_script(_TAKE)
-        self._beat = self._client.register_script(_BEAT)
+        self._beat_script = self._client.register_script(_BEAT)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._token = uuid.uuid4().hex  # the write lock's, as this object takes it
@@ -899,7 +891,7 @@ class RedisStore:
         expected_store_id: str,
     ) -> bool:
         with self._write_lock:
-            beaten = self._beat(
+            beaten = self._beat_script(
                 args=[
                     *(self.prefix, expected_store_id, instance.id),
                     *(_record(instance, now_ns, stopped=False), now_ns),

@@ -13,6 +13,7 @@ in one transaction. A file written by a newer version is refused with
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import operator
@@ -24,7 +25,7 @@ import time
 import uuid
 import weakref
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from jobpulse.store._base import (
     OpenRun,
     RunBatch,
     WriteResult,
+    little_endian,
 )
 from jobpulse.store._rows import ROW_FIELDS, KnownRows, Rows, encode
 from jobpulse.store._write import StoredInstance, WriteState, plan_write
@@ -81,14 +83,6 @@ def _pack_runs(
     return b"".join(map(array.tobytes, parts))
 
 
-def _array(typecode: str, data: memoryview) -> array[int]:
-    values = array(typecode)
-    values.frombytes(data)
-    if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian hosts
-        values.byteswap()
-    return values
-
-
 def _unpack_runs(
     value: bytes, categories: Sequence[str | None]
 ) -> list[tuple[int, tuple[tuple[int, int, int, str | None], ...]]]:
@@ -97,9 +91,9 @@ def _unpack_runs(
     view = memoryview(value)
     jobs = int.from_bytes(view[:8], "little")
     runs = (len(value) - 8 - 16 * jobs) // 26
-    header = _array("q", view[8 : 8 + 16 * jobs])
-    fields = _array("q", view[8 + 16 * jobs : 8 + 16 * jobs + 24 * runs])
-    codes = _array("H", view[8 + 16 * jobs + 24 * runs :])
+    header = little_endian("q", view[8 : 8 + 16 * jobs])
+    fields = little_endian("q", view[8 + 16 * jobs : 8 + 16 * jobs + 24 * runs])
+    codes = little_endian("H", view[8 + 16 * jobs + 24 * runs :])
     every = list(
         zip(
             fields[:runs],
@@ -316,6 +310,20 @@ def _until_free(work: Callable[[], T]) -> T:
         time.sleep(0.01)  # another process's lock: nothing to wait on here
 
 
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction (``BEGIN IMMEDIATE``): committed, or rolled back if the block
+    raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 def _signed(run_id: int) -> int:
     # Run ids are span ids, 64-bit unsigned; SQLite's integers are signed.
     return run_id - (1 << 64) if run_id >= 1 << 63 else run_id
@@ -435,8 +443,7 @@ class SQLiteStore:
         return self._reader
 
     def _migrate(self, connection: sqlite3.Connection) -> None:
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(connection):
             version = self._schema_version(connection)
             if version > SCHEMA_VERSION:
                 raise StoreVersionError(
@@ -461,10 +468,6 @@ class SQLiteStore:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
 
     @staticmethod
     def _schema_version(connection: sqlite3.Connection) -> int:
@@ -496,20 +499,16 @@ class SQLiteStore:
             connection = self._check_writer()
             if expected_store_id is not None and expected_store_id != self._store_id:
                 return WriteResult(self._store_id, applied=False)
-            connection.execute("BEGIN IMMEDIATE")
             try:
-                result = self._write_locked(
-                    connection, instance, changes, now_ns, instance_ttl_ns, margin_ns, stopping
-                )
-                connection.execute("COMMIT")
+                with _immediate(connection):
+                    return self._write_locked(
+                        connection, instance, changes, now_ns, instance_ttl_ns, margin_ns, stopping
+                    )
             except BaseException:
                 # The known rows were changed in place: all are read again at the next write.
                 self._known.forget()
                 self._codes = {None: 0}
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
                 raise
-            return result
 
     def beat(
         self,
@@ -524,8 +523,7 @@ class SQLiteStore:
             db = self._check_writer()
             if expected_store_id != self._store_id:
                 return False
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(db):
                 mine = db.execute(
                     "SELECT stopped, closed FROM instances WHERE id = ?", (instance.id,)
                 ).fetchone()
@@ -544,11 +542,6 @@ class SQLiteStore:
                         "UPDATE instances SET last_seen_ns = max(last_seen_ns, ?) WHERE id = ?",
                         (now_ns, instance.id),
                     )
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
             return beaten
 
     def _write_locked(
@@ -820,8 +813,7 @@ class SQLiteStore:
 
     def _prune(self, now_ns: int, history_ns: int, retention_ns: int) -> None:
         connection = self._check_writer()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(connection):
             connection.execute("DELETE FROM run_writes WHERE end_ns < ?", (now_ns - history_ns,))
             connection.execute(
                 "DELETE FROM instances WHERE (closed = 1 OR stopped = 1) AND last_seen_ns < ?",
@@ -844,11 +836,6 @@ class SQLiteStore:
                 connection.execute(
                     "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
                 )
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
 
     def after_fork(self) -> None:
         # No I/O here (it runs inside os.fork, and the file may be locked by another
