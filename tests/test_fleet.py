@@ -454,6 +454,7 @@ def test_a_write_whose_reply_was_lost_is_counted_once_whether_taken_or_not(
         assert status is not None
         assert (status.success_count, status.failure_count) == (9, 1)
         assert len(reader.history("job")) == 10
+        assert reader.history("job", limit=3) == reader.history("job")[:3]
         assert status.consecutive_failures == 0
         other = reader.status("other")
         assert other is not None

@@ -59,6 +59,22 @@ def test_history_is_newest_first_with_outcome_and_category(
     assert monitor.history("never_ran") == []
 
 
+def test_history_with_a_limit_is_the_runs_that_ended_last(
+    monitor: JobMonitor, clock: FakeClock
+) -> None:
+    for seconds in (1, 2, 3, 4):
+        run_for(monitor, clock, "sync", seconds)
+        clock.advance(10)
+    everything = monitor.history("sync")
+    assert [record.duration_seconds for record in everything] == [4.0, 3.0, 2.0, 1.0]
+    assert monitor.history("sync", limit=2) == everything[:2]
+    assert monitor.history("sync", limit=10) == everything
+    assert monitor.history("sync", limit=0) == []
+    assert monitor.history("unknown", limit=3) == []
+    with pytest.raises(ValueError, match="limit must be at least 0"):
+        monitor.history("sync", limit=-1)
+
+
 def test_percentiles_and_success_rate(monitor: JobMonitor, clock: FakeClock) -> None:
     for i in range(1, 101):  # 1 s .. 100 s, every 10th run fails
         if i % 10 == 0:

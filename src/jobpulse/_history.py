@@ -220,9 +220,12 @@ class RunHistory:
         cumulative = list(accumulate(self._ok_counts[low : self._highest + 1]))
         return successes, _quantile(cumulative, successes, q, low)
 
-    def records(self) -> list[tuple[int, float, int]]:
-        """(start_ns, duration_seconds, code) of every held run, oldest-ended first."""
+    def records(self, limit: int | None = None) -> list[tuple[int, float, int]]:
+        """(start_ns, duration_seconds, code) of every held run, or of the `limit` that
+        ended last, oldest-ended first."""
         head = self._head
+        if limit is not None:
+            head = max(head, len(self._starts) - limit)
         return list(
             zip(self._starts[head:], self._durations[head:], self._codes[head:], strict=True)
         )

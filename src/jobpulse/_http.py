@@ -135,7 +135,7 @@ def job_response(monitor: JobMonitor, name: str, limit_text: str | None) -> Resp
         if status is None:
             return json_response({"error": "job not found", "job_name": name}, 404)
         health = evaluate({name: status})
-        history = monitor.history(name)[:limit]
+        history = monitor.history(name, limit)
         content = {
             "status": health.value,
             "timestamp": rfc3339(from_ns(monitor._clock.time_ns())),

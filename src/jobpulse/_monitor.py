@@ -1081,13 +1081,16 @@ class JobMonitor:
         """The pending counts reported with `set_pending`."""
         return self._registry.pending()
 
-    def history(self, name: str) -> list[RunRecord]:
+    def history(self, name: str, limit: int | None = None) -> list[RunRecord]:
         """The job's finished runs of the last 24 hours, newest first, at most `max_history`
-        of them ([] for an unknown job). With a store, the runs of every instance."""
-        local = functools.partial(self._registry.history, name)
+        of them ([] for an unknown job); with `limit`, the `limit` runs that ended last.
+        With a store, the runs of every instance."""
+        if limit is not None and limit < 0:
+            raise InvalidJobError(f"limit must be at least 0, got {limit}")
+        local = functools.partial(self._registry.history, name, limit)
         if self._store is None:
             return local()
-        return self._store.read(lambda fleet: fleet.history(name), local)
+        return self._store.read(lambda fleet: fleet.history(name, limit), local)
 
     def instances(self) -> list[Instance]:
         """The processes writing to the store, with service, host, pid, last heartbeat and

@@ -757,8 +757,9 @@ class StatusRegistry:
             names = self._sorted_names = sorted(self._jobs)
         return names
 
-    def history(self, name: str) -> list[RunRecord]:
-        """The job's runs of the last 24 hours, newest first ([] for an unknown job)."""
+    def history(self, name: str, limit: int | None = None) -> list[RunRecord]:
+        """The job's runs of the last 24 hours, newest first ([] for an unknown job); with
+        `limit`, the `limit` runs that ended last."""
         self._close_lost()
         now_ns = self._clock.time_ns()
         with self._lock:
@@ -767,7 +768,7 @@ class StatusRegistry:
             if job is None or history is None:
                 return []
             job.prune_history(now_ns)
-            records = history.records()
+            records = history.records(limit)
             categories = tuple(self._categories)
         return run_records(records, categories)
 

@@ -267,7 +267,7 @@ class FleetView:
                 return None
             return job.cached_status(now_ns)
 
-    def history(self, name: str) -> list[RunRecord]:
+    def history(self, name: str, limit: int | None = None) -> list[RunRecord]:
         with self._lock:
             now_ns = self._refresh()
             job = self._jobs.get(name)
@@ -275,7 +275,7 @@ class FleetView:
             if history is None:
                 return []
             history.prune(now_ns)
-            records = history.records()
+            records = history.records(limit)
             categories = tuple(self._categories)
         return run_records(records, categories)
 
