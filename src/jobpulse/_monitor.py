@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from opentelemetry import context as context_api
 from opentelemetry import metrics, trace
@@ -60,7 +60,7 @@ from jobpulse._validation import (
 )
 from jobpulse._version import __version__
 
-__all__ = ["JobMonitor", "JobRun", "record_failure", "set_metadata"]
+__all__ = ["JobMonitor", "JobRun", "RunInProgress", "record_failure", "set_metadata"]
 
 logger = logging.getLogger("jobpulse")
 
@@ -270,6 +270,16 @@ class _Outcome:
         self.abandoned = False
         self.result: Any = None
         self.error: BaseException | None = None
+
+
+class RunInProgress(NamedTuple):
+    """A run of a job that has not ended, as `JobMonitor._runs_in_progress` gives it."""
+
+    started_at: datetime
+    #: Running past the job's ``stall_after``.
+    stalled: bool
+    #: The id of the store's instance running it; "" without a store (this process).
+    instance: str
 
 
 class JobMonitor:
@@ -1098,6 +1108,26 @@ class JobMonitor:
         if self._store is None:
             return [self._local_instance()]
         return self._store.instances()
+
+    def _runs_in_progress(self, name: str) -> tuple[str, list[RunInProgress]]:
+        """The store's instance that started the job's latest run ("" if none is known, and
+        without a store), and the job's runs in progress (the fleet's, with a store), oldest
+        first. For the status page: a stalled run's start, and who runs the job."""
+        link = self._store
+
+        def local() -> tuple[str, list[tuple[int, bool, str]]]:
+            here = "" if link is None else link.publisher.instance.id
+            return "", [
+                (start, stalled, here) for start, stalled in self._registry.runs_in_progress(name)
+            ]
+
+        if link is None:
+            runner, runs = local()
+        else:
+            runner, runs = link.read(lambda fleet: fleet.runs_in_progress(name), local)
+        return runner, [
+            RunInProgress(from_ns(start), stalled, where) for start, stalled, where in runs
+        ]
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Write what this process has not yet written to its store, and wait until it is

@@ -757,6 +757,19 @@ class StatusRegistry:
             names = self._sorted_names = sorted(self._jobs)
         return names
 
+    def runs_in_progress(self, name: str) -> list[tuple[int, bool]]:
+        """(start in epoch ns, stalled) of each run of the job in progress, oldest first ([]
+        for an unknown job)."""
+        self._close_lost()
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None:
+                return []
+            stalled = job.stalled_ids
+            runs = [(start_ns, run_id in stalled) for run_id, (_, _, start_ns) in job.runs.items()]
+        runs.sort()
+        return runs
+
     def history(self, name: str, limit: int | None = None) -> list[RunRecord]:
         """The job's runs of the last 24 hours, newest first ([] for an unknown job); with
         `limit`, the `limit` runs that ended last."""

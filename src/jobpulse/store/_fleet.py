@@ -65,6 +65,7 @@ class FleetView:
         self._listed: set[str] = set()  # the jobs of the rows read
         self._settings: dict[str, object] = {}  # the settings each job's Job was given
         self._open: dict[str, list[OpenRun]] = {}
+        self._runners: dict[str, str] = {}  # the instance that started each job's latest run
         self._all_open: Sequence[OpenRun] = ()
         self._alive: frozenset[str] = frozenset()
         self._instances: Sequence[Instance] = ()
@@ -187,6 +188,7 @@ class FleetView:
         job.missed_count, job.last_missed_ns = row.missed_count, row.last_missed_ns
         job.skipped_count, job.last_skip_reason = row.skipped_count, row.last_skip_reason
         job.store_dropped = row.history_dropped
+        self._runners[name] = row.runner
 
     def _judge(self, job: Job, now_ns: int) -> None:
         """Set what depends on the open runs and the time (running, stalled, missed) and
@@ -278,6 +280,24 @@ class FleetView:
             records = history.records(limit)
             categories = tuple(self._categories)
         return run_records(records, categories)
+
+    def runs_in_progress(self, name: str) -> tuple[str, list[tuple[int, bool, str]]]:
+        """The instance that started the job's latest run ("" if none is known), and (start
+        in epoch ns, stalled, instance) of each of its runs in progress on a live instance,
+        oldest first."""
+        with self._lock:
+            self._refresh()
+            job = self._jobs.get(name)
+            if job is None or name not in self._listed:
+                return "", []
+            stalled = job.stalled_ids
+            runs = [
+                (run.start_ns, index in stalled, run.instance)
+                for index, run in enumerate(self._open.get(name, ()))
+            ]
+            runner = self._runners.get(name, "")
+        runs.sort()
+        return runner, runs
 
     def instances(self) -> list[Instance]:
         with self._lock:
