@@ -373,10 +373,16 @@ def collect_rows(jobs: Iterable[Job], now_ns: int) -> PendingRows:
     rows: list[HealthRow | None] = []
     stale: list[tuple[int, Job, int, JobRecord | None]] = []
     failures: list[Exception] = []
+    append = rows.append
     for job in jobs:
-        cached = _current_row(job, now_ns)
-        if cached is not None:
-            rows.append(cached)
+        # _current_row, written out: the call was a quarter of a steady poll's pass (22 of
+        # 86 us for 1,000 jobs), and a poller answered 304 pays for nothing else.
+        history = job.history
+        if history is not None and history.quiet_until <= now_ns and history.prune(now_ns):
+            job.version += 1
+        cached = job.member
+        if cached is not None and cached[0] == job.version:
+            append(cached[1])
         else:
             record = None
             try:
@@ -384,7 +390,7 @@ def collect_rows(jobs: Iterable[Job], now_ns: int) -> PendingRows:
             except Exception as exc:  # noqa: BLE001 - reported once the lock is released
                 failures.append(exc)
             stale.append((len(rows), job, job.version, record))
-            rows.append(None)
+            append(None)
     return PendingRows(rows, stale, failures)
 
 

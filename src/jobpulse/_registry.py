@@ -168,6 +168,9 @@ class StatusRegistry:
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._sorted_names: list[str] | None = None  # reset whenever a job comes or goes
+        # The jobs in that order, with the list of names they were taken from (valid while
+        # that list is the current one): a health poll walks it without a lookup per job.
+        self._sorted_jobs: tuple[list[str], list[Job]] | None = None
         self._pending: dict[str, int] = {}
         self._last_prune_ns: int | None = None
         self._refused: set[str] = set()
@@ -747,7 +750,7 @@ class StatusRegistry:
         now_ns = self._clock.time_ns()
         with self._lock:
             dropped = self._prune_locked(now_ns)
-            pending = collect_rows(map(self._jobs.__getitem__, self._sorted_locked()), now_ns)
+            pending = collect_rows(self._sorted_jobs_locked(), now_ns)
         _log_dropped(dropped, self._retention_ns)
         return finish_rows(pending)
 
@@ -756,6 +759,13 @@ class StatusRegistry:
         if names is None:
             names = self._sorted_names = sorted(self._jobs)
         return names
+
+    def _sorted_jobs_locked(self) -> list[Job]:
+        names = self._sorted_locked()
+        cached = self._sorted_jobs
+        if cached is None or cached[0] is not names:
+            cached = self._sorted_jobs = (names, [self._jobs[name] for name in names])
+        return cached[1]
 
     def runs_in_progress(self, name: str) -> list[tuple[int, bool]]:
         """(start in epoch ns, stalled) of each run of the job in progress, oldest first ([]
