@@ -34,7 +34,14 @@ from jobpulse._exceptions import (
 )
 from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard, report_foreign_error, report_internal_error
-from jobpulse._health import PROCESS_VIEW, HealthDocument, HealthReport, HealthStatus, evaluate
+from jobpulse._health import (
+    PROCESS_VIEW,
+    HealthDocument,
+    HealthReport,
+    HealthSnapshot,
+    HealthStatus,
+    evaluate,
+)
 from jobpulse._instruments import METER_NAME, Instruments, validate_namespace
 from jobpulse._model import JobsSummary, JobStatus, RunRecord, from_ns, to_ns
 from jobpulse._processor import ARMED, JobStatusProcessor, span_attribute
@@ -1165,18 +1172,24 @@ class JobMonitor:
         return status, b"".join(parts)
 
     def _health_parts(self) -> tuple[HealthStatus, list[bytes]]:
+        snapshot = self._health_snapshot()
+        return snapshot.status, snapshot.parts()
+
+    def _health_snapshot(self) -> HealthSnapshot:
+        """The view as the endpoint serves it (the fleet's, with a store that can be read)."""
         started = time.perf_counter()
         link = self._store
         if link is None:
             rows = self._registry.health_rows()
-            return self._health_document.parts(rows, from_ns(self._clock.time_ns()), started)
+            return self._health_document.snapshot(rows, from_ns(self._clock.time_ns()), started)
         fleet_rows = link.read(lambda fleet: fleet.health_rows(), lambda: None)
         view = link.view()
         if fleet_rows is None:
             rows = self._registry.health_rows()
-            return self._health_document.parts(rows, from_ns(self._clock.time_ns()), started, view)
+            now = from_ns(self._clock.time_ns())
+            return self._health_document.snapshot(rows, now, started, view)
         now = from_ns(self._clock.time_ns())
-        return self._fleet_document.parts(fleet_rows, now, started, view)
+        return self._fleet_document.snapshot(fleet_rows, now, started, view)
 
     def shutdown(self) -> None:
         """Stop the watchdog and stop tracking. Idempotent. Does not shut down providers the
