@@ -240,7 +240,7 @@ def test_a_missed_and_a_stalled_job_are_named_and_late(
     assert page.row("billing")[0] == "missed"
     assert "unhealthy (503 at the health endpoint)" in page.text
     tags = [attrs for tag, attrs in page.tags if tag == "span" and attrs.get("title")]
-    assert {"class": "state s-stalled", "title": "1 run(s) past 30.0 s"} in tags
+    assert {"class": "state s-stalled", "title": "1 run past the stall threshold of 30.0 s"} in tags
 
 
 def test_sorting_by_each_column_and_back(
@@ -439,7 +439,7 @@ def test_a_job_page_shows_its_figures_runs_settings_and_error(
     page = Page(response.text)
     text = page.text
     assert "failed indexer critical" in text
-    assert "the last 1 runs failed (threshold 2)" in text
+    assert "The last run failed (threshold 2)" in text
     assert "would make the service degraded" in text
     for figure in (
         "Success rate, 24 h 50.0%",
@@ -481,7 +481,7 @@ def test_a_job_that_never_failed_or_failed_before_its_last_success(
     assert "None since the last success" in text
     monitor.register("never")
     text = Page(client.get("/jobs/never").text).text
-    assert "it never ran" in text
+    assert "It never ran" in text
     assert "no finished run in the last 24 hours" in text
     assert "No finished run in the last 24 hours." in text
 
@@ -808,3 +808,48 @@ def test_the_wheel_ships_the_templates(tmp_path: Path) -> None:
     shipped = {f"jobpulse/templates/{path.name}" for path in templates.iterdir()}
     assert {"jobpulse/templates/page.css", "jobpulse/templates/page.js"} < shipped
     assert shipped <= names
+
+
+def test_the_scope_says_whose_view_it_is() -> None:
+    from jobpulse._page import _scope_text
+
+    assert _scope_text({"scope": "process"}) == "this process"
+    assert _scope_text({"scope": "process", "store": "unavailable"}) == (
+        "this process only: the store cannot be read"
+    )
+    fleet = {"scope": "fleet", "store": "degraded", "instances": [{"alive": True}]}
+    assert _scope_text(fleet) == (
+        "the fleet: 1 of 1 instance alive; this process's latest changes are not written yet"
+    )
+
+
+def test_a_job_page_says_what_is_skipped_missed_and_automatic(
+    monitor: JobMonitor, clock: FakeClock, client: httpx.Client
+) -> None:
+    monitor.register("nightly", stall_after="auto")
+    monitor.record_skipped("nightly", reason="overlap")
+    for minutes in (1, 2):
+        monitor.record_missed(
+            "nightly", scheduled_at=T0 + timedelta(minutes=minutes), reason="misfire"
+        )
+    clock.advance(600)
+    text = Page(client.get("/jobs/nightly").text).text
+    assert "Skipped 1" in text
+    assert "Missed slots 2" in text
+    assert "Stall threshold 5 min 00 s (auto)" in text
+    assert "the last missed slot (2 missed in all; earlier slots are counted, not kept)" in text
+
+
+def test_an_instance_gone_from_the_store_is_still_named(
+    fleet: MakeMonitor, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker, web = fleet(), fleet()
+    succeed(worker, "job")
+    assert worker.flush()
+    assert web.flush()
+    monkeypatch.setattr(web, "instances", list)  # as if the store had forgotten them all
+    with page_client(web) as client:
+        rows = _instance_rows(Page(client.get("/jobs/job").text))
+    assert worker._store is not None
+    (row,) = rows
+    assert row == f"{worker._store.publisher.instance.id} ? 0 ? no ? started the latest run"

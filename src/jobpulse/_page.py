@@ -361,19 +361,24 @@ class Row(NamedTuple):
     since_title: str
 
 
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
+
+
 def _state_title(status: JobStatus) -> str:
+    """What the state means for this job, or "" when the word says it all."""
     state = status.state
     if state is JobState.FAILED:
-        return (
-            f"the last {status.consecutive_failures} runs failed "
-            f"(threshold {status.failure_threshold})"
-        )
+        failures = status.consecutive_failures
+        last = "the last run" if failures == 1 else f"the last {failures} runs"
+        return f"{last} failed (threshold {status.failure_threshold})"
     if state is JobState.STALLED:
-        return f"{status.stalled_runs} run(s) past {duration_text(status.stall_after_seconds)}"
+        stall = duration_text(status.stall_after_seconds)
+        return f"{_runs(status.stalled_runs)} past the stall threshold of {stall}"
     if state is JobState.RUNNING:
-        return f"{status.active_runs} run(s) in progress"
+        return f"{_runs(status.active_runs)} in progress"
     if state is JobState.MISSED:
-        return f"missed its scheduled run ({status.missed_count} missed in all)"
+        return f"missed its expected run ({status.missed_count} missed in all)"
     return ""  # pending and success say it all
 
 
@@ -402,7 +407,7 @@ def table_row(status: JobStatus, spark: Sparkline | None, now: datetime, prefix:
         p50=duration_text(status.p50_duration_seconds),
         p95=duration_text(status.p95_duration_seconds),
         rate=rate_text(status.success_rate),
-        rate_title=f"{runs} run{'' if runs == 1 else 's'} in the last 24 h",
+        rate_title=f"{_runs(runs)} in the last 24 h",
         spark=spark,
         since_success=since,
         since_title=since_title,
@@ -847,12 +852,15 @@ def job_context(
         marks.append(mark)
     if in_progress:
         marks.append("the runs in progress, from their start (a stalled one in orange)")
+    sentence = _state_title(status) or (
+        "the last run succeeded" if status.state is JobState.SUCCESS else "it never ran"
+    )
+    sentence = sentence[0].upper() + sentence[1:]
     return {
         "status": status,
         "name": name,
         "state": status.state.value,
-        "state_title": _state_title(status)
-        or ("the last run succeeded" if status.state is JobState.SUCCESS else "it never ran"),
+        "state_title": sentence,
         "health": evaluate({name: status}).value,
         "figures": _figures(status, now),
         "settings": _settings(status),
