@@ -20,6 +20,8 @@ from tests.test_docs import ROOT, blocks_of
 from tests.test_starlette import BAD_LIMITS, assert_json_405, client_for, fail, run_lifespan
 
 JOB_PATH = HEALTH_PATH + "/{name}"
+HEALTH_BADGE_PATH = HEALTH_PATH + "/badge.svg"
+JOB_BADGE_PATH = JOB_PATH + "/badge.svg"
 
 
 @pytest.fixture
@@ -46,7 +48,7 @@ def test_the_router_serves_what_the_starlette_routes_serve(
         health = client.get(prefix + HEALTH_PATH)
         assert health.status_code == 206
         assert health.headers["content-type"] == "application/json"
-        assert health.headers["cache-control"] == "no-store"
+        assert health.headers["cache-control"] == "no-cache"
         assert health.json()["jobs"] == monitor.health().to_dict()["jobs"]
         assert client.get(prefix + HEALTH_PATH + "/").json()["jobs"] == health.json()["jobs"]
 
@@ -80,26 +82,47 @@ def test_the_router_is_in_the_openapi_document(
 ) -> None:
     app = FastAPI()
     app.include_router(router(monitor, registry=registry))
-    app.include_router(router(monitor, metrics=False), prefix="/ops")
+    app.include_router(router(monitor, metrics=False, auth="s3cret"), prefix="/ops")
     with client_for(app) as client:
         document = client.get("/openapi.json").json()
     paths = document["paths"]
     assert set(paths) == {
         HEALTH_PATH,
+        HEALTH_BADGE_PATH,
+        JOB_BADGE_PATH,
         JOB_PATH,
         "/metrics",
         "/ops" + HEALTH_PATH,
+        "/ops" + HEALTH_BADGE_PATH,
+        "/ops" + JOB_BADGE_PATH,
         "/ops" + JOB_PATH,
     }
     for operations in paths.values():
         assert set(operations) == {"get"}  # HEAD is served, not listed twice
         assert operations["get"]["tags"] == ["jobpulse"]
-    health = paths[HEALTH_PATH]["get"]["responses"]
-    assert set(health) == {"200", "206", "503", "405"}
-    schema = health["503"]["content"]["application/json"]["schema"]
+    health = paths[HEALTH_PATH]["get"]
+    assert set(health["responses"]) == {"200", "206", "503", "304", "400", "405"}
+    schema = health["responses"]["503"]["content"]["application/json"]["schema"]
     assert schema["properties"]["status"]["enum"] == ["healthy", "degraded", "unhealthy"]
+    assert "ETag" in health["responses"]["200"]["headers"]
+    assert health["responses"]["400"]["content"]["application/json"]["schema"]["properties"][
+        "valid_states"
+    ] == {"type": "array", "items": {"type": "string"}}
+    parameters = {parameter["name"]: parameter for parameter in health["parameters"]}
+    assert set(parameters) == {"state", "critical", "job", "pretty", "If-None-Match"}
+    assert parameters["state"]["schema"]["items"]["enum"] == [
+        "pending",
+        "running",
+        "success",
+        "failed",
+        "stalled",
+        "missed",
+    ]
+    assert parameters["critical"]["schema"] == {"type": "boolean"}
+    assert parameters["If-None-Match"]["in"] == "header"
     job = paths[JOB_PATH]["get"]
     assert set(job["responses"]) == {"200", "206", "503", "400", "404", "405"}
+    assert "401" in paths["/ops" + JOB_PATH]["get"]["responses"]  # only where auth is given
     parameters = {parameter["name"]: parameter for parameter in job["parameters"]}
     assert parameters["name"]["in"] == "path"
     assert parameters["limit"]["schema"] == {
@@ -108,6 +131,13 @@ def test_the_router_is_in_the_openapi_document(
         "maximum": 10000,
         "default": 100,
     }
+    for path, codes in (
+        (HEALTH_BADGE_PATH, {"200", "304", "405"}),
+        (JOB_BADGE_PATH, {"200", "304", "404", "405"}),
+    ):
+        responses = paths[path]["get"]["responses"]
+        assert set(responses) == codes
+        assert set(responses["200"]["content"]) == {"image/svg+xml"}
     assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {
         "text/plain",
         "application/openmetrics-text",

@@ -92,7 +92,8 @@ def test_health_document_headers_and_body(
         run.set_metadata(blocks=3)
     response = client.get(HEALTH_PATH)
     assert response.headers["content-type"] == "application/json"
-    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["cache-control"] == "no-cache"  # revalidated: see test_pollers
+    assert response.headers["etag"].startswith('W/"')
     body = response.json()
     expected = monitor.health().to_dict()
     assert body["jobs"] == expected["jobs"]
@@ -270,7 +271,7 @@ def test_a_failure_inside_jobpulse_answers_a_bare_500(
     def broken(*args: Any) -> Any:
         raise RuntimeError("secret=hunter2 in a bug")
 
-    monkeypatch.setattr(monitor, "_health_parts", broken)
+    monkeypatch.setattr(monitor, "_health_snapshot", broken)
     monkeypatch.setattr(monitor, "history", broken)
     for path in (HEALTH_PATH, HEALTH_PATH + "/job"):
         response = client.get(path)
