@@ -853,3 +853,32 @@ def test_an_instance_gone_from_the_store_is_still_named(
     assert worker._store is not None
     (row,) = rows
     assert row == f"{worker._store.publisher.instance.id} ? 0 ? no ? started the latest run"
+
+
+def test_routes_serve_the_page_with_their_auth_and_detail(monitor: JobMonitor) -> None:
+    from fastapi import FastAPI
+
+    from jobpulse.fastapi import router
+    from jobpulse.starlette import routes
+
+    fail(monitor, "job", ValueError("the secret sauce"))
+    open_app = Starlette(routes=[Mount("/ops", routes=routes(monitor, status_page=True))])
+    with client_for(open_app) as client:
+        page = client.get("/ops/jobs/job")
+        assert page.status_code == 200
+        assert "the secret sauce" in page.text
+        assert "jobs/job" in Page(client.get("/ops/jobs").text).links
+    hidden = Starlette(routes=routes(monitor, detail=False, status_page=True, metrics=False))
+    with client_for(hidden) as client:
+        assert "the secret sauce" not in client.get("/jobs/job").text
+    api = FastAPI()
+    api.include_router(
+        router(monitor, auth="t0ken", metrics=False, status_page=True), prefix="/ops"
+    )
+    with client_for(api) as client:
+        assert client.get("/ops/jobs").status_code == 401
+        page = client.get("/ops/jobs/job", headers={"Authorization": "Bearer t0ken"})
+        assert page.status_code == 200
+        assert "the secret sauce" in page.text  # protected: the detail is shown
+        assert Page(page.text).links[0] == "../jobs"
+    assert not [path for path in api.openapi()["paths"] if path.startswith("/ops/jobs")]
