@@ -29,11 +29,20 @@ _SCHEMES = ("sqlite", "redis", "rediss")
 
 
 def open_store(
-    store: str | os.PathLike[str] | Store, *, namespace: str = "", service: str = "unknown_service"
+    store: str | os.PathLike[str] | Store,
+    *,
+    namespace: str = "",
+    service: str = "unknown_service",
+    read_only: bool = False,
 ) -> Store:
     """The `Store` a URL names (or `store` itself if it is one already). A Redis store's
     keys are under ``jobpulse:<namespace>:<service>:`` unless the URL's ``?prefix=`` says
     otherwise.
+
+    With `read_only`, a store to read and never write (what ``jobpulse status`` reads): a
+    SQLite file is opened in SQLite's read-only mode, must exist and is never created or
+    migrated (`StoreError` otherwise), and its writes raise `StoreError`; opening and reading
+    a Redis store write nothing anyway.
 
     Raises `jobpulse.StoreError` (naming the URL without its password) for a URL this
     version cannot open: an unknown scheme, a missing path, a folder or file that cannot
@@ -72,6 +81,10 @@ def open_store(
     path = unquote(parts.path)[1:]  # sqlite:///a.db -> "a.db", sqlite:////a.db -> "/a.db"
     if not path or path.endswith("/") or parts.query or parts.fragment:
         raise StoreError(f"store {shown!r}: expected a file path, as in sqlite:///jobs.db")
+    if read_only:
+        from jobpulse.store._readonly import ReadOnlySQLiteStore
+
+        return ReadOnlySQLiteStore(path, url=shown)
     return SQLiteStore(path, url=shown)
 
 
