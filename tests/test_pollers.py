@@ -521,11 +521,22 @@ def test_a_steady_filtered_poll_reuses_its_bytes(monitor: JobMonitor) -> None:
 
 
 def test_the_cache_of_filtered_texts_is_bounded(monitor: JobMonitor) -> None:
-    monitor.register("a")
+    names = [f"job{index}" for index in range(300)]
+    for name in names:
+        monitor.register(name)
     jobs = monitor._health_snapshot().jobs
     for index in range(200):
         jobs.text(FULL, Selection(names=frozenset({f"n{index}"})))
-    assert len(jobs._texts) <= _health._CACHED_TEXTS
+        assert len(jobs._texts) <= _health._CACHED_TEXTS
+    full = jobs.text()
+    budget = 4 * len(full) + (1 << 20)
+    everything = frozenset(names)
+    for index in range(20):  # selections of every job, indented: about 1.5 documents each
+        selection = Selection(names=everything | {f"n{index}"})
+        text = jobs.text(Variant(pretty=True), selection)
+        assert len(text) > len(full)
+        assert sum(map(len, jobs._texts.values())) - len(full) <= budget
+    assert jobs.text() is full  # the whole document is always kept
 
 
 # -- the open variant of a member, for any content -------------------------------------------

@@ -246,7 +246,16 @@ class JobsPart:
     process). Thread-safe: what it caches is only ever added whole.
     """
 
-    __slots__ = ("_inherited", "_members", "_texts", "counts", "generation", "rows", "status")
+    __slots__ = (
+        "_inherited",
+        "_kept",
+        "_members",
+        "_texts",
+        "counts",
+        "generation",
+        "rows",
+        "status",
+    )
 
     def __init__(self, rows: list[HealthRow], now: datetime, before: JobsPart | None) -> None:
         self.rows = rows
@@ -256,6 +265,7 @@ class JobsPart:
         self._texts: dict[tuple[Variant, Selection | None], bytes] = {
             (FULL, None): b",".join([row[4] for row in rows])
         }
+        self._kept = 0  # the bytes of the other texts
         self._members: dict[Variant, list[bytes]] = {}
         # The members another variant had before: most rows are the same objects, and
         # their members are reused, not rebuilt. Only the latest built of each is kept.
@@ -286,8 +296,13 @@ class JobsPart:
                 text = b"{\n" + b",\n".join(members) + b"\n  }"
             else:
                 text = b"{}"
-            if len(self._texts) >= _CACHED_TEXTS:
-                self._texts.clear()
+            full = self._texts.get((FULL, None), b"")
+            self._kept += len(text)
+            # At most so many texts, and about four documents' worth: any selection of a
+            # big view is cached, but no series of selections holds much more memory.
+            if len(self._texts) >= _CACHED_TEXTS or self._kept > 4 * len(full) + (1 << 20):
+                self._texts = {(FULL, None): full}
+                self._kept = len(text)
             self._texts[key] = text
         return text
 
