@@ -561,3 +561,36 @@ def test_random_loops_within_interval_plus_grace_are_never_missed(
         assert status_of(monitor, "loop").missed_count == 0
     clock.advance(252)
     assert status_of(monitor, "loop").state is JobState.MISSED
+
+
+def test_a_run_recorded_late_counts_from_when_it_ran(monitor: JobMonitor, clock: FakeClock) -> None:
+    """record_run() of a run that ran hours ago: its start and end are in the past on the
+    monotonic clock too, so the slot after it is not pushed a period past now, and it does
+    not clear the slots missed after it."""
+    monitor.register("hourly", schedule="@every 1h")
+    clock.advance(3 * 3600)  # slots 01:00 and 02:00 missed; 03:00 is due now
+    assert status_of(monitor, "hourly").state is JobState.MISSED
+    now = T0 + timedelta(hours=3)
+    monitor.record_run(
+        "hourly", start=now - timedelta(hours=2), end=now - timedelta(hours=2, seconds=-5)
+    )
+    status = status_of(monitor, "hourly")
+    assert status.state is JobState.MISSED  # a run of 01:00 does not make 02:00 less missed
+    assert status.next_run_time == now
+    assert status.success_count == 1
+    clock.advance(300)  # 03:00's grace
+    status = status_of(monitor, "hourly")
+    assert (status.state, status.next_run_time) == (JobState.MISSED, now + timedelta(hours=1))
+
+    # A late run after the last missed slot is the job's latest news: not missed any more,
+    # and the next slot is an hour after its end (at 03:04:10), still ahead of now.
+    monitor.record_run(
+        "hourly", start=now + timedelta(seconds=240), end=now + timedelta(seconds=250)
+    )
+    status = status_of(monitor, "hourly")
+    assert status.state is JobState.SUCCESS
+    assert status.next_run_time == now + timedelta(hours=1, seconds=250)
+    clock.advance(3600 + 250 - 1)  # 04:09:09, within the grace of 04:04:10
+    assert status_of(monitor, "hourly").state is JobState.SUCCESS
+    clock.advance(2)
+    assert status_of(monitor, "hourly").state is JobState.MISSED

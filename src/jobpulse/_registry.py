@@ -404,7 +404,9 @@ class StatusRegistry:
                 refused = _metadata.merge(job.metadata, metadata)
             schedule = job.schedule
             if schedule is not None and schedule.is_interval and job.next_run_ns is not None:
-                due = self._clock.monotonic() + schedule.period_seconds
+                # From the run's end, which a run recorded after the fact had in the past.
+                ended_ago = max(0.0, (self._clock.time_ns() - end_ns) / 1e9)
+                due = self._clock.monotonic() - ended_ago + schedule.period_seconds
                 if due > job.slot_due + EPSILON_SECONDS:
                     missed_deadline = self._set_slot_locked(
                         job, schedule.next_after(end_ns), end_ns, due=due
@@ -584,9 +586,10 @@ class StatusRegistry:
         """A run started: it clears `missed`, and takes the expected slot unless it started
         more than the grace ahead of it. Returns what `_advance` needs to find the next slot
         of a calendar schedule, and the missed deadline of an interval's next slot (found
-        here: an addition)."""
-        job.missed = False
-        job.consecutive_missed = 0
+        here: an addition). `start_mono` is when it is seen to start (now)."""
+        # A run recorded after the fact (record_run) started before it was seen: its
+        # monotonic start is as far back as its wall-clock start.
+        start_mono -= max(0.0, (self._clock.time_ns() - start_ns) / 1e9)
         slot, schedule = job.next_run_ns, job.schedule
         calendar = schedule is not None and not schedule.is_interval
         if slot is not None:
@@ -596,7 +599,14 @@ class StatusRegistry:
                 if calendar
                 else start_mono < job.slot_due - grace_ns / 1e9
             ):
-                return None, None  # an extra run ahead of the expected one
+                # An extra run ahead of the expected one; one that started before the last
+                # missed slot (recorded late) does not make that slot less missed.
+                if job.last_missed_ns is None or start_ns >= job.last_missed_ns:
+                    job.missed = False
+                    job.consecutive_missed = 0
+                return None, None
+        job.missed = False
+        job.consecutive_missed = 0
         if schedule is None:  # a slot set by an integration, which will set the next one
             self._set_slot_locked(job, None, start_ns)
             return None, None
