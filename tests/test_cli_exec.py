@@ -340,11 +340,14 @@ def test_a_store_that_cannot_be_reached_still_runs_the_command(tmp_path: Path) -
 @pytest.mark.slow
 @pytest.mark.parametrize("critical", [False, True])
 def test_a_crontab_line_that_stops_running_shows_as_missed(fleet_url: str, critical: bool) -> None:
-    options = ["--schedule", "@every 2s", *(["--critical"] if critical else [])]
+    # 4 s and 1 s of grace: time enough, on a loaded machine, to read it before the slot.
+    options = ["--schedule", "@every 4s", *(["--critical"] if critical else [])]
     assert jobpulse_exec(fleet_url, "tick", "true", options=options).returncode == 0
     status = read_status(fleet_url, "tick")
     assert status.state is JobState.SUCCESS
+    assert status.last_run_time is not None
     assert status.next_run_time is not None
+    assert status.next_run_time - status.last_run_time >= timedelta(seconds=4)
     assert status.grace_seconds == 1
     # Nothing runs it again: once its slot and grace are past, a reader sees it missed.
     due = status.next_run_time + timedelta(seconds=status.grace_seconds or 0)
@@ -506,11 +509,13 @@ def test_a_signal_to_this_process_reaches_the_command(
 ) -> None:
     ready = tmp_path / "ready"
     script = (
-        "import pathlib, signal, sys\n"
+        "import pathlib, signal, sys, time\n"
         "signal.signal(signal.SIGHUP, lambda number, frame: sys.exit(70))\n"
         f"pathlib.Path({str(ready)!r}).touch()\n"
-        "signal.pause()\n"
+        "time.sleep(60)\n"  # ends the test, failed, if the signal never comes
     )
+    # Were the signal not forwarded, it would not end the test run either.
+    previous = signal.signal(signal.SIGHUP, lambda number, frame: None)
 
     def hang_up() -> None:
         if wait_until(ready.exists):
@@ -522,6 +527,7 @@ def test_a_signal_to_this_process_reaches_the_command(
         ran = jobpulse_here("exec", "waits", "--store", store_url, "--", *PY, script)
     finally:
         sender.join()
+        signal.signal(signal.SIGHUP, previous)
     assert ran.code == 70
 
 
@@ -643,6 +649,7 @@ def test_the_tail_of_the_output() -> None:
 
 
 def test_signals_that_come_before_the_command_starts_reach_it() -> None:
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: None)  # were it not
     forwarder = _process.SignalForwarder()
     forwarder.install()
     try:
@@ -653,6 +660,7 @@ def test_signals_that_come_before_the_command_starts_reach_it() -> None:
             assert sleeper.wait(timeout=60) == -signal.SIGTERM
     finally:
         forwarder.restore()
+        signal.signal(signal.SIGTERM, previous)
     _process.kill_group(sleeper.pid, signal.SIGTERM)  # gone: no error
 
 
