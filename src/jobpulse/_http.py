@@ -246,7 +246,8 @@ class Endpoints:
         """The health document: 200, 206 or 503 by the health of every job (whatever jobs
         ``?state=``, ``?critical=`` and ``?job=`` select), or 304 while it is what the
         ``If-None-Match`` of the request names."""
-        query = health_query(request.query_params) if request.scope["query_string"] else _PLAIN
+        plain = not request.scope.get("query_string")
+        query = _PLAIN if plain else health_query(request.query_params)
         if isinstance(query, Response):
             return query
         pretty, selection = query

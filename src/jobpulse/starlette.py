@@ -101,7 +101,8 @@ def routes(
     callable taking the request and returning a bool (or an awaitable of one). With it, the
     per-job route and the status page answer 401 without it, and the health document shows
     error texts and metadata (``last_error``, ``metadata``, ``store_error``) only to a
-    request that passes; the document itself and the badges stay open, for probes.
+    request that passes; the document itself and the badges stay open, for probes (a
+    callable is asked for each request to the document too, on the event loop).
     `detail` False leaves those fields out (null, ``{}``) of every answer when nothing is
     protected; with `auth` it changes nothing.
 
