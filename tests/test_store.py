@@ -649,6 +649,33 @@ def test_prune_drops_old_history_dead_instances_and_idle_jobs(make_store: StoreF
     assert [i.id for i in after.instances] == ["a"]
 
 
+def test_prune_drops_instances_that_stopped_cleanly_after_an_hour(
+    make_store: StoreFactory,
+) -> None:
+    """A crontab line checking in every minute is an instance a minute: once stopped and
+    closed by another writer, each is listed for an hour, not for the retention. One taken
+    for dead (closed, never stopped) stays for the retention."""
+    store = make_store()
+    day, hour = 24 * 3600 * S, 3600 * S
+    for who in ("stopped", "crashed"):
+        write(store, instance(who), change(success=1), now_ns=T0)
+    store.write(
+        instance("stopped"), [], now_ns=T0, instance_ttl_ns=TTL, margin_ns=MARGIN, stopping=True
+    )
+    # A later writer closes the stopped instance and the one silent past the ttl.
+    write(store, instance("next"), change(success=1), now_ns=T0 + TTL + S)
+    listed = {i.id for i in store.read(None, now_ns=T0 + TTL + S, instance_ttl_ns=TTL).instances}
+    assert listed == {"stopped", "crashed", "next"}
+    write(store, instance("next"), change(success=1), now_ns=T0 + hour + 2 * S)
+    # Stopped after that write: not closed yet (its runs may still be to close), so kept.
+    store.write(
+        instance("late"), [], now_ns=T0, instance_ttl_ns=TTL, margin_ns=MARGIN, stopping=True
+    )
+    store.prune(now_ns=T0 + hour + 2 * S, history_ns=day, retention_ns=day)
+    after = store.read(None, now_ns=T0 + hour + 2 * S, instance_ttl_ns=TTL)
+    assert {i.id for i in after.instances} == {"crashed", "late", "next"}
+
+
 def test_runs_said_to_end_in_the_future_leave_with_their_write(make_store: StoreFactory) -> None:
     store = make_store()
     day = 24 * 3600 * S

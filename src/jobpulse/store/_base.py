@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from jobpulse._shared import StoreError, from_ns, rfc3339
 
 __all__ = [
+    "STOPPED_RETENTION_NS",
     "Cursor",
     "FinishedRun",
     "FleetRead",
@@ -34,6 +35,11 @@ __all__ = [
 ]
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
+
+#: How long an instance that shut down cleanly stays listed once another writer has taken
+#: note of its end (closed it): an hour, not the retention of dead ones (a crontab line
+#: checking in with `jobpulse exec` every minute is an instance a minute).
+STOPPED_RETENTION_NS = 3600 * 1_000_000_000
 
 
 class FinishedRun(NamedTuple):
@@ -306,7 +312,8 @@ class Store(Protocol):
 
     def prune(self, *, now_ns: int, history_ns: int, retention_ns: int) -> None:
         """Drop runs that ended more than `history_ns` ago, instances dead for more than
-        `retention_ns`, and unscheduled jobs not updated for `retention_ns`."""
+        `retention_ns` (stopped and closed ones after `STOPPED_RETENTION_NS` if sooner), and
+        unscheduled jobs not updated for `retention_ns`."""
         ...
 
     def after_fork(self) -> None: ...

@@ -65,6 +65,7 @@ from typing import Any, TypeVar
 
 from jobpulse._shared import StoreError, StoreVersionError, redact
 from jobpulse.store._base import (
+    STOPPED_RETENTION_NS,
     Cursor,
     FleetRead,
     Instance,
@@ -1010,10 +1011,11 @@ class RedisStore:
                 and int(id) not in busy
             ):
                 stale += [int(id), row.name]
+        stopped_cutoff = now_ns - min(retention_ns, STOPPED_RETENTION_NS)
         gone = [
             who
-            for who, record in records.items()
-            if (record[6] or record[7]) and record[5] < cutoff
+            for who, (*_, seen, stopped, closed) in records.items()
+            if (stopped or closed) and seen < (stopped_cutoff if stopped and closed else cutoff)
         ]
         runs_before_ms = (now_ns - history_ns) // 1_000_000
         self._prune_script(

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from jobpulse._shared import UNKNOWN, StoreError, StoreVersionError
 from jobpulse.store._base import (
+    STOPPED_RETENTION_NS,
     Cursor,
     FleetRead,
     Instance,
@@ -816,8 +817,9 @@ class SQLiteStore:
         with _immediate(connection):
             connection.execute("DELETE FROM run_writes WHERE end_ns < ?", (now_ns - history_ns,))
             connection.execute(
-                "DELETE FROM instances WHERE (closed = 1 OR stopped = 1) AND last_seen_ns < ?",
-                (now_ns - retention_ns,),
+                "DELETE FROM instances WHERE (closed = 1 OR stopped = 1) AND last_seen_ns < ?"
+                " OR (closed = 1 AND stopped = 1 AND last_seen_ns < ?)",
+                (now_ns - retention_ns, now_ns - min(retention_ns, STOPPED_RETENTION_NS)),
             )
             connection.execute(
                 "DELETE FROM lost_runs WHERE instance NOT IN (SELECT id FROM instances)"
