@@ -152,6 +152,10 @@ def test_demo_shows_runs_failures_and_a_stall_then_stops_on_sigint(
         assert job_document["history"]
         assert {run["outcome"] for run in job_document["history"]} <= {"success", "failed"}
         assert get(client, f"{HEALTH_PATH}/no_such_job").status_code == 404
+        page = get(client, "/jobs")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert all(f">{name}<" in page.text for name in JOBS)
 
         metrics = get(client, "/metrics")
         assert metrics.status_code == 200

@@ -54,7 +54,7 @@ def build_app(monitor: JobMonitor, settings: DemoSettings) -> Starlette:
                 await health_log
             logger.info("jobs stopped")
 
-    return Starlette(routes=routes(monitor), lifespan=lifespan)
+    return Starlette(routes=routes(monitor, status_page=True), lifespan=lifespan)
 
 
 async def _log_health_changes(monitor: JobMonitor, period_seconds: float = 0.5) -> None:
@@ -136,6 +136,7 @@ def _banner(settings: DemoSettings, base_url: str, *, store_opened: bool) -> str
         (
             f"{SERVICE_NAME} demo ready: {len(JOB_NAMES)} jobs {settings.schedule}, "
             f"{settings.failure_rate:.0%} of runs fail, {stalls}; seed {settings.seed}",
+            f"  page:     {base_url}/jobs",
             f"  health:   {base_url}{HEALTH_PATH}",
             f"  one job:  {base_url}{HEALTH_PATH}/{JOB_NAMES[0]}",
             f"  metrics:  {base_url}{METRICS_PATH}",
