@@ -15,7 +15,8 @@ run of ``pending_btc_transaction_processing`` hanging past its ``stall_after``
 (2 x ``INDEX_INTERVAL``) for one more interval before it finishes.
 
 Served by uvicorn: the status page ``GET /jobs``, ``GET /api/v1/health/jobs``,
-``GET /api/v1/health/jobs/{name}`` and ``GET /metrics``. SIGINT (Ctrl-C) or SIGTERM stops it cleanly, with exit code 0.
+``GET /api/v1/health/jobs/{name}`` and ``GET /metrics``. SIGINT (Ctrl-C) or SIGTERM stops it
+cleanly, with exit code 0.
 
 Environment:
 
