@@ -12,7 +12,6 @@ import re
 import runpy
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.routing import Mount, Route
@@ -34,6 +32,7 @@ from jobpulse._cli._commands import run
 from jobpulse._cli._sources import HEALTH_PATH, StoreSource, health_url
 from jobpulse.starlette import routes
 from tests.prometheus_server import free_port
+from tests.uvicorn_server import serving
 
 JOBPULSE = Path(sys.executable).parent / "jobpulse"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -398,31 +397,11 @@ def server() -> Iterator[Server]:
             Route(f"/slow{HEALTH_PATH}", slow),
         ]
     )
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    uvicorn_server = uvicorn.Server(config)
-    started = threading.Event()
-
-    def serve() -> None:
-        async def main() -> None:
-            task = asyncio.create_task(uvicorn_server.serve())
-            while not uvicorn_server.started:  # uvicorn offers no startup event to wait on
-                await asyncio.sleep(0.01)
-            started.set()
-            await task
-
-        asyncio.run(main())
-
-    thread = threading.Thread(target=serve, name="uvicorn-cli-test", daemon=True)
-    thread.start()
     try:
-        assert started.wait(30)
-        port = uvicorn_server.servers[0].sockets[0].getsockname()[1]
-        yield Server(monitor, f"http://127.0.0.1:{port}")
+        with serving(app, "uvicorn-cli-test") as base:
+            yield Server(monitor, base)
     finally:
-        uvicorn_server.should_exit = True
-        thread.join(30)
         monitor.shutdown()
-    assert not thread.is_alive()
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 
 from jobpulse import JobMonitor
 from jobpulse.starlette import routes
-from tests.test_pollers import uvicorn_server
+from tests.uvicorn_server import serving
 
 OPERATORS = Path(__file__).resolve().parent.parent / "docs" / "operators.md"
 #: The console script beside this interpreter (the venv's), as a crontab's PATH finds it.
@@ -135,7 +135,7 @@ def test_the_exec_probe_passes_on_a_healthy_server(env: dict[str, str]) -> None:
     with monitor.run("nightly_report"):
         pass
     try:
-        with uvicorn_server(Starlette(routes=routes(monitor, metrics=False))) as base:
+        with serving(Starlette(routes=routes(monitor, metrics=False))) as base:
             argv = [base if word == "http://127.0.0.1:8000" else word for word in command]
             assert base in argv
             done = run(argv, env)

@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import operator
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -25,6 +22,7 @@ from jobpulse.starlette import HEALTH_PATH, routes
 from jobpulse.testing import FakeClock
 from tests.conftest import InternalErrors, MakeMonitor, in_child, pass_time, sqlite_only
 from tests.test_starlette import client_for, fail
+from tests.uvicorn_server import serving
 
 VALID_STATES = ["pending", "running", "success", "failed", "stalled", "missed"]
 
@@ -33,36 +31,6 @@ VALID_STATES = ["pending", "running", "success", "failed", "stalled", "missed"]
 def client(monitor: JobMonitor) -> Iterator[httpx.Client]:
     with client_for(Starlette(routes=routes(monitor, metrics=False))) as client:
         yield client
-
-
-@contextmanager
-def uvicorn_server(app: Any) -> Iterator[str]:
-    """`app` served by a real uvicorn on 127.0.0.1 (a free port) on a thread of its own;
-    its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    started = threading.Event()
-
-    def serve() -> None:
-        async def main() -> None:
-            task = asyncio.create_task(server.serve())
-            while not server.started:  # uvicorn offers no startup event to wait on
-                await asyncio.sleep(0.01)
-            started.set()
-            await task
-
-        asyncio.run(main())
-
-    thread = threading.Thread(target=serve, name="uvicorn-test", daemon=True)
-    thread.start()
-    try:
-        assert started.wait(30)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def etag_of(client: httpx.Client, path: str = HEALTH_PATH, **params: Any) -> str:
@@ -637,7 +605,7 @@ def test_a_poller_through_uvicorn(make_monitor: MakeMonitor) -> None:
         pass
     fail(monitor, "swaps")
     app = Starlette(routes=[Mount("/ops", routes=routes(monitor, metrics=False))])
-    with uvicorn_server(app) as url, httpx.Client(base_url=url + "/ops") as client:
+    with serving(app) as url, httpx.Client(base_url=url + "/ops") as client:
         first = client.get(HEALTH_PATH)
         assert first.status_code == 206
         etag = first.headers["etag"]

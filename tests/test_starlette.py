@@ -7,13 +7,11 @@ import asyncio
 import importlib
 import json
 import sys
-import threading
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -22,6 +20,7 @@ from jobpulse import JobMonitor
 from jobpulse.starlette import HEALTH_PATH, lifespan, routes
 from jobpulse.testing import FakeClock
 from tests.conftest import InternalErrors
+from tests.uvicorn_server import serving
 
 
 def client_for(app: Starlette) -> httpx.Client:
@@ -322,57 +321,34 @@ def test_real_uvicorn_server(make_monitor: Any) -> None:
     with monitor.run("reports/nightly"):
         pass
     app = Starlette(routes=[Mount("/ops", routes=routes(monitor, registry=registry))])
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    started = threading.Event()
-
-    def serve() -> None:
-        async def main() -> None:
-            task = asyncio.create_task(server.serve())
-            while not server.started:  # uvicorn offers no startup event to wait on
-                await asyncio.sleep(0.01)
-            started.set()
-            await task
-
-        asyncio.run(main())
-
-    thread = threading.Thread(target=serve, name="uvicorn-test", daemon=True)
-    thread.start()
-    try:
-        assert started.wait(30)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}/ops") as client:
-            response = client.get(HEALTH_PATH)
-            assert response.status_code == 200
-            assert response.headers["content-type"] == "application/json"
-            body = json.loads(response.content)
-            assert body["jobs"]["btc_transaction_indexing"]["success_count"] == 1
-            assert client.get(HEALTH_PATH + "/btc_transaction_indexing").status_code == 200
-            assert client.get(HEALTH_PATH + "/nope").status_code == 404
-            assert client.get("/metrics").status_code == 200
-            # The edges, as a real HTTP server sends them.
-            slashed = client.get(HEALTH_PATH + "/")
-            assert slashed.status_code == 200
-            assert set(json.loads(slashed.content)["jobs"]) == {
-                "btc_transaction_indexing",
-                "reports/nightly",
-            }
-            one = client.get(HEALTH_PATH + "/reports/nightly", params={"limit": "1"})
-            assert json.loads(one.content)["job"]["job_name"] == "reports/nightly"
-            for bad in ("\u00b2", "9" * 5000):
-                response = client.get(HEALTH_PATH + "/reports/nightly", params={"limit": bad})
-                assert response.status_code == 400
-                assert response.json() == {"error": "limit must be an integer from 0 to 10000"}
-            for path in JSON_ROUTES:
-                assert_json_405(client.put(path))
-            for path in (HEALTH_PATH, HEALTH_PATH + "/", HEALTH_PATH + "/reports/nightly"):
-                head = client.head(path)
-                assert (head.status_code, head.content) == (200, b"")
-                assert int(head.headers["content-length"]) > 0  # what GET would send
-    finally:
-        server.should_exit = True
-        thread.join(30)
-    assert not thread.is_alive()
+    with serving(app) as base, httpx.Client(base_url=f"{base}/ops") as client:
+        response = client.get(HEALTH_PATH)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        body = json.loads(response.content)
+        assert body["jobs"]["btc_transaction_indexing"]["success_count"] == 1
+        assert client.get(HEALTH_PATH + "/btc_transaction_indexing").status_code == 200
+        assert client.get(HEALTH_PATH + "/nope").status_code == 404
+        assert client.get("/metrics").status_code == 200
+        # The edges, as a real HTTP server sends them.
+        slashed = client.get(HEALTH_PATH + "/")
+        assert slashed.status_code == 200
+        assert set(json.loads(slashed.content)["jobs"]) == {
+            "btc_transaction_indexing",
+            "reports/nightly",
+        }
+        one = client.get(HEALTH_PATH + "/reports/nightly", params={"limit": "1"})
+        assert json.loads(one.content)["job"]["job_name"] == "reports/nightly"
+        for bad in ("\u00b2", "9" * 5000):
+            response = client.get(HEALTH_PATH + "/reports/nightly", params={"limit": bad})
+            assert response.status_code == 400
+            assert response.json() == {"error": "limit must be an integer from 0 to 10000"}
+        for path in JSON_ROUTES:
+            assert_json_405(client.put(path))
+        for path in (HEALTH_PATH, HEALTH_PATH + "/", HEALTH_PATH + "/reports/nightly"):
+            head = client.head(path)
+            assert (head.status_code, head.content) == (200, b"")
+            assert int(head.headers["content-length"]) > 0  # what GET would send
 
 
 def test_metrics_are_gzipped_when_the_scraper_asks(
