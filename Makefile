@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/health_endpoint.py
+	$(PY) benchmarks/status_page.py
 	$(PY) benchmarks/dead_collector.py
 	$(PY) benchmarks/redaction.py
 	$(PY) benchmarks/store.py
