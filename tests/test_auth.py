@@ -28,8 +28,8 @@ from jobpulse._model import from_ns
 from jobpulse.fastapi import router
 from jobpulse.starlette import HEALTH_PATH, routes
 from tests.conftest import InternalErrors, MakeMonitor
-from tests.test_pollers import uvicorn_server
 from tests.test_starlette import client_for
+from tests.uvicorn_server import serving
 
 TOKEN = "t0ken-of-32-characters-or-so...."
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -92,6 +92,14 @@ def test_a_token_by_bearer_or_basic_password(headers: dict[str, str], allowed: b
 
 def test_a_basic_password_may_hold_a_colon() -> None:
     assert run(allows(Access("a:b"), basic("user", "a:b")))
+
+
+def test_a_token_beyond_ascii_is_compared_as_the_bytes_sent() -> None:
+    """curl sends a UTF-8 token as it is; Starlette decodes headers as Latin-1."""
+    access = Access("tök€n")
+    assert run(allows(access, {"Authorization": "Bearer tök€n"}))
+    assert run(allows(access, basic("user", "tök€n")))
+    assert not run(allows(access, {"Authorization": "Bearer tok€n"}))
 
 
 @pytest.mark.parametrize(
@@ -373,7 +381,7 @@ def test_auth_through_uvicorn(make_monitor: MakeMonitor) -> None:
     with pytest.raises(RuntimeError):
         fail_swaps(monitor)
     app = Starlette(routes=[Mount("/ops", routes=routes(monitor, metrics=False, auth=TOKEN))])
-    with uvicorn_server(app) as url, httpx.Client(base_url=url + "/ops") as client:
+    with serving(app) as url, httpx.Client(base_url=url + "/ops") as client:
         assert not shows_detail(job_of(client.get(HEALTH_PATH)))
         assert shows_detail(job_of(client.get(HEALTH_PATH, auth=("ops", TOKEN))))
         assert client.get(HEALTH_PATH + "/swaps").status_code == 401

@@ -19,8 +19,9 @@ from jobpulse.fastapi import router
 from jobpulse.starlette import HEALTH_PATH, routes
 from jobpulse.testing import FakeClock
 from tests.conftest import InternalErrors, MakeMonitor
-from tests.test_pollers import assert_not_modified, uvicorn_server
+from tests.test_pollers import assert_not_modified
 from tests.test_starlette import client_for, fail
+from tests.uvicorn_server import serving
 
 BADGE = HEALTH_PATH + "/badge.svg"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -248,7 +249,7 @@ def test_badges_through_uvicorn(make_monitor: MakeMonitor) -> None:
     fail(monitor, "reports/nightly")
     app = FastAPI()
     app.include_router(router(monitor, metrics=False, auth="t0ken"), prefix="/ops")
-    with uvicorn_server(app) as url, httpx.Client(base_url=url + "/ops") as client:
+    with serving(app) as url, httpx.Client(base_url=url + "/ops") as client:
         overall = client.get(BADGE)
         assert overall.status_code == 200
         assert parse(overall)[:2] == (["jobs", "degraded"], ORANGE)

@@ -208,10 +208,13 @@ def test_a_redis_reader_finds_the_service_by_its_prefix(redis_url: str, clock: F
     finally:
         monitor.shutdown()
     fleet = FleetReader(redis_url, namespace=namespace, service="billing", clock=clock)
-    other = FleetReader(redis_url, namespace=namespace, service="shipping", clock=clock)
     try:
         assert list(fleet.statuses()) == ["invoices"]
-        assert other.statuses() == {}
     finally:
         fleet.close()
-        other.close()
+    # Another service's prefix, or another database, holds no store: an error, not an empty
+    # (healthy) fleet.
+    other_database = redis_url.rsplit("/", 1)[0] + "/5"
+    for url, service in ((redis_url, "shipping"), (other_database, "billing")):
+        with pytest.raises(StoreError, match="holds no jobpulse store"):
+            FleetReader(url, namespace=namespace, service=service, clock=clock)

@@ -105,7 +105,7 @@ def _credential(header: str) -> bytes | None:
         return None
     scheme = scheme.lower()
     if scheme == "bearer":
-        return value.encode()
+        return value.encode("latin-1")  # the header's own bytes (Starlette decodes them so)
     if scheme == "basic":
         try:
             decoded = base64.b64decode(value, validate=True)

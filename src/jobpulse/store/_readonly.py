@@ -121,9 +121,23 @@ class FleetReader:
         from jobpulse.store import open_store
 
         self.store: Store = open_store(url, namespace=namespace, service=service, read_only=True)
+        clock = clock or Clock()
+        try:
+            found = self.store.read(
+                None, now_ns=clock.time_ns(), instance_ttl_ns=int(instance_ttl * 1e9)
+            )
+        except BaseException:
+            self.store.close()
+            raise
+        if not found.store_id:  # a Redis prefix (service, namespace, database) with no store
+            self.store.close()
+            raise StoreError(
+                f"{self.store!r} holds no jobpulse store (no process has written there: "
+                "check the service name, the namespace and the database)"
+            )
         self._fleet = FleetView(
             self.store,
-            clock or Clock(),
+            clock,
             refresh_interval=0.0,
             instance_ttl=instance_ttl,
             default_stall_after=stall_after,
