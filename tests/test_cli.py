@@ -12,20 +12,24 @@ import re
 import runpy
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
 import jobpulse
 from jobpulse import JobMonitor
 from jobpulse._cli import MISSING_EXTRA, main
+from jobpulse._cli import _commands as commands
 from jobpulse._cli import _render as render
 from jobpulse._cli import _sources as sources
 from jobpulse._cli._commands import run
@@ -195,8 +199,10 @@ def test_a_redis_store_is_read_by_its_service_and_namespace(
     found = cli("status", "--store", redis_url, "--service", "billing", "--namespace", namespace)
     assert found.code == 1
     assert found.first_line.startswith("JOBS DEGRADED - 1 job: 1 failed |")
-    # Another service's keys (jobpulse-exec's, by default): none of its jobs.
-    assert cli("status", "--store", redis_url, "--namespace", namespace).code == 0
+    # Another service's keys (jobpulse-exec's, by default): no store there.
+    elsewhere = cli("status", "--store", redis_url, "--namespace", namespace)
+    assert elsewhere.code == 3
+    assert "holds no jobpulse store" in elsewhere.err
     monkeypatch.setenv("OTEL_SERVICE_NAME", "billing")
     assert cli("history", "invoices", "--store", redis_url, "--namespace", namespace).code == 1
 
@@ -351,6 +357,47 @@ def test_watch_ends_with_ctrl_c_as_a_process(tmp_path: Path) -> None:
 
 
 TOKEN = "s3cret-token"
+#: What a server that is not jobpulse may answer: values JSON allows and jobpulse never
+#: writes (NaN, Infinity, a time without its offset), and escape sequences.
+_JOB = {
+    "job_name": "j",
+    "status": "success",
+    "consecutive_failures": 0,
+    "last_run_time": "2026-01-01T00:00:00.000Z",
+    "last_duration_ms": 5.0,
+    "success_count": 1,
+    "failure_count": 0,
+}
+_ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[31mFAKE OK\x9b0m"
+
+
+def _raw(**job: object) -> dict[str, Any]:
+    name = str(job.pop("job_name", "j"))
+    return {
+        "status": "healthy",
+        "timestamp": "2026-01-01T00:01:00.000Z",
+        "jobs": {name: {**_JOB, "job_name": name, **job}},
+    }
+
+
+RAW = {
+    "nan": _raw(last_duration_ms=float("nan")),
+    "infinity": _raw(last_duration_ms=float("inf")),
+    "naive": _raw(last_run_time="2026-01-01T00:00:00"),
+    "escapes": _raw(
+        job_name="\x1b[2J\x1b[32mall good",
+        status="failed",
+        consecutive_failures=1,
+        last_error_category="\x1b[1mx",
+        last_error=f"first\n{_ESCAPES}",
+    ),
+}
+RAW_RUN = {
+    "started_at": "2026-01-01T00:00:00",
+    "duration_ms": float("-inf"),
+    "outcome": "success\x1b[8m",
+    "error_category": "\x9b2J",
+}
 
 
 @dataclass
@@ -384,6 +431,19 @@ def server() -> Iterator[Server]:
         await asyncio.sleep(1.0)  # past the client's 0.2 s timeout
         return PlainTextResponse("late")
 
+    async def raw(request: Any) -> Response:
+        """A document as a hostile or odd server writes it (`RAW`), for status and history."""
+        document = RAW[request.path_params["key"]]
+        if "name" in request.path_params:
+            name = next(iter(document["jobs"]))
+            document = {
+                "status": document["status"],
+                "timestamp": document["timestamp"],
+                "job": document["jobs"][name],
+                "history": [RAW_RUN],
+            }
+        return Response(json.dumps(document), media_type="application/json")
+
     app = Starlette(
         routes=[
             Mount("/ops", routes=routes(monitor, metrics=False)),
@@ -395,6 +455,8 @@ def server() -> Iterator[Server]:
             Route(f"/odd{HEALTH_PATH}/{{name}}", answer(200, {"status": "healthy"})),
             Route(f"/huge{HEALTH_PATH}", huge),
             Route(f"/slow{HEALTH_PATH}", slow),
+            Route(f"/raw/{{key}}{HEALTH_PATH}", raw),
+            Route(f"/raw/{{key}}{HEALTH_PATH}/{{name}}", raw),
         ]
     )
     try:
@@ -611,3 +673,169 @@ def test_a_summary_notes_a_store_the_server_cannot_use() -> None:
     assert render.exit_code("healthy") == 0
     assert render.exit_code("nonsense") == 3
     assert render.exit_code(None) == 3
+
+
+# -- what a server, its URL or a token may hold ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_urls_password_is_sent_as_basic_and_never_printed(cli: Any, server: Server) -> None:
+    fail(server.monitor, "reports", message="disk full")
+    host = server.base.removeprefix("http://")
+    allowed = cli("history", "reports", "--url", f"http://ops:{TOKEN}@{host}/secure")
+    assert allowed.code == 1
+    assert "last error: RuntimeError: disk full" in allowed.out
+    password = "pw-s3cret/x@y"  # percent-encoded in the URL, as it must be
+    quoted = "pw-s3cret%2Fx%40y"
+    closed = f"127.0.0.1:{free_port()}"
+    for url, reason in (
+        (
+            f"http://ops:{quoted}@{host}/secure",
+            f"{server.base}/secure{HEALTH_PATH}/reports"
+            "?limit=20 refused the URL's user and password (401 unauthorized)",
+        ),
+        (
+            f"http://ops:{quoted}@{closed}/",
+            f"cannot reach http://{closed}{HEALTH_PATH}/reports?limit=20: Connection refused",
+        ),
+        (f"http://ops:{quoted}@127.0.0.1/", None),  # port 80
+        (
+            f"http://ops:{quoted}@a..b/",
+            f"cannot request http://a..b{HEALTH_PATH}/reports"
+            "?limit=20: encoding with 'idna' codec failed (UnicodeError: label empty or too long)",
+        ),
+        (f"http://ops:{quoted}@host.invalid/", None),  # a name that never resolves
+        (f"http://{quoted}@{closed}/", None),  # the token as the whole user info
+        (f"http://ops:{password}@{closed}/", None),  # not encoded: the parsers disagree
+    ):
+        ran = cli("history", "reports", "--url", url, "--timeout", "5")
+        assert ran.code == 3, url
+        assert ran.out == ""
+        if reason is not None:
+            assert ran.err == f"UNKNOWN: {reason}\n"
+        for secret in (password, quoted, "s3cret"):
+            assert secret not in ran.err
+        assert cli("status", "--url", url, "--timeout", "5").err.count("s3cret") == 0
+
+
+@pytest.mark.parametrize("token", ["tok\nX-Injected: 1", "tök€n", "tok\x7f", "tok\r\n"])
+def test_a_token_a_header_cannot_carry_is_unknown(
+    cli: Any, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOBPULSE_TOKEN", token)
+    url = f"http://127.0.0.1:{free_port()}"
+    for command in (("status",), ("history", "x")):
+        ran = cli(*command, "--url", url)
+        assert (ran.code, ran.out) == (3, "")
+        assert ran.err == "UNKNOWN: the token holds characters an HTTP header cannot carry\n"
+
+
+@pytest.mark.slow
+def test_values_jobpulse_never_writes_are_shown_or_unknown(cli: Any, server: Server) -> None:
+    for key in ("nan", "infinity", "naive"):
+        ran = cli("status", "--url", f"{server.base}/raw/{key}")
+        assert (ran.code, ran.err) == (0, ""), key
+        duration = "-" if key != "naive" else "5ms"
+        assert re.search(rf"^j +success +1m ago +{duration} ", ran.out, re.M), ran.out
+        history = cli("history", "j", "--url", f"{server.base}/raw/{key}")
+        assert (history.code, history.err) == (0, "")
+        assert re.search(r"^2026-01-01T00:00:00 +1m ago +- ", history.out, re.M)
+
+
+@pytest.mark.slow
+def test_control_characters_from_a_server_are_escaped(cli: Any, server: Server) -> None:
+    url = f"{server.base}/raw/escapes"
+    printed = [
+        cli("status", "--url", url).out,
+        cli("history", "\x1b[2J\x1b[32mall good", "--url", url).out,
+        cli("status", "--url", url, "--json").out,
+        cli("history", "\x1b[2J\x1b[32mall good", "--url", url, "--json").out,
+    ]
+    for text in printed:
+        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", text), repr(text)
+    table, history = printed[0], printed[1]
+    assert "\\x1b[2J\\x1b[32mall good  failed" in table
+    assert "\\x1b[1mx: \\x1b]0;pwned\\x07\\x1b[2J\\x1b[31mFAKE OK\\x9b0m" in table
+    assert "last error: first\n\\x1b]0;pwned\\x07" in history
+    assert re.search(r"success\\x1b\[8m +\\x9b2J", history)
+    assert json.loads(printed[2])["jobs"]["\x1b[2J\x1b[32mall good"]["last_error"].endswith(
+        "\x9b0m"
+    )
+
+
+def test_an_unexpected_error_is_one_unknown_line(
+    cli: Any, fleet_url: str, writer: JobMonitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with writer.run("ingest"):
+        pass
+    assert writer.flush()
+
+    def broken(*args: object, **kwargs: object) -> Any:
+        raise RuntimeError("bug with password=hunter2\nand a second line")
+
+    reason = "jobpulse failed: RuntimeError: bug with password=***\\x0aand a second line"
+    monkeypatch.setattr(commands, "status_renderable", broken)
+    monkeypatch.setattr(commands, "history_renderable", broken)
+    for args in (("status",), ("history", "ingest")):
+        ran = cli(*args, "--store", fleet_url)
+        assert (ran.code, ran.out, ran.err) == (3, "", f"UNKNOWN: {reason}\n")
+    monkeypatch.setattr(commands, "_json", broken)
+    assert cli("status", "--store", fleet_url, "--json").err == f"UNKNOWN: {reason}\n"
+
+
+def test_a_name_the_output_encoding_cannot_show_is_escaped(
+    fleet_url: str, writer: JobMonitor
+) -> None:
+    with writer.run("café-€"):
+        pass
+    assert writer.flush()
+    done = subprocess.run(
+        [str(JOBPULSE), "status", "--store", fleet_url],
+        capture_output=True,
+        env=environment(PYTHONIOENCODING="ascii"),
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert re.search(rb"^caf\\xe9-\\u20ac +success ", done.stdout, re.M)
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """Headers at once, then one byte of the body every 0.1 s (30 s at most)."""
+
+    protocol_version = "HTTP/1.1"
+    stop = threading.Event()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        deadline = time.monotonic() + 30
+        try:
+            while not self.stop.wait(0.1) and time.monotonic() < deadline:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        except OSError:  # the client gave up
+            pass
+
+
+def test_the_timeout_bounds_the_whole_answer(cli: Any) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    thread = threading.Thread(target=server.serve_forever, name="trickle-server", daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        started = time.monotonic()
+        ran = cli("status", "--url", base, "--timeout", "1")
+        assert (ran.code, ran.out) == (3, "")
+        assert ran.err == f"UNKNOWN: no answer from {base}{HEALTH_PATH} within 1s\n"
+        assert time.monotonic() - started < 15  # the server would trickle for 30 s
+    finally:
+        _Trickle.stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        _Trickle.stop.clear()

@@ -14,6 +14,7 @@ with the command's status. See `jobpulse._cli._commands` and docs/operators.md.
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -34,4 +35,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(3)
     from jobpulse._cli._commands import run
 
+    for stream in (sys.stdout, sys.stderr):
+        # A job's name the terminal's encoding (PYTHONIOENCODING=ascii, LANG=C) cannot show
+        # is printed escaped, not a traceback.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     sys.exit(run(argv))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,11 +20,20 @@ from jobpulse import __version__
 from jobpulse._cli._exec import ExecError, ExecOptions, execute, service_name, standard_streams
 from jobpulse._cli._render import (
     UNKNOWN_EXIT,
+    clean,
     exit_code,
     history_renderable,
     status_renderable,
 )
-from jobpulse._cli._sources import HttpSource, JobNotFound, Source, StoreSource, Unknown
+from jobpulse._cli._sources import (
+    HttpSource,
+    JobNotFound,
+    Source,
+    StoreSource,
+    Unknown,
+    url_credentials,
+)
+from jobpulse._redaction import REDACTED, redact
 
 __all__ = ["cli", "run"]
 
@@ -60,9 +70,48 @@ def _console() -> Console:
     return console
 
 
-def _unknown(reason: object) -> int:
-    click.echo(f"UNKNOWN: {reason}", err=True)
+#: Shorter secrets are not masked where they stand alone (they would garble the text); in a
+#: URL, `redact` finds them by their place.
+_MASKED_CHARS = 4
+_C1_CONTROLS = re.compile(r"[\x7f-\x9f]")
+
+
+def _secrets(url: str | None, token: str | None) -> tuple[str, ...]:
+    """What must never be printed: the token, and the password of `url` (or its user info
+    when that is all it has, as a token is), raw and percent-decoded."""
+    found = [token or ""]
+    if url:
+        credentials = url_credentials(url)
+        if credentials is not None:
+            user, password = credentials
+            found.append(password or user)
+            authority = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0]
+            userinfo = authority.rpartition("@")[0]
+            found.append(userinfo.partition(":")[2] or userinfo)
+    return tuple(secret for secret in found if len(secret) >= _MASKED_CHARS)
+
+
+def _reason(reason: object, secrets: tuple[str, ...]) -> str:
+    """`reason` as one printable line: redacted, the `secrets` masked, controls escaped."""
+    text = redact(str(reason))
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return clean(text)
+
+
+def _unknown(reason: object, secrets: tuple[str, ...] = ()) -> int:
+    click.echo(f"UNKNOWN: {_reason(reason, secrets)}", err=True)
     return UNKNOWN_EXIT
+
+
+def _unexpected(exc: Exception) -> str:
+    return f"jobpulse failed: {type(exc).__name__}: {exc}"
+
+
+def _json(document: object) -> str:
+    """`document` as indented JSON; C1 controls escaped too (JSON escapes only C0)."""
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    return _C1_CONTROLS.sub(lambda match: f"\\u{ord(match[0]):04x}", text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -181,28 +230,28 @@ def status(
     """
     if watch is not None and as_json:
         raise click.UsageError("--watch draws the table: leave out --json")
+    secrets = _secrets(url, token)
     try:
         source = _open_source(context, url, store, token, timeout, service, namespace)
-    except Unknown as exc:
-        return _unknown(exc)
-    try:
-        if watch is not None:
-            return _watch(source, watch)
         try:
+            if watch is not None:
+                return _watch(source, watch, secrets)
             document = source.health()
-        except Unknown as exc:
-            return _unknown(exc)
-        if as_json:
-            click.echo(json.dumps(document, indent=2, ensure_ascii=False))
-        else:
-            console = _console()
-            console.print(status_renderable(document, fill=console.is_terminal), soft_wrap=True)
-        return exit_code(document["status"])
-    finally:
-        source.close()
+            if as_json:
+                click.echo(_json(document))
+            else:
+                console = _console()
+                console.print(status_renderable(document, fill=console.is_terminal), soft_wrap=True)
+            return exit_code(document["status"])
+        finally:
+            source.close()
+    except Unknown as exc:
+        return _unknown(exc, secrets)
+    except Exception as exc:  # noqa: BLE001 - a traceback's exit 1 would read as DEGRADED
+        return _unknown(_unexpected(exc), secrets)
 
 
-def _watch(source: Source, seconds: float) -> int:
+def _watch(source: Source, seconds: float, secrets: tuple[str, ...]) -> int:
     """Draw the status every `seconds` until Ctrl-C (exit 0): in place on a terminal (rich
     Live), else one frame after another. A source that fails shows UNKNOWN until it
     answers again."""
@@ -212,7 +261,10 @@ def _watch(source: Source, seconds: float) -> int:
         try:
             return status_renderable(source.health(), fill=console.is_terminal)
         except Unknown as exc:
-            return Text(f"UNKNOWN: {exc}", style="bold magenta")
+            reason: object = exc
+        except Exception as exc:  # noqa: BLE001 - the next frame may do better
+            reason = _unexpected(exc)
+        return Text(f"UNKNOWN: {_reason(reason, secrets)}", style="bold magenta")
 
     try:
         if console.is_terminal:
@@ -260,24 +312,25 @@ def history(
     Exit status: the job's health (0 healthy, 1 degraded, 2 unhealthy), 3 if there is no
     job NAME or the source cannot be read.
     """
+    secrets = _secrets(url, token)
     try:
         source = _open_source(context, url, store, token, timeout, service, namespace)
-    except Unknown as exc:
-        return _unknown(exc)
-    try:
         try:
-            document = source.job(name, limit)
-        except JobNotFound:
-            return _unknown(f"no job named {name!r} at {source.label}")
-        except Unknown as exc:
-            return _unknown(exc)
-        if as_json:
-            click.echo(json.dumps(document, indent=2, ensure_ascii=False))
-        else:
-            _console().print(history_renderable(document), soft_wrap=True)
-        return exit_code(document["status"])
-    finally:
-        source.close()
+            try:
+                document = source.job(name, limit)
+            except JobNotFound:
+                return _unknown(f"no job named {name!r} at {source.label}", secrets)
+            if as_json:
+                click.echo(_json(document))
+            else:
+                _console().print(history_renderable(document), soft_wrap=True)
+            return exit_code(document["status"])
+        finally:
+            source.close()
+    except Unknown as exc:
+        return _unknown(exc, secrets)
+    except Exception as exc:  # noqa: BLE001 - a traceback's exit 1 would read as DEGRADED
+        return _unknown(_unexpected(exc), secrets)
 
 
 @cli.command(

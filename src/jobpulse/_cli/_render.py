@@ -13,8 +13,10 @@ Nagios performance data, every state always there.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -25,6 +27,7 @@ __all__ = [
     "ERROR_CHARS",
     "EXIT_CODES",
     "STATES",
+    "clean",
     "exit_code",
     "history_renderable",
     "history_summary",
@@ -56,6 +59,17 @@ _STATE_STYLES = {
 #: The longest last error a table shows when it is not as wide as a terminal.
 ERROR_CHARS = 100
 _HEALTH_STYLES = {"healthy": "bold green", "degraded": "bold yellow", "unhealthy": "bold red"}
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(value: object) -> str:
+    """`value` as text with every C0 and C1 control character (newline and tab too) written
+    as an escape (``\\x1b``): a document comes from a server, and a job name or an error
+    must not move the cursor, retitle the terminal or fake a line."""
+    text = value if isinstance(value, str) else str(value)
+    if _CONTROLS.search(text) is None:
+        return text
+    return _CONTROLS.sub(lambda match: f"\\x{ord(match[0]):02x}", text)
 
 
 def exit_code(status: object) -> int:
@@ -70,7 +84,7 @@ def status_summary(document: Mapping[str, Any]) -> Text:
         state = job.get("status")
         if state in counts:
             counts[state] += 1
-    status = str(document["status"])
+    status = clean(document["status"])
     line = Text(f"JOBS {status.upper()}", style=_HEALTH_STYLES.get(status, ""))
     words = [f"{counts[state]} {word}" for state, word in STATES if counts[state]]
     line.append(f" - {len(jobs)} job{'' if len(jobs) == 1 else 's'}")
@@ -115,14 +129,14 @@ def status_renderable(document: Mapping[str, Any], *, fill: bool = False) -> Ren
     for name, job in jobs.items():
         failures = job.get("consecutive_failures") or 0
         table.add_row(
-            Text(str(name)),
+            Text(clean(name)),
             _state(job),
             Text(_relative(_time(job.get("last_run_time")), now)),
             Text(_duration(job.get("last_duration_ms"))),
             Text(_relative(_time(job.get("next_run_time")), now)),
-            Text(str(job.get("success_count") or 0)),
-            Text(str(job.get("failure_count") or 0)),
-            Text(str(failures), style="red" if failures else ""),
+            Text(clean(job.get("success_count") or 0)),
+            Text(clean(job.get("failure_count") or 0)),
+            Text(clean(failures), style="red" if failures else ""),
             Text(_error(job), style="red"),
         )
     return Group(summary, table)
@@ -132,14 +146,14 @@ def history_summary(document: Mapping[str, Any]) -> Text:
     """The summary line of one job's document: its health, state, failures in a row and
     last error category."""
     job = document["job"]
-    status = str(document["status"])
+    status = clean(document["status"])
     line = Text(f"JOB {status.upper()}", style=_HEALTH_STYLES.get(status, ""))
-    line.append(f" - {job.get('job_name')}: {job.get('status')}")
-    failures = job.get("consecutive_failures") or 0
-    if failures:
+    line.append(f" - {clean(job.get('job_name'))}: {clean(job.get('status'))}")
+    failures = clean(job.get("consecutive_failures") or 0)
+    if failures != "0":
         line.append(f", {failures} failed in a row")
         if job.get("last_error_category"):
-            line.append(f" ({job['last_error_category']})")
+            line.append(f" ({clean(job['last_error_category'])})")
     runs = document["history"]
     line.append(f" | runs={len(runs)} failures_in_a_row={failures}")
     return line
@@ -150,8 +164,10 @@ def history_renderable(document: Mapping[str, Any]) -> RenderableType:
     newest first."""
     parts: list[RenderableType] = [history_summary(document)]
     job = document["job"]
-    if job.get("consecutive_failures") and job.get("last_error"):
-        parts.append(Text(f"last error: {job['last_error']}", style="red"))
+    error = job.get("last_error")
+    if job.get("consecutive_failures") and error:
+        lines = "\n".join(clean(line) for line in str(error).splitlines())
+        parts.append(Text(f"last error: {lines}", style="red"))
     runs = document["history"]
     if runs:
         now = _time(document.get("timestamp"))
@@ -163,20 +179,20 @@ def history_renderable(document: Mapping[str, Any]) -> RenderableType:
         table.add_column("CATEGORY", no_wrap=True)
         for run in runs:
             started = _time(run.get("started_at"))
-            outcome = str(run.get("outcome"))
+            outcome = clean(run.get("outcome"))
             table.add_row(
-                Text(str(run.get("started_at") or "")),
+                Text(clean(run.get("started_at") or "")),
                 Text(_relative(started, now), style="dim"),
                 Text(_duration(run.get("duration_ms"))),
                 Text(outcome, style=_STATE_STYLES.get(outcome, "")),
-                Text(str(run.get("error_category") or "")),
+                Text(clean(run.get("error_category") or "")),
             )
         parts.append(table)
     return Group(*parts)
 
 
 def _state(job: Mapping[str, Any]) -> Text:
-    state = str(job.get("status"))
+    state = clean(job.get("status"))
     text = Text(state, style=_STATE_STYLES.get(state, ""))
     if job.get("critical"):
         text.append(" (critical)", style="dim")
@@ -191,16 +207,18 @@ def _error(job: Mapping[str, Any]) -> str:
     lines = [line for line in error.splitlines() if line.strip()]
     last = lines[-1].strip() if lines else ""
     category = job.get("last_error_category")
-    return f"{category}: {last}" if category else last
+    return clean(f"{category}: {last}" if category else last)
 
 
 def _time(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    # A time without its offset (not what jobpulse writes) is read as UTC, as jobpulse's are.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _relative(moment: datetime | None, now: datetime | None) -> str:
@@ -228,7 +246,11 @@ def _amount(seconds: float) -> str:
 
 
 def _duration(milliseconds: object) -> str:
-    if not isinstance(milliseconds, (int, float)) or isinstance(milliseconds, bool):
+    if (
+        not isinstance(milliseconds, (int, float))
+        or isinstance(milliseconds, bool)
+        or not math.isfinite(milliseconds)  # JSON's NaN and Infinity, as Python reads them
+    ):
         return "-"
     if milliseconds < 1000:
         return f"{milliseconds:.0f}ms" if milliseconds >= 1 else f"{milliseconds:.2f}ms"
