@@ -216,5 +216,13 @@ def test_a_redis_reader_finds_the_service_by_its_prefix(redis_url: str, clock: F
     # (healthy) fleet.
     other_database = redis_url.rsplit("/", 1)[0] + "/5"
     for url, service in ((redis_url, "shipping"), (other_database, "billing")):
-        with pytest.raises(StoreError, match="holds no jobpulse store"):
-            FleetReader(url, namespace=namespace, service=service, clock=clock)
+        other = FleetReader(url, namespace=namespace, service=service, clock=clock)
+        try:
+            with pytest.raises(StoreError, match="holds no jobpulse store"):
+                other.statuses()
+            with pytest.raises(StoreError, match="holds no jobpulse store"):
+                other.history("invoices")
+            with pytest.raises(StoreError, match="holds no jobpulse store"):
+                other.instances()
+        finally:
+            other.close()

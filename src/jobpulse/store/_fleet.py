@@ -76,6 +76,11 @@ class FleetView:
         self._categories: list[str] = list(CATEGORIES)
         self._codes = {name: i + 1 for i, name in enumerate(self._categories)}
 
+    @property
+    def cursor(self) -> Cursor | None:
+        """Where the last read of the store ended (None before the first)."""
+        return self._cursor
+
     def invalidate(self) -> None:
         """Read the store at the next call, whatever the interval (after a flush)."""
         self._refreshed = -float("inf")

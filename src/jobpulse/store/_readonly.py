@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from jobpulse._shared import Clock, JobStatus, RunRecord, StoreError, StoreVersionError
 from jobpulse.store._base import Instance, JobChange, Store, WriteResult
@@ -22,6 +22,8 @@ from jobpulse.store._fleet import FleetView
 from jobpulse.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = ["FleetReader", "ReadOnlySQLiteStore", "refuse_writes"]
+
+T = TypeVar("T")
 
 
 def refuse_writes(url: str) -> StoreError:
@@ -121,23 +123,9 @@ class FleetReader:
         from jobpulse.store import open_store
 
         self.store: Store = open_store(url, namespace=namespace, service=service, read_only=True)
-        clock = clock or Clock()
-        try:
-            found = self.store.read(
-                None, now_ns=clock.time_ns(), instance_ttl_ns=int(instance_ttl * 1e9)
-            )
-        except BaseException:
-            self.store.close()
-            raise
-        if not found.store_id:  # a Redis prefix (service, namespace, database) with no store
-            self.store.close()
-            raise StoreError(
-                f"{self.store!r} holds no jobpulse store (no process has written there: "
-                "check the service name, the namespace and the database)"
-            )
         self._fleet = FleetView(
             self.store,
-            clock,
+            clock or Clock(),
             refresh_interval=0.0,
             instance_ttl=instance_ttl,
             default_stall_after=stall_after,
@@ -146,17 +134,29 @@ class FleetReader:
 
     def statuses(self) -> dict[str, JobStatus]:
         """Every job of the fleet, by name (sorted)."""
-        return self._fleet.snapshots()
+        return self._found(self._fleet.snapshots())
 
     def status(self, name: str) -> JobStatus | None:
-        return self._fleet.snapshot(name)
+        return self._found(self._fleet.snapshot(name))
 
     def history(self, name: str, limit: int | None = None) -> list[RunRecord]:
         """The job's runs of the last 24 hours, newest first ([] for an unknown job)."""
-        return self._fleet.history(name, limit)
+        return self._found(self._fleet.history(name, limit))
 
     def instances(self) -> list[Instance]:
-        return self._fleet.instances()
+        return self._found(self._fleet.instances())
+
+    def _found(self, value: T) -> T:
+        """`value`, read from a store that exists: a Redis prefix (service, namespace,
+        database) where no process ever wrote reads as an empty fleet, which must not pass
+        for a healthy one."""
+        cursor = self._fleet.cursor
+        if cursor is not None and not cursor.store_id:
+            raise StoreError(
+                f"{self.store!r} holds no jobpulse store (no process has written there: "
+                "check the service name, the namespace and the database)"
+            )
+        return value
 
     def close(self) -> None:
         self.store.close()
