@@ -285,6 +285,54 @@ def test_exec_ends_when_its_own_output_is_closed(store_url: str) -> None:
     assert read_status(store_url, "yes").last_error_category == "signal"
 
 
+@pytest.mark.parametrize("timeout", [True, False])
+def test_exec_ends_soon_after_its_command_when_its_own_output_is_blocked(
+    store_url: str, timeout: bool
+) -> None:
+    """``jobpulse exec x -- yes | stuck-reader``: once the command is gone (its timeout, or
+    SIGTERM sent to exec), exec does not wait on the reader to end."""
+    options = ["--timeout", "1", "--kill-after", "0.5"] if timeout else []
+    with subprocess.Popen(
+        [*MODULE, "exec", "blocked", "--store", store_url, *options, "--", "yes"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=environment(),
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.read(2) == b"y\n"  # running; from here nobody reads
+            if not timeout:
+                process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=DEADLINE_SECONDS) == (124 if timeout else 143)
+        finally:
+            process.kill()
+    status = read_status(store_url, "blocked")
+    assert status.last_error_category == ("timeout" if timeout else "signal")
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-"])
+def test_exec_with_its_own_output_closed_runs_the_command(
+    store_url: str, tmp_path: Path, closed: str
+) -> None:
+    ran = tmp_path / "ran"
+    script = (
+        f"import pathlib, sys; pathlib.Path({str(ran)!r}).touch(); print('out'); "
+        "print('err', file=sys.stderr)"
+    )
+    exec_ = [*MODULE, "exec", "closed", "--store", store_url, "--", *PY, script]
+    done = subprocess.run(
+        ["sh", "-c", f'"$@" {closed}', "sh", *exec_],
+        capture_output=True,
+        env=environment(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert ran.exists()
+    assert (done.stdout, done.stderr) == ((b"", b"err\n") if closed == ">&-" else (b"out\n", b""))
+    assert read_status(store_url, "closed").state is JobState.SUCCESS
+
+
 def test_output_passes_through_byte_for_byte(store_url: str) -> None:
     script = (
         "import sys; sys.stdout.buffer.write(bytes(range(256)) + b'no newline');"

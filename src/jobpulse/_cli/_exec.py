@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector
 from opentelemetry.trace import Status, StatusCode
@@ -347,7 +347,13 @@ def _say(stream: BinaryIO, text: str) -> None:
 
 def standard_streams() -> tuple[BinaryIO, BinaryIO]:
     """This process's standard output and error, as bytes, flushed: what was printed before
-    comes before the command's output."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return sys.stdout.buffer, sys.stderr.buffer
+    comes before the command's output. One that was closed when this process started
+    (``>&-``) is ``/dev/null``: monitoring never keeps the command from running."""
+    return _binary(sys.stdout), _binary(sys.stderr)
+
+
+def _binary(stream: TextIO | None) -> BinaryIO:
+    if stream is None:
+        return open(os.devnull, "wb")
+    stream.flush()
+    return stream.buffer

@@ -9,7 +9,10 @@ SIGHUP and SIGQUIT sent to this process are sent on to the command's process gro
 
 When the command ends, what it left running may still hold its output pipes: they are read
 for at most `DRAIN_SECONDS` more, then closed (a process still writing to them gets SIGPIPE,
-as it would once ``cron`` stopped reading).
+as it would once ``cron`` stopped reading). The same bound holds when our own output is
+blocked (a reader that stopped reading): the copy waits for room to write beside its stop
+signal, so ``exec`` ends that long after its command, and what it could not pass on is
+dropped.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "FORWARDED_SIGNALS",
     "NOT_EXECUTABLE_EXIT_STATUS",
     "NOT_FOUND_EXIT_STATUS",
+    "STOP_SECONDS",
     "TAIL_BUFFER_BYTES",
     "TAIL_LINES",
     "TIMEOUT_EXIT_STATUS",
@@ -49,6 +53,8 @@ TAIL_LINES = 20
 TAIL_BUFFER_BYTES = 8192
 #: How long the output pipes may stay open once the command has ended.
 DRAIN_SECONDS = 1.0
+#: How long the copy of the output may take to stop once told to.
+STOP_SECONDS = 1.0
 #: What ``jobpulse exec`` exits with when it stopped the command at its timeout (as GNU
 #: ``timeout`` does).
 TIMEOUT_EXIT_STATUS = 124
@@ -151,7 +157,8 @@ class _Pump:
                     for key, _ in selector.select():
                         if key.data is None:  # stop
                             return
-                        self._copy(selector, key.fileobj, key.data)  # type: ignore[arg-type]
+                        if not self._copy(selector, key.fileobj, key.data):  # type: ignore[arg-type]
+                            return
             finally:
                 for pipe, _ in self._pipes:
                     pipe.close()
@@ -159,19 +166,38 @@ class _Pump:
 
     def _copy(
         self, selector: selectors.BaseSelector, pipe: IO[bytes], destination: BinaryIO
-    ) -> None:
+    ) -> bool:
+        """Copy what `pipe` has to `destination`; False once told to stop."""
         data = os.read(pipe.fileno(), _READ_BYTES)
         if not data:
             selector.unregister(pipe)
             pipe.close()
-            return
+            return True
         self._keep(data)
         try:
-            destination.write(data)
-            destination.flush()
+            return self._write(destination, data)
         except (OSError, ValueError):  # our own output is closed: so is the command's
             selector.unregister(pipe)
             pipe.close()
+            return True
+
+    def _write(self, destination: BinaryIO, data: bytes) -> bool:
+        """Write `data` to `destination`: to its file descriptor, if it has one, a pipe's
+        atomic size at a time once there is room (so that `finish` can stop a copy that a
+        reader of ours holds up, and no lock of a Python stream is left held); else (a
+        stream in memory) through the stream. False once told to stop (the rest is dropped)."""
+        try:
+            fd = destination.fileno()
+        except (AttributeError, OSError, ValueError):
+            destination.write(data)
+            destination.flush()
+            return True
+        view = memoryview(data)
+        while view:
+            if not select.select([self._wake_read], [fd], [])[1]:
+                return False
+            view = view[os.write(fd, view[: select.PIPE_BUF]) :]
+        return True
 
     def _keep(self, data: bytes) -> None:
         tail = self._tail
@@ -182,11 +208,14 @@ class _Pump:
             self._cut = True
 
     def finish(self, seconds: float) -> None:
-        """Wait at most `seconds` for the end of both pipes, then stop reading them."""
+        """Wait at most `seconds` for the end of both pipes, then stop reading them; returns
+        within `seconds` plus `STOP_SECONDS` whatever our own output does. (A thread still
+        in a write past that, to a terminal stopped with Ctrl-S say, is left to the end of
+        the process: a daemon that holds no lock.)"""
         self._thread.join(seconds)
         if self._thread.is_alive():
             os.write(self._wake_write, b"x")
-            self._thread.join()
+            self._thread.join(STOP_SECONDS)
         os.close(self._wake_write)
 
     def tail(self) -> str:
