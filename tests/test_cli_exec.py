@@ -644,6 +644,57 @@ def test_cron_schedules_and_time_zones(jobpulse_here: Any, store_url: str) -> No
         assert read_status(store_url, name).timezone == zone
 
 
+def test_when_a_run_shows_as_stalled(jobpulse_here: Any, store_url: str) -> None:
+    """A run longer than its schedule's period overlaps the next one: stalled past it, not
+    past the monitor's 300 s, unless --timeout or --stall-after says otherwise."""
+    for name, options, stall_after in (
+        ("every", ["--schedule", "@every 2s"], 2.0),
+        ("hourly", ["--schedule", "@hourly"], 3600.0),
+        ("timeout", ["--schedule", "@every 2s", "--timeout", "10"], 300.0),
+        ("long-timeout", ["--timeout", "10m"], 600.0),
+        ("explicit", ["--schedule", "@every 2s", "--stall-after", "45s"], 45.0),
+        ("unscheduled", [], 300.0),
+    ):
+        ran = jobpulse_here("exec", name, "--store", store_url, *options, "--", "true")
+        assert (ran.code, ran.err) == (0, b"")
+        assert read_status(store_url, name).stall_after_seconds == stall_after, name
+    refused = jobpulse_here("exec", "x", "--store", store_url, "--stall-after", "0", "--", "true")
+    assert refused.code == 3
+    assert b"--stall-after must be a positive, finite duration" in refused.err
+
+
+def test_a_run_past_its_schedules_period_is_stalled_and_says_so(store_url: str) -> None:
+    command = [*PY, "import sys; sys.stdin.read()"]  # until its input is closed
+    with subprocess.Popen(
+        [
+            *MODULE,
+            "exec",
+            "overlaps",
+            "--store",
+            store_url,
+            "--schedule",
+            "@every 1s",
+            "--",
+            *command,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=environment(),
+    ) as process:
+        try:
+            assert process.stderr is not None
+            line = process.stderr.readline()  # the stall alert, a second into the run
+            assert line.startswith(b"jobpulse: job 'overlaps' stalled: running for ")
+            assert line.endswith(b"past its stall_after of 1.0s\n")
+            assert read_status(store_url, "overlaps").state is JobState.STALLED
+            assert process.stdin is not None
+            process.stdin.close()  # the command ends
+            assert process.wait(timeout=DEADLINE_SECONDS) == 0
+        finally:
+            process.kill()
+
+
 def test_the_hosts_time_zone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     link = tmp_path / "localtime"
     link.symlink_to("/usr/share/zoneinfo/Europe/Berlin")

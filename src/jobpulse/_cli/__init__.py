@@ -4,7 +4,8 @@
 
     jobpulse status  [--url URL | --store URL] [--json] [--watch [SECONDS]]
     jobpulse history NAME [--url URL | --store URL] [--limit N] [--json]
-    jobpulse exec    NAME [--store URL] [--schedule S] [--timeout T] [--critical] -- COMMAND...
+    jobpulse exec    NAME [--store URL] [--schedule S] [--timeout T] [--stall-after T]
+                     [--critical] -- COMMAND...
 
 ``status`` and ``history`` exit as monitoring plugins do (0 healthy, 1 degraded, 2
 unhealthy, 3 unknown), so that either works as a Kubernetes exec probe or a Nagios/Icinga

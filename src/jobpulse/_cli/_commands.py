@@ -371,6 +371,12 @@ def history(
     help="Grace between SIGTERM and SIGKILL at --timeout.",
 )
 @click.option(
+    "--stall-after",
+    metavar="DURATION",
+    help="Show a run still going after DURATION as stalled (and say so on stderr). "
+    "[default: --timeout if given (at least 300 s); else the --schedule's period; else 300 s]",
+)
+@click.option(
     "--critical",
     is_flag=True,
     help="The job makes the health unhealthy when it fails 3 times "
@@ -390,6 +396,7 @@ def exec_(
     timezone: str | None,
     timeout: str | None,
     kill_after: str,
+    stall_after: str | None,
     critical: bool,
     namespace: str,
 ) -> int:
@@ -411,6 +418,7 @@ def exec_(
         timezone=timezone,
         timeout=timeout,
         kill_after=kill_after,
+        stall_after=stall_after,
         critical=critical,
         namespace=namespace,
     )

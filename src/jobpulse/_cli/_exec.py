@@ -56,6 +56,7 @@ __all__ = [
     "execute",
     "host_timezone",
     "service_name",
+    "stall_after",
 ]
 
 #: The service an exec's runs belong to unless ``OTEL_SERVICE_NAME`` (or
@@ -92,6 +93,9 @@ class ExecOptions:
     #: Seconds, as a number or a duration ("90s", "15m", "1h30m").
     timeout: str | None = None
     kill_after: str = "5"
+    #: Default: the monitor's (or the timeout if longer); with a schedule and no timeout,
+    #: its period (`stall_after`).
+    stall_after: str | None = None
     critical: bool = False
     namespace: str = ""
 
@@ -159,6 +163,21 @@ def _registration_timezone(schedule: str | None, timezone: str | None) -> str | 
     if schedule.split()[0].startswith(("CRON_TZ=", "TZ=")):
         return None
     return host_timezone()
+
+
+def stall_after(options: ExecOptions, timeout: float | None, timezone: str | None) -> float | None:
+    """Seconds after which a run shows as stalled: ``--stall-after`` if given; else, with a
+    schedule and no timeout, the schedule's period (a run longer than that overlaps the
+    next); else None, the monitor's default (300 s, or the timeout if longer). Raises
+    `ExecError`."""
+    if options.stall_after is not None:
+        return seconds(options.stall_after, "--stall-after")
+    if options.schedule is None or timeout is not None:
+        return None
+    try:
+        return parse_schedule(options.schedule, timezone).period_seconds
+    except (InvalidJobError, ImportError) as exc:  # parsed once already
+        raise ExecError(str(exc)) from None
 
 
 def error_text(finished: Finished) -> str:
@@ -251,6 +270,7 @@ def execute(options: ExecOptions, *, stdout: BinaryIO, stderr: BinaryIO) -> int:
     timeout = None if options.timeout is None else seconds(options.timeout, "--timeout")
     kill_after = seconds(options.kill_after, "--kill-after", zero=True)
     timezone = _registration_timezone(options.schedule, options.timezone)
+    stall = stall_after(options, timeout, timezone)
     handler = _Printed(stderr)
     _LOGGER.addHandler(handler)
     propagate, _LOGGER.propagate = _LOGGER.propagate, False
@@ -261,6 +281,7 @@ def execute(options: ExecOptions, *, stdout: BinaryIO, stderr: BinaryIO) -> int:
                 name,
                 critical=options.critical,
                 timeout=timeout,
+                stall_after=stall,
                 schedule=options.schedule,
                 timezone=timezone,
             )
