@@ -10,6 +10,17 @@ raw recipe measured in the same round):
   jobpulse async         @monitor.job on an async function, awaited in a running loop
   plain span             a span without job.name, on a provider without and with
                          jobpulse's processor: what jobpulse costs spans that are not jobs
+  N threads              the raw recipe and jobpulse (sync and async: an event loop per
+                         thread) run by 8 and by 64 threads at once, started together; a
+                         run's cost is the round's wall time over its runs, and "x raw" is
+                         against the raw recipe at the same thread count
+  SQLite store           jobpulse sync on a monitor with a store (a SQLite file in a
+                         temporary folder): its publisher thread writes every second
+  prometheus_client      the same instruments with prometheus_client alone (a histogram
+                         observe, a counter inc and an in-progress gauge, labelled), what a
+                         team would write without OpenTelemetry
+  Sentry crons           sentry-sdk's crons decorator with a transport that sends nothing,
+                         when sentry-sdk is installed (else the row says so)
 
 Target: jobpulse sync costs at most 0.7x the raw recipe. The ratio, not the absolute
 figures, is the result: both sides run on the same SDK, the same machine, the same minute.
@@ -23,8 +34,12 @@ import argparse
 import asyncio
 import statistics
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -34,6 +49,8 @@ from opentelemetry.trace import Tracer
 from jobpulse import JobMonitor
 
 TARGET_RATIO = 0.7
+THREAD_COUNTS = (8, 64)
+RAW = "raw OpenTelemetry recipe"
 
 
 def job() -> int:
@@ -42,6 +59,83 @@ def job() -> int:
 
 async def async_job() -> int:
     return 1
+
+
+def threaded(loop: Callable[[int], None], threads: int) -> Callable[[int], None]:
+    """`loop` run by `threads` threads at once for `n` runs in all, started together."""
+
+    def run(n: int) -> None:
+        share = max(n // threads, 1)
+        gate = threading.Barrier(threads)
+
+        def work() -> None:
+            gate.wait()
+            loop(share)
+
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    return run
+
+
+def prometheus_client_loop() -> Callable[[int], None] | None:
+    """The recipe with prometheus_client alone, or None without it."""
+    try:
+        import prometheus_client
+    except ImportError:
+        return None
+    registry = prometheus_client.CollectorRegistry()
+    duration = prometheus_client.Histogram(
+        "job_duration_seconds", "Duration.", ["job_name", "status"], registry=registry
+    )
+    runs_total = prometheus_client.Counter(
+        "job_runs", "Runs.", ["job_name", "status"], registry=registry
+    )
+    active = prometheus_client.Gauge("jobs_active", "Active.", ["job_name"], registry=registry)
+
+    def loop(n: int) -> None:
+        for _ in range(n):
+            with active.labels("prom_job").track_inprogress():
+                started = time.perf_counter()
+                job()
+                elapsed = time.perf_counter() - started
+            duration.labels("prom_job", "success").observe(elapsed)
+            runs_total.labels("prom_job", "success").inc()
+
+    return loop
+
+
+def sentry_crons_loop() -> Callable[[int], None] | None:
+    """sentry-sdk's crons decorator on the job, with a transport that sends nothing; None
+    without sentry-sdk."""
+    try:
+        import sentry_sdk
+        from sentry_sdk.crons import monitor as sentry_monitor
+        from sentry_sdk.transport import Transport
+    except ImportError:
+        return None
+
+    class NoTransport(Transport):
+        def capture_envelope(self, envelope: Any) -> None:
+            pass
+
+    # No default integrations: they would patch threads and logging for the other rows too.
+    sentry_sdk.init(
+        dsn="https://key@127.0.0.1/1",
+        transport=NoTransport,
+        default_integrations=False,
+        auto_enabling_integrations=False,
+    )
+    crons_job = sentry_monitor(monitor_slug="crons-job")(job)
+
+    def loop(n: int) -> None:
+        for _ in range(n):
+            crons_job()
+
+    return loop
 
 
 def measure(
@@ -119,32 +213,67 @@ def main(argv: list[str] | None = None) -> int:
 
         return loop
 
-    samples = measure(
-        {
-            "bare call": bare_loop,
-            "raw OpenTelemetry recipe": raw_loop,
-            "jobpulse @monitor.job sync": sync_loop,
-            "jobpulse @monitor.job async": async_loop,
-            "plain span, no jobpulse": plain_span_loop(raw_tracer),
-            "plain span, jobpulse on": plain_span_loop(plain_tracer),
-        },
-        args.runs,
-        args.repeats,
+    folder = tempfile.TemporaryDirectory(prefix="jobpulse-overhead-")
+    store_provider = TracerProvider(shutdown_on_exit=False)
+    stored = JobMonitor(
+        store_provider, meter_provider, store=f"sqlite:///{Path(folder.name) / 'jobs.db'}"
     )
+    stored_job = stored.job("stored_job")(job)
+
+    def stored_loop(n: int) -> None:
+        for _ in range(n):
+            stored_job()
+
+    loops: dict[str, Callable[[int], None]] = {
+        "bare call": bare_loop,
+        RAW: raw_loop,
+        "jobpulse @monitor.job sync": sync_loop,
+        "jobpulse @monitor.job async": async_loop,
+        "plain span, no jobpulse": plain_span_loop(raw_tracer),
+        "plain span, jobpulse on": plain_span_loop(plain_tracer),
+        "jobpulse sync, SQLite store": stored_loop,
+    }
+    # Each row's ratio is to the raw recipe run the same way.
+    baseline = dict.fromkeys(loops, RAW)
+    for threads in THREAD_COUNTS:
+        raw_name = f"{RAW}, {threads} threads"
+        loops[raw_name] = threaded(raw_loop, threads)
+        for kind, loop in (("sync", sync_loop), ("async", async_loop)):
+            name = f"jobpulse {kind}, {threads} threads"
+            loops[name] = threaded(loop, threads)
+            baseline[name] = raw_name
+        baseline[raw_name] = raw_name
+    missing = []
+    for name, optional in (
+        ("prometheus_client alone", prometheus_client_loop()),
+        ("Sentry crons decorator", sentry_crons_loop()),
+    ):
+        if optional is None:
+            missing.append(name)
+        else:
+            loops[name] = optional
+            baseline[name] = RAW
+    samples = measure(loops, args.runs, args.repeats)
     status = monitor.status("monitored_job")
     assert status is not None
     assert status.success_count >= args.runs * args.repeats
     monitor.shutdown()
-    tracer_provider.shutdown()
+    stored.shutdown()
+    folder.cleanup()
+    for provider in (tracer_provider, store_provider):
+        provider.shutdown()
     meter_provider.shutdown()
 
-    raw = samples["raw OpenTelemetry recipe"]
-    print(f"{'case':<30} {'us/run':>9} {'x raw':>7}")
+    print(f"{'case':<36} {'us/run':>9} {'x raw':>7}")
     for name, values in samples.items():
-        ratios = [value / base for value, base in zip(values, raw, strict=True)]
-        print(f"{name:<30} {statistics.median(values):>9.2f} {statistics.median(ratios):>7.2f}")
+        base = samples[baseline[name]]
+        ratios = [value / raw for value, raw in zip(values, base, strict=True)]
+        print(f"{name:<36} {statistics.median(values):>9.2f} {statistics.median(ratios):>7.2f}")
+    for name in missing:
+        print(f"{name:<36} {'-':>9} {'-':>7}  (not installed)")
     ratio = statistics.median(
-        sync / base for sync, base in zip(samples["jobpulse @monitor.job sync"], raw, strict=True)
+        sync / raw
+        for sync, raw in zip(samples["jobpulse @monitor.job sync"], samples[RAW], strict=True)
     )
     verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
     print(f"target: jobpulse sync <= {TARGET_RATIO}x raw recipe: {ratio:.2f}x {verdict}")

@@ -82,6 +82,16 @@ def test_overhead_benchmark_runs() -> None:
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["case", "us/run", "x", "raw"]
     assert any(line.startswith("jobpulse @monitor.job sync") for line in lines)
+    for row in (
+        "jobpulse sync, SQLite store",
+        "raw OpenTelemetry recipe, 8 threads",
+        "jobpulse sync, 64 threads",
+        "jobpulse async, 64 threads",
+        "prometheus_client alone",
+        "Sentry crons decorator",  # sentry-sdk is a dev dependency: measured, not "-"
+    ):
+        (line,) = [line for line in lines if line.startswith(row + " ")]
+        assert re.fullmatch(rf"{re.escape(row)} +[0-9.]+ +[0-9.]+", line), line
     assert "target: jobpulse sync <= 0.7x raw recipe" in result.stdout
 
 
