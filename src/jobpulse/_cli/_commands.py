@@ -197,6 +197,31 @@ def _open_source(
     )
 
 
+def _on_source(
+    context: click.Context,
+    url: str | None,
+    store: str | None,
+    token: str | None,
+    timeout: float,
+    service: str | None,
+    namespace: str,
+    work: Callable[[Source, tuple[str, ...]], int],
+) -> int:
+    """`work` on the source the options name (closed after), with the secrets to mask; its
+    exit status, or UNKNOWN's (3) for any failure, never a traceback's 1 (DEGRADED)."""
+    secrets = _secrets(url, token)
+    try:
+        source = _open_source(context, url, store, token, timeout, service, namespace)
+        try:
+            return work(source, secrets)
+        finally:
+            source.close()
+    except Unknown as exc:
+        return _unknown(exc, secrets)
+    except Exception as exc:  # noqa: BLE001 - a traceback's exit 1 would read as DEGRADED
+        return _unknown(_unexpected(exc), secrets)
+
+
 @cli.command()
 @_source_options
 @click.option("--json", "as_json", is_flag=True, help="Print the health document as JSON.")
@@ -230,25 +255,19 @@ def status(
     """
     if watch is not None and as_json:
         raise click.UsageError("--watch draws the table: leave out --json")
-    secrets = _secrets(url, token)
-    try:
-        source = _open_source(context, url, store, token, timeout, service, namespace)
-        try:
-            if watch is not None:
-                return _watch(source, watch, secrets)
-            document = source.health()
-            if as_json:
-                click.echo(_json(document))
-            else:
-                console = _console()
-                console.print(status_renderable(document, fill=console.is_terminal), soft_wrap=True)
-            return exit_code(document["status"])
-        finally:
-            source.close()
-    except Unknown as exc:
-        return _unknown(exc, secrets)
-    except Exception as exc:  # noqa: BLE001 - a traceback's exit 1 would read as DEGRADED
-        return _unknown(_unexpected(exc), secrets)
+
+    def show(source: Source, secrets: tuple[str, ...]) -> int:
+        if watch is not None:
+            return _watch(source, watch, secrets)
+        document = source.health()
+        if as_json:
+            click.echo(_json(document))
+        else:
+            console = _console()
+            console.print(status_renderable(document, fill=console.is_terminal), soft_wrap=True)
+        return exit_code(document["status"])
+
+    return _on_source(context, url, store, token, timeout, service, namespace, show)
 
 
 def _watch(source: Source, seconds: float, secrets: tuple[str, ...]) -> int:
@@ -312,25 +331,19 @@ def history(
     Exit status: the job's health (0 healthy, 1 degraded, 2 unhealthy), 3 if there is no
     job NAME or the source cannot be read.
     """
-    secrets = _secrets(url, token)
-    try:
-        source = _open_source(context, url, store, token, timeout, service, namespace)
+
+    def show(source: Source, secrets: tuple[str, ...]) -> int:
         try:
-            try:
-                document = source.job(name, limit)
-            except JobNotFound:
-                return _unknown(f"no job named {name!r} at {source.label}", secrets)
-            if as_json:
-                click.echo(_json(document))
-            else:
-                _console().print(history_renderable(document), soft_wrap=True)
-            return exit_code(document["status"])
-        finally:
-            source.close()
-    except Unknown as exc:
-        return _unknown(exc, secrets)
-    except Exception as exc:  # noqa: BLE001 - a traceback's exit 1 would read as DEGRADED
-        return _unknown(_unexpected(exc), secrets)
+            document = source.job(name, limit)
+        except JobNotFound:
+            return _unknown(f"no job named {name!r} at {source.label}", secrets)
+        if as_json:
+            click.echo(_json(document))
+        else:
+            _console().print(history_renderable(document), soft_wrap=True)
+        return exit_code(document["status"])
+
+    return _on_source(context, url, store, token, timeout, service, namespace, show)
 
 
 @cli.command(
