@@ -10,11 +10,11 @@ module only (one browser, one server), and nothing here calls ``asyncio.run``.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import uvicorn
 from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -31,6 +30,7 @@ from jobpulse import JobMonitor, set_metadata
 from jobpulse._page import duration_text, rate_text
 from jobpulse.starlette import HEALTH_PATH, routes
 from tests.conftest import REQUIRE_SERVERS, log_signal, succeed
+from tests.uvicorn_server import serving
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -71,37 +71,6 @@ def require_browser() -> None:
         pytest.skip(message)
 
 
-class Server:
-    """uvicorn serving `app` on 127.0.0.1 (a free port), on a thread of its own."""
-
-    def __init__(self, app: Starlette) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.started = threading.Event()
-        self.thread = threading.Thread(target=self._serve, name="uvicorn-page-test", daemon=True)
-
-    def _serve(self) -> None:
-        async def main() -> None:
-            task = asyncio.create_task(self.server.serve())
-            while not self.server.started:  # uvicorn offers no startup event to wait on
-                await asyncio.sleep(0.01)
-            self.started.set()
-            await task
-
-        asyncio.run(main())
-
-    def start(self) -> int:
-        self.thread.start()
-        assert self.started.wait(30), "uvicorn did not start"
-        port: int = self.server.servers[0].sockets[0].getsockname()[1]
-        return port
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-
-
 @dataclass
 class Served:
     """The monitor and where its routes are: the health document at `api`, the status page
@@ -129,11 +98,11 @@ class Served:
         return document
 
 
-def serve(monitor: JobMonitor) -> tuple[Server, Served]:
+@contextmanager
+def serve(monitor: JobMonitor) -> Iterator[Served]:
     app = Starlette(routes=[Mount("/ops", routes=routes(monitor, metrics=False, status_page=True))])
-    server = Server(app)
-    port = server.start()
-    return server, Served(monitor, f"http://127.0.0.1:{port}/ops")
+    with serving(app, "uvicorn-page-test") as base:
+        yield Served(monitor, f"{base}/ops")
 
 
 @pytest.fixture(scope="module")
@@ -190,11 +159,10 @@ def served() -> Iterator[Served]:
         monitor.set_next_run("billing_export", now - timedelta(seconds=5), grace=1)
         assert stalled.wait(30)
         assert missed.wait(30)
-    server, where = serve(monitor)
     try:
-        yield where
+        with serve(monitor) as where:
+            yield where
     finally:
-        server.stop()
         release.set()
         hung.join(30)
         monitor.shutdown()
@@ -588,21 +556,20 @@ def test_a_thousand_jobs_render_in_time(contexts: Callable[..., Page]) -> None:
         for run in range(3):
             began = start + timedelta(minutes=run)
             monitor.record_run(name, start=began, end=began + timedelta(seconds=index % 7))
-    server, where = serve(monitor)
     try:
-        page = contexts()
-        page.goto(where.jobs)
-        timing = page.evaluate(
-            """() => {
-                const nav = performance.getEntriesByType("navigation")[0];
-                return {
-                    rows: document.querySelectorAll("#rows tr[data-name]").length,
-                    firstRender: nav.domContentLoadedEventEnd - nav.responseStart,
-                };
-            }"""
-        )
+        with serve(monitor) as where:
+            page = contexts()
+            page.goto(where.jobs)
+            timing = page.evaluate(
+                """() => {
+                    const nav = performance.getEntriesByType("navigation")[0];
+                    return {
+                        rows: document.querySelectorAll("#rows tr[data-name]").length,
+                        firstRender: nav.domContentLoadedEventEnd - nav.responseStart,
+                    };
+                }"""
+            )
     finally:
-        server.stop()
         monitor.shutdown()
     assert timing["rows"] == 1000
     assert timing["firstRender"] < 5000
