@@ -82,6 +82,7 @@ class RunHistory:
 
     __slots__ = (
         "_all_counts",
+        "_buckets",
         "_capacity",
         "_codes",
         "_drop_counts",
@@ -89,6 +90,7 @@ class RunHistory:
         "_durations",
         "_head",
         "_highest",
+        "_limit",
         "_lowest",
         "_ok_counts",
         "_starts",
@@ -100,9 +102,13 @@ class RunHistory:
         if capacity < 1:
             raise InvalidJobError(f"history capacity must be at least 1, not {capacity}")
         self._capacity = capacity
+        # Evictions wait until this many runs are held, then go in one pass (every reading
+        # method evicts down to `capacity` first, so what is read is the same).
+        self._limit = capacity + max(capacity // 8, 1)
         self._starts = array("q")
         self._durations = array("f")
         self._codes = array("B")
+        self._buckets = array("B")  # each run's histogram bucket (_BUCKETS < 256)
         self._head = 0  # index of the oldest held run; everything before it is dead
         self._successes = 0
         self._all_counts = self._ok_counts = _UNALLOCATED
@@ -127,9 +133,10 @@ class RunHistory:
         durations = self._durations
         durations.append(duration_ns / 1e9 if duration_ns > 0 else 0.0)
         bucket = _bucket(durations[-1])
+        self._buckets.append(bucket)
         if self._all_counts is _UNALLOCATED:
-            # Until the eviction below, a bucket can hold capacity + 1 runs.
-            count_type = "H" if self._capacity < 0xFFFF else "I"
+            # Until an eviction, a bucket can hold `_limit` + 1 runs.
+            count_type = "H" if self._limit < 0xFFFF else "I"
             self._all_counts = array(count_type, [0]) * _BUCKETS
             self._ok_counts = array(count_type, [0]) * _BUCKETS
         self._all_counts[bucket] += 1
@@ -145,10 +152,42 @@ class RunHistory:
         if durations[head] * 1e9 < now_ns - WINDOW_NS - self._starts[head]:
             self._prune_runs(now_ns)
             head = self._head
-        if len(durations) - head > self._capacity:
-            self._count_eviction(self._forget(head))
-            self._head = head + 1
-            self._compact()
+        if len(durations) - head > self._limit:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Evict the oldest runs beyond `capacity`, counting each in the hour it ended."""
+        head = self._head
+        stop = len(self._starts) - self._capacity
+        if stop <= head:
+            return
+        if self._drop_counts is _UNALLOCATED:
+            self._drop_counts = array("I", [0]) * _HOURS
+            self._drop_hours = array("q", [0]) * _HOURS
+        all_counts, ok_counts, buckets, codes = (
+            self._all_counts,
+            self._ok_counts,
+            self._buckets,
+            self._codes,
+        )
+        starts, durations = self._starts, self._durations
+        drop_counts, drop_hours = self._drop_counts, self._drop_hours
+        successes = self._successes
+        for index in range(head, stop):
+            bucket = buckets[index]
+            all_counts[bucket] -= 1
+            if codes[index] == 0:
+                ok_counts[bucket] -= 1
+                successes -= 1
+            hour = (starts[index] + int(durations[index] * 1e9)) // _HOUR_NS
+            slot = hour % _HOURS
+            if drop_hours[slot] != hour:
+                drop_hours[slot] = hour
+                drop_counts[slot] = 0
+            drop_counts[slot] += 1
+        self._successes = successes
+        self._head = stop
+        self._compact()
 
     def prune(self, now_ns: int) -> bool:
         """Drop the runs that ended before `now_ns - WINDOW_NS`, and forget evictions that
@@ -158,6 +197,7 @@ class RunHistory:
         leaves the window it costs one comparison."""
         if now_ns < self.quiet_until:
             return False
+        self._evict()
         changed = self._prune_runs(now_ns)
         oldest_hour = now_ns // _HOUR_NS - _HOURS
         counts, hours = self._drop_counts, self._drop_hours
@@ -178,11 +218,13 @@ class RunHistory:
         return changed
 
     def __len__(self) -> int:
+        self._evict()
         return len(self._starts) - self._head
 
     def dropped(self, now_ns: int) -> int:
         """How many runs were evicted because of `capacity` and ended within the last 24 h,
         to the hour: evictions are counted per hour of the evicted run's end."""
+        self._evict()
         if self._drop_counts is _UNALLOCATED:
             return 0
         oldest_hour = now_ns // _HOUR_NS - _HOURS
@@ -191,6 +233,7 @@ class RunHistory:
 
     def stats(self) -> HistoryStats:
         """Run count, successes, p50/p95/p99 duration and success rate of the held runs."""
+        self._evict()
         runs = len(self._starts) - self._head
         if runs == 0:
             return _NO_RUNS
@@ -213,6 +256,7 @@ class RunHistory:
         when there is none). `q` is in 0..1; raises InvalidJobError (a ValueError) otherwise."""
         if not 0.0 <= q <= 1.0:
             raise InvalidJobError(f"a quantile is between 0 and 1, not {q}")
+        self._evict()
         successes = self._successes
         if successes == 0:
             return 0, None
@@ -223,6 +267,7 @@ class RunHistory:
     def records(self, limit: int | None = None) -> list[tuple[int, float, int]]:
         """(start_ns, duration_seconds, code) of every held run, or of the `limit` that
         ended last, oldest-ended first."""
+        self._evict()
         head = self._head
         if limit is not None:
             head = max(head, len(self._starts) - limit)
@@ -243,26 +288,13 @@ class RunHistory:
         self._compact()
         return True
 
-    def _forget(self, index: int) -> int:
-        """Take the run at `index` out of the histograms; return its end in nanoseconds."""
-        seconds = self._durations[index]
-        bucket = _bucket(seconds)
+    def _forget(self, index: int) -> None:
+        """Take the run at `index` out of the histograms."""
+        bucket = self._buckets[index]
         self._all_counts[bucket] -= 1
         if self._codes[index] == 0:
             self._ok_counts[bucket] -= 1
             self._successes -= 1
-        return self._starts[index] + int(seconds * 1e9)
-
-    def _count_eviction(self, end_ns: int) -> None:
-        if self._drop_counts is _UNALLOCATED:
-            self._drop_counts = array("I", [0]) * _HOURS
-            self._drop_hours = array("q", [0]) * _HOURS
-        hour = end_ns // _HOUR_NS
-        slot = hour % _HOURS
-        if self._drop_hours[slot] != hour:
-            self._drop_hours[slot] = hour
-            self._drop_counts[slot] = 0
-        self._drop_counts[slot] += 1
 
     def _compact(self) -> None:
         # Deleting the dead prefix only once it is the larger half keeps pruning O(1) amortized.
@@ -271,4 +303,5 @@ class RunHistory:
             del self._starts[:head]
             del self._durations[:head]
             del self._codes[:head]
+            del self._buckets[:head]
             self._head = 0
