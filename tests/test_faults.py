@@ -8,7 +8,8 @@ import logging
 import pytest
 from opentelemetry.sdk.trace import Span
 
-from jobpulse import JobMonitor, _metadata, set_metadata
+from jobpulse import JobMonitor, _duration, _metadata, set_metadata
+from jobpulse._duration import FOLD_AT
 from jobpulse._guard import Guard, report_internal_error
 from jobpulse._registry import StatusRegistry
 from jobpulse.testing import FakeClock
@@ -71,15 +72,36 @@ async def _async_job(monitor: JobMonitor) -> str:
 def test_fault_in_histogram_record(
     monitor: JobMonitor, internal_errors: InternalErrors, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(monitor._processor, "_histogram", _BrokenHistogram())
+    # A failed run is recorded at once (for its exemplar).
+    monkeypatch.setattr(monitor._processor._recorder, "_histogram", _BrokenHistogram())
 
     @monitor.job("hist")
     def job() -> int:
-        return 1
+        raise KeyError("the job's own")
 
-    assert job() == 1
+    with pytest.raises(KeyError, match="the job's own"):
+        job()
     assert [where for where, _ in internal_errors.take()] == ["span processor on_end"]
-    assert monitor.status("hist").success_count == 1  # type: ignore[union-attr]
+    assert monitor.status("hist").failure_count == 1  # type: ignore[union-attr]
+
+
+def test_fault_in_folding_durations(
+    monitor: JobMonitor,
+    otel: Otel,
+    internal_errors: InternalErrors,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert monitor._processor._batched
+    monkeypatch.setattr(_duration, "_fold_into", _boom)
+    job = monitor.job("folded")(lambda: 1)
+    assert job() == 1
+    metrics = otel.metrics()  # a collection folds first: that fails, the rest is read
+    assert [where for where, _ in internal_errors.take()] == ["metric callback"]
+    assert "background_job.runs" in metrics
+    for _ in range(FOLD_AT):  # the run that makes FOLD_AT wait folds on its own thread
+        assert job() == 1
+    assert [where for where, _ in internal_errors.take()] == ["span processor on_end"]
+    assert monitor.status("folded").success_count == FOLD_AT + 1  # type: ignore[union-attr]
 
 
 class _BrokenHistogram:

@@ -31,8 +31,11 @@ class Clock:
         return time.time_ns()
 
     def __init__(self) -> None:
+        # Read on every run: the system's functions themselves, not a method around each.
         if type(self).monotonic is Clock.monotonic:  # not a subclass's own
-            self.monotonic = _MONOTONIC  # type: ignore[method-assign]  # read on every run
+            self.monotonic = _MONOTONIC  # type: ignore[method-assign]
+        if type(self).time_ns is Clock.time_ns:
+            self.time_ns = time.time_ns  # type: ignore[method-assign]
 
     def monotonic(self) -> float:
         """Seconds on a clock that never goes back; only differences are meaningful."""

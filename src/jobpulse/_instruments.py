@@ -1,6 +1,7 @@
 """The metric instruments, their names, and the callbacks that read the status view.
 
-Only the duration histogram is recorded per run. Runs, active and stalled runs, timeouts,
+Only the duration histogram is recorded per run (in batches where the SDK allows: see
+`jobpulse._duration`). Runs, active and stalled runs, timeouts,
 missed and skipped runs, the last success time, each job's state and consecutive failures, and
 pending work are asynchronous instruments that read the registry when a reader collects, so a
 run costs one histogram point and nothing more.
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 
+from jobpulse._duration import DurationRecorder
 from jobpulse._exceptions import InvalidJobError
 from jobpulse._guard import Guard
 from jobpulse._model import JobState
@@ -109,6 +111,9 @@ class Instruments:
             description="Duration of background job runs, by job and outcome.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
+        self.recorder = DurationRecorder(self.duration, registry.take_durations)
+        if self.recorder.batched:
+            registry.batch_durations()
         meter.create_observable_counter(
             names["runs"],
             callbacks=[
@@ -116,7 +121,8 @@ class Instruments:
                     lambda p: (
                         (p.success_count, p.success_attributes),
                         (p.failure_count, p.failed_attributes),
-                    )
+                    ),
+                    fold=True,
                 )
             ],
             description="Finished background job runs, by job and outcome (success, failed).",
@@ -178,9 +184,18 @@ class Instruments:
             description="Work items waiting for background jobs, by kind.",
         )
 
-    def _per_job(self, values: _Values) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _per_job(
+        self, values: _Values, *, fold: bool = False
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """A callback observing `values` of every job; with `fold`, it first folds the
+        durations waiting into the histogram (every reader's collection calls every
+        callback before it reads the storage)."""
+
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             observations: list[Observation] = []
+            if fold:
+                with _CALLBACK_GUARD:
+                    self.recorder.fold()
             if self.closed:
                 return observations
             with _CALLBACK_GUARD:

@@ -649,20 +649,31 @@ class JobMonitor:
             agenerator = self._async_generator_job(func, job_name, attributes, ensure_registered)
             setattr(agenerator, JOB_NAME_ATTRIBUTE, job_name)
             return cast(Callable[P, R], agenerator)
+        tracer_start = self._start
+        finish = self._finish
         if inspect.iscoroutinefunction(func):
             async_func = cast(Callable[..., Awaitable[Any]], func)
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 ensure_registered()
-                async with JobRun(self, job_name, attributes):
+                if registry.timeout_of(job_name) is not None:  # a JobRun cancels the task
+                    async with JobRun(self, job_name, attributes):
+                        return await async_func(*args, **kwargs)
+                # What `async with JobRun(...)` does without a timeout, written out: the
+                # hot path of an async job.
+                span, token = tracer_start(job_name, attributes)
+                try:
                     return await async_func(*args, **kwargs)
+                except BaseException as exc:
+                    if token is not NESTED:
+                        record_failure(span, exc)
+                    raise
+                finally:
+                    finish(span, token)
 
             setattr(run_async, JOB_NAME_ATTRIBUTE, job_name)
             return cast(Callable[P, R], run_async)
-
-        tracer_start = self._start
-        finish = self._finish
 
         @functools.wraps(func)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -859,12 +870,15 @@ class JobMonitor:
         or failing it is left to the outer run. Never raises: if the span cannot be made,
         the job runs unmonitored (`INVALID_SPAN`, token None)."""
         try:
-            outer = self._outer_run(name)
-            if outer is not None:
-                return outer, NESTED
-            own = self._own_run(name)
-            if own is not None:
-                return own, NESTED
+            # Not inside any run here (the common case): two reads, no call.
+            if trace.get_current_span() is not trace.INVALID_SPAN:
+                outer = self._outer_run(name)
+                if outer is not None:
+                    return outer, NESTED
+            if _OWN_RUN.get() is not None:
+                own = self._own_run(name)
+                if own is not None:
+                    return own, NESTED
             scheduled = self._registry.schedule_attributes(name)
             if scheduled is not None:
                 attributes = {**attributes, **scheduled}

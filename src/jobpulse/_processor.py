@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan, StatusCode, set_span_in_context
 
 from jobpulse import _errors, _metadata
-from jobpulse._guard import Guard
+from jobpulse._guard import Guard, swallow
 from jobpulse._instruments import Instruments
 from jobpulse._registry import StalledRun, StatusRegistry
 from jobpulse._shared import (
@@ -42,8 +44,8 @@ ARMED = object()
 #: Runs at least this long are recorded with their span as context, for exemplars.
 SLOW_RUN_SECONDS = 0.1
 
-_START_GUARD = Guard("span processor on_start")
-_END_GUARD = Guard("span processor on_end")
+_START = "span processor on_start"
+_END = "span processor on_end"
 _STALL_GUARD = Guard("stall report")
 # Recording with an empty context keeps fast successful runs free of exemplar costs.
 _NO_CONTEXT = Context()
@@ -51,12 +53,20 @@ _NO_CONTEXT = Context()
 
 def span_attribute(span: ReadableSpan, key: str) -> object:
     """One attribute of a span, or None, without the cost of a KeyError on a miss."""
+    return _attributes_of(span).get(key)
+
+
+_NO_ATTRIBUTES: Mapping[str, object] = MappingProxyType({})
+
+
+def _attributes_of(span: ReadableSpan) -> Mapping[str, object]:
+    """A span's attributes as a mapping to read (the SDK's own dict: no copy)."""
     try:
         attributes = span._attributes  # the SDK's BoundedAttributes; a dict lookup is cheapest
-        return attributes._dict.get(key) if attributes else None  # type: ignore[attr-defined]
+        return attributes._dict if attributes else _NO_ATTRIBUTES  # type: ignore[attr-defined]
     except AttributeError:  # another SDK's span, or a non-recording one
         public = getattr(span, "attributes", None)
-        return public.get(key) if public else None
+        return public if public else _NO_ATTRIBUTES
 
 
 class JobStatusProcessor(SpanProcessor):
@@ -69,7 +79,8 @@ class JobStatusProcessor(SpanProcessor):
     def __init__(self, registry: StatusRegistry, instruments: Instruments) -> None:
         self._registry = registry
         self._instruments = instruments
-        self._histogram = instruments.duration
+        self._recorder = instruments.recorder
+        self._batched = instruments.recorder.batched
         self._closed = False
         # Set to ARMED by `JobMonitor._start` before it starts a span on this thread; the
         # span's on_start replaces it with the span, which `_start` takes back when another
@@ -80,19 +91,21 @@ class JobStatusProcessor(SpanProcessor):
         registry.finished_elsewhere = self._finish_if_ended
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        name = span_attribute(span, JOB_NAME)
+        name = _attributes_of(span).get(JOB_NAME)
         if name is None or self._closed:
             return
         starting = self.starting
         if getattr(starting, "span", None) is ARMED:
             starting.span = span
-        with _START_GUARD:
+        try:  # the guard, written out: the hot path
             self._registry.start_run(
                 name,  # type: ignore[arg-type]  # validated by the registry when new
                 span.context.span_id,
                 span,
                 span.start_time or 0,
             )
+        except Exception as exc:  # noqa: BLE001
+            swallow(_START, exc)
 
     def on_end(self, span: ReadableSpan) -> None:
         self._record_end(span)
@@ -100,54 +113,72 @@ class JobStatusProcessor(SpanProcessor):
     def _record_end(self, span: ReadableSpan, *, closed_elsewhere: bool = False) -> bool:
         """Record the end of `span`'s run; False if nothing was recorded (see
         `StatusRegistry.end_run` for `closed_elsewhere`)."""
-        name = span_attribute(span, JOB_NAME)
+        attributes = _attributes_of(span)
+        name = attributes.get(JOB_NAME)
         if name is None or self._closed:
             return False
-        with _END_GUARD:
-            start_ns = span.start_time or 0
-            end_ns = span.end_time or start_ns
-            error = category = ran_in = None
-            timed_out = False
-            if span.status.status_code is StatusCode.ERROR:
-                error, category = _failure_of(span)
-                timed_out = bool(span_attribute(span, JOB_TIMED_OUT))
-                pid = span_attribute(span, JOB_RAN_IN_PID)
-                ran_in = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
-            metadata_text = span_attribute(span, JOB_METADATA)
-            result = self._registry.end_run(
-                name,  # type: ignore[arg-type]
-                span.context.span_id,
-                start_ns,
-                end_ns,
-                error,
+        try:  # the guard, written out: the hot path
+            return self._end(span, name, attributes, closed_elsewhere)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001
+            swallow(_END, exc)
+            return False
+
+    def _end(
+        self,
+        span: ReadableSpan,
+        name: str,
+        attributes: Mapping[str, object],
+        closed_elsewhere: bool,
+    ) -> bool:
+        start_ns = span.start_time or 0
+        end_ns = span.end_time or start_ns
+        error = category = ran_in = None
+        timed_out = False
+        if span.status.status_code is StatusCode.ERROR:
+            error, category = _failure_of(span)
+            timed_out = bool(attributes.get(JOB_TIMED_OUT))
+            pid = attributes.get(JOB_RAN_IN_PID)
+            ran_in = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+        metadata_text = attributes.get(JOB_METADATA)
+        seconds = (end_ns - start_ns) / 1e9
+        fast = error is None and 0.0 <= seconds < SLOW_RUN_SECONDS
+        registry = self._registry
+        result = registry.end_run(
+            name,
+            span.context.span_id,
+            start_ns,
+            end_ns,
+            error,
+            category,
+            timed_out,
+            None if metadata_text is None else _metadata.decode(metadata_text),
+            closed_elsewhere=closed_elsewhere,
+            ran_in=ran_in,
+            batch=seconds if fast and self._batched else None,
+        )
+        if result is None:
+            return False
+        metric_attributes, consecutive = result
+        if fast:
+            if not self._batched:
+                self._recorder.record(seconds, metric_attributes, _NO_CONTEXT)
+            elif registry.durations_due:
+                self._recorder.fold()
+        else:
+            # on_end receives a ReadableSpan, which the exemplar filter does not take for a
+            # span: hand it the run's span context instead.
+            run = NonRecordingSpan(span.get_span_context())  # type: ignore[arg-type]
+            self._recorder.record(seconds, metric_attributes, set_span_in_context(run))
+        if error is not None:
+            logger.warning(
+                "job %r failed after %.3fs (%s, %d in a row): %s",
+                name,
+                seconds,
                 category,
-                timed_out,
-                _metadata.decode(metadata_text) if metadata_text is not None else None,
-                closed_elsewhere=closed_elsewhere,
-                ran_in=ran_in,
+                consecutive,
+                error,
             )
-            if result is None:
-                return False
-            attributes, consecutive = result
-            seconds = (end_ns - start_ns) / 1e9
-            if error is None and seconds < SLOW_RUN_SECONDS:
-                self._histogram.record(seconds, attributes, context=_NO_CONTEXT)
-            else:
-                # on_end receives a ReadableSpan, which the exemplar filter does not take for
-                # a span: hand it the run's span context instead.
-                run = NonRecordingSpan(span.get_span_context())  # type: ignore[arg-type]
-                self._histogram.record(seconds, attributes, context=set_span_in_context(run))
-            if error is not None:
-                logger.warning(
-                    "job %r failed after %.3fs (%s, %d in a row): %s",
-                    name,
-                    seconds,
-                    category,
-                    consecutive,
-                    error,
-                )
-            return True
-        return False
+        return True
 
     def close_if_open(self, span: ReadableSpan) -> None:
         """Record the end of `span` if the view still has it running: its ``span.end()``

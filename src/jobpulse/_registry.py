@@ -28,6 +28,7 @@ from typing import Any, cast
 
 from jobpulse import _metadata
 from jobpulse._clock import Clock
+from jobpulse._duration import FOLD_AT, Batch
 from jobpulse._exceptions import InvalidJobError, JobLimitError
 from jobpulse._fork import after_fork_in_child
 from jobpulse._guard import Guard
@@ -191,6 +192,12 @@ class StatusRegistry:
         self._removed: list[Job] = []
         self._buffer_runs = 0
         self._run_room = 0
+        # Durations of fast successful runs waiting to be folded into the duration
+        # histogram, by job (see `jobpulse._duration`); None while runs are recorded inline.
+        self._durations: dict[str, Batch] | None = None
+        self._durations_waiting = 0
+        #: True once `FOLD_AT` durations wait: the caller of `end_run` folds them.
+        self.durations_due = False
         after_fork_in_child(self._reset_after_fork)
 
     # -- settings ----------------------------------------------------------------------
@@ -318,8 +325,10 @@ class StatusRegistry:
                 advance, missed_deadline = self._take_slot_locked(job, start_ns, start_mono)
         if arm is not None:
             self._watchdog.schedule((_STALL, name), arm)
-        self._arm_missed(name, missed_deadline)
-        self._advance(name, advance)
+        if missed_deadline is not None:
+            self._arm_missed(name, missed_deadline)
+        if advance is not None:
+            self._advance(name, advance)
 
     def end_run(
         self,
@@ -334,6 +343,7 @@ class StatusRegistry:
         *,
         closed_elsewhere: bool = False,
         ran_in: int | None = None,
+        batch: float | None = None,
     ) -> tuple[Mapping[str, str], int] | None:
         """A run ended: successfully if `error` is None. Returns the metric attributes for
         the run and the job's consecutive failures, or None if nothing was recorded: the job
@@ -343,7 +353,9 @@ class StatusRegistry:
         ended at its stall deadline, a dropped span, a ``span.end()`` that raised): such an end
         is recorded only if the run is open, and an on_end of that run that comes after all
         (it was still under way in another thread) is not counted again. `ran_in` is the pid
-        of the process of this host that ran it and could not end it (`JOB_RAN_IN_PID`)."""
+        of the process of this host that ran it and could not end it (`JOB_RAN_IN_PID`).
+        `batch`, for a successful run, is its duration in seconds to keep for
+        `take_durations` (when `batch_durations` was called), not to record now."""
         duration_ns = end_ns - start_ns
         refused = 0
         rearm = missed_deadline = None
@@ -386,6 +398,16 @@ class StatusRegistry:
                 job.last_success_ns = end_ns
                 job.last_outcome = JobState.SUCCESS
                 attributes = job.success_attributes
+                durations = self._durations
+                if batch is not None and durations is not None:
+                    waiting = durations.get(name)
+                    if waiting is None:
+                        durations[name] = (attributes, [batch])
+                    else:
+                        waiting[1].append(batch)
+                    self._durations_waiting += 1
+                    if self._durations_waiting >= FOLD_AT:
+                        self.durations_due = True
                 history.add(start_ns, duration_ns, 0, end_ns)
                 if job.auto_stall and end_ns >= job.auto_due_ns:
                     job.refresh_auto_stall(end_ns, self._default_stall_after)
@@ -429,7 +451,8 @@ class StatusRegistry:
                     job.unpublished_ran_in.append(ran_in)
         if rearm is not None:
             self._watchdog.schedule((_STALL, name), rearm)
-        self._arm_missed(name, missed_deadline)
+        if missed_deadline is not None:
+            self._arm_missed(name, missed_deadline)
         if refused:
             logger.warning(
                 "job %r: %d metadata keys dropped (at most %d keys, %d bytes of JSON per job)",
@@ -439,6 +462,23 @@ class StatusRegistry:
                 _metadata.MAX_METADATA_BYTES,
             )
         return attributes, consecutive
+
+    def batch_durations(self) -> None:
+        """Keep the `batch` durations `end_run` is given, for `take_durations`."""
+        with self._lock:
+            if self._durations is None:
+                self._durations = {}
+
+    def take_durations(self) -> list[Batch]:
+        """The durations kept since the last call, by job (each job's oldest first)."""
+        with self._lock:
+            durations = self._durations
+            if not durations:
+                return []
+            self._durations = {}
+            self._durations_waiting = 0
+            self.durations_due = False
+        return list(durations.values())
 
     def _elapsed_ns(self, start_mono: float) -> int:
         return max(round((self._clock.monotonic() - start_mono) * 1e9), 0)

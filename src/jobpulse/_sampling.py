@@ -90,20 +90,24 @@ class JobAwareSampler(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
+        delegate = self.delegate
         adopted = None
-        if _adopters and not (attributes and JOB_NAME in attributes):
-            adopted = _adopt(name, kind)
-            if adopted is not None:
-                attributes = {**(attributes or {}), **adopted}
-        result = self.delegate.should_sample(
+        if not (attributes and JOB_NAME in attributes):
+            if _adopters:
+                adopted = _adopt(name, kind)
+            if adopted is None:  # not a job run: the delegate's answer as it is
+                return delegate.should_sample(
+                    parent_context, trace_id, name, kind, attributes, links, trace_state
+                )
+            attributes = {**(attributes or {}), **adopted}
+        result = delegate.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
-        if attributes and JOB_NAME in attributes:
-            if result.decision is Decision.DROP or attributes.get(JOB_RECORD_ONLY) is True:
-                return SamplingResult(Decision.RECORD_ONLY, attributes, result.trace_state)
-            if adopted is not None:  # whatever the delegate echoed, the span gets them
-                echoed: Mapping[str, AttributeValue] = result.attributes or {}
-                return SamplingResult(result.decision, {**echoed, **adopted}, result.trace_state)
+        if result.decision is Decision.DROP or attributes.get(JOB_RECORD_ONLY) is True:
+            return SamplingResult(Decision.RECORD_ONLY, attributes, result.trace_state)
+        if adopted is not None:  # whatever the delegate echoed, the span gets them
+            echoed: Mapping[str, AttributeValue] = result.attributes or {}
+            return SamplingResult(result.decision, {**echoed, **adopted}, result.trace_state)
         return result
 
     def get_description(self) -> str:
