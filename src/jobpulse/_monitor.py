@@ -651,6 +651,7 @@ class JobMonitor:
             return cast(Callable[P, R], agenerator)
         tracer_start = self._start
         finish = self._finish
+        job_of = registry.job
         if inspect.iscoroutinefunction(func):
             async_func = cast(Callable[..., Awaitable[Any]], func)
 
@@ -678,8 +679,11 @@ class JobMonitor:
         @functools.wraps(func)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
-                ensure_registered()
-                timeout_seconds = registry.timeout_of(job_name)
+                job = job_of(job_name)
+                if job is None:
+                    ensure_registered()
+                    job = job_of(job_name)
+                timeout_seconds = None if job is None else job.timeout
                 if timeout_seconds is None:
                     span, token = tracer_start(job_name, attributes)
             except RecursionError:  # no room left to monitor: the job runs as if undecorated
@@ -879,7 +883,8 @@ class JobMonitor:
                 own = self._own_run(name)
                 if own is not None:
                     return own, NESTED
-            scheduled = self._registry.schedule_attributes(name)
+            job = self._registry.job(name)
+            scheduled = None if job is None else job.schedule_attributes
             if scheduled is not None:
                 attributes = {**attributes, **scheduled}
             clock = self._clock
@@ -1272,7 +1277,10 @@ def _run_context(span: Span) -> context_api.Context:
     """The context that makes `span` current here, marked with the task it is made current
     in (when there is one)."""
     context = trace.set_span_in_context(span)
-    task = _current_task()
+    loop = asyncio._get_running_loop()  # `_current_task`, written out: every run calls this
+    if loop is None:
+        return context
+    task = asyncio.current_task(loop)
     return context if task is None else context_api.set_value(_RUN_TASK, task, context)
 
 

@@ -118,67 +118,58 @@ class JobStatusProcessor(SpanProcessor):
         if name is None or self._closed:
             return False
         try:  # the guard, written out: the hot path
-            return self._end(span, name, attributes, closed_elsewhere)  # type: ignore[arg-type]
+            start_ns = span.start_time or 0
+            end_ns = span.end_time or start_ns
+            error = category = ran_in = None
+            timed_out = False
+            if span.status.status_code is StatusCode.ERROR:
+                error, category = _failure_of(span)
+                timed_out = bool(attributes.get(JOB_TIMED_OUT))
+                pid = attributes.get(JOB_RAN_IN_PID)
+                ran_in = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+            metadata_text = attributes.get(JOB_METADATA)
+            seconds = (end_ns - start_ns) / 1e9
+            fast = error is None and 0.0 <= seconds < SLOW_RUN_SECONDS
+            registry = self._registry
+            result = registry.end_run(
+                name,  # type: ignore[arg-type]  # validated by the registry when new
+                span.context.span_id,
+                start_ns,
+                end_ns,
+                error,
+                category,
+                timed_out,
+                None if metadata_text is None else _metadata.decode(metadata_text),
+                closed_elsewhere=closed_elsewhere,
+                ran_in=ran_in,
+                batch=seconds if fast and self._batched else None,
+            )
+            if result is None:
+                return False
+            metric_attributes, consecutive = result
+            if fast:
+                if not self._batched:
+                    self._recorder.record(seconds, metric_attributes, _NO_CONTEXT)
+                elif registry.durations_due:
+                    self._recorder.fold()
+            else:
+                # on_end receives a ReadableSpan, which the exemplar filter does not take
+                # for a span: hand it the run's span context instead.
+                run = NonRecordingSpan(span.get_span_context())  # type: ignore[arg-type]
+                self._recorder.record(seconds, metric_attributes, set_span_in_context(run))
+            if error is not None:
+                logger.warning(
+                    "job %r failed after %.3fs (%s, %d in a row): %s",
+                    name,
+                    seconds,
+                    category,
+                    consecutive,
+                    error,
+                )
+            return True
         except Exception as exc:  # noqa: BLE001
             swallow(_END, exc)
             return False
-
-    def _end(
-        self,
-        span: ReadableSpan,
-        name: str,
-        attributes: Mapping[str, object],
-        closed_elsewhere: bool,
-    ) -> bool:
-        start_ns = span.start_time or 0
-        end_ns = span.end_time or start_ns
-        error = category = ran_in = None
-        timed_out = False
-        if span.status.status_code is StatusCode.ERROR:
-            error, category = _failure_of(span)
-            timed_out = bool(attributes.get(JOB_TIMED_OUT))
-            pid = attributes.get(JOB_RAN_IN_PID)
-            ran_in = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
-        metadata_text = attributes.get(JOB_METADATA)
-        seconds = (end_ns - start_ns) / 1e9
-        fast = error is None and 0.0 <= seconds < SLOW_RUN_SECONDS
-        registry = self._registry
-        result = registry.end_run(
-            name,
-            span.context.span_id,
-            start_ns,
-            end_ns,
-            error,
-            category,
-            timed_out,
-            None if metadata_text is None else _metadata.decode(metadata_text),
-            closed_elsewhere=closed_elsewhere,
-            ran_in=ran_in,
-            batch=seconds if fast and self._batched else None,
-        )
-        if result is None:
-            return False
-        metric_attributes, consecutive = result
-        if fast:
-            if not self._batched:
-                self._recorder.record(seconds, metric_attributes, _NO_CONTEXT)
-            elif registry.durations_due:
-                self._recorder.fold()
-        else:
-            # on_end receives a ReadableSpan, which the exemplar filter does not take for a
-            # span: hand it the run's span context instead.
-            run = NonRecordingSpan(span.get_span_context())  # type: ignore[arg-type]
-            self._recorder.record(seconds, metric_attributes, set_span_in_context(run))
-        if error is not None:
-            logger.warning(
-                "job %r failed after %.3fs (%s, %d in a row): %s",
-                name,
-                seconds,
-                category,
-                consecutive,
-                error,
-            )
-        return True
 
     def close_if_open(self, span: ReadableSpan) -> None:
         """Record the end of `span` if the view still has it running: its ``span.end()``

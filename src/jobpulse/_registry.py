@@ -168,6 +168,9 @@ class StatusRegistry:
         self._max_history = max_history
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
+        #: The job of a name, or None: no lock, one dictionary read (for the run's hot path,
+        #: which reads a setting or two of the job; everything else goes through the lock).
+        self.job: Callable[[str], Job | None] = self._jobs.get
         self._sorted_names: list[str] | None = None  # reset whenever a job comes or goes
         # The jobs in that order, with the list of names they were taken from (valid while
         # that list is the current one): a health poll walks it without a lookup per job.
