@@ -296,3 +296,34 @@ def test_an_integrations_run_is_closed_when_span_end_raises(
     assert status is not None
     assert (status.active_runs, status.run_count) == (0, 1)
     assert "raised RuntimeError" in caplog.text
+
+
+class _OtherSdkSpan:
+    """A span as another SDK would hand one to span processors: public properties only."""
+
+    def __init__(self, name: str, span_id: int, start_ns: int, end_ns: int | None) -> None:
+        from opentelemetry.trace import SpanContext, Status
+
+        self.attributes = {"job.name": name}
+        self.context = SpanContext(trace_id=7, span_id=span_id, is_remote=False)
+        self.start_time = start_ns
+        self.end_time = end_ns
+        self.status = Status(StatusCode.UNSET)
+        self.events = ()
+
+    def get_span_context(self) -> object:
+        return self.context
+
+
+def test_spans_of_another_sdk_are_read_through_their_public_properties(
+    monitor: JobMonitor,
+) -> None:
+    processor = monitor._processor
+    started = _OtherSdkSpan("elsewhere", 99, 1_000_000_000, None)
+    processor.on_start(started)  # type: ignore[arg-type]
+    assert monitor.status("elsewhere").state is JobState.RUNNING  # type: ignore[union-attr]
+    processor.on_end(_OtherSdkSpan("elsewhere", 99, 1_000_000_000, 1_250_000_000))  # type: ignore[arg-type]
+    status = monitor.status("elsewhere")
+    assert status is not None
+    assert status.state is JobState.SUCCESS
+    assert status.last_duration_seconds == 0.25

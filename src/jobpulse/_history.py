@@ -133,7 +133,8 @@ class RunHistory:
         self._starts.append(start_ns)
         durations = self._durations
         durations.append(duration_ns / 1e9 if duration_ns > 0 else 0.0)
-        bucket = _bucket(durations[-1])
+        seconds = durations[-1]
+        bucket = 0 if seconds <= _LOW else _bucket(seconds)  # no call for a run under 61 us
         self._buckets.append(bucket)
         if self._all_counts is _UNALLOCATED:
             # Until an eviction, a bucket can hold `_limit` + 1 runs.

@@ -98,6 +98,8 @@ _OWN_RUN: contextvars.ContextVar[tuple[str, Span, object] | None] = contextvars.
 #: Context key of the asyncio task a run's context was made current in: a task started
 #: inside the run copies the context, and a run in that task is a run of its own.
 _RUN_TASK = context_api.create_key("jobpulse.run_task")
+#: The key ``trace.set_span_in_context`` files the current span under, learnt from it.
+(_SPAN_KEY,) = trace.set_span_in_context(trace.INVALID_SPAN, context_api.Context())
 
 #: Context key set in the thread of a sync job with a timeout: the job's name.
 _JOB_THREAD = context_api.create_key("jobpulse.job_thread")
@@ -657,8 +659,11 @@ class JobMonitor:
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                ensure_registered()
-                if registry.timeout_of(job_name) is not None:  # a JobRun cancels the task
+                job = job_of(job_name)
+                if job is None:
+                    ensure_registered()
+                    job = job_of(job_name)
+                if job is not None and job.timeout is not None:  # a JobRun cancels the task
                     async with JobRun(self, job_name, attributes):
                         return await async_func(*args, **kwargs)
                 # What `async with JobRun(...)` does without a timeout, written out: the
@@ -875,7 +880,8 @@ class JobMonitor:
         the job runs unmonitored (`INVALID_SPAN`, token None)."""
         try:
             # Not inside any run here (the common case): two reads, no call.
-            if trace.get_current_span() is not trace.INVALID_SPAN:
+            current_context = context_api.get_current()
+            if current_context.get(_SPAN_KEY, trace.INVALID_SPAN) is not trace.INVALID_SPAN:
                 outer = self._outer_run(name)
                 if outer is not None:
                     return outer, NESTED
@@ -894,7 +900,7 @@ class JobMonitor:
             if span is None:
                 return trace.INVALID_SPAN, None
             if current:
-                context: object = context_api.attach(_run_context(span))
+                context: object = context_api.attach(_run_context(span, current_context))
             else:
                 context = None if current is None else _OWN_RUN.set((name, span, _current_task()))
             return span, (context, started, start_ns)
@@ -1273,15 +1279,19 @@ def _current_task() -> asyncio.Task[Any] | None:
     return None if loop is None else asyncio.current_task(loop)
 
 
-def _run_context(span: Span) -> context_api.Context:
-    """The context that makes `span` current here, marked with the task it is made current
-    in (when there is one)."""
-    context = trace.set_span_in_context(span)
+def _run_context(span: Span, current: context_api.Context | None = None) -> context_api.Context:
+    """The context that makes `span` current here (`current`: the current context, if the
+    caller has it), marked with the task it is made current in (when there is one): the
+    current context's values and those, in one copy (what ``set_span_in_context`` and
+    ``set_value`` would make in one each)."""
+    values = dict(context_api.get_current() if current is None else current)
+    values[_SPAN_KEY] = span
     loop = asyncio._get_running_loop()  # `_current_task`, written out: every run calls this
-    if loop is None:
-        return context
-    task = asyncio.current_task(loop)
-    return context if task is None else context_api.set_value(_RUN_TASK, task, context)
+    if loop is not None:
+        task = asyncio.current_task(loop)
+        if task is not None:
+            values[_RUN_TASK] = task
+    return context_api.Context(values)
 
 
 def _mark_job_thread(name: str) -> None:

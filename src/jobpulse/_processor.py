@@ -98,11 +98,15 @@ class JobStatusProcessor(SpanProcessor):
         if getattr(starting, "span", None) is ARMED:
             starting.span = span
         try:  # the guard, written out: the hot path
+            try:  # the SDK's span: its fields, without a property call for each
+                run_id, start_ns = span._context[1], span._start_time or 0  # type: ignore[index]
+            except (AttributeError, TypeError):  # another SDK's span
+                run_id, start_ns = span.context.span_id, span.start_time or 0
             self._registry.start_run(
                 name,  # type: ignore[arg-type]  # validated by the registry when new
-                span.context.span_id,
+                run_id,
                 span,
-                span.start_time or 0,
+                start_ns,
             )
         except Exception as exc:  # noqa: BLE001
             swallow(_START, exc)
@@ -118,11 +122,17 @@ class JobStatusProcessor(SpanProcessor):
         if name is None or self._closed:
             return False
         try:  # the guard, written out: the hot path
-            start_ns = span.start_time or 0
-            end_ns = span.end_time or start_ns
+            try:  # the SDK's span: its fields, without a property call for each
+                run_id, start_ns, end_ns = span._context[1], span._start_time, span._end_time  # type: ignore[index]
+                failed = span._status._status_code is StatusCode.ERROR
+            except (AttributeError, TypeError):  # another SDK's span
+                run_id, start_ns, end_ns = span.context.span_id, span.start_time, span.end_time
+                failed = span.status.status_code is StatusCode.ERROR
+            start_ns = start_ns or 0
+            end_ns = end_ns or start_ns
             error = category = ran_in = None
             timed_out = False
-            if span.status.status_code is StatusCode.ERROR:
+            if failed:
                 error, category = _failure_of(span)
                 timed_out = bool(attributes.get(JOB_TIMED_OUT))
                 pid = attributes.get(JOB_RAN_IN_PID)
@@ -133,7 +143,7 @@ class JobStatusProcessor(SpanProcessor):
             registry = self._registry
             result = registry.end_run(
                 name,  # type: ignore[arg-type]  # validated by the registry when new
-                span.context.span_id,
+                run_id,
                 start_ns,
                 end_ns,
                 error,
