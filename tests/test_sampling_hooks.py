@@ -5,15 +5,28 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.context import attach, detach
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased, Sampler
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 from opentelemetry.util.types import AttributeValue
 
 from jobpulse import JobMonitor, JobState
+from jobpulse._sampling import JobAwareSampler
 from jobpulse._shared import (
+    JOB_NAME,
     JOB_RECORD_ONLY,
     SpanAdopter,
     add_span_adopter,
@@ -121,3 +134,70 @@ def test_a_record_only_run_is_tracked_but_never_exported() -> None:
     finally:
         monitor.shutdown()
         provider.shutdown()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parent=st.sampled_from(["none", "invalid", "local", "remote"]),
+    sampled=st.booleans(),
+    state=st.sampled_from([(), (("vendor", "value"),)]),
+    record_only=st.sampled_from([None, True, False, "true"]),
+    through_context=st.booleans(),
+)
+def test_the_default_samplers_answer_for_a_run_is_the_delegates(
+    parent: str,
+    sampled: bool,
+    state: tuple[tuple[str, str], ...],
+    record_only: object,
+    through_context: bool,
+) -> None:
+    # JobAwareSampler works out ParentBased(ALWAYS_ON)'s answer for a job run itself: it
+    # must be the one the delegate gives, for every kind of parent.
+    fast = JobAwareSampler(ParentBased(ALWAYS_ON))
+    slow = JobAwareSampler(ParentBased(ALWAYS_ON))
+    assert fast._parent_based_always_on
+    slow._parent_based_always_on = False
+    attributes: dict[str, AttributeValue] = {JOB_NAME: "sampled"}
+    if record_only is not None:
+        attributes[JOB_RECORD_ONLY] = record_only  # type: ignore[assignment]
+    context = None
+    if parent != "none":
+        span_context = (
+            INVALID_SPAN_CONTEXT
+            if parent == "invalid"
+            else SpanContext(
+                trace_id=0xABC,
+                span_id=0xDEF,
+                is_remote=parent == "remote",
+                trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
+                trace_state=TraceState(list(state)),
+            )
+        )
+        context = set_span_in_context(NonRecordingSpan(span_context))
+    token = attach(context) if through_context and context is not None else None
+    try:
+        given_context = None if through_context else context
+        answers = [
+            sampler.should_sample(given_context, 0xABC, "run", None, attributes)
+            for sampler in (fast, slow)
+        ]
+    finally:
+        if token is not None:
+            detach(token)
+    fast_answer, slow_answer = answers
+    assert fast_answer.decision is slow_answer.decision
+    assert fast_answer.trace_state == slow_answer.trace_state
+    assert dict(fast_answer.attributes) == dict(slow_answer.attributes) == attributes
+    if record_only is True or (parent in ("local", "remote") and not sampled):
+        assert fast_answer.decision is Decision.RECORD_ONLY
+    else:
+        assert fast_answer.decision is Decision.RECORD_AND_SAMPLE
+
+
+def test_only_the_sdks_default_sampler_takes_the_shortcut() -> None:
+    assert JobAwareSampler(ParentBased(ALWAYS_ON))._parent_based_always_on
+    assert not JobAwareSampler(ParentBased(ALWAYS_OFF))._parent_based_always_on
+    assert not JobAwareSampler(ALWAYS_ON)._parent_based_always_on
+    assert not JobAwareSampler(
+        ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)
+    )._parent_based_always_on

@@ -16,8 +16,15 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, SpanKind, TraceState, get_current_span
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from jobpulse._guard import report_internal_error
@@ -79,6 +86,9 @@ class JobAwareSampler(Sampler):
 
     def __init__(self, delegate: Sampler) -> None:
         self.delegate = delegate
+        # The SDK's default sampler: its answer for a job run is worked out here, in one
+        # step (the delegate's takes three calls and a second look at the parent).
+        self._parent_based_always_on = _is_default_sampler(delegate)
 
     def should_sample(
         self,
@@ -92,6 +102,19 @@ class JobAwareSampler(Sampler):
     ) -> SamplingResult:
         delegate = self.delegate
         adopted = None
+        if attributes and JOB_NAME in attributes and self._parent_based_always_on:
+            # ParentBased(ALWAYS_ON)'s answer: sampled but under a parent that is not, with
+            # the parent's trace state; a dropped run is recorded anyway (RECORD_ONLY).
+            parent = get_current_span(parent_context).get_span_context()
+            valid = parent.is_valid
+            sampled = (not valid or parent.trace_flags.sampled) and attributes.get(
+                JOB_RECORD_ONLY
+            ) is not True
+            return SamplingResult(
+                Decision.RECORD_AND_SAMPLE if sampled else Decision.RECORD_ONLY,
+                attributes,
+                parent.trace_state if valid else None,
+            )
         if not (attributes and JOB_NAME in attributes):
             if _adopters:
                 adopted = _adopt(name, kind)
@@ -112,3 +135,16 @@ class JobAwareSampler(Sampler):
 
     def get_description(self) -> str:
         return f"JobAwareSampler{{{self.delegate.get_description()}}}"
+
+
+def _is_default_sampler(sampler: Sampler) -> bool:
+    """Whether `sampler` is ``ParentBased(ALWAYS_ON)`` with its default samplers for parents
+    (the SDK's default): sample a root, follow a parent's sampled flag."""
+    return (
+        type(sampler) is ParentBased
+        and getattr(sampler, "_root", None) is ALWAYS_ON
+        and getattr(sampler, "_remote_parent_sampled", None) is ALWAYS_ON
+        and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON
+        and getattr(sampler, "_remote_parent_not_sampled", None) is ALWAYS_OFF
+        and getattr(sampler, "_local_parent_not_sampled", None) is ALWAYS_OFF
+    )
