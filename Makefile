@@ -31,6 +31,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/run_parts.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/health_endpoint.py
 	$(PY) benchmarks/status_page.py

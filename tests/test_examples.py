@@ -104,6 +104,28 @@ def test_overhead_benchmark_runs() -> None:
         assert re.fullmatch(r"target: .+ <= 0\.(45|6)x: [0-9.]+x (PASS|FAIL)", verdict), verdict
 
 
+def test_run_parts_benchmark_runs() -> None:
+    result = _run("benchmarks/run_parts.py", "--runs", "2000", "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["part", "us/call"]
+    costs = {}
+    for line in lines[1:-1]:
+        name, cost = line.rsplit(None, 1)
+        costs[name] = float(cost)
+    assert list(costs) == [
+        "span alone",
+        "span on jobpulse's tracer",
+        "monitored run",
+        "histogram record",
+        "fold, per run",
+        "view start+end",
+        "history add",
+        "raw recipe",
+    ]
+    assert all(cost > 0 for cost in costs.values())
+
+
 def test_store_benchmark_runs() -> None:
     result = _run(
         "benchmarks/store.py", "--runs", "200", "--repeats", "1", "--rounds", "1", "--polls", "4",
