@@ -83,12 +83,8 @@ def child(case: str, port: int, runs: int, rounds: int, work_us: float) -> dict[
             otlp_endpoint=f"http://127.0.0.1:{port}",
             metric_export_interval=0.5,
         )
-    else:
-        from prometheus_client import CollectorRegistry
-
-        monitor = jobpulse.setup(
-            "dead-collector-benchmark", prometheus_registry=CollectorRegistry()
-        )
+    else:  # the Prometheus reader on the global registry: this process is the child's own
+        monitor = jobpulse.setup("dead-collector-benchmark")
     monitored = monitor.job("noop")(job)
     for _ in range(WARM_UP_RUNS):
         monitored()

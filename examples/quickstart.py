@@ -4,6 +4,8 @@ health document.
 Run with ``python examples/quickstart.py`` (after ``make install``, ``.venv/bin/python
 examples/quickstart.py``). Takes about two seconds and serves nothing: ``make demo`` runs the
 demo service (examples/icy_backend), ``examples/quickstart_app.py`` is the README's app.
+Its Prometheus reader's ``registry`` and ``scope_info_enabled`` arguments need
+opentelemetry-exporter-prometheus 0.64b0 or later.
 """
 
 from __future__ import annotations

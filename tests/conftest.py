@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import contextvars
+import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -9,7 +11,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -17,13 +21,81 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from packaging.version import Version
 
 from jobpulse import JobMonitor, JobRun, _guard
 from jobpulse._guard import add_internal_error_hook, remove_internal_error_hook
 from jobpulse.testing import FakeClock
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from prometheus_client import CollectorRegistry
+
 #: Set in CI: a test that needs a server or binary fails instead of skipping without it.
 REQUIRE_SERVERS = os.environ.get("JOBPULSE_REQUIRE_SERVERS") == "1"
+
+#: The installed opentelemetry-sdk, e.g. (1, 30, 0).
+SDK_VERSION = Version(version("opentelemetry-sdk")).release
+
+#: ``jobpulse[celery]`` needs opentelemetry-sdk 1.44 or later (a forked pool child gets its
+#: own ``service.instance.id``), so `make test-lowest` (opentelemetry-sdk 1.30) installs no
+#: Celery and skips these modules, each as a whole with this reason; `make test` (the newest
+#: SDK) runs them, where a missing Celery is an import error, never a skip.
+#: tests/test_versions.py checks that these are the modules that import Celery.
+CELERY_MODULES = frozenset(
+    {
+        "test_celery.py",
+        "test_celery_example.py",
+        "test_celery_prefork.py",
+        "test_celery_store.py",
+        "test_celery_threads.py",
+    }
+)
+CELERY_SDK = (1, 44)
+_NO_CELERY = (
+    f"jobpulse[celery] needs opentelemetry-sdk>=1.44, this run has "
+    f"{version('opentelemetry-sdk')}: runs in `make test`"
+)
+
+#: For a Celery test in a module of other tests (its Celery runs in another process, or is
+#: imported by the test): skipped where `CELERY_MODULES` are, for the same reason.
+needs_celery = pytest.mark.skipif(SDK_VERSION < CELERY_SDK, reason=_NO_CELERY)
+
+
+class _NeedsCelery(pytest.Module):
+    def collect(self) -> list[pytest.Item | pytest.Collector]:
+        pytest.skip(f"{self.path.name}: {_NO_CELERY}")
+
+
+def pytest_pycollect_makemodule(
+    module_path: Path, parent: pytest.Collector
+) -> pytest.Module | None:
+    if module_path.name in CELERY_MODULES and SDK_VERSION < CELERY_SDK:
+        return _NeedsCelery.from_parent(parent, path=module_path)
+    return None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ``JOBPULSE_CONSTRAINTS`` naming a pip constraints file (`make test-lowest`), the
+    run stops unless every package it pins is installed at that version: a resolver that
+    quietly upgraded one would otherwise test the newest versions twice."""
+    constraints = os.environ.get("JOBPULSE_CONSTRAINTS")
+    if not constraints:
+        return
+    wrong = []
+    for line in Path(constraints).read_text().splitlines():
+        requirement = line.partition("#")[0].strip()
+        if not requirement:
+            continue
+        name, _, pinned = requirement.partition("==")
+        try:
+            installed = version(name.strip())
+        except PackageNotFoundError:
+            installed = "not installed"
+        if installed != pinned.strip():
+            wrong.append(f"{name.strip()} {installed} (pinned {pinned.strip()})")
+    if wrong:
+        raise pytest.UsageError(f"{constraints} did not take: {', '.join(wrong)}")
 
 
 @dataclass
@@ -159,6 +231,26 @@ def log_signal(fragment: str) -> Iterator[threading.Event]:
         logging.getLogger("jobpulse").removeHandler(spy)
 
 
+def prometheus_reader(
+    *, disable_target_info: bool = False
+) -> tuple[MetricReader, CollectorRegistry]:
+    """A Prometheus reader without scope labels on a registry of its own, and that registry.
+    The exporter before 0.63b0 (`make test-lowest`) writes to prometheus_client's global
+    registry only, and before 0.64b0 adds no scope labels: there it is that global registry,
+    which the reader leaves at its provider's shutdown."""
+    import prometheus_client
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    accepted = inspect.signature(PrometheusMetricReader).parameters
+    options: dict[str, Any] = {"disable_target_info": disable_target_info}
+    if "scope_info_enabled" in accepted:
+        options["scope_info_enabled"] = False
+    if "registry" not in accepted:
+        return PrometheusMetricReader(**options), prometheus_client.REGISTRY
+    registry = prometheus_client.CollectorRegistry()
+    return PrometheusMetricReader(registry=registry, **options), registry
+
+
 def _reset_otel_globals() -> None:
     # What opentelemetry-test-utils' reset helpers do: forget the global providers so that
     # the next set_*_provider call takes effect. Test-only.
@@ -239,11 +331,15 @@ def store_url(store_path: Path) -> str:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis server for the whole session (tests/redis_server.py): ``redis://127.0.0.1:
-    <port>/0``. The Celery test app's broker is set to it."""
-    from tests import celery_app, redis_server
+    <port>/0``. The Celery test app's broker is set to it (where Celery is installed: the
+    run on the lowest opentelemetry-sdk has none, see `CELERY_MODULES`)."""
+    from tests import redis_server
 
     with redis_server.running_redis(tmp_path_factory.mktemp("redis")) as url:
-        celery_app.app.conf.broker_url = url
+        if importlib.util.find_spec("celery") is not None:
+            from tests import celery_app
+
+            celery_app.app.conf.broker_url = url
         yield url
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -10,6 +11,7 @@ import threading
 import prometheus_client
 import pytest
 from opentelemetry import metrics, trace
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
@@ -44,8 +46,18 @@ def resource_attributes() -> dict[str, object]:
     return dict(provider.resource.attributes)
 
 
+#: The Prometheus exporter writes to a registry other than the global one from 0.63b0; the
+#: run on the lowest opentelemetry-sdk (1.30, exporter 0.51b0) has only the global one.
+OWN_REGISTRY = "registry" in inspect.signature(PrometheusMetricReader).parameters
+
+
+def a_registry() -> CollectorRegistry:
+    """A registry of the test's own, or the global one where the exporter has no other."""
+    return CollectorRegistry() if OWN_REGISTRY else prometheus_client.REGISTRY
+
+
 def test_builds_global_providers_with_the_prometheus_reader() -> None:
-    registry = CollectorRegistry()
+    registry = a_registry()
     monitor = jobpulse.setup("icy-backend", namespace="icy_backend", prometheus_registry=registry)
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider)
@@ -67,13 +79,27 @@ def test_builds_global_providers_with_the_prometheus_reader() -> None:
 
 def test_every_state_series_of_max_jobs_jobs_fits_without_overflow() -> None:
     # 6 states x 400 jobs = 2400 series: past the SDK's default limit of 2000 per instrument.
-    registry = CollectorRegistry()
+    # (An SDK before 1.45.2 has no limit at all: setup() sets none, and nothing overflows.)
+    registry = a_registry()
     monitor = jobpulse.setup("many", namespace="many", max_jobs=400, prometheus_registry=registry)
     for number in range(400):
         monitor.register(f"job_{number}")
     exposition = generate_latest(registry).decode()
     assert exposition.count("many_background_job_state{") == 6 * 400
     assert "overflow" not in exposition
+
+
+def test_a_registry_of_its_own_needs_an_exporter_that_writes_to_one() -> None:
+    registry = CollectorRegistry()
+    if OWN_REGISTRY:
+        monitor = jobpulse.setup("own", prometheus_registry=registry)
+        assert monitor._prometheus_registry is registry
+        return
+    with pytest.raises(ImportError, match=r"opentelemetry-exporter-prometheus 0\.63b0 or later"):
+        jobpulse.setup("own", prometheus_registry=registry)
+    # Refused before anything global was built.
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert not isinstance(metrics.get_meter_provider(), MeterProvider)
 
 
 def test_resource_from_the_argument_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ from starlette.routing import Mount
 from jobpulse import JobMonitor
 from jobpulse.starlette import HEALTH_PATH, lifespan, routes
 from jobpulse.testing import FakeClock
-from tests.conftest import InternalErrors
+from tests.conftest import InternalErrors, prometheus_reader
 from tests.uvicorn_server import serving
 
 
@@ -397,14 +397,13 @@ def test_metrics_default_to_the_global_registry(monitor: JobMonitor) -> None:
 def test_metrics_carry_no_exemplars_while_otlp_readers_get_them(otel: Any) -> None:
     """What the README says: exemplars go out over OTLP, not on the app's /metrics (the
     OpenTelemetry Prometheus exporter drops them)."""
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    registry = CollectorRegistry()
+    reader, registry = prometheus_reader()
     otlp_like = InMemoryMetricReader()
     meter_provider = MeterProvider(
-        metric_readers=[PrometheusMetricReader(registry=registry), otlp_like],
+        metric_readers=[reader, otlp_like],
         shutdown_on_exit=False,
     )
     monitor = JobMonitor(otel.tracer_provider, meter_provider)

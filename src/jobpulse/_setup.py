@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import inspect
 import logging
 import os
 import sys
@@ -254,7 +255,9 @@ def _build(
     otlp_traces = otlp_endpoint is not None or _environment_has(_TRACES_ENDPOINTS)
     otlp_metrics = otlp_endpoint is not None or _environment_has(_METRICS_ENDPOINTS)
     _check_extras(
-        prometheus=prometheus, otlp_protocol=protocol if otlp_traces or otlp_metrics else None
+        prometheus=prometheus,
+        prometheus_registry=prometheus_registry,
+        otlp_protocol=protocol if otlp_traces or otlp_metrics else None,
     )
     resource = _resource(service_name, resource_attributes)
     # Shut down in this order: the final metric export first, while the status view its
@@ -400,10 +403,11 @@ def _meter_provider(
     if not isinstance(current, _ProxyMeterProvider):
         return None, None
     built, registry = readers()
-    # Room for every series of max_jobs jobs: the SDK folds the rest into one overflow series.
-    views = [View(meter_name=METER_NAME, aggregation_cardinality_limit=series_limit(max_jobs))]
     provider = SdkMeterProvider(
-        resource=resource, metric_readers=built, views=views, shutdown_on_exit=False
+        resource=resource,
+        metric_readers=built,
+        views=_cardinality_views(max_jobs),
+        shutdown_on_exit=False,
     )
     metrics.set_meter_provider(provider)
     _built_globals.add(provider)
@@ -411,12 +415,28 @@ def _meter_provider(
     return provider, registry
 
 
+def _cardinality_views(max_jobs: int) -> list[View]:
+    """Room for every series of `max_jobs` jobs: the SDK folds the rest into one overflow
+    series. An SDK before 1.45.2 has no cardinality limit, so there is nothing to raise."""
+    if "aggregation_cardinality_limit" not in inspect.signature(View).parameters:
+        return []
+    return [View(meter_name=METER_NAME, aggregation_cardinality_limit=series_limit(max_jobs))]
+
+
 def _prometheus_reader(
     registry: CollectorRegistry | None,
 ) -> tuple[MetricReader, CollectorRegistry]:
     default_registry, reader_class = _prometheus_classes()
     target = default_registry if registry is None else registry
-    return reader_class(scope_info_enabled=False, registry=target), target
+    accepted = inspect.signature(reader_class).parameters
+    options: dict[str, object] = {}
+    # The exporter before 0.64b0 adds no scope labels (and has no switch for them); before
+    # 0.63b0 it writes to the global registry only (_check_extras refuses another one).
+    if "scope_info_enabled" in accepted:
+        options["scope_info_enabled"] = False
+    if "registry" in accepted:
+        options["registry"] = target
+    return reader_class(**options), target
 
 
 def _prometheus_classes() -> tuple[CollectorRegistry, Callable[..., MetricReader]]:
@@ -431,10 +451,22 @@ def _prometheus_classes() -> tuple[CollectorRegistry, Callable[..., MetricReader
     return prometheus_client.REGISTRY, PrometheusMetricReader
 
 
-def _check_extras(*, prometheus: bool, otlp_protocol: str | None) -> None:
+def _check_extras(
+    *, prometheus: bool, prometheus_registry: CollectorRegistry | None, otlp_protocol: str | None
+) -> None:
     """Raise the ImportError naming the extra to install before anything global is built."""
     if prometheus:
-        _prometheus_classes()
+        default_registry, reader_class = _prometheus_classes()
+        if (
+            prometheus_registry is not None
+            and prometheus_registry is not default_registry
+            and "registry" not in inspect.signature(reader_class).parameters
+        ):
+            raise ImportError(
+                "setup(prometheus_registry=...) needs opentelemetry-exporter-prometheus 0.63b0 "
+                "or later (opentelemetry-sdk 1.42 or later); older ones write to "
+                "prometheus_client's global registry only"
+            )
     if otlp_protocol is not None:
         package = "grpc" if otlp_protocol == "grpc" else "http"
         try:
