@@ -13,6 +13,7 @@ Rows (microseconds per call, median of rounds that interleave the rows):
   view start+end             StatusRegistry.start_run + end_run of one run
   history add                RunHistory.add at its capacity (4,096 runs)
   raw recipe                 the raw OpenTelemetry recipe of benchmarks/overhead.py
+                             (the loop and the rounds are that script's)
 
 The differences between rows are the parts: docs/performance.md explains them.
 
@@ -33,6 +34,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
+from overhead import measure, raw_recipe
 
 from jobpulse import JobMonitor
 from jobpulse._duration import FOLD_AT, Batch, DurationRecorder
@@ -72,24 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     watched = TracerProvider(shutdown_on_exit=False)
     monitor = JobMonitor(watched, meter_provider)
     monitored = monitor.job("parts")(job)
-    raw_meter = meter_provider.get_meter("raw")
-    histogram = raw_meter.create_histogram("raw.duration", unit="s")
-    counter = raw_meter.create_counter("raw.runs")
-    active = raw_meter.create_up_down_counter("raw.active")
-    raw_tracer = plain.get_tracer("raw")
-    run_attributes = {"job.name": "raw", "status": "success"}
-    job_attributes = {"job.name": "raw"}
-
-    def raw_loop(n: int) -> None:
-        for _ in range(n):
-            with raw_tracer.start_as_current_span("raw", attributes=job_attributes):
-                active.add(1, job_attributes)
-                started = time.perf_counter()
-                job()
-                elapsed = time.perf_counter() - started
-                active.add(-1, job_attributes)
-            histogram.record(elapsed, run_attributes)
-            counter.add(1, run_attributes)
+    raw_meter = meter_provider.get_meter("parts")
+    histogram = raw_meter.create_histogram("parts.duration", unit="s")
+    run_attributes = {"job.name": "parts", "status": "success"}
 
     def monitored_loop(n: int) -> None:
         for _ in range(n):
@@ -135,16 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         "fold, per run": fold_loop,
         "view start+end": view_loop,
         "history add": history_loop,
-        "raw recipe": raw_loop,
+        "raw recipe": raw_recipe(meter_provider, plain.get_tracer("raw")),
     }
     for loop in loops.values():
-        loop(max(args.runs // 4, 5000))  # warm up; fills the histories
-    samples: dict[str, list[float]] = {name: [] for name in loops}
-    for _ in range(args.repeats):
-        for name, loop in loops.items():
-            started = time.perf_counter()
-            loop(args.runs)
-            samples[name].append((time.perf_counter() - started) / args.runs * 1e6)
+        loop(5000)  # the histories full, as in a long-running process
+    samples = measure(loops, args.runs, args.repeats)
     monitor.shutdown()
     for provider in (plain, watched):
         provider.shutdown()

@@ -43,6 +43,7 @@ from jobpulse._health import (
     evaluate,
 )
 from jobpulse._instruments import METER_NAME, Instruments, validate_namespace
+from jobpulse._job import Job
 from jobpulse._model import JobsSummary, JobStatus, RunRecord, from_ns, to_ns
 from jobpulse._processor import ARMED, JobStatusProcessor, span_attribute
 from jobpulse._registry import JobSettings, StatusRegistry
@@ -643,6 +644,14 @@ class JobMonitor:
                 except JobLimitError as exc:  # the run goes ahead, unmonitored
                     logger.warning("%s", exc)
 
+        job_of = registry.job
+
+        def registered_job() -> Job | None:
+            """The job in the view, brought back first if retention dropped it (None: the
+            view is full, and the run goes ahead unmonitored)."""
+            ensure_registered()
+            return job_of(job_name)
+
         if inspect.isgeneratorfunction(func):
             generator = self._generator_job(func, job_name, attributes, ensure_registered)
             setattr(generator, JOB_NAME_ATTRIBUTE, job_name)
@@ -653,16 +662,12 @@ class JobMonitor:
             return cast(Callable[P, R], agenerator)
         tracer_start = self._start
         finish = self._finish
-        job_of = registry.job
         if inspect.iscoroutinefunction(func):
             async_func = cast(Callable[..., Awaitable[Any]], func)
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                job = job_of(job_name)
-                if job is None:
-                    ensure_registered()
-                    job = job_of(job_name)
+                job = job_of(job_name) or registered_job()
                 if job is not None and job.timeout is not None:  # a JobRun cancels the task
                     async with JobRun(self, job_name, attributes):
                         return await async_func(*args, **kwargs)
@@ -684,10 +689,7 @@ class JobMonitor:
         @functools.wraps(func)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
-                job = job_of(job_name)
-                if job is None:
-                    ensure_registered()
-                    job = job_of(job_name)
+                job = job_of(job_name) or registered_job()
                 timeout_seconds = None if job is None else job.timeout
                 if timeout_seconds is None:
                     span, token = tracer_start(job_name, attributes)
