@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry import metrics
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import Histogram as SdkHistogram
 from opentelemetry.sdk.metrics import MeterProvider
@@ -404,6 +405,21 @@ def test_a_meter_not_the_sdks_is_recorded_inline_with_one_log_line(
         assert "not the OpenTelemetry SDK's" in lines[0]
         monitor.job("proxied")(lambda: None)()
         assert monitor.status("proxied").success_count == 1  # type: ignore[union-attr]
+    finally:
+        monitor.shutdown()
+
+
+@pytest.mark.usefixtures("otel_globals")
+def test_a_proxy_meter_is_recorded_inline_and_reaches_the_provider_set_later() -> None:
+    # No MeterProvider set yet: the monitor's meter is the API's proxy.
+    monitor = JobMonitor(TracerProvider(shutdown_on_exit=False))
+    try:
+        assert not monitor._processor._batched
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        monitor.job("proxied")(lambda: None)()
+        ((attributes, count, *_),) = histogram_points(reader)
+        assert (dict(attributes), count) == ({"job.name": "proxied", "status": "success"}, 1)
     finally:
         monitor.shutdown()
 
