@@ -1,10 +1,10 @@
 """The metric instruments, their names, and the callbacks that read the status view.
 
-Only the duration histogram is recorded per run (in batches where the SDK allows: see
-`jobpulse._duration`). Runs, active and stalled runs, timeouts,
-missed and skipped runs, the last success time, each job's state and consecutive failures, and
-pending work are asynchronous instruments that read the registry when a reader collects, so a
-run costs one histogram point and nothing more.
+Only the duration histogram is recorded per run (folded in batches where the SDK allows:
+see `jobpulse._duration`). Runs, active and stalled runs, timeouts, missed and skipped runs,
+the last success time, each job's state and consecutive failures, and pending work are
+asynchronous instruments that read the registry when a reader collects, so a run costs one
+histogram point and nothing more.
 """
 
 from __future__ import annotations
