@@ -279,9 +279,9 @@ class FleetView:
             now_ns = self._refresh()
             job = self._jobs.get(name)
             history = None if job is None else job.history
-            if history is None:
+            if job is None or history is None:
                 return []
-            history.prune(now_ns)
+            job.prune_history(now_ns)  # a change of the job's row: bumps its version
             records = history.records(limit)
             categories = tuple(self._categories)
         return run_records(records, categories)
