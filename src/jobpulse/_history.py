@@ -121,7 +121,6 @@ class RunHistory:
 
         Raises OverflowError, leaving the history unchanged, if `code` is outside 0..255.
         """
-        self.quiet_until = 0
         self._codes.append(code)
         self._starts.append(start_ns)
         durations = self._durations
@@ -141,11 +140,17 @@ class RunHistory:
         if bucket > self._highest:
             self._highest = bucket
         head = self._head
+        # `quiet_until` depends on the oldest run and the evictions only: it holds while
+        # neither changes (0: not known, look).
+        if len(durations) - 1 == head:
+            self.quiet_until = 0
         # The common case in one comparison: the oldest run is still within the window.
         if durations[head] * 1e9 < now_ns - WINDOW_NS - self._starts[head]:
+            self.quiet_until = 0
             self._prune_runs(now_ns)
             head = self._head
         if len(durations) - head > self._capacity:
+            self.quiet_until = 0
             self._count_eviction(self._forget(head))
             self._head = head + 1
             self._compact()
