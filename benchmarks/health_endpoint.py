@@ -12,7 +12,22 @@ each with 20 runs of history), in these situations:
 Targets: p99 under 5 ms, steady and churn; under 1 ms, 304. Also reported: the cost of
 each job changed since the last request, from the churn and steady medians.
 
-Part 2, through uvicorn on 127.0.0.1: one server process serves a trivial Starlette JSON
+Part 2, an unchanged poll at 10 and at `--jobs` jobs: two monitors populated alike, polled
+in alternating rounds with nothing changed between requests: the document (200), the
+poller (304), and the view's own part (`JobMonitor._health_snapshot`: the rows and the jobs
+part, no HTTP). Target: no pass over the jobs, that is, the same cost at both sizes within
+noise: the median at `--jobs` jobs at most 1.5x the median at 10, for each of the three.
+(A pass over 1,000 jobs costs about 40 us, as much as the rest of a request.)
+
+Part 3, under load: `--threads` threads (8) run no-op runs of random jobs of `--jobs`
+continuously while this thread polls the document in process every 20 ms, for
+`--load-seconds`. A poll is timed from when this thread runs it (it holds the GIL) to the
+end of the answer. Target: p99 at most 5 ms. Also reported: the jobs changed between polls
+(median), the runs per second, the poll's own CPU time (p99), and how late the polls
+started ("wake-up lag", p99: the wait for the GIL of a thread waking up among CPU-bound
+threads, up to `sys.getswitchinterval()` and more; not the document's, reported only).
+
+Part 4, through uvicorn on 127.0.0.1: one server process serves a trivial Starlette JSON
 route, a route answering fixed bytes of the jobs document's size ("same bytes"), and the
 jobs endpoint, asked for the document and by a poller (If-None-Match naming its ETag:
 304); this process sends requests one after another on a keep-alive connection for
@@ -25,6 +40,7 @@ the document's rate is reported only. With the spec's service size (12 jobs), 10
 `--jobs`.
 
     python benchmarks/health_endpoint.py [--jobs N] [--churn N] [--requests N] [--seconds S]
+        [--threads N] [--load-seconds S]
 """
 
 from __future__ import annotations
@@ -36,8 +52,10 @@ import math
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -54,6 +72,11 @@ from jobpulse.starlette import HEALTH_PATH, routes
 
 TARGET_P99_MS = 5.0
 TARGET_NOT_MODIFIED_P99_MS = 1.0
+#: "The same cost within noise": the median at --jobs jobs over the median at SMALL_JOBS.
+TARGET_UNCHANGED_RATIO = 1.5
+SMALL_JOBS = 10
+TARGET_LOAD_P99_MS = 5.0
+LOAD_PERIOD_SECONDS = 0.02
 TARGET_RATE_RATIO = 0.5
 #: Up to this many jobs the document itself must keep TARGET_RATE_RATIO; beyond, the poller.
 DOCUMENT_TARGET_JOBS = 100
@@ -189,6 +212,112 @@ def in_process(jobs: int, churn: int, requests: int) -> dict[str, list[float]]:
     return results
 
 
+# -- an unchanged poll, small and big ------------------------------------------------------
+
+
+def unchanged_polls(jobs: int, requests: int, rounds: int = 5) -> dict[str, dict[int, float]]:
+    """Median microseconds of an unchanged poll at SMALL_JOBS and at `jobs` jobs: the
+    document, the poller's 304 and the view's own part, in alternating rounds."""
+    sizes = sorted({SMALL_JOBS, jobs})
+    monitors = {size: populated_monitor(size)[0] for size in sizes}
+    apps = {size: app_for(monitor) for size, monitor in monitors.items()}
+    samples: dict[str, dict[int, list[float]]] = {
+        kind: {size: [] for size in sizes} for kind in ("document", "304", "view")
+    }
+
+    async def measure() -> None:
+        etags = {}
+        for size, app in apps.items():
+            etags[size] = (await call(app, HEALTH_PATH))[2]
+        for _ in range(rounds):
+            for size in sizes:
+                app, monitor = apps[size], monitors[size]
+                for kind, etag in (("document", None), ("304", etags[size])):
+                    timed = samples[kind][size]
+                    expected = (304,) if etag else (200, 206, 503)
+                    for _ in range(requests):
+                        started = time.perf_counter()
+                        status, _, _ = await call(app, HEALTH_PATH, b"", etag)
+                        timed.append((time.perf_counter() - started) * 1e6)
+                        assert status in expected, (kind, status)
+                timed = samples["view"][size]
+                snapshot = monitor._health_snapshot
+                for _ in range(requests):
+                    started = time.perf_counter()
+                    snapshot().parts()
+                    timed.append((time.perf_counter() - started) * 1e6)
+
+    asyncio.run(measure())
+    for monitor in monitors.values():
+        monitor.shutdown()
+    return {
+        kind: {size: statistics.median(values) for size, values in by_size.items()}
+        for kind, by_size in samples.items()
+    }
+
+
+# -- under load -----------------------------------------------------------------------------
+
+
+def under_load(jobs: int, threads: int, seconds: float) -> dict[str, list[float]]:
+    """Polls of the document every LOAD_PERIOD_SECONDS while `threads` threads run jobs:
+    per poll its milliseconds, its CPU milliseconds, how late it started (ms), and the jobs
+    changed since the poll before; and the runs per second (one value)."""
+    monitor, names = populated_monitor(jobs)
+    app = app_for(monitor)
+    stop = threading.Event()
+    started_together = threading.Barrier(threads + 1)
+    counts = [0] * threads
+
+    def work(index: int) -> None:
+        rng = random.Random(index)
+        started_together.wait()
+        done = 0
+        while not stop.is_set():
+            with monitor.run(rng.choice(names)):
+                pass
+            done += 1
+        counts[index] = done
+
+    workers = [
+        threading.Thread(target=work, args=(index,), name=f"bench-job-{index}", daemon=True)
+        for index in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    result: dict[str, list[float]] = {"ms": [], "cpu_ms": [], "late_ms": [], "changed": []}
+
+    async def poll() -> None:
+        await call(app, HEALTH_PATH)
+        document = monitor._health_document
+        before = document._last.rows if document._last is not None else []
+        started_together.wait()
+        begun = time.perf_counter()
+        due = begun
+        while due - begun < seconds:
+            due += LOAD_PERIOD_SECONDS
+            stop.wait(max(0.0, due - time.perf_counter()))  # the next poll's time
+            started, cpu = time.perf_counter(), time.thread_time()
+            status, _, _ = await call(app, HEALTH_PATH)
+            result["ms"].append((time.perf_counter() - started) * 1000.0)
+            result["cpu_ms"].append((time.thread_time() - cpu) * 1000.0)
+            result["late_ms"].append((started - due) * 1000.0)
+            assert status in (200, 206, 503), status
+            rows = document._last.rows if document._last is not None else []
+            result["changed"].append(
+                sum(1 for old, new in zip(before, rows, strict=True) if old is not new)
+            )
+            before = rows
+        stop.set()
+        for worker in workers:
+            worker.join()
+        result["runs_per_second"] = [sum(counts) / (time.perf_counter() - begun)]
+
+    asyncio.run(poll())
+    monitor.shutdown()
+    return result
+
+
 # -- through uvicorn -----------------------------------------------------------------------
 
 
@@ -305,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn", type=int, default=35)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--load-seconds", type=float, default=10.0)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -331,6 +462,40 @@ def main(argv: list[str] | None = None) -> int:
     changed = min(args.churn, args.jobs)
     extra = percentile(results["churn"], 0.5) - percentile(results["steady"], 0.5)
     print(f"  each job changed since the last request: {extra / changed * 1000:.0f} us")
+
+    print(f"unchanged poll, {SMALL_JOBS} and {args.jobs} jobs (median us, alternating rounds)")
+    print(f"  {'poll':<10} {SMALL_JOBS:>8} {args.jobs:>8} {'ratio':>7}")
+    for kind, medians in unchanged_polls(args.jobs, args.requests).items():
+        ratio = medians[args.jobs] / medians[SMALL_JOBS]
+        passed = ratio <= TARGET_UNCHANGED_RATIO
+        failed |= not passed
+        print(
+            f"  {kind:<10} {medians[SMALL_JOBS]:>8.1f} {medians[args.jobs]:>8.1f} {ratio:>7.2f}"
+            f"  target ratio <= {TARGET_UNCHANGED_RATIO} (the same within noise):"
+            f" {'PASS' if passed else 'FAIL'}"
+        )
+
+    print(
+        f"under load: {args.threads} threads running jobs of {args.jobs}, a poll every"
+        f" {LOAD_PERIOD_SECONDS * 1000:.0f} ms for {args.load_seconds:.0f} s"
+        f" (switch interval {sys.getswitchinterval() * 1000:.0f} ms)"
+    )
+    load = under_load(args.jobs, args.threads, args.load_seconds)
+    p99 = percentile(load["ms"], 0.99)
+    passed = p99 <= TARGET_LOAD_P99_MS
+    failed |= not passed
+    print(
+        f"  poll ms: p50 {percentile(load['ms'], 0.5):.2f}  p99 {p99:.2f}"
+        f"  max {max(load['ms']):.2f}  target p99 <= {TARGET_LOAD_P99_MS} ms:"
+        f" {'PASS' if passed else 'FAIL'}"
+    )
+    print(
+        f"  {len(load['ms'])} polls, {statistics.median(load['changed']):.0f} jobs changed"
+        f" between polls (median), {load['runs_per_second'][0]:.0f} runs/s;"
+        f" poll CPU p99 {percentile(load['cpu_ms'], 0.99):.2f} ms;"
+        f" wake-up lag p50 {percentile(load['late_ms'], 0.5):.2f}"
+        f" p99 {percentile(load['late_ms'], 0.99):.2f} ms (reported only)"
+    )
 
     print(f"through uvicorn, {args.seconds:.0f} s per server (req/s)")
     print(

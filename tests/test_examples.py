@@ -165,7 +165,7 @@ def test_store_benchmark_runs() -> None:
 def test_health_endpoint_benchmark_runs() -> None:
     result = _run(
         "benchmarks/health_endpoint.py", "--jobs", "50", "--churn", "5", "--requests", "20",
-        "--seconds", "0.6",
+        "--seconds", "0.6", "--load-seconds", "0.5",
     )  # fmt: skip
     # A loaded test machine may miss a target; the benchmark itself must run and report.
     assert result.returncode in (0, 1), result.stderr
@@ -173,6 +173,10 @@ def test_health_endpoint_benchmark_runs() -> None:
         assert f"  {situation} " in result.stdout
     assert result.stdout.count("target p99 < 5.0 ms") == 2
     assert "each job changed since the last request" in result.stdout
+    for poll in ("document", "304", "view"):  # an unchanged poll at 10 and at --jobs jobs
+        assert re.search(rf"\n  {poll} .* target ratio <= 1.5 .*: (PASS|FAIL)\n", result.stdout)
+    assert re.search(r"\n  poll ms: .* target p99 <= 5.0 ms: (PASS|FAIL)\n", result.stdout)
+    assert "jobs changed between polls" in result.stdout
     assert result.stdout.count("target x trivial >= 0.5") == 3  # 12, 100 and --jobs jobs
 
 

@@ -161,6 +161,22 @@ def test_a_fleet_run_past_its_stall_after_is_stalled(fleet: MakeMonitor, clock: 
         assert web.health().status is jobpulse.HealthStatus.UNHEALTHY
 
 
+@sqlite_only
+def test_runs_leaving_the_window_reach_the_fleets_document_after_a_history_read(
+    fleet: MakeMonitor, clock: FakeClock
+) -> None:
+    worker, web = fleet(), fleet()
+    with worker.run("job"):
+        clock.advance(1)
+    assert worker.flush()
+    web.flush()
+    assert json.loads(web.health_json()[1])["jobs"]["job"]["history_runs"] == 1
+    clock.advance(timedelta(hours=24, seconds=1))
+    assert web.history("job") == []  # this read drops the run first
+    assert json.loads(web.health_json()[1])["jobs"]["job"]["history_runs"] == 0
+    assert web.health().to_dict()["jobs"]["job"]["history_runs"] == 0
+
+
 def test_a_reader_keeps_one_timer_per_job_however_often_its_slot_moves(
     fleet: MakeMonitor, clock: FakeClock
 ) -> None:

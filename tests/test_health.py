@@ -298,6 +298,22 @@ def test_the_seconds_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     assert _model._json_time(start - 1) == '"2025-12-31T23:59:59.999Z"'
 
 
+def test_the_kept_milliseconds_are_those_written_and_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobpulse import _model
+
+    monkeypatch.setattr(_model, "_MS_TEXTS", {})
+    rng = random.Random(29)
+    values: list[float | None] = [None, 0.0, -0.0, 1e-9, 2.5, 1e10, 5e12]
+    values += [rng.uniform(0, 3600) for _ in range(4100)]
+    for seconds in values + values[:50]:  # the first ones again, from the cache
+        assert _model._json_ms_kept(seconds) == _model._json_ms(seconds)
+        assert len(_model._MS_TEXTS) <= 4096
+    assert _model._json_ms_kept(-0.0) == "-0.0"
+    assert _model._json_ms_kept(0.0) == "0.0"
+
+
 def test_the_endpoint_document_follows_every_change(monitor: JobMonitor, clock: FakeClock) -> None:
     # health_json() re-serializes only the jobs whose version moved; after any sequence of
     # changes it must say what health().to_dict() says.

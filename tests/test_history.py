@@ -3,6 +3,7 @@ histograms that stay exact under every way a run can leave."""
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import struct
@@ -387,6 +388,36 @@ def test_prune_skips_work_only_while_nothing_can_leave() -> None:
         assert reference.prune(now) is False  # nothing held should have left already
         assert_histograms_match(history)
     assert history.quiet_until > now
+
+
+def test_an_add_keeps_quiet_until_only_while_it_still_holds() -> None:
+    # add() keeps what the last prune found while the oldest run and the evictions stay as
+    # they were; it must never be later than what a prune from scratch finds.
+    rng = random.Random(23)
+    history = RunHistory(capacity=20)
+    now = T0
+    kept = 0
+    for _ in range(2000):
+        # Now and then a day without runs: a prune empties the history before the next add.
+        now += rng.choice((NS, 7 * MINUTE, HOUR, 5 * HOUR, NS, 7 * MINUTE, WINDOW_NS + HOUR))
+        duration = rng.randrange(0, 3 * HOUR)
+        history.add(now - duration, duration, rng.choice((0, 1)), now)
+        quiet = history.quiet_until
+        if quiet:
+            kept += 1
+            fresh = copy.deepcopy(history)
+            fresh.quiet_until = 0
+            fresh.prune(now)
+            assert quiet <= fresh.quiet_until
+        if rng.random() < 0.3:
+            history.prune(now)
+    assert kept > 500  # most adds leave the oldest run where it is
+    # A history emptied by a prune, then added to: the new run is the oldest.
+    empty = RunHistory()
+    empty.add(T0, NS, 0, T0 + NS)
+    assert empty.prune(T0 + 2 * WINDOW_NS) is True
+    empty.add(T0 + 2 * WINDOW_NS, NS, 0, T0 + 2 * WINDOW_NS + NS)
+    assert empty.quiet_until <= T0 + 3 * WINDOW_NS + NS
 
 
 def test_a_quiet_history_wakes_up_when_an_eviction_count_expires() -> None:

@@ -365,8 +365,8 @@ class HealthDocument:
 
     The ``jobs`` part of the last document, its health and its counts are kept and reused
     while the rows are those it was built from (no job changed, none came or went): a
-    steady poll then costs one pass over the jobs and no copy of their JSON. Thread-safe:
-    the cache is one object, replaced whole.
+    steady poll, handed the very list of rows again, then costs no pass over the jobs and
+    no copy of their JSON. Thread-safe: the cache is one object, replaced whole.
     """
 
     def __init__(self) -> None:
@@ -385,10 +385,11 @@ class HealthDocument:
         """The view now. `started` is when reading the view began (``time.perf_counter()``);
         `view` is the document's ``scope`` and what goes with it (see `HealthReport.view`)."""
         last = self._last
-        # Lists compare their items by identity first, in C: an unchanged job's row is the
-        # very object it was. A row rebuilt alike (a change undone) is equal: so is the
-        # document.
-        if last is None or last.rows != rows:
+        # The very list the last part was built from while nothing changed (the view hands
+        # out its last rows again). Else lists compare their items by identity first, in C:
+        # an unchanged job's row is the very object it was. A row rebuilt alike (a change
+        # undone) is equal: so is the document.
+        if last is None or (last.rows is not rows and last.rows != rows):
             last = self._last = JobsPart(rows, now, last)
         return HealthSnapshot(last, now, started, view, self._view_generation(view))
 

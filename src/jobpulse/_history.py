@@ -128,7 +128,6 @@ class RunHistory:
 
         Raises OverflowError, leaving the history unchanged, if `code` is outside 0..255.
         """
-        self.quiet_until = 0
         self._codes.append(code)
         self._starts.append(start_ns)
         durations = self._durations
@@ -150,12 +149,27 @@ class RunHistory:
         if bucket > self._highest:
             self._highest = bucket
         head = self._head
+        # `quiet_until` depends on the oldest run and the evictions only: it holds while
+        # neither changes (0: not known, look).
+        if len(durations) - 1 == head:
+            self.quiet_until = 0
         # The common case in one comparison: the oldest run is still within the window.
         if durations[head] * 1e9 < now_ns - WINDOW_NS - self._starts[head]:
+            self.quiet_until = 0
             self._prune_runs(now_ns)
             head = self._head
-        if len(durations) - head > self._limit:
-            self._evict()
+        held = len(durations) - head
+        if held > self._capacity:
+            if held > self._limit:
+                self._evict()
+            elif held == self._capacity + 1 and self.quiet_until:
+                # Evictions wait for a reader: the hour they will be counted in must not
+                # leave the window unseen (an hour early, for runs added slightly out of
+                # the order they ended in).
+                end_ns = self._starts[head] + int(durations[head] * 1e9)
+                self.quiet_until = min(
+                    self.quiet_until, (end_ns // _HOUR_NS + _HOURS - 1) * _HOUR_NS
+                )
 
     def _evict(self) -> None:
         """Evict the oldest runs beyond `capacity`, counting each in the hour it ended."""
@@ -163,6 +177,7 @@ class RunHistory:
         stop = len(self._starts) - self._capacity
         if stop <= head:
             return
+        self.quiet_until = 0  # the oldest run and the evictions change
         if self._drop_counts is _UNALLOCATED:
             self._drop_counts = array("I", [0]) * _HOURS
             self._drop_hours = array("q", [0]) * _HOURS

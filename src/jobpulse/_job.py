@@ -43,6 +43,7 @@ __all__ = [
     "finish_rows",
     "health_rows",
     "local_job",
+    "quiet_until",
     "run_records",
     "unavailable_row",
 ]
@@ -56,6 +57,7 @@ _AUTO_STALL_FACTOR = 3.0
 _AUTO_STALL_REFRESH_NS = 60 * 1_000_000_000
 
 _NO_STATS = HistoryStats(0, 0, None, None, None, None)
+_FOREVER = 1 << 63
 _ROW = "health document row"
 _ROW_GUARD = Guard(_ROW)
 
@@ -201,11 +203,14 @@ class Job:
             return JobState.MISSED
         return self.last_outcome
 
-    def prune_history(self, now_ns: int) -> None:
-        """Drop the runs older than the history's window (a change: bumps the version)."""
+    def prune_history(self, now_ns: int) -> bool:
+        """Drop the runs older than the history's window (a change: bumps the version);
+        True if anything was dropped."""
         history = self.history
         if history is not None and history.prune(now_ns):
             self.version += 1
+            return True
+        return False
 
     def cached_status(self, now_ns: int) -> JobStatus:
         """`to_status`, reused while the version is current."""
@@ -359,27 +364,38 @@ def unavailable_row(job: Job) -> HealthRow:
 
 class PendingRows(NamedTuple):
     """What `collect_rows` found: the rows in order (None where a job changed), the changed
-    jobs as (index, job, version, record or None), and what building a record raised."""
+    jobs as (index, job, version, record or None), what building a record raised, and until
+    when (epoch ns) no job's history can lose a run to its window (`quiet_until`)."""
 
     rows: list[HealthRow | None]
     stale: list[tuple[int, Job, int, JobRecord | None]]
     failures: list[Exception]
+    quiet_until: int
 
 
 def collect_rows(jobs: Iterable[Job], now_ns: int) -> PendingRows:
     """Step one, with the view's lock held: each job's cached row if its version is
     current, else a copy of its record (history older than the window is pruned first).
-    Never raises for a job: what building its record raises is kept for `finish_rows`."""
+    Never raises for a job: what building its record raises is kept for `finish_rows`.
+    The rows depend on the time only through the histories: they stay what they are, while
+    no job changes, until the earliest `RunHistory.quiet_until`, returned with them."""
     rows: list[HealthRow | None] = []
     stale: list[tuple[int, Job, int, JobRecord | None]] = []
     failures: list[Exception] = []
     append = rows.append
+    quiet_until = _FOREVER
     for job in jobs:
-        # _current_row, written out: the call was a quarter of a steady poll's pass (22 of
-        # 86 us for 1,000 jobs), and a poller answered 304 pays for nothing else.
+        # _current_row, written out: the call was a quarter of a pass's cost (22 of 86 us
+        # for 1,000 jobs).
         history = job.history
-        if history is not None and history.quiet_until <= now_ns and history.prune(now_ns):
-            job.version += 1
+        if history is not None:
+            quiet = history.quiet_until
+            if quiet <= now_ns:
+                if history.prune(now_ns):
+                    job.version += 1
+                quiet = history.quiet_until
+            if quiet < quiet_until:
+                quiet_until = quiet
         cached = job.member
         if cached is not None and cached[0] == job.version:
             append(cached[1])
@@ -391,7 +407,7 @@ def collect_rows(jobs: Iterable[Job], now_ns: int) -> PendingRows:
                 failures.append(exc)
             stale.append((len(rows), job, job.version, record))
             append(None)
-    return PendingRows(rows, stale, failures)
+    return PendingRows(rows, stale, failures, quiet_until)
 
 
 def finish_rows(pending: PendingRows) -> list[HealthRow]:
@@ -430,6 +446,14 @@ def health_rows(jobs: Iterable[Job], now_ns: int) -> list[HealthRow]:
             job.member = (job.version, row)
         rows.append(row)
     return rows
+
+
+def quiet_until(jobs: Iterable[Job]) -> int:
+    """Until when (epoch ns) no history of `jobs` can lose a run to its window, as far as
+    the last prune of each knows (0 for one added to since); a huge value if none can."""
+    return min(
+        (job.history.quiet_until for job in jobs if job.history is not None), default=_FOREVER
+    )
 
 
 def _current_row(job: Job, now_ns: int) -> HealthRow | None:

@@ -120,6 +120,23 @@ def _json_ms(seconds: float | None) -> str:
     return repr(round(ms, 3))
 
 
+_MS_TEXTS: dict[float, str] = {}
+
+
+def _json_ms_kept(seconds: float | None) -> str:
+    """`_json_ms`, its text kept by the value: for durations that stay put from one run to
+    the next (the extremes, the percentiles: bucket midpoints). Not a zero: 0.0 and -0.0
+    are equal but written apart."""
+    if not seconds:
+        return _json_ms(seconds)
+    text = _MS_TEXTS.get(seconds)
+    if text is None:
+        if len(_MS_TEXTS) >= 4096:
+            _MS_TEXTS.clear()
+        text = _MS_TEXTS[seconds] = _json_ms(seconds)
+    return text
+
+
 def _json_rate(rate: float | None) -> str:
     """The repr of ``round(rate, 4)``; fast as `_json_ms` is (15 digits below 1e11). An int
     keeps its repr."""
@@ -411,9 +428,10 @@ def member_json(job: JobRecord) -> bytes:
             _SETTINGS_JSON[key] = settings
     # Percentiles often share a bucket, and a run's end is the job's last change: each is
     # written once (not a zero: 0.0 and -0.0 are equal but written apart).
-    p50_text = ms(p50)
-    p95_text = p50_text if p95 == p50 and p50 else ms(p95)
-    p99_text = p95_text if p99 == p95 and p95 else ms(p99)
+    kept = _json_ms_kept
+    p50_text = kept(p50)
+    p95_text = p50_text if p95 == p50 and p50 else kept(p95)
+    p99_text = p95_text if p99 == p95 and p95 else kept(p99)
     success_text = time(last_success)
     updated_text = success_text if updated_at == last_success else time(updated_at)
     return (
@@ -429,8 +447,8 @@ def member_json(job: JobRecord) -> bytes:
         f'"last_error":{text(last_error)},'
         f'"last_error_category":{text(last_error_category)},'
         f'"average_execution_ms":{ms(average)},'
-        f'"max_execution_ms":{ms(maximum)},'
-        f'"min_execution_ms":{ms(minimum)},'
+        f'"max_execution_ms":{kept(maximum)},'
+        f'"min_execution_ms":{kept(minimum)},'
         f'"last_success_time":{success_text},'
         f'"active_runs":{active_runs},"stalled_runs":{stalled_runs},'
         f'"timeout_count":{timeout_count},'

@@ -72,6 +72,7 @@ __all__ = [
 logger = logging.getLogger("jobpulse")
 
 _PRUNE_EVERY_NS = 60 * 1_000_000_000
+_FOREVER = 1 << 63
 _STALL = "stall"
 _MISSED = "missed"
 #: Per job, the runs closed without their span's on_end (see `StatusRegistry.end_run`) that
@@ -177,6 +178,17 @@ class StatusRegistry:
         self._sorted_jobs: tuple[list[str], list[Job]] | None = None
         self._pending: dict[str, int] = {}
         self._last_prune_ns: int | None = None
+        # The view's version: bumped with every change to what it shows (beside each
+        # `job.version` bump, and when a job comes or goes). The health rows last built are
+        # served again, with no pass over the jobs, while the view is at the version they
+        # were built at and no history can yet lose a run to its window (see `health_rows`):
+        # (view version, that time in epoch ns, rows).
+        self._view_version = 0
+        self._rows: tuple[int, int, list[HealthRow]] | None = None
+        # The retention pass is skipped while the view is at the version of the last pass
+        # and no job can be idle for long enough before this time (epoch ns).
+        self._prune_version = -1
+        self._prune_due_ns = 0
         self._refused: set[str] = set()
         # History stores a failure's category as a one-byte code: index + 1 in this list.
         self._categories: list[str] = list(CATEGORIES)
@@ -273,6 +285,7 @@ class StatusRegistry:
                 job.slot_version += 1
                 advance = (schedule, now_ns, job.slot_version)
             job.version += 1
+            self._view_version += 1
             self._mark_locked(name)
             rearm = self._rearm_locked(job)
         _log_dropped(dropped, self._retention_ns)
@@ -286,9 +299,12 @@ class StatusRegistry:
         with self._lock:
             self._sorted_names = None
             job = self._jobs.pop(name, None)
-            if job is not None and self._dirty is not None:
+            if job is None:
+                return False
+            self._view_version += 1
+            if self._dirty is not None:
                 self._removed.append(job)
-            return job is not None
+            return True
 
     def set_next_run(self, name: str, when_ns: int | None, grace: float | None = None) -> None:
         """Expect the job's next run at `when_ns` (None: no run expected until the next one
@@ -320,6 +336,7 @@ class StatusRegistry:
             job.last_run_ns = start_ns
             job.updated_ns = start_ns
             job.version += 1
+            self._view_version += 1
             if self._dirty is not None:
                 self._dirty[name] = None
             if job.armed is None:
@@ -438,6 +455,7 @@ class StatusRegistry:
                     )
             job.updated_ns = end_ns
             job.version += 1
+            self._view_version += 1
             consecutive = job.consecutive_failures
             if self._dirty is not None:
                 self._dirty[name] = None
@@ -560,6 +578,7 @@ class StatusRegistry:
             if stalled:
                 job.updated_ns = self._clock.time_ns()
                 job.version += 1
+                self._view_version += 1
         listener = self.stall_listener
         if stalled and listener is not None:
             listener(stalled)
@@ -610,6 +629,7 @@ class StatusRegistry:
         job.slot_version += 1
         job.next_run_ns = slot_ns
         job.version += 1
+        self._view_version += 1
         self._mark_locked(job.name)
         if slot_ns is None:
             return None
@@ -740,6 +760,7 @@ class StatusRegistry:
             job.last_missed_ns = slot_ns
             job.updated_ns = now_ns
             job.version += 1
+            self._view_version += 1
             self._mark_locked(name)
         if consecutive & (consecutive - 1) == 0:  # 1, 2, 4, 8, ... in a row
             logger.warning(
@@ -767,6 +788,7 @@ class StatusRegistry:
             job.last_skip_reason = reason
             job.updated_ns = now_ns
             job.version += 1
+            self._view_version += 1
             self._mark_locked(name)
             total = job.skipped_count
         if total & (total - 1) == 0:  # logged at the 1st, 2nd, 4th, 8th, ... skip
@@ -779,7 +801,10 @@ class StatusRegistry:
         now_ns = self._clock.time_ns()
         with self._lock:
             job = self._jobs.get(name)
-            return None if job is None else job.cached_status(now_ns)
+            if job is None:
+                return None
+            self._prune_history_locked(job, now_ns)
+            return job.cached_status(now_ns)
 
     def snapshots(self) -> dict[str, JobStatus]:
         """Every job, sorted by name. Unchanged jobs reuse their cached snapshot."""
@@ -787,25 +812,47 @@ class StatusRegistry:
         now_ns = self._clock.time_ns()
         with self._lock:
             dropped = self._prune_locked(now_ns)
-            jobs = self._jobs
-            snapshots = {name: jobs[name].cached_status(now_ns) for name in self._sorted_locked()}
+            snapshots = {}
+            for job in self._sorted_jobs_locked():
+                self._prune_history_locked(job, now_ns)
+                snapshots[job.name] = job.cached_status(now_ns)
         _log_dropped(dropped, self._retention_ns)
         return snapshots
 
     def health_rows(self) -> list[HealthRow]:
         """Every job, sorted by name, as the health endpoint needs it: its state and health
-        settings, and its serialized member of the document.
+        settings, and its serialized member of the document. Callers must not change the
+        list: while nothing changed, the same list is returned again.
 
-        Only the jobs that changed since the last call are serialized again, outside the
-        lock: the lock is held for one pass over the jobs and a record copy per changed job.
+        While the view is at the version the last rows were built at, and no job's history
+        can have lost a run to its 24 h window since (the earliest `RunHistory.quiet_until`
+        of that build), those rows are returned at once: no pass over the jobs. Otherwise
+        only the jobs that changed are serialized again, outside the lock: the lock is held
+        for one pass over the jobs and a record copy per changed job.
         """
         self._close_lost()
         now_ns = self._clock.time_ns()
         with self._lock:
             dropped = self._prune_locked(now_ns)
-            pending = collect_rows(self._sorted_jobs_locked(), now_ns)
+            version = self._view_version
+            last = self._rows
+            if last is not None and last[0] == version and now_ns < last[1]:
+                rows = last[2]
+            else:
+                rows = None
+                pending = collect_rows(self._sorted_jobs_locked(), now_ns)
         _log_dropped(dropped, self._retention_ns)
-        return finish_rows(pending)
+        if rows is None:
+            rows = finish_rows(pending)
+            # Built from the view at `version`: a change made meanwhile moved the version,
+            # and the next call builds again. One store: of two racing calls, either's.
+            self._rows = (version, pending.quiet_until, rows)
+        return rows
+
+    def _prune_history_locked(self, job: Job, now_ns: int) -> None:
+        """`Job.prune_history`, counted as a change of the view when it drops anything."""
+        if job.prune_history(now_ns):
+            self._view_version += 1
 
     def _sorted_locked(self) -> list[str]:
         names = self._sorted_names
@@ -843,7 +890,7 @@ class StatusRegistry:
             history = None if job is None else job.history
             if job is None or history is None:
                 return []
-            job.prune_history(now_ns)
+            self._prune_history_locked(job, now_ns)
             records = history.records(limit)
             categories = tuple(self._categories)
         return run_records(records, categories)
@@ -910,23 +957,33 @@ class StatusRegistry:
         """Drop jobs without a schedule, not running and unchanged for the retention period;
         returns their names. A scheduled job stays while registered, however rarely it runs."""
         last = self._last_prune_ns
-        if not force and last is not None and now_ns - last < _PRUNE_EVERY_NS:
+        if not force and (
+            (last is not None and now_ns - last < _PRUNE_EVERY_NS)
+            or (self._prune_version == self._view_version and now_ns <= self._prune_due_ns)
+        ):
             return []
         self._last_prune_ns = now_ns
-        cutoff = now_ns - self._retention_ns
-        stale = [
-            name
-            for name, job in self._jobs.items()
-            if not job.runs
-            and job.updated_ns < cutoff
-            and job.schedule is None
-            and job.next_run_ns is None
-        ]
+        retention = self._retention_ns
+        cutoff = now_ns - retention
+        stale = []
+        due = _FOREVER
+        for name, job in self._jobs.items():
+            if not job.runs and job.schedule is None and job.next_run_ns is None:
+                if job.updated_ns < cutoff:
+                    stale.append(name)
+                elif job.updated_ns + retention < due:
+                    due = job.updated_ns + retention
         for name in stale:
             job = self._jobs.pop(name)
             if self._dirty is not None:
                 self._removed.append(job)
             self._sorted_names = None
+        if stale:
+            self._view_version += 1
+        # Until the view changes, no job can be dropped before `due`: none is idle for the
+        # retention period before it.
+        self._prune_version = self._view_version
+        self._prune_due_ns = due
         return stale
 
     # -- a store's publisher ----------------------------------------------------------
@@ -983,6 +1040,7 @@ class StatusRegistry:
             job.unpublished_dropped = 0
             job.unpublished_ran_in = []
         self._removed = []
+        self._view_version += 1
         if self._dirty is not None:
             self._dirty = dict.fromkeys(self._jobs)
             self._run_room = self._buffer_runs

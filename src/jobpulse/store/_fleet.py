@@ -26,6 +26,7 @@ from jobpulse._shared import (
     RunHistory,
     RunRecord,
     health_rows,
+    quiet_until,
     run_records,
 )
 from jobpulse.store._base import Cursor, FleetRow, Instance, OpenRun, Store
@@ -75,6 +76,11 @@ class FleetView:
         self._due: dict[str, int] = {}
         self._categories: list[str] = list(CATEGORIES)
         self._codes = {name: i + 1 for i, name in enumerate(self._categories)}
+        # Bumped with every change to what the view shows; the last health rows, served
+        # again while the view is at the version they were built at and no history can yet
+        # lose a run to its window: (view version, that time in epoch ns, rows).
+        self._view_version = 0
+        self._rows: tuple[int, int, list[HealthRow]] | None = None
 
     @property
     def cursor(self) -> Cursor | None:
@@ -137,6 +143,8 @@ class FleetView:
                 job = jobs[name]
                 self._judge(job, now_ns)
                 job.version += 1
+        if touched:
+            self._view_version += 1
         self._cursor = Cursor(read.store_id, read.seq, read.generation, read.run_cursor)
         self._expire(now_ns)
         return now_ns
@@ -246,6 +254,12 @@ class FleetView:
             self._judge(job, now_ns)
             if (job.missed, len(job.stalled_ids)) != (state, stalled):
                 job.version += 1
+                self._view_version += 1
+
+    def _prune_history(self, job: Job, now_ns: int) -> None:
+        """`Job.prune_history`, counted as a change of the view when it drops anything."""
+        if job.prune_history(now_ns):
+            self._view_version += 1
 
     def _sorted_names(self) -> list[str]:
         names = self._sorted
@@ -256,15 +270,28 @@ class FleetView:
     # -- reading -----------------------------------------------------------------------
 
     def health_rows(self) -> list[HealthRow]:
+        """Every job's row of the health document, sorted by name; while the view did not
+        change (see `StatusRegistry.health_rows`), the very list of the last call."""
         with self._lock:
             now_ns = self._refresh()
+            last = self._rows
+            if last is not None and last[0] == self._view_version and now_ns < last[1]:
+                return last[2]
+            jobs = list(map(self._jobs.__getitem__, self._sorted_names()))
             # No job's thread waits for this lock: the rows are built in one pass under it.
-            return health_rows(map(self._jobs.__getitem__, self._sorted_names()), now_ns)
+            rows = health_rows(jobs, now_ns)
+            self._rows = (self._view_version, quiet_until(jobs), rows)
+            return rows
 
     def snapshots(self) -> dict[str, JobStatus]:
         with self._lock:
             now_ns = self._refresh()
-            return {name: self._jobs[name].cached_status(now_ns) for name in self._sorted_names()}
+            snapshots = {}
+            for name in self._sorted_names():
+                job = self._jobs[name]
+                self._prune_history(job, now_ns)
+                snapshots[name] = job.cached_status(now_ns)
+            return snapshots
 
     def snapshot(self, name: str) -> JobStatus | None:
         with self._lock:
@@ -272,6 +299,7 @@ class FleetView:
             job = self._jobs.get(name)
             if job is None or name not in self._listed:
                 return None
+            self._prune_history(job, now_ns)
             return job.cached_status(now_ns)
 
     def history(self, name: str, limit: int | None = None) -> list[RunRecord]:
@@ -279,9 +307,9 @@ class FleetView:
             now_ns = self._refresh()
             job = self._jobs.get(name)
             history = None if job is None else job.history
-            if history is None:
+            if job is None or history is None:
                 return []
-            history.prune(now_ns)
+            self._prune_history(job, now_ns)
             records = history.records(limit)
             categories = tuple(self._categories)
         return run_records(records, categories)
