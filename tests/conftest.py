@@ -265,6 +265,9 @@ def _reset_otel_globals() -> None:
     trace._TRACER_PROVIDER = None
     metrics_internal._METER_PROVIDER_SET_ONCE = Once()
     metrics_internal._METER_PROVIDER = None
+    # The proxy that get_meter_provider() hands out before one is set keeps the provider
+    # set last, and gives meters of it: a fresh proxy forgets it.
+    metrics_internal._PROXY_METER_PROVIDER = metrics_internal._ProxyMeterProvider()
     assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
     assert isinstance(metrics.get_meter_provider(), metrics_internal._ProxyMeterProvider)
 
