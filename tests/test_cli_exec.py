@@ -74,6 +74,16 @@ def read_status(url: str, name: str, clock: FakeClock | None = None) -> JobStatu
     return status
 
 
+def _state_in_store(url: str, name: str) -> JobState | None:
+    """The job's state as a reader of the store sees it, or None while it has no such job."""
+    reader = FleetReader(url, service="jobpulse-exec")
+    try:
+        status = reader.status(name)
+    finally:
+        reader.close()
+    return None if status is None else status.state
+
+
 def gone(pid: int) -> bool:
     """True once process `pid` has exited (a zombie nobody reaped has exited too)."""
     try:
@@ -687,7 +697,8 @@ def test_a_run_past_its_schedules_period_is_stalled_and_says_so(store_url: str) 
             line = process.stderr.readline()  # the stall alert, a second into the run
             assert line.startswith(b"jobpulse: job 'overlaps' stalled: running for ")
             assert line.endswith(b"past its stall_after of 1.0s\n")
-            assert read_status(store_url, "overlaps").state is JobState.STALLED
+            # The store has it once the exec process's publisher wrote (within a second).
+            assert wait_until(lambda: _state_in_store(store_url, "overlaps") is JobState.STALLED)
             assert process.stdin is not None
             process.stdin.close()  # the command ends
             assert process.wait(timeout=DEADLINE_SECONDS) == 0
