@@ -342,3 +342,48 @@ def test_the_fleets_next_poll_after_a_change_shows_it(
     finally:
         if case == "stalled by time":
             context.run(run.__exit__, None, None, None)
+
+
+def test_every_variant_and_selection_follows_a_change(
+    monitor: JobMonitor, clock: FakeClock
+) -> None:
+    # The filtered, indented and open texts are kept per state of the view: while nothing
+    # changes each keeps its tag, and after a change each names and shows the view as it is.
+    from jobpulse._health import FULL, Selection, Variant
+
+    scene = Scene(monitor, clock)
+    for name in ("a", "b"):
+        scene.succeed(name)
+    failed = Selection(states=frozenset({"failed"}))
+    only_b = Selection(names=frozenset({"b"}))
+    queries = [
+        (variant, selection)
+        for variant in (FULL, Variant(open=True), Variant(pretty=True), Variant(True, True))
+        for selection in (None, failed, only_b)
+    ]
+
+    def tags() -> list[str]:
+        snapshot = monitor._health_snapshot()
+        return [snapshot.etag(repr(query)) for query in queries]
+
+    def jobs(variant: Variant, selection: Selection | None) -> dict[str, Any]:
+        parts = monitor._health_snapshot().parts(variant, selection)
+        shown: dict[str, Any] = json.loads(b"".join(parts))["jobs"]
+        return shown
+
+    before = tags()
+    assert jobs(FULL, failed) == {}
+    clock.advance(1)
+    assert tags() == before
+    scene.fail("b")
+    after = tags()
+    assert all(new != old for new, old in zip(after, before, strict=True))
+    assert list(jobs(FULL, failed)) == ["b"]
+    assert list(jobs(Variant(pretty=True), failed)) == ["b"]
+    shown = jobs(Variant(open=True, pretty=True), only_b)["b"]
+    assert (shown["consecutive_failures"], shown["last_error"]) == (1, None)  # open: no text
+    assert (
+        jobs(FULL, only_b)["b"]["last_error"]
+        == "ConnectionError: https://user:***@example.com down"
+    )
+    _assert_fresh(monitor, _document(monitor))
