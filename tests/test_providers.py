@@ -23,14 +23,26 @@ from tests.conftest import Otel
 def clean_globals() -> Iterator[None]:
     """Restore OpenTelemetry's global providers (test-only: the API sets them once)."""
     saved = (trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE)
-    saved_metrics = (metrics._internal._METER_PROVIDER, metrics._internal._METER_PROVIDER_SET_ONCE)
+    internal = metrics._internal
+    saved_metrics = (
+        internal._METER_PROVIDER,
+        internal._METER_PROVIDER_SET_ONCE,
+        internal._PROXY_METER_PROVIDER,
+    )
     trace._TRACER_PROVIDER = None
     trace._TRACER_PROVIDER_SET_ONCE = Once()
-    metrics._internal._METER_PROVIDER = None
-    metrics._internal._METER_PROVIDER_SET_ONCE = Once()
+    internal._METER_PROVIDER = None
+    internal._METER_PROVIDER_SET_ONCE = Once()
+    # A fresh proxy: the one before holds the proxy meters of earlier tests' monitors, which
+    # setting a provider here would bind first (their instruments then take the names).
+    internal._PROXY_METER_PROVIDER = internal._ProxyMeterProvider()
     yield
     trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved
-    metrics._internal._METER_PROVIDER, metrics._internal._METER_PROVIDER_SET_ONCE = saved_metrics
+    (
+        internal._METER_PROVIDER,
+        internal._METER_PROVIDER_SET_ONCE,
+        internal._PROXY_METER_PROVIDER,
+    ) = saved_metrics
 
 
 def _run_jobs(monitor: JobMonitor, count: int) -> None:

@@ -201,3 +201,8 @@ def test_only_the_sdks_default_sampler_takes_the_shortcut() -> None:
     assert not JobAwareSampler(
         ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)
     )._parent_based_always_on
+    replaced = JobAwareSampler(ParentBased(ALWAYS_ON))
+    replaced.delegate = ALWAYS_OFF  # the answer is the new delegate's from then on
+    assert not replaced._parent_based_always_on
+    answer = replaced.should_sample(None, 1, "run", None, {JOB_NAME: "run"})
+    assert answer.decision is Decision.RECORD_ONLY

@@ -86,9 +86,18 @@ class JobAwareSampler(Sampler):
 
     def __init__(self, delegate: Sampler) -> None:
         self.delegate = delegate
+
+    @property
+    def delegate(self) -> Sampler:
+        """The sampler wrapped."""
+        return self._delegate
+
+    @delegate.setter
+    def delegate(self, sampler: Sampler) -> None:
+        self._delegate = sampler
         # The SDK's default sampler: its answer for a job run is worked out here, in one
         # step (the delegate's takes three calls and a second look at the parent).
-        self._parent_based_always_on = _is_default_sampler(delegate)
+        self._parent_based_always_on = _is_default_sampler(sampler)
 
     def should_sample(
         self,
