@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 import os
+import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -395,3 +396,11 @@ def succeed(monitor: JobMonitor, name: str, times: int = 1) -> None:
     for _ in range(times):
         with monitor.run(name):
             pass
+
+
+def default_interrupts() -> None:
+    """For `subprocess.Popen(preexec_fn=...)`: SIGINT and SIGQUIT back to their defaults in
+    the child. A shell starts a background job with both ignored, and every process it starts
+    inherits that; a test that sends them expects the dispositions a terminal would give."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)

@@ -35,6 +35,7 @@ from jobpulse._cli import _sources as sources
 from jobpulse._cli._commands import run
 from jobpulse._cli._sources import HEALTH_PATH, StoreSource, health_url
 from jobpulse.starlette import routes
+from tests.conftest import default_interrupts
 from tests.prometheus_server import free_port
 from tests.uvicorn_server import serving
 
@@ -339,7 +340,7 @@ def test_watch_ends_with_ctrl_c_as_a_process(tmp_path: Path) -> None:
         [sys.executable, "-m", "jobpulse._cli", "status", "--store", url, "--watch", "0.2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=environment(),
+        env=environment(),        preexec_fn=default_interrupts,
     )
     try:
         assert process.stdout is not None

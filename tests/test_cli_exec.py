@@ -26,6 +26,7 @@ from jobpulse._cli import _exec, _process
 from jobpulse._cli._commands import run
 from jobpulse.store._readonly import FleetReader
 from jobpulse.testing import FakeClock
+from tests.conftest import default_interrupts
 from tests.otlp_receiver import http_receiver
 from tests.prometheus_server import free_port
 
@@ -262,6 +263,7 @@ def test_signals_sent_to_exec_reach_the_command(store_url: str, number: int) -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=environment(),
+        preexec_fn=default_interrupts,
     )
     try:
         assert process.stdout is not None
