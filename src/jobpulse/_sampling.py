@@ -109,8 +109,6 @@ class JobAwareSampler(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
-        delegate = self.delegate
-        adopted = None
         if attributes and JOB_NAME in attributes and self._parent_based_always_on:
             # ParentBased(ALWAYS_ON)'s answer: sampled but under a parent that is not, with
             # the parent's trace state; a dropped run is recorded anyway (RECORD_ONLY).
@@ -124,6 +122,8 @@ class JobAwareSampler(Sampler):
                 attributes,
                 parent.trace_state if valid else None,
             )
+        delegate = self.delegate
+        adopted = None
         if not (attributes and JOB_NAME in attributes):
             if _adopters:
                 adopted = _adopt(name, kind)
