@@ -340,7 +340,8 @@ def test_watch_ends_with_ctrl_c_as_a_process(tmp_path: Path) -> None:
         [sys.executable, "-m", "jobpulse._cli", "status", "--store", url, "--watch", "0.2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=environment(),        preexec_fn=default_interrupts,
+        env=environment(),
+        preexec_fn=default_interrupts,
     )
     try:
         assert process.stdout is not None
