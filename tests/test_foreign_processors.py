@@ -237,7 +237,7 @@ def test_a_lost_span_collected_while_a_lock_of_jobpulse_is_held_deadlocks_nothin
         collector.join(30)
         deadlocked = collector.is_alive()
         if deadlocked:  # fresh locks, so that the monitor can be shut down after the test
-            registry._lock = threading.Lock()
+            registry._lock = type(registry._lock)(registry._follow_up)
             registry._watchdog._cond = threading.Condition(threading.Lock())
         assert not deadlocked
     finally:

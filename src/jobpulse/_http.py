@@ -254,14 +254,16 @@ class Endpoints:
         variant = Variant(open=not await self.sees_detail(request), pretty=pretty)
         headers = {"Cache-Control": _REVALIDATE, **self._vary}
         try:
-            snapshot = self.monitor._health_snapshot()
-            etag = snapshot.etag(_variant_tag(variant, selection))
-            # RFC 9110 (13.2.1) would have a server that answers 503 ignore If-None-Match.
-            # The tag fixes the health (and so the code) along with everything else: a
-            # client holding it holds that very answer, and a 304 tells it just that.
-            if etag_matches(request.headers, etag):
-                return _not_modified(etag, headers)
-            parts = snapshot.parts(variant, selection)
+            with self.monitor._health_priority():
+                snapshot = self.monitor._health_snapshot()
+                etag = snapshot.etag(_variant_tag(variant, selection))
+                # RFC 9110 (13.2.1) would have a server that answers 503 ignore
+                # If-None-Match. The tag fixes the health (and so the code) along with
+                # everything else: a client holding it holds that very answer, and a 304
+                # tells it just that.
+                if etag_matches(request.headers, etag):
+                    return _not_modified(etag, headers)
+                parts = snapshot.parts(variant, selection)
         except Exception as exc:  # noqa: BLE001 - reported; never a trace in the answer
             return internal_error("health endpoint", exc)
         return PartsResponse(parts, snapshot.status.http_status, {**headers, "ETag": etag})

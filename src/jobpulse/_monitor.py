@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar, cast, overload
@@ -1201,6 +1202,12 @@ class JobMonitor:
     def _health_parts(self) -> tuple[HealthStatus, list[bytes]]:
         snapshot = self._health_snapshot()
         return snapshot.status, snapshot.parts()
+
+    def _health_priority(self) -> AbstractContextManager[None]:
+        """The scope in which the health endpoint builds its answer: with priority over
+        runs on other threads (`StatusRegistry.reading`) when it is built from this
+        process's view alone; with a store, reading the fleet's view may wait for it."""
+        return self._registry.reading() if self._store is None else nullcontext()
 
     def _health_snapshot(self) -> HealthSnapshot:
         """The view as the endpoint serves it (the fleet's, with a store that can be read)."""
