@@ -413,3 +413,37 @@ def test_with_a_store_the_health_endpoint_reads_without_priority(
     with client_for(Starlette(routes=routes(monitor, metrics=False))) as client:
         assert client.get(HEALTH_PATH).status_code == 200
     assert seen == [False]
+
+
+def test_waiting_events_of_a_job_gone_meanwhile_are_dropped(monitor: JobMonitor) -> None:
+    monitor.register("gone")
+    registry = monitor._registry
+    results: list[object] = []
+
+    def work() -> None:
+        registry.start_run("gone", 7, None, 1)  # waits for the lock's holder: this thread
+        results.append(registry.end_run("unknown", 8, 1, 2, batch=0.0))  # not in the view
+        del registry._jobs["gone"]  # as `unregister` does, before the start is applied
+
+    holding_the_lock(registry, work)
+    assert results == [None]
+    assert monitor.status("gone") is None
+    assert not registry._lock.events
+
+
+def test_a_with_block_interrupted_while_it_waits_counts_no_reader(monitor: JobMonitor) -> None:
+    lock = monitor._registry._lock
+    real = lock.mutex
+
+    class Interrupted:
+        def acquire(self) -> bool:
+            raise KeyboardInterrupt
+
+    lock.mutex = Interrupted()  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt), lock:
+            pass
+    finally:
+        lock.mutex = real
+    assert not lock.readers
+    assert lock.quiet.is_set()
