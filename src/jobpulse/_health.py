@@ -7,10 +7,11 @@ import dataclasses
 import enum
 import itertools
 import json
+import operator
 import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -80,7 +81,7 @@ def evaluate(statuses: Mapping[str, JobStatus]) -> HealthStatus:
     """
     return _judge(
         [
-            (job.state.value, job.critical, job.consecutive_failures, job.failure_threshold, b"")
+            (job.state.value, job.critical, job.consecutive_failures, job.failure_threshold, b"", 0)
             for job in statuses.values()
         ]
     )
@@ -89,7 +90,7 @@ def evaluate(statuses: Mapping[str, JobStatus]) -> HealthStatus:
 def _judge(rows: Iterable[HealthRow]) -> HealthStatus:
     """`evaluate`'s rules over health rows."""
     result = HealthStatus.HEALTHY
-    for state, critical, failures, threshold, _ in rows:
+    for state, critical, failures, threshold, _, _ in rows:
         if state == "stalled":
             return HealthStatus.UNHEALTHY
         missed = state == "missed"
@@ -159,7 +160,7 @@ class Selection(NamedTuple):
         states, critical, names = self
         keys = None if names is None else {encode_json_str(name).encode() for name in names}
         chosen = []
-        for index, (state, is_critical, _, _, member) in enumerate(rows):
+        for index, (state, is_critical, _, _, member, _) in enumerate(rows):
             if states is not None and state not in states:
                 continue
             if critical is not None and is_critical is not critical:
@@ -221,7 +222,7 @@ def _open_member(row: HealthRow) -> bytes:
 
 def _marked_member(row: HealthRow) -> bytes:
     """The member `unavailable_row` serves: the name, the health fields, an error marker."""
-    state, critical, failures, threshold, member = row
+    state, critical, failures, threshold, member, _ = row
     name = _member_key(member).decode()
     return (
         f'{name}:{{"job_name":{name},"status":"{state}",'
@@ -386,10 +387,10 @@ class HealthDocument:
         `view` is the document's ``scope`` and what goes with it (see `HealthReport.view`)."""
         last = self._last
         # The very list the last part was built from while nothing changed (the view hands
-        # out its last rows again). Else lists compare their items by identity first, in C:
-        # an unchanged job's row is the very object it was. A row rebuilt alike (a change
-        # undone) is equal: so is the document.
-        if last is None or (last.rows is not rows and last.rows != rows):
+        # out its last rows again). Else an unchanged job's row is the very object it was,
+        # and a row rebuilt alike (a change undone, at another version) shows the same: so
+        # does the document.
+        if last is None or (last.rows is not rows and not _same_rows(last.rows, rows)):
             last = self._last = JobsPart(rows, now, last)
         return HealthSnapshot(last, now, started, view, self._view_generation(view))
 
@@ -401,6 +402,19 @@ class HealthDocument:
         generation = last[2] if last is not None and last[1] == key else next(_GENERATIONS)
         self._view = (view, key, generation)
         return generation
+
+
+def _same_rows(old: list[HealthRow], new: list[HealthRow]) -> bool:
+    """Whether the rows show the same, their versions aside. The rows that are other
+    objects are found in C (most are the same objects)."""
+    if len(old) != len(new):
+        return False
+    return all(old[index][:5] == new[index][:5] for index in _other_objects(old, new))
+
+
+def _other_objects(old: list[HealthRow], new: list[HealthRow]) -> Iterator[int]:
+    """The indexes where two lists of equal length hold other objects."""
+    return itertools.compress(itertools.count(), map(operator.is_not, old, new))
 
 
 def _view_key(view: Mapping[str, Any]) -> list[Any]:

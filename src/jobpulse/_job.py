@@ -3,7 +3,8 @@
 A view (the registry, the store's fleet view) keeps its jobs as `Job` objects by name,
 changes their fields under its own lock and bumps `Job.version` with every change. What is
 built from a job (its `JobStatus`, its `HealthRow`) is cached on the job with the version it
-was built at, and is reused while the version is current. Nothing here takes a lock.
+was built at (a row carries its version), and is reused while the version is current.
+Nothing here takes a lock.
 
 The registry builds its health rows in two steps: `collect_rows` with its lock held (a pass
 over the jobs, and a record copy per changed job), then `finish_rows` with no lock held
@@ -162,7 +163,7 @@ class Job:
         # valid while they carry the current version.
         self.version = 0
         self.snapshot: tuple[int, JobStatus] | None = None
-        self.member: tuple[int, HealthRow] | None = None
+        self.member: HealthRow | None = None
         self.history: RunHistory | None = None
         # The schedule, and the expected run ("slot") with its grace. slot_version changes
         # whenever the slot does, so that a slot computed outside the lock is applied only if
@@ -333,17 +334,20 @@ class Job:
 
 
 #: One job as the health document needs it: its state's value (`JobState.value`), whether it
-#: is critical, its consecutive failures and failure threshold, and its serialized member of
-#: the document. A plain tuple of plain values, as is the (version, row) pair a job caches:
-#: the garbage collector stops tracking such tuples the first time it sees them, so the rows
-#: a poll builds (one per changed job) are not promoted and scanned again by every full
-#: collection, as a NamedTuple's, or a tuple holding a `JobState`, would be.
-HealthRow = tuple[str, bool, int, int, bytes]
+#: is critical, its consecutive failures and failure threshold, its serialized member of the
+#: document, and the job's version it was built at (what the document shows is the first
+#: five). A plain tuple of plain values, cached on its job as it is: the garbage collector
+#: stops tracking such a tuple the first time it sees it, so the rows a poll builds (one per
+#: changed job) are not promoted and scanned again by every full collection, as a
+#: NamedTuple's, a tuple holding a `JobState`, or a (version, row) pair would be (a pair is
+#: untracked only if the collector happens to visit it after its row: in the registry's
+#: young collections, where the rows' list is young and the jobs are old, it mostly did not).
+HealthRow = tuple[str, bool, int, int, bytes, int]
 
 
-def unavailable_row(job: Job) -> HealthRow:
+def unavailable_row(job: Job, version: int) -> HealthRow:
     """A job whose member of the health document could not be built: its name, its state
-    and an error marker, judged by the health rules like any other job."""
+    and an error marker, judged by the health rules like any other job; at `version`."""
     name = encode_json_str(job.name)
     state = job.state()
     member = (
@@ -359,6 +363,7 @@ def unavailable_row(job: Job) -> HealthRow:
         job.consecutive_failures,
         job.failure_threshold,
         member.encode("utf-8", "backslashreplace"),
+        version,
     )
 
 
@@ -397,8 +402,8 @@ def collect_rows(jobs: Iterable[Job], now_ns: int) -> PendingRows:
             if quiet < quiet_until:
                 quiet_until = quiet
         cached = job.member
-        if cached is not None and cached[0] == job.version:
-            append(cached[1])
+        if cached is not None and cached[5] == job.version:
+            append(cached)
         else:
             record = None
             try:
@@ -422,11 +427,11 @@ def finish_rows(pending: PendingRows) -> list[HealthRow]:
         row = None
         if record is not None:
             with _ROW_GUARD:
-                row = _row_of(record)
+                row = _row_of(record, version)
         if row is None:
-            row = unavailable_row(job)
+            row = unavailable_row(job, version)
         rows[index] = row
-        job.member = (version, row)  # one atomic store; a newer version wins later
+        job.member = row  # one atomic store, with its version; a newer version wins later
     return cast("list[HealthRow]", rows)
 
 
@@ -439,11 +444,12 @@ def health_rows(jobs: Iterable[Job], now_ns: int) -> list[HealthRow]:
     for job in jobs:
         row = _current_row(job, now_ns)
         if row is None:
+            version = job.version
             with _ROW_GUARD:
-                row = _row_of(job.to_record(now_ns))
+                row = _row_of(job.to_record(now_ns), version)
             if row is None:
-                row = unavailable_row(job)
-            job.member = (job.version, row)
+                row = unavailable_row(job, version)
+            job.member = row
         rows.append(row)
     return rows
 
@@ -464,16 +470,17 @@ def _current_row(job: Job, now_ns: int) -> HealthRow | None:
     if history is not None and history.quiet_until <= now_ns and history.prune(now_ns):
         job.version += 1
     cached = job.member
-    return cached[1] if cached is not None and cached[0] == job.version else None
+    return cached if cached is not None and cached[5] == job.version else None
 
 
-def _row_of(record: JobRecord) -> HealthRow:
+def _row_of(record: JobRecord, version: int) -> HealthRow:
     return (
         record.state.value,
         record.critical,
         record.consecutive_failures,
         record.failure_threshold,
         member_json(record),
+        version,
     )
 
 
