@@ -19,7 +19,14 @@ from typing import Any, NamedTuple
 
 from jobpulse._guard import Guard
 from jobpulse._job import HealthRow
-from jobpulse._model import JobsSummary, JobStatus, dump_json, encode_json_str, rfc3339
+from jobpulse._model import (
+    JobsSummary,
+    JobState,
+    JobStatus,
+    dump_json,
+    encode_json_str,
+    rfc3339,
+)
 
 __all__ = [
     "FULL",
@@ -36,6 +43,7 @@ __all__ = [
 
 #: `HealthReport.view` without a store.
 PROCESS_VIEW: Mapping[str, Any] = MappingProxyType({"scope": "process"})
+_STATE_VALUES = tuple(state.value for state in JobState)
 
 # Generations of jobs parts and views, unique in a process (next() on a count is atomic
 # under the GIL), and the process's own token: the entity tags of two processes never
@@ -99,6 +107,41 @@ def _judge(rows: Iterable[HealthRow]) -> HealthStatus:
         if missed or failures > 0:
             result = HealthStatus.DEGRADED
     return result
+
+
+# A row's part in `_judge`'s verdict: the status it alone would give, as an index here.
+_SEVERITIES = (HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY)
+
+
+def _severity(row: HealthRow) -> int:
+    state, critical, failures, threshold, _, _ = row
+    missed = state == "missed"
+    if state == "stalled" or (critical and (missed or failures >= threshold)):
+        return 2
+    return 1 if missed or failures > 0 else 0
+
+
+class _Tally(NamedTuple):
+    """How many rows are in each state (by `JobState` value) and of each severity."""
+
+    states: dict[str, int]
+    severities: list[int]
+
+    @classmethod
+    def of(cls, rows: Iterable[HealthRow]) -> _Tally:
+        tally = cls(dict.fromkeys(_STATE_VALUES, 0), [0, 0, 0])
+        tally.add(rows, 1)
+        return tally
+
+    def add(self, rows: Iterable[HealthRow], sign: int) -> None:
+        states, severities = self.states, self.severities
+        for row in rows:
+            states[row[0]] += sign
+            severities[_severity(row)] += sign
+
+    def status(self) -> HealthStatus:
+        severities = self.severities
+        return _SEVERITIES[2 if severities[2] else 1 if severities[1] else 0]
 
 
 @dataclass(frozen=True)
@@ -191,6 +234,7 @@ _AFTER_LAST_ERROR = b',"last_error_category":'
 _METADATA = b',"metadata":'
 _AFTER_METADATA = b',"created_at":'
 _CACHED_TEXTS = 64
+_MEMBER = operator.itemgetter(4)
 _VARIANT_GUARD = Guard("health document variant")
 
 
@@ -251,6 +295,7 @@ class JobsPart:
         "_inherited",
         "_kept",
         "_members",
+        "_tally",
         "_texts",
         "counts",
         "generation",
@@ -258,13 +303,31 @@ class JobsPart:
         "status",
     )
 
-    def __init__(self, rows: list[HealthRow], now: datetime, before: JobsPart | None) -> None:
+    _tally: _Tally
+
+    def __init__(
+        self,
+        rows: list[HealthRow],
+        now: datetime,
+        before: JobsPart | None,
+        changed: Sequence[int] | None = None,
+    ) -> None:
+        """`changed`: the indexes of the rows that are not those of `before` (of as many
+        rows), if known: only those are judged and counted again."""
         self.rows = rows
-        self.status = _judge(rows)
-        self.counts = JobsSummary.count([row[0] for row in rows], now)
+        if before is None or changed is None:
+            tally = _Tally.of(rows)
+        else:
+            old = before.rows
+            tally = _Tally(dict(before._tally.states), list(before._tally.severities))
+            tally.add([old[index] for index in changed], -1)
+            tally.add([rows[index] for index in changed], 1)
+        self._tally = tally
+        self.status = tally.status()
+        self.counts = JobsSummary.of_counts(tally.states, len(rows), now)
         self.generation = next(_GENERATIONS)
         self._texts: dict[tuple[Variant, Selection | None], bytes] = {
-            (FULL, None): b",".join([row[4] for row in rows])
+            (FULL, None): b",".join(map(_MEMBER, rows))
         }
         self._kept = 0  # the bytes of the other texts
         self._members: dict[Variant, list[bytes]] = {}
@@ -390,8 +453,16 @@ class HealthDocument:
         # out its last rows again). Else an unchanged job's row is the very object it was,
         # and a row rebuilt alike (a change undone, at another version) shows the same: so
         # does the document.
-        if last is None or (last.rows is not rows and not _same_rows(last.rows, rows)):
-            last = self._last = JobsPart(rows, now, last)
+        if last is None:
+            last = self._last = JobsPart(rows, now, None)
+        elif last.rows is not rows:
+            old = last.rows
+            if len(old) != len(rows):
+                last = self._last = JobsPart(rows, now, last)
+            else:
+                changed = list(_other_objects(old, rows))
+                if any(old[index][:5] != rows[index][:5] for index in changed):
+                    last = self._last = JobsPart(rows, now, last, changed)
         return HealthSnapshot(last, now, started, view, self._view_generation(view))
 
     def _view_generation(self, view: Mapping[str, Any]) -> int:
@@ -404,16 +475,9 @@ class HealthDocument:
         return generation
 
 
-def _same_rows(old: list[HealthRow], new: list[HealthRow]) -> bool:
-    """Whether the rows show the same, their versions aside. The rows that are other
-    objects are found in C (most are the same objects)."""
-    if len(old) != len(new):
-        return False
-    return all(old[index][:5] == new[index][:5] for index in _other_objects(old, new))
-
-
 def _other_objects(old: list[HealthRow], new: list[HealthRow]) -> Iterator[int]:
-    """The indexes where two lists of equal length hold other objects."""
+    """The indexes where two lists of equal length hold other objects, found in C: most
+    rows of a poll are the very objects of the one before."""
     return itertools.compress(itertools.count(), map(operator.is_not, old, new))
 
 

@@ -492,8 +492,14 @@ class JobsSummary:
         counts = dict.fromkeys(_STATE_VALUES, 0)
         for state in states:
             counts[state] += 1
+        return cls.of_counts(counts, len(states), now)
+
+    @classmethod
+    def of_counts(cls, counts: Mapping[str, int], total: int, now: datetime) -> JobsSummary:
+        """The summary of `total` jobs, `counts` of them in each state (by `JobState`
+        value, every state named)."""
         return cls(
-            total_jobs=len(states),
+            total_jobs=total,
             pending_jobs=counts["pending"],
             running_jobs=counts["running"],
             healthy_jobs=counts["success"],
