@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
-from jobpulse._guard import Guard, report_internal_error
+from jobpulse._guard import swallow
 from jobpulse._history import HistoryStats, RunHistory
 from jobpulse._model import (
     JobRecord,
@@ -60,7 +60,10 @@ _AUTO_STALL_REFRESH_NS = 60 * 1_000_000_000
 _NO_STATS = HistoryStats(0, 0, None, None, None, None)
 _FOREVER = 1 << 63
 _ROW = "health document row"
-_ROW_GUARD = Guard(_ROW)
+# A NamedTuple's __new__ is a Python function taking the 38 fields as arguments: twice the
+# cost of building the plain tuple and making it a record in C.
+_new_record = tuple.__new__
+_STATE_VALUES = {state: state.value for state in JobState}  # .value is a Python property
 
 
 class Job:
@@ -240,47 +243,49 @@ class Job:
         runs = self.success_count + self.failure_count
         last_duration_ns = self.last_duration_ns
         schedule = self.schedule
-        # Positional: a call with 38 keywords costs more than the rest of the record. The
-        # order is JobRecord's; test_job checks every field by name.
-        return JobRecord(
-            self.name,
-            self.state(),
-            self.critical,
-            self.failure_threshold,
-            self.timeout,
-            self.stall_after,
-            self.last_run_ns,
-            None if last_duration_ns is None else last_duration_ns / 1e9,
-            self.next_run_ns,
-            self.success_count,
-            self.failure_count,
-            self.consecutive_failures,
-            self.last_error,
-            self.last_error_category,
-            self.total_duration_ns / runs / 1e9 if runs else None,
-            None if min_ns is None else min_ns / 1e9,
-            None if max_ns is None else max_ns / 1e9,
-            self.last_success_ns,
-            len(self.runs),
-            len(self.stalled_ids),
-            self.timeout_count,
-            dict(self.metadata),
-            self.created_ns,
-            self.updated_ns,
-            None if schedule is None else schedule.text,
-            None if schedule is None else schedule.timezone,
-            self.slot_grace_ns / 1e9 if self.next_run_ns is not None else None,
-            self.missed_count,
-            self.last_missed_ns,
-            self.skipped_count,
-            self.last_skip_reason,
-            self.auto_stall,
-            p50,
-            p95,
-            p99,
-            stats.success_rate,
-            stats.runs,
-            self.store_dropped + (0 if history is None else history.dropped(now_ns)),
+        # Positional, JobRecord's order; test_job checks every field by name.
+        return _new_record(
+            JobRecord,
+            (
+                self.name,
+                self.state(),
+                self.critical,
+                self.failure_threshold,
+                self.timeout,
+                self.stall_after,
+                self.last_run_ns,
+                None if last_duration_ns is None else last_duration_ns / 1e9,
+                self.next_run_ns,
+                self.success_count,
+                self.failure_count,
+                self.consecutive_failures,
+                self.last_error,
+                self.last_error_category,
+                self.total_duration_ns / runs / 1e9 if runs else None,
+                None if min_ns is None else min_ns / 1e9,
+                None if max_ns is None else max_ns / 1e9,
+                self.last_success_ns,
+                len(self.runs),
+                len(self.stalled_ids),
+                self.timeout_count,
+                dict(self.metadata),
+                self.created_ns,
+                self.updated_ns,
+                None if schedule is None else schedule.text,
+                None if schedule is None else schedule.timezone,
+                self.slot_grace_ns / 1e9 if self.next_run_ns is not None else None,
+                self.missed_count,
+                self.last_missed_ns,
+                self.skipped_count,
+                self.last_skip_reason,
+                self.auto_stall,
+                p50,
+                p95,
+                p99,
+                stats.success_rate,
+                stats.runs,
+                self.store_dropped + (0 if history is None else history.dropped(now_ns)),
+            ),
         )
 
     def clamp(self, seconds: float | None) -> float | None:
@@ -421,13 +426,14 @@ def finish_rows(pending: PendingRows) -> list[HealthRow]:
     job whose row cannot be built is served as `unavailable_row`; the others as usual."""
     rows = pending.rows
     for failure in pending.failures:
-        with _ROW_GUARD:
-            report_internal_error(_ROW, failure)
+        swallow(_ROW, failure)
     for index, job, version, record in pending.stale:
         row = None
         if record is not None:
-            with _ROW_GUARD:
+            try:
                 row = _row_of(record, version)
+            except Exception as exc:  # noqa: BLE001 - `swallow`: cheaper than a Guard
+                swallow(_ROW, exc)
         if row is None:
             row = unavailable_row(job, version)
         rows[index] = row
@@ -445,8 +451,10 @@ def health_rows(jobs: Iterable[Job], now_ns: int) -> list[HealthRow]:
         row = _current_row(job, now_ns)
         if row is None:
             version = job.version
-            with _ROW_GUARD:
+            try:
                 row = _row_of(job.to_record(now_ns), version)
+            except Exception as exc:  # noqa: BLE001 - `swallow`: cheaper than a Guard
+                swallow(_ROW, exc)
             if row is None:
                 row = unavailable_row(job, version)
             job.member = row
@@ -475,7 +483,7 @@ def _current_row(job: Job, now_ns: int) -> HealthRow | None:
 
 def _row_of(record: JobRecord, version: int) -> HealthRow:
     return (
-        record.state.value,
+        _STATE_VALUES[record.state],
         record.critical,
         record.consecutive_failures,
         record.failure_threshold,

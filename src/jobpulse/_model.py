@@ -137,6 +137,22 @@ def _json_ms_kept(seconds: float | None) -> str:
     return text
 
 
+_RATE_TEXTS: dict[float, str] = {}
+
+
+def _json_rate_kept(rate: float | None) -> str:
+    """`_json_rate`, its text kept by the value: a history holds a bounded number of runs,
+    so its success rates are few fractions (1.0 mostly). Not a zero, as `_json_ms_kept`."""
+    if not rate:
+        return _json_rate(rate)
+    text = _RATE_TEXTS.get(rate)
+    if text is None:
+        if len(_RATE_TEXTS) >= 4096:
+            _RATE_TEXTS.clear()
+        text = _RATE_TEXTS[rate] = _json_rate(rate)
+    return text
+
+
 def _json_rate(rate: float | None) -> str:
     """The repr of ``round(rate, 4)``; fast as `_json_ms` is (15 digits below 1e11). An int
     keeps its repr."""
@@ -460,7 +476,7 @@ def member_json(job: JobRecord) -> bytes:
         f'"p50_duration_ms":{p50_text},'
         f'"p95_duration_ms":{p95_text},'
         f'"p99_duration_ms":{p99_text},'
-        f'"success_rate":{_json_rate(success_rate)},'
+        f'"success_rate":{_json_rate_kept(success_rate)},'
         f'"history_runs":{history_runs},"history_dropped":{history_dropped},'
         f'"metadata":{_ENCODER.encode(metadata) if metadata else "{}"},'
         f'"created_at":{time(created_at)},'
