@@ -109,6 +109,16 @@ def test_rows_built_in_two_steps_are_not_left_to_the_garbage_collector() -> None
         gc.enable()
 
 
+def test_a_record_keeps_the_metadata_it_was_made_with() -> None:
+    job = Job("meta", T0, 60.0)
+    empty = job.to_record(T0)
+    job.metadata["rows"] = 1
+    one = job.to_record(T0)
+    job.metadata["rows"] = 2
+    assert (empty.metadata, one.metadata) == ({}, {"rows": 1})
+    assert job.to_record(T0).metadata == {"rows": 2}
+
+
 def test_the_record_takes_each_field_from_its_own_attribute() -> None:
     job = Job("every", T0, 60.0)
     job.critical = True

@@ -64,6 +64,9 @@ _ROW = "health document row"
 # cost of building the plain tuple and making it a record in C.
 _new_record = tuple.__new__
 _STATE_VALUES = {state: state.value for state in JobState}  # .value is a Python property
+# The metadata of a record of a job that has none: one object for all, not a dict per
+# changed job and poll (never changed: records and snapshots only read it).
+_NO_METADATA: dict[str, Any] = {}
 
 
 class Job:
@@ -243,6 +246,7 @@ class Job:
         runs = self.success_count + self.failure_count
         last_duration_ns = self.last_duration_ns
         schedule = self.schedule
+        metadata = self.metadata
         # Positional, JobRecord's order; test_job checks every field by name.
         return _new_record(
             JobRecord,
@@ -268,7 +272,7 @@ class Job:
                 len(self.runs),
                 len(self.stalled_ids),
                 self.timeout_count,
-                dict(self.metadata),
+                dict(metadata) if metadata else _NO_METADATA,
                 self.created_ns,
                 self.updated_ns,
                 None if schedule is None else schedule.text,
