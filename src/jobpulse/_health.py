@@ -130,14 +130,26 @@ class _Tally(NamedTuple):
     @classmethod
     def of(cls, rows: Iterable[HealthRow]) -> _Tally:
         tally = cls(dict.fromkeys(_STATE_VALUES, 0), [0, 0, 0])
-        tally.add(rows, 1)
+        tally.add(rows)
         return tally
 
-    def add(self, rows: Iterable[HealthRow], sign: int) -> None:
+    def add(self, rows: Iterable[HealthRow]) -> None:
         states, severities = self.states, self.severities
         for row in rows:
-            states[row[0]] += sign
-            severities[_severity(row)] += sign
+            states[row[0]] += 1
+            severities[_severity(row)] += 1
+
+    def replace(self, old: list[HealthRow], new: list[HealthRow], changed: Iterable[int]) -> None:
+        """Count ``new[index]`` instead of ``old[index]`` for each index `changed`."""
+        states, severities = self.states, self.severities
+        for index in changed:
+            was, now = old[index], new[index]
+            # Mostly a run ended as the one before: the same state and health fields.
+            if was[0] != now[0] or was[1] != now[1] or was[2] != now[2] or was[3] != now[3]:
+                states[was[0]] -= 1
+                severities[_severity(was)] -= 1
+                states[now[0]] += 1
+                severities[_severity(now)] += 1
 
     def status(self) -> HealthStatus:
         severities = self.severities
@@ -318,10 +330,8 @@ class JobsPart:
         if before is None or changed is None:
             tally = _Tally.of(rows)
         else:
-            old = before.rows
             tally = _Tally(dict(before._tally.states), list(before._tally.severities))
-            tally.add([old[index] for index in changed], -1)
-            tally.add([rows[index] for index in changed], 1)
+            tally.replace(before.rows, rows, changed)
         self._tally = tally
         self.status = tally.status()
         self.counts = JobsSummary.of_counts(tally.states, len(rows), now)
