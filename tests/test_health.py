@@ -315,6 +315,22 @@ def test_the_kept_milliseconds_are_those_written_and_stay_bounded(
     assert _model._json_ms_kept(0.0) == "0.0"
 
 
+def test_the_kept_success_rates_are_those_written_and_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobpulse import _model
+
+    monkeypatch.setattr(_model, "_RATE_TEXTS", {})
+    rng = random.Random(31)
+    values: list[float | None] = [None, 0, 0.0, -0.0, 1, 1.0, 0.5, 2 / 3, 1e12]
+    values += [rng.random() for _ in range(4100)]
+    for rate in values + values[:50]:  # the first ones again, from the cache
+        assert _model._json_rate_kept(rate) == _model._json_rate(rate)
+        assert len(_model._RATE_TEXTS) <= 4096
+    assert _model._json_rate_kept(-0.0) == "-0.0"
+    assert _model._json_rate_kept(1) == "1"
+
+
 def test_the_endpoint_document_follows_every_change(monitor: JobMonitor, clock: FakeClock) -> None:
     # health_json() re-serializes only the jobs whose version moved; after any sequence of
     # changes it must say what health().to_dict() says.

@@ -142,8 +142,9 @@ _RATE_TEXTS: dict[float, str] = {}
 
 def _json_rate_kept(rate: float | None) -> str:
     """`_json_rate`, its text kept by the value: a history holds a bounded number of runs,
-    so its success rates are few fractions (1.0 mostly). Not a zero, as `_json_ms_kept`."""
-    if not rate:
+    so its success rates are few fractions (1.0 mostly). Floats only, and not a zero: 1 and
+    1.0 are equal but written apart, as are 0.0 and -0.0."""
+    if type(rate) is not float or not rate:
         return _json_rate(rate)
     text = _RATE_TEXTS.get(rate)
     if text is None:
