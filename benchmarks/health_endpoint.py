@@ -28,7 +28,9 @@ started ("wake-up lag", p99: the wait for the GIL of a thread waking up among CP
 threads, up to `sys.getswitchinterval()` and more; not the document's, reported only). Now
 and then the job threads keep the GIL among themselves for seconds (each blocks on the
 registry's lock in turn, and every hand-off restarts the poller's switch interval): the lag
-then reaches seconds, the polls run back to back, and a note says so.
+then reaches seconds, the polls run back to back, and a note says so. Also reported: the
+garbage collections run in this thread during the polls, per generation (how many, the
+longest).
 
 Part 4, through uvicorn on 127.0.0.1: one server process serves a trivial Starlette JSON
 route, a route answering fixed bytes of the jobs document's size ("same bytes"), and the
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -265,7 +268,9 @@ def unchanged_polls(jobs: int, requests: int, rounds: int = 5) -> dict[str, dict
 def under_load(jobs: int, threads: int, seconds: float) -> dict[str, list[float]]:
     """Polls of the document every LOAD_PERIOD_SECONDS while `threads` threads run jobs:
     per poll its milliseconds, its CPU milliseconds, how late it started (ms), and the jobs
-    changed since the poll before; and the runs per second (one value)."""
+    changed since the poll before; the runs per second (one value); and the milliseconds
+    of each garbage collection run in this thread during a poll, by generation ("gc0",
+    "gc1", "gc2")."""
     monitor, names = populated_monitor(jobs)
     app = app_for(monitor)
     stop = threading.Event()
@@ -289,8 +294,24 @@ def under_load(jobs: int, threads: int, seconds: float) -> dict[str, list[float]
     for worker in workers:
         worker.start()
     result: dict[str, list[float]] = {"ms": [], "cpu_ms": [], "late_ms": [], "changed": []}
+    for generation in range(3):
+        result[f"gc{generation}"] = []
+    poller = threading.get_ident()
+    polling = False
+    collection_started = 0.0
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        nonlocal collection_started
+        if not polling or threading.get_ident() != poller:
+            return
+        if phase == "start":
+            collection_started = time.perf_counter()
+        else:
+            elapsed = (time.perf_counter() - collection_started) * 1000.0
+            result[f"gc{info['generation']}"].append(elapsed)
 
     async def poll() -> None:
+        nonlocal polling
         await call(app, HEALTH_PATH)
         document = monitor._health_document
         before = document._last.rows if document._last is not None else []
@@ -301,7 +322,9 @@ def under_load(jobs: int, threads: int, seconds: float) -> dict[str, list[float]
             due += LOAD_PERIOD_SECONDS
             stop.wait(max(0.0, due - time.perf_counter()))  # the next poll's time
             started, cpu = time.perf_counter(), time.thread_time()
+            polling = True
             status, _, _ = await call(app, HEALTH_PATH)
+            polling = False
             result["ms"].append((time.perf_counter() - started) * 1000.0)
             result["cpu_ms"].append((time.thread_time() - cpu) * 1000.0)
             result["late_ms"].append((started - due) * 1000.0)
@@ -316,7 +339,11 @@ def under_load(jobs: int, threads: int, seconds: float) -> dict[str, list[float]
             worker.join()
         result["runs_per_second"] = [sum(counts) / (time.perf_counter() - begun)]
 
-    asyncio.run(poll())
+    gc.callbacks.append(collected)
+    try:
+        asyncio.run(poll())
+    finally:
+        gc.callbacks.remove(collected)
     monitor.shutdown()
     return result
 
@@ -499,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         f" wake-up lag p50 {percentile(load['late_ms'], 0.5):.2f}"
         f" p99 {percentile(load['late_ms'], 0.99):.2f} ms (reported only)"
     )
+    collections = ", ".join(
+        f"gen{generation} {len(times)} (longest {max(times, default=0.0):.1f} ms)"
+        for generation, times in enumerate(load[f"gc{index}"] for index in range(3))
+    )
+    print(f"  garbage collections in this thread during the polls: {collections}")
     if percentile(load["late_ms"], 0.5) > LOAD_PERIOD_SECONDS * 1000.0:
         print(
             "  note: this thread mostly waited longer than a period for the GIL: the job"

@@ -177,6 +177,8 @@ def test_health_endpoint_benchmark_runs() -> None:
         assert re.search(rf"\n  {poll} .* target ratio <= 1.5 .*: (PASS|FAIL)\n", result.stdout)
     assert re.search(r"\n  poll ms: .* target p99 <= 5.0 ms: (PASS|FAIL)\n", result.stdout)
     assert "jobs changed between polls" in result.stdout
+    collections = r"\n  garbage collections in this thread during the polls: gen0 \d+ "
+    assert re.search(collections, result.stdout)
     assert result.stdout.count("target x trivial >= 0.5") == 3  # 12, 100 and --jobs jobs
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from jobpulse import HealthReport, HealthStatus, JobMonitor, JobsSummary, JobState, JobStatus
-from jobpulse._health import evaluate
+from jobpulse._health import HealthDocument, _judge, evaluate
+from jobpulse._job import HealthRow
 from jobpulse.testing import FakeClock
 from tests.conftest import MonitorFactory
 
@@ -314,6 +315,22 @@ def test_the_kept_milliseconds_are_those_written_and_stay_bounded(
     assert _model._json_ms_kept(0.0) == "0.0"
 
 
+def test_the_kept_success_rates_are_those_written_and_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobpulse import _model
+
+    monkeypatch.setattr(_model, "_RATE_TEXTS", {})
+    rng = random.Random(31)
+    values: list[float | None] = [None, 0, 0.0, -0.0, 1, 1.0, 0.5, 2 / 3, 1e12]
+    values += [rng.random() for _ in range(4100)]
+    for rate in values + values[:50]:  # the first ones again, from the cache
+        assert _model._json_rate_kept(rate) == _model._json_rate(rate)
+        assert len(_model._RATE_TEXTS) <= 4096
+    assert _model._json_rate_kept(-0.0) == "-0.0"
+    assert _model._json_rate_kept(1) == "1"
+
+
 def test_the_endpoint_document_follows_every_change(monitor: JobMonitor, clock: FakeClock) -> None:
     # health_json() re-serializes only the jobs whose version moved; after any sequence of
     # changes it must say what health().to_dict() says.
@@ -448,3 +465,37 @@ def test_the_settings_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> No
         assert json.loads(b"{" + status.json_member + b"}")["j"] == status.to_dict()
         assert len(_model._SETTINGS_JSON) <= 4096
     assert len(_model._SETTINGS_JSON) < 4096  # cleared once full
+
+
+def test_a_jobs_part_judges_and_counts_only_the_changed_rows_alike() -> None:
+    # A part built from the one before, its rows changed in place, added or removed, has
+    # the status and counts of a part built from scratch (evaluate's rules).
+    rng = random.Random(7)
+    states = [state.value for state in JobState]
+
+    def row(index: int) -> HealthRow:
+        failures = rng.choice((0, 0, 0, 1, 3))
+        state = rng.choice(states)
+        member = f'"job{index}":{{}}'.encode()
+        return (state, rng.random() < 0.2, failures, 3, member, rng.randrange(1 << 20))
+
+    document = HealthDocument()
+    rows = [row(index) for index in range(30)]
+    for step in range(300):
+        rows = list(rows)
+        if step % 7 == 0:
+            if rng.random() < 0.5 and rows:
+                del rows[rng.randrange(len(rows))]
+            else:
+                rows.append(row(len(rows)))
+        for _ in range(rng.choice((0, 1, 3, 10))):
+            if rows:
+                index = rng.randrange(len(rows))
+                rows[index] = row(index)
+        if step % 11 == 0 and rows:
+            index = rng.randrange(len(rows))
+            rows[index] = (*rows[index][:5], rows[index][5] + 1)  # rebuilt alike
+        part = document.snapshot(rows, _EPOCH, 0.0).jobs
+        assert [kept[:5] for kept in part.rows] == [each[:5] for each in rows]
+        assert part.status == _judge(rows)
+        assert part.counts == JobsSummary.count([each[0] for each in rows], _EPOCH)

@@ -12,7 +12,7 @@ import pytest
 
 from jobpulse import JobState
 from jobpulse._history import RunHistory
-from jobpulse._job import _clamp
+from jobpulse._job import _clamp, collect_rows, finish_rows
 from jobpulse._schedule import parse_schedule
 from jobpulse._shared import Job, health_rows
 from tests.conftest import InternalErrors
@@ -88,6 +88,35 @@ def test_rows_are_not_left_to_the_garbage_collector() -> None:
     gc.collect()
     assert not any(gc.is_tracked(row) for row in rows)
     assert not any(gc.is_tracked(view[name].member) for name in ("a", "b"))
+
+
+def test_rows_built_in_two_steps_are_not_left_to_the_garbage_collector() -> None:
+    # The registry's rows: its jobs are old, the list of rows is young and held only by
+    # young objects (the view's cache, the document's jobs part). A young collection then
+    # finds each row through its list after the job's cached row: what is cached must be
+    # untracked whatever order the collector visits things in (cached (version, row)
+    # pairs were promoted to the oldest generation: a full collection every ~150 polls).
+    view = _view("a", "b")
+    jobs = [view["a"], view["b"]]
+    gc.collect()
+    gc.disable()
+    try:
+        held = [finish_rows(collect_rows(jobs, T0))]
+        gc.collect(0)
+        assert not any(gc.is_tracked(job.member) for job in jobs)
+        assert not any(gc.is_tracked(row) for row in held[0])
+    finally:
+        gc.enable()
+
+
+def test_a_record_keeps_the_metadata_it_was_made_with() -> None:
+    job = Job("meta", T0, 60.0)
+    empty = job.to_record(T0)
+    job.metadata["rows"] = 1
+    one = job.to_record(T0)
+    job.metadata["rows"] = 2
+    assert (empty.metadata, one.metadata) == ({}, {"rows": 1})
+    assert job.to_record(T0).metadata == {"rows": 2}
 
 
 def test_the_record_takes_each_field_from_its_own_attribute() -> None:

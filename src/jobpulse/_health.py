@@ -7,10 +7,11 @@ import dataclasses
 import enum
 import itertools
 import json
+import operator
 import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -18,7 +19,14 @@ from typing import Any, NamedTuple
 
 from jobpulse._guard import Guard
 from jobpulse._job import HealthRow
-from jobpulse._model import JobsSummary, JobStatus, dump_json, encode_json_str, rfc3339
+from jobpulse._model import (
+    JobsSummary,
+    JobState,
+    JobStatus,
+    dump_json,
+    encode_json_str,
+    rfc3339,
+)
 
 __all__ = [
     "FULL",
@@ -35,6 +43,7 @@ __all__ = [
 
 #: `HealthReport.view` without a store.
 PROCESS_VIEW: Mapping[str, Any] = MappingProxyType({"scope": "process"})
+_STATE_VALUES = tuple(state.value for state in JobState)
 
 # Generations of jobs parts and views, unique in a process (next() on a count is atomic
 # under the GIL), and the process's own token: the entity tags of two processes never
@@ -80,7 +89,7 @@ def evaluate(statuses: Mapping[str, JobStatus]) -> HealthStatus:
     """
     return _judge(
         [
-            (job.state.value, job.critical, job.consecutive_failures, job.failure_threshold, b"")
+            (job.state.value, job.critical, job.consecutive_failures, job.failure_threshold, b"", 0)
             for job in statuses.values()
         ]
     )
@@ -89,7 +98,7 @@ def evaluate(statuses: Mapping[str, JobStatus]) -> HealthStatus:
 def _judge(rows: Iterable[HealthRow]) -> HealthStatus:
     """`evaluate`'s rules over health rows."""
     result = HealthStatus.HEALTHY
-    for state, critical, failures, threshold, _ in rows:
+    for state, critical, failures, threshold, _, _ in rows:
         if state == "stalled":
             return HealthStatus.UNHEALTHY
         missed = state == "missed"
@@ -98,6 +107,53 @@ def _judge(rows: Iterable[HealthRow]) -> HealthStatus:
         if missed or failures > 0:
             result = HealthStatus.DEGRADED
     return result
+
+
+# A row's part in `_judge`'s verdict: the status it alone would give, as an index here.
+_SEVERITIES = (HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY)
+
+
+def _severity(row: HealthRow) -> int:
+    state, critical, failures, threshold, _, _ = row
+    missed = state == "missed"
+    if state == "stalled" or (critical and (missed or failures >= threshold)):
+        return 2
+    return 1 if missed or failures > 0 else 0
+
+
+class _Tally(NamedTuple):
+    """How many rows are in each state (by `JobState` value) and of each severity."""
+
+    states: dict[str, int]
+    severities: list[int]
+
+    @classmethod
+    def of(cls, rows: Iterable[HealthRow]) -> _Tally:
+        tally = cls(dict.fromkeys(_STATE_VALUES, 0), [0, 0, 0])
+        tally.add(rows)
+        return tally
+
+    def add(self, rows: Iterable[HealthRow]) -> None:
+        states, severities = self.states, self.severities
+        for row in rows:
+            states[row[0]] += 1
+            severities[_severity(row)] += 1
+
+    def replace(self, old: list[HealthRow], new: list[HealthRow], changed: Iterable[int]) -> None:
+        """Count ``new[index]`` instead of ``old[index]`` for each index `changed`."""
+        states, severities = self.states, self.severities
+        for index in changed:
+            was, now = old[index], new[index]
+            # Mostly a run ended as the one before: the same state and health fields.
+            if was[0] != now[0] or was[1] != now[1] or was[2] != now[2] or was[3] != now[3]:
+                states[was[0]] -= 1
+                severities[_severity(was)] -= 1
+                states[now[0]] += 1
+                severities[_severity(now)] += 1
+
+    def status(self) -> HealthStatus:
+        severities = self.severities
+        return _SEVERITIES[2 if severities[2] else 1 if severities[1] else 0]
 
 
 @dataclass(frozen=True)
@@ -159,7 +215,7 @@ class Selection(NamedTuple):
         states, critical, names = self
         keys = None if names is None else {encode_json_str(name).encode() for name in names}
         chosen = []
-        for index, (state, is_critical, _, _, member) in enumerate(rows):
+        for index, (state, is_critical, _, _, member, _) in enumerate(rows):
             if states is not None and state not in states:
                 continue
             if critical is not None and is_critical is not critical:
@@ -190,6 +246,7 @@ _AFTER_LAST_ERROR = b',"last_error_category":'
 _METADATA = b',"metadata":'
 _AFTER_METADATA = b',"created_at":'
 _CACHED_TEXTS = 64
+_MEMBER = operator.itemgetter(4)
 _VARIANT_GUARD = Guard("health document variant")
 
 
@@ -221,7 +278,7 @@ def _open_member(row: HealthRow) -> bytes:
 
 def _marked_member(row: HealthRow) -> bytes:
     """The member `unavailable_row` serves: the name, the health fields, an error marker."""
-    state, critical, failures, threshold, member = row
+    state, critical, failures, threshold, member, _ = row
     name = _member_key(member).decode()
     return (
         f'{name}:{{"job_name":{name},"status":"{state}",'
@@ -250,6 +307,7 @@ class JobsPart:
         "_inherited",
         "_kept",
         "_members",
+        "_tally",
         "_texts",
         "counts",
         "generation",
@@ -257,13 +315,29 @@ class JobsPart:
         "status",
     )
 
-    def __init__(self, rows: list[HealthRow], now: datetime, before: JobsPart | None) -> None:
+    _tally: _Tally
+
+    def __init__(
+        self,
+        rows: list[HealthRow],
+        now: datetime,
+        before: JobsPart | None,
+        changed: Sequence[int] | None = None,
+    ) -> None:
+        """`changed`: the indexes of the rows that are not those of `before` (of as many
+        rows), if known: only those are judged and counted again."""
         self.rows = rows
-        self.status = _judge(rows)
-        self.counts = JobsSummary.count([row[0] for row in rows], now)
+        if before is None or changed is None:
+            tally = _Tally.of(rows)
+        else:
+            tally = _Tally(dict(before._tally.states), list(before._tally.severities))
+            tally.replace(before.rows, rows, changed)
+        self._tally = tally
+        self.status = tally.status()
+        self.counts = JobsSummary.of_counts(tally.states, len(rows), now)
         self.generation = next(_GENERATIONS)
         self._texts: dict[tuple[Variant, Selection | None], bytes] = {
-            (FULL, None): b",".join([row[4] for row in rows])
+            (FULL, None): b",".join(map(_MEMBER, rows))
         }
         self._kept = 0  # the bytes of the other texts
         self._members: dict[Variant, list[bytes]] = {}
@@ -386,11 +460,19 @@ class HealthDocument:
         `view` is the document's ``scope`` and what goes with it (see `HealthReport.view`)."""
         last = self._last
         # The very list the last part was built from while nothing changed (the view hands
-        # out its last rows again). Else lists compare their items by identity first, in C:
-        # an unchanged job's row is the very object it was. A row rebuilt alike (a change
-        # undone) is equal: so is the document.
-        if last is None or (last.rows is not rows and last.rows != rows):
-            last = self._last = JobsPart(rows, now, last)
+        # out its last rows again). Else an unchanged job's row is the very object it was,
+        # and a row rebuilt alike (a change undone, at another version) shows the same: so
+        # does the document.
+        if last is None:
+            last = self._last = JobsPart(rows, now, None)
+        elif last.rows is not rows:
+            old = last.rows
+            if len(old) != len(rows):
+                last = self._last = JobsPart(rows, now, last)
+            else:
+                changed = list(_other_objects(old, rows))
+                if any(old[index][:5] != rows[index][:5] for index in changed):
+                    last = self._last = JobsPart(rows, now, last, changed)
         return HealthSnapshot(last, now, started, view, self._view_generation(view))
 
     def _view_generation(self, view: Mapping[str, Any]) -> int:
@@ -401,6 +483,12 @@ class HealthDocument:
         generation = last[2] if last is not None and last[1] == key else next(_GENERATIONS)
         self._view = (view, key, generation)
         return generation
+
+
+def _other_objects(old: list[HealthRow], new: list[HealthRow]) -> Iterator[int]:
+    """The indexes where two lists of equal length hold other objects, found in C: most
+    rows of a poll are the very objects of the one before."""
+    return itertools.compress(itertools.count(), map(operator.is_not, old, new))
 
 
 def _view_key(view: Mapping[str, Any]) -> list[Any]:

@@ -64,6 +64,9 @@ class HistoryStats(NamedTuple):
 
 
 _NO_RUNS = HistoryStats(0, 0, None, None, None, None)
+# A NamedTuple's __new__ is a Python function: the health document's path builds one per
+# changed job, from a plain tuple in C.
+_new_stats = tuple.__new__
 
 
 class RunHistory:
@@ -263,13 +266,16 @@ class RunHistory:
         cumulative = list(accumulate(self._all_counts[low : self._highest + 1]))
         # `_quantile` three times, written out (the health document's path): with a run or
         # more, each rank is at least 1.
-        return HistoryStats(
-            runs,
-            successes,
-            _MIDPOINTS[low + bisect_left(cumulative, math.ceil(0.5 * runs))],
-            _MIDPOINTS[low + bisect_left(cumulative, math.ceil(0.95 * runs))],
-            _MIDPOINTS[low + bisect_left(cumulative, math.ceil(0.99 * runs))],
-            successes / runs,
+        return _new_stats(
+            HistoryStats,
+            (
+                runs,
+                successes,
+                _MIDPOINTS[low + bisect_left(cumulative, math.ceil(0.5 * runs))],
+                _MIDPOINTS[low + bisect_left(cumulative, math.ceil(0.95 * runs))],
+                _MIDPOINTS[low + bisect_left(cumulative, math.ceil(0.99 * runs))],
+                successes / runs,
+            ),
         )
 
     def success_percentile(self, q: float) -> tuple[int, float | None]:

@@ -3,7 +3,8 @@
 A view (the registry, the store's fleet view) keeps its jobs as `Job` objects by name,
 changes their fields under its own lock and bumps `Job.version` with every change. What is
 built from a job (its `JobStatus`, its `HealthRow`) is cached on the job with the version it
-was built at, and is reused while the version is current. Nothing here takes a lock.
+was built at (a row carries its version), and is reused while the version is current.
+Nothing here takes a lock.
 
 The registry builds its health rows in two steps: `collect_rows` with its lock held (a pass
 over the jobs, and a record copy per changed job), then `finish_rows` with no lock held
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
-from jobpulse._guard import Guard, report_internal_error
+from jobpulse._guard import swallow
 from jobpulse._history import HistoryStats, RunHistory
 from jobpulse._model import (
     JobRecord,
@@ -59,7 +60,13 @@ _AUTO_STALL_REFRESH_NS = 60 * 1_000_000_000
 _NO_STATS = HistoryStats(0, 0, None, None, None, None)
 _FOREVER = 1 << 63
 _ROW = "health document row"
-_ROW_GUARD = Guard(_ROW)
+# A NamedTuple's __new__ is a Python function taking the 38 fields as arguments: twice the
+# cost of building the plain tuple and making it a record in C.
+_new_record = tuple.__new__
+_STATE_VALUES = {state: state.value for state in JobState}  # .value is a Python property
+# The metadata of a record of a job that has none: one object for all, not a dict per
+# changed job and poll (never changed: records and snapshots only read it).
+_NO_METADATA: dict[str, Any] = {}
 
 
 class Job:
@@ -162,7 +169,7 @@ class Job:
         # valid while they carry the current version.
         self.version = 0
         self.snapshot: tuple[int, JobStatus] | None = None
-        self.member: tuple[int, HealthRow] | None = None
+        self.member: HealthRow | None = None
         self.history: RunHistory | None = None
         # The schedule, and the expected run ("slot") with its grace. slot_version changes
         # whenever the slot does, so that a slot computed outside the lock is applied only if
@@ -239,47 +246,50 @@ class Job:
         runs = self.success_count + self.failure_count
         last_duration_ns = self.last_duration_ns
         schedule = self.schedule
-        # Positional: a call with 38 keywords costs more than the rest of the record. The
-        # order is JobRecord's; test_job checks every field by name.
-        return JobRecord(
-            self.name,
-            self.state(),
-            self.critical,
-            self.failure_threshold,
-            self.timeout,
-            self.stall_after,
-            self.last_run_ns,
-            None if last_duration_ns is None else last_duration_ns / 1e9,
-            self.next_run_ns,
-            self.success_count,
-            self.failure_count,
-            self.consecutive_failures,
-            self.last_error,
-            self.last_error_category,
-            self.total_duration_ns / runs / 1e9 if runs else None,
-            None if min_ns is None else min_ns / 1e9,
-            None if max_ns is None else max_ns / 1e9,
-            self.last_success_ns,
-            len(self.runs),
-            len(self.stalled_ids),
-            self.timeout_count,
-            dict(self.metadata),
-            self.created_ns,
-            self.updated_ns,
-            None if schedule is None else schedule.text,
-            None if schedule is None else schedule.timezone,
-            self.slot_grace_ns / 1e9 if self.next_run_ns is not None else None,
-            self.missed_count,
-            self.last_missed_ns,
-            self.skipped_count,
-            self.last_skip_reason,
-            self.auto_stall,
-            p50,
-            p95,
-            p99,
-            stats.success_rate,
-            stats.runs,
-            self.store_dropped + (0 if history is None else history.dropped(now_ns)),
+        metadata = self.metadata
+        # Positional, JobRecord's order; test_job checks every field by name.
+        return _new_record(
+            JobRecord,
+            (
+                self.name,
+                self.state(),
+                self.critical,
+                self.failure_threshold,
+                self.timeout,
+                self.stall_after,
+                self.last_run_ns,
+                None if last_duration_ns is None else last_duration_ns / 1e9,
+                self.next_run_ns,
+                self.success_count,
+                self.failure_count,
+                self.consecutive_failures,
+                self.last_error,
+                self.last_error_category,
+                self.total_duration_ns / runs / 1e9 if runs else None,
+                None if min_ns is None else min_ns / 1e9,
+                None if max_ns is None else max_ns / 1e9,
+                self.last_success_ns,
+                len(self.runs),
+                len(self.stalled_ids),
+                self.timeout_count,
+                dict(metadata) if metadata else _NO_METADATA,
+                self.created_ns,
+                self.updated_ns,
+                None if schedule is None else schedule.text,
+                None if schedule is None else schedule.timezone,
+                self.slot_grace_ns / 1e9 if self.next_run_ns is not None else None,
+                self.missed_count,
+                self.last_missed_ns,
+                self.skipped_count,
+                self.last_skip_reason,
+                self.auto_stall,
+                p50,
+                p95,
+                p99,
+                stats.success_rate,
+                stats.runs,
+                self.store_dropped + (0 if history is None else history.dropped(now_ns)),
+            ),
         )
 
     def clamp(self, seconds: float | None) -> float | None:
@@ -333,17 +343,20 @@ class Job:
 
 
 #: One job as the health document needs it: its state's value (`JobState.value`), whether it
-#: is critical, its consecutive failures and failure threshold, and its serialized member of
-#: the document. A plain tuple of plain values, as is the (version, row) pair a job caches:
-#: the garbage collector stops tracking such tuples the first time it sees them, so the rows
-#: a poll builds (one per changed job) are not promoted and scanned again by every full
-#: collection, as a NamedTuple's, or a tuple holding a `JobState`, would be.
-HealthRow = tuple[str, bool, int, int, bytes]
+#: is critical, its consecutive failures and failure threshold, its serialized member of the
+#: document, and the job's version it was built at (what the document shows is the first
+#: five). A plain tuple of plain values, cached on its job as it is: the garbage collector
+#: stops tracking such a tuple the first time it sees it, so the rows a poll builds (one per
+#: changed job) are not promoted and scanned again by every full collection, as a
+#: NamedTuple's, a tuple holding a `JobState`, or a (version, row) pair would be (a pair is
+#: untracked only if the collector happens to visit it after its row: in the registry's
+#: young collections, where the rows' list is young and the jobs are old, it mostly did not).
+HealthRow = tuple[str, bool, int, int, bytes, int]
 
 
-def unavailable_row(job: Job) -> HealthRow:
+def unavailable_row(job: Job, version: int) -> HealthRow:
     """A job whose member of the health document could not be built: its name, its state
-    and an error marker, judged by the health rules like any other job."""
+    and an error marker, judged by the health rules like any other job; at `version`."""
     name = encode_json_str(job.name)
     state = job.state()
     member = (
@@ -359,16 +372,22 @@ def unavailable_row(job: Job) -> HealthRow:
         job.consecutive_failures,
         job.failure_threshold,
         member.encode("utf-8", "backslashreplace"),
+        version,
     )
 
 
 class PendingRows(NamedTuple):
-    """What `collect_rows` found: the rows in order (None where a job changed), the changed
-    jobs as (index, job, version, record or None), what building a record raised, and until
-    when (epoch ns) no job's history can lose a run to its window (`quiet_until`)."""
+    """What `collect_rows` found: the rows in order (None where a job changed); the changed
+    jobs, with their indexes, versions and records (None where building one raised); what
+    building a record raised; and until when (epoch ns) no job's history can lose a run to
+    its window (`quiet_until`). Lists side by side, not a tuple per changed job: fewer
+    objects for the collector while a poll builds (a young collection in most polls)."""
 
     rows: list[HealthRow | None]
-    stale: list[tuple[int, Job, int, JobRecord | None]]
+    stale: list[Job]
+    indexes: list[int]
+    versions: list[int]
+    records: list[JobRecord | None]
     failures: list[Exception]
     quiet_until: int
 
@@ -380,7 +399,10 @@ def collect_rows(jobs: Iterable[Job], now_ns: int) -> PendingRows:
     The rows depend on the time only through the histories: they stay what they are, while
     no job changes, until the earliest `RunHistory.quiet_until`, returned with them."""
     rows: list[HealthRow | None] = []
-    stale: list[tuple[int, Job, int, JobRecord | None]] = []
+    stale: list[Job] = []
+    indexes: list[int] = []
+    versions: list[int] = []
+    records: list[JobRecord | None] = []
     failures: list[Exception] = []
     append = rows.append
     quiet_until = _FOREVER
@@ -397,17 +419,20 @@ def collect_rows(jobs: Iterable[Job], now_ns: int) -> PendingRows:
             if quiet < quiet_until:
                 quiet_until = quiet
         cached = job.member
-        if cached is not None and cached[0] == job.version:
-            append(cached[1])
+        if cached is not None and cached[5] == job.version:
+            append(cached)
         else:
             record = None
             try:
                 record = job.to_record(now_ns)
             except Exception as exc:  # noqa: BLE001 - reported once the lock is released
                 failures.append(exc)
-            stale.append((len(rows), job, job.version, record))
+            stale.append(job)
+            indexes.append(len(rows))
+            versions.append(job.version)
+            records.append(record)
             append(None)
-    return PendingRows(rows, stale, failures, quiet_until)
+    return PendingRows(rows, stale, indexes, versions, records, failures, quiet_until)
 
 
 def finish_rows(pending: PendingRows) -> list[HealthRow]:
@@ -416,17 +441,19 @@ def finish_rows(pending: PendingRows) -> list[HealthRow]:
     job whose row cannot be built is served as `unavailable_row`; the others as usual."""
     rows = pending.rows
     for failure in pending.failures:
-        with _ROW_GUARD:
-            report_internal_error(_ROW, failure)
-    for index, job, version, record in pending.stale:
+        swallow(_ROW, failure)
+    changed = zip(pending.indexes, pending.stale, pending.versions, pending.records, strict=True)
+    for index, job, version, record in changed:
         row = None
         if record is not None:
-            with _ROW_GUARD:
-                row = _row_of(record)
+            try:
+                row = _row_of(record, version)
+            except Exception as exc:  # noqa: BLE001 - `swallow`: cheaper than a Guard
+                swallow(_ROW, exc)
         if row is None:
-            row = unavailable_row(job)
+            row = unavailable_row(job, version)
         rows[index] = row
-        job.member = (version, row)  # one atomic store; a newer version wins later
+        job.member = row  # one atomic store, with its version; a newer version wins later
     return cast("list[HealthRow]", rows)
 
 
@@ -439,11 +466,14 @@ def health_rows(jobs: Iterable[Job], now_ns: int) -> list[HealthRow]:
     for job in jobs:
         row = _current_row(job, now_ns)
         if row is None:
-            with _ROW_GUARD:
-                row = _row_of(job.to_record(now_ns))
+            version = job.version
+            try:
+                row = _row_of(job.to_record(now_ns), version)
+            except Exception as exc:  # noqa: BLE001 - `swallow`: cheaper than a Guard
+                swallow(_ROW, exc)
             if row is None:
-                row = unavailable_row(job)
-            job.member = (job.version, row)
+                row = unavailable_row(job, version)
+            job.member = row
         rows.append(row)
     return rows
 
@@ -464,16 +494,17 @@ def _current_row(job: Job, now_ns: int) -> HealthRow | None:
     if history is not None and history.quiet_until <= now_ns and history.prune(now_ns):
         job.version += 1
     cached = job.member
-    return cached[1] if cached is not None and cached[0] == job.version else None
+    return cached if cached is not None and cached[5] == job.version else None
 
 
-def _row_of(record: JobRecord) -> HealthRow:
+def _row_of(record: JobRecord, version: int) -> HealthRow:
     return (
-        record.state.value,
+        _STATE_VALUES[record.state],
         record.critical,
         record.consecutive_failures,
         record.failure_threshold,
         member_json(record),
+        version,
     )
 
 

@@ -137,6 +137,23 @@ def _json_ms_kept(seconds: float | None) -> str:
     return text
 
 
+_RATE_TEXTS: dict[float, str] = {}
+
+
+def _json_rate_kept(rate: float | None) -> str:
+    """`_json_rate`, its text kept by the value: a history holds a bounded number of runs,
+    so its success rates are few fractions (1.0 mostly). Floats only, and not a zero: 1 and
+    1.0 are equal but written apart, as are 0.0 and -0.0."""
+    if type(rate) is not float or not rate:
+        return _json_rate(rate)
+    text = _RATE_TEXTS.get(rate)
+    if text is None:
+        if len(_RATE_TEXTS) >= 4096:
+            _RATE_TEXTS.clear()
+        text = _RATE_TEXTS[rate] = _json_rate(rate)
+    return text
+
+
 def _json_rate(rate: float | None) -> str:
     """The repr of ``round(rate, 4)``; fast as `_json_ms` is (15 digits below 1e11). An int
     keeps its repr."""
@@ -460,7 +477,7 @@ def member_json(job: JobRecord) -> bytes:
         f'"p50_duration_ms":{p50_text},'
         f'"p95_duration_ms":{p95_text},'
         f'"p99_duration_ms":{p99_text},'
-        f'"success_rate":{_json_rate(success_rate)},'
+        f'"success_rate":{_json_rate_kept(success_rate)},'
         f'"history_runs":{history_runs},"history_dropped":{history_dropped},'
         f'"metadata":{_ENCODER.encode(metadata) if metadata else "{}"},'
         f'"created_at":{time(created_at)},'
@@ -492,8 +509,14 @@ class JobsSummary:
         counts = dict.fromkeys(_STATE_VALUES, 0)
         for state in states:
             counts[state] += 1
+        return cls.of_counts(counts, len(states), now)
+
+    @classmethod
+    def of_counts(cls, counts: Mapping[str, int], total: int, now: datetime) -> JobsSummary:
+        """The summary of `total` jobs, `counts` of them in each state (by `JobState`
+        value, every state named)."""
         return cls(
-            total_jobs=len(states),
+            total_jobs=total,
             pending_jobs=counts["pending"],
             running_jobs=counts["running"],
             healthy_jobs=counts["success"],
