@@ -399,8 +399,9 @@ def succeed(monitor: JobMonitor, name: str, times: int = 1) -> None:
 
 
 def default_interrupts() -> None:
-    """For `subprocess.Popen(preexec_fn=...)`: SIGINT and SIGQUIT back to their defaults in
-    the child. A shell starts a background job with both ignored, and every process it starts
-    inherits that; a test that sends them expects the dispositions a terminal would give."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    """For `subprocess.Popen(preexec_fn=...)`: SIGINT, SIGQUIT and SIGHUP back to their
+    defaults in the child. A shell starts a background job with the first two ignored (and
+    ``nohup`` ignores SIGHUP), and every process it starts inherits that; a test that sends
+    them expects the dispositions a terminal would give."""
+    for number in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
