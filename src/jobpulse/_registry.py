@@ -94,7 +94,7 @@ _APPLY = "status view: a run's start or end applied by another thread"
 _APPLY_GUARD = Guard(_APPLY)
 #: Past this many events waiting, a run's thread waits for the lock instead: the holder has
 #: lost the GIL (waiting gives it back) and a reader would have them all to apply.
-_MAX_EVENTS = 256
+_MAX_EVENTS = 64
 #: The longest a run waits for the view's readers (seconds; see `_ViewLock`).
 _MAX_READER_WAIT = 0.05
 
@@ -1077,8 +1077,8 @@ class StatusRegistry:
         While the view is at the version the last rows were built at, and no job's history
         can have lost a run to its 24 h window since (the earliest `RunHistory.quiet_until`
         of that build), those rows are returned at once: no pass over the jobs. Otherwise
-        only the jobs that changed are serialized again, outside the lock: the lock is held
-        for one pass over the jobs and a record copy per changed job.
+        only the jobs that changed are serialized again (with the lock held: see
+        `collect_rows`); what that raised is reported once the lock is released.
         """
         self._close_lost()
         now_ns = self._clock.time_ns()

@@ -91,7 +91,6 @@ from jobpulse._job import (
     collect_rows,
     finish_rows,
     health_rows,
-    quiet_until,
     run_records,
 )
 from jobpulse._metadata import encode as encode_metadata
@@ -169,7 +168,6 @@ __all__ = [
     "missed_slots",
     "parse_schedule",
     "qualified_type_name",
-    "quiet_until",
     "record_failure",
     "redact",
     "remove_span_adopter",

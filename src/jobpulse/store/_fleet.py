@@ -25,8 +25,8 @@ from jobpulse._shared import (
     JobStatus,
     RunHistory,
     RunRecord,
-    health_rows,
-    quiet_until,
+    collect_rows,
+    finish_rows,
     run_records,
 )
 from jobpulse.store._base import Cursor, FleetRow, Instance, OpenRun, Store
@@ -277,10 +277,12 @@ class FleetView:
             last = self._rows
             if last is not None and last[0] == self._view_version and now_ns < last[1]:
                 return last[2]
-            jobs = list(map(self._jobs.__getitem__, self._sorted_names()))
-            # No job's thread waits for this lock: the rows are built in one pass under it.
-            rows = health_rows(jobs, now_ns)
-            self._rows = (self._view_version, quiet_until(jobs), rows)
+            jobs = map(self._jobs.__getitem__, self._sorted_names())
+            # No job's thread waits for this lock: what could not be built is reported
+            # with it held.
+            pending = collect_rows(jobs, now_ns)
+            rows = finish_rows(pending)
+            self._rows = (self._view_version, pending.quiet_until, rows)
             return rows
 
     def snapshots(self) -> dict[str, JobStatus]:
