@@ -55,7 +55,7 @@ FOLD_AT = 1024
 TESTED_SDK_VERSIONS = ((1, 30), (1, 45))
 
 #: One series' waiting durations: its attributes and its values, oldest first.
-Batch = tuple[Mapping[str, str], list[float]]
+Batch = tuple[Mapping[str, str], Sequence[float]]
 
 _NO_CONTEXT = Context()
 
@@ -124,7 +124,7 @@ class DurationRecorder:
 
 
 def _fold_into(
-    match: Any, instrument: Any, attributes: Mapping[str, str], values: list[float], now_ns: int
+    match: Any, instrument: Any, attributes: Mapping[str, str], values: Sequence[float], now_ns: int
 ) -> None:
     """Add `values` to the aggregation of `attributes` in one view of one reader's storage,
     as that many ``aggregate`` calls would, in order."""

@@ -13,6 +13,7 @@ held (reporting what could not be built).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -87,6 +88,7 @@ class Job:
         "failure_threshold",
         "grace",
         "history",
+        "kept_seconds",
         "last_duration_ns",
         "last_error",
         "last_error_category",
@@ -132,6 +134,10 @@ class Job:
         self.attributes = MappingProxyType({JOB_NAME: name})
         self.success_attributes = MappingProxyType({JOB_NAME: name, STATUS: "success"})
         self.failed_attributes = MappingProxyType({JOB_NAME: name, STATUS: "failed"})
+        #: Durations (seconds) of successful runs waiting to be folded into the duration
+        #: histogram (see `StatusRegistry.take_durations`); an array: not a container the
+        #: garbage collector tracks.
+        self.kept_seconds: array[float] | None = None
         self.critical = False
         self.failure_threshold = 3
         self.timeout: float | None = None
