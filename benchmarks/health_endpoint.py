@@ -25,12 +25,11 @@ continuously while this thread polls the document in process every 20 ms, for
 end of the answer. Target: p99 at most 5 ms. Also reported: the jobs changed between polls
 (median), the runs per second, the poll's own CPU time (p99), and how late the polls
 started ("wake-up lag", p99: the wait for the GIL of a thread waking up among CPU-bound
-threads, up to `sys.getswitchinterval()` and more; not the document's, reported only). Now
-and then the job threads keep the GIL among themselves for seconds (each blocks on the
-registry's lock in turn, and every hand-off restarts the poller's switch interval): the lag
-then reaches seconds, the polls run back to back, and a note says so. Also reported: the
-garbage collections run in this thread during the polls, per generation (how many, the
-longest).
+threads, up to `sys.getswitchinterval()` and more; not the document's, reported only). A
+poll that starts late finds more jobs changed. If the lag ever reaches seconds (the job
+threads keeping the GIL among themselves), the polls run back to back and a note says so.
+Also reported: the garbage collections run in this thread during the polls, per
+generation (how many, the longest).
 
 Part 4, through uvicorn on 127.0.0.1: one server process serves a trivial Starlette JSON
 route, a route answering fixed bytes of the jobs document's size ("same bytes"), and the
@@ -533,10 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  garbage collections in this thread during the polls: {collections}")
     if percentile(load["late_ms"], 0.5) > LOAD_PERIOD_SECONDS * 1000.0:
         print(
-            "  note: this thread mostly waited longer than a period for the GIL: the job"
-            " threads handed it to one another as each blocked on a lock (the registry's,"
-            " mostly), and each hand-off restarts a waiter's switch interval; the polls ran"
-            " late and back to back"
+            "  note: this thread mostly waited longer than a period for the GIL, which the"
+            " job threads kept among themselves; the polls ran late and back to back"
         )
 
     print(f"through uvicorn, {args.seconds:.0f} s per server (req/s)")

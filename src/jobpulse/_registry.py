@@ -157,15 +157,10 @@ class _ViewLock:
             self.apply_events()
 
     def __exit__(self, *exc_info: object) -> None:
-        after = self.after
-        if after:
-            self.after = []
-        self.mutex.release()
-        self.leave()
-        if after:
-            self._follow_ups(after)
-        if self.events:
-            self.combine()
+        try:
+            self.release()
+        finally:
+            self.leave()
 
     def leave(self) -> None:
         """No longer count this thread among the readers (see `join`)."""
@@ -200,14 +195,9 @@ class _ViewLock:
                 swallow(_APPLY, exc)
 
     def release(self) -> None:
-        """Let go; do what is left to do; then apply the events left meanwhile, if the lock
-        is free (else its holder will)."""
-        after = self.after
-        if after:
-            self.after = []
-        self.mutex.release()
-        if after:
-            self._follow_ups(after)
+        """Let go; then apply the events left meanwhile, if the lock is free (else its
+        holder will)."""
+        self._let_go()
         if self.events:
             self.combine()
 
@@ -215,14 +205,14 @@ class _ViewLock:
         """Apply the waiting events while the mutex is free (else its holder will)."""
         while self.events and self.mutex.acquire(False):
             self.apply_events()
-            after = self.after
-            if after:
-                self.after = []
-            self.mutex.release()
-            if after:
-                self._follow_ups(after)
+            self._let_go()
 
-    def _follow_ups(self, after: list[_After]) -> None:
+    def _let_go(self) -> None:
+        """Release the mutex, then do what is left to do (see `after`)."""
+        after = self.after
+        if after:
+            self.after = []
+        self.mutex.release()
         for follow_up in after:
             try:
                 self._follow_up(follow_up)
