@@ -447,3 +447,40 @@ def test_a_with_block_interrupted_while_it_waits_counts_no_reader(monitor: JobMo
         lock.mutex = real
     assert not lock.readers
     assert lock.quiet.is_set()
+
+
+def test_a_run_inside_a_with_block_never_waits_for_the_lock(monitor: JobMonitor) -> None:
+    """Even past `_MAX_EVENTS` waiting, a run started and ended by the thread that holds
+    the lock is left to it (waiting for the lock would wait for ever)."""
+    monitor.register("inside")
+    registry = monitor._registry
+
+    def many() -> None:
+        for _ in range(_registry._MAX_EVENTS):
+            with monitor.run("inside"):
+                pass
+
+    holding_the_lock(registry, many)
+    status = monitor.status("inside")
+    assert status is not None
+    assert status.success_count == _registry._MAX_EVENTS
+
+
+def test_a_fork_leaves_no_deadline_of_the_parent_to_arm(
+    monitor: JobMonitor, clock: FakeClock
+) -> None:
+    """A run started before the fork and applied in the child leaves its follow-up (its
+    stall deadline) to the parent: the child arms none."""
+    monitor.register("parent_only", stall_after=30)
+    registry = monitor._registry
+
+    def start_then_fork() -> None:
+        monitor.run("parent_only").__enter__()
+        registry._reset_after_fork()
+
+    holding_the_lock(registry, start_then_fork)
+    assert not registry._lock.after
+    clock.advance(300)
+    status = monitor.status("parent_only")
+    assert status is not None
+    assert (status.active_runs, status.stalled_runs) == (0, 0)

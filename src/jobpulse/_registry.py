@@ -172,8 +172,13 @@ class _ViewLock:
     def let_readers_pass(self) -> None:
         """Wait while another thread is in or waiting for a `with` block (or `join`ed), for
         `_MAX_READER_WAIT` seconds at most: a reader never holds runs up for longer."""
-        if threading.get_ident() not in self.readers:
+        if not self.reading_here():
             self.quiet.wait(_MAX_READER_WAIT)
+
+    def reading_here(self) -> bool:
+        """Whether this thread is in a `with` block or a reading scope: it may hold the
+        mutex, so a run it starts or ends must never wait for the mutex, nor for itself."""
+        return threading.get_ident() in self.readers
 
     def locked(self) -> bool:
         return self.mutex.locked()
@@ -488,7 +493,7 @@ class StatusRegistry:
         if lock.readers:
             lock.let_readers_pass()
         if not lock.mutex.acquire(False):
-            if len(lock.events) < _MAX_EVENTS:
+            if len(lock.events) < _MAX_EVENTS or lock.reading_here():
                 lock.defer(self._start_locked, (name, run_id, handle, start_ns, start_mono))
                 return
             lock.mutex.acquire()
@@ -562,7 +567,7 @@ class StatusRegistry:
         if not (batch is not None and error is None and not closed_elsewhere and ran_in is None):
             lock.mutex.acquire()
         elif not lock.mutex.acquire(False):
-            if len(lock.events) < _MAX_EVENTS:
+            if len(lock.events) < _MAX_EVENTS or lock.reading_here():
                 job = self._jobs.get(name)
                 if job is None:
                     return None
@@ -1292,6 +1297,7 @@ class StatusRegistry:
             apply, args = events.popleft()
             with _APPLY_GUARD:
                 apply(*args)
+        self._lock.after.clear()  # deadlines for the parent's watchdog: armed anew below
         self._lost = queue.SimpleQueue()
         for job in self._jobs.values():
             job.runs.clear()
