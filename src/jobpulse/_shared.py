@@ -90,7 +90,6 @@ from jobpulse._job import (
     PendingRows,
     collect_rows,
     finish_rows,
-    health_rows,
     run_records,
 )
 from jobpulse._metadata import encode as encode_metadata
@@ -164,7 +163,6 @@ __all__ = [
     "encode_metadata",
     "finish_rows",
     "from_ns",
-    "health_rows",
     "missed_slots",
     "parse_schedule",
     "qualified_type_name",
