@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 
-from jobpulse import InvalidJobError, JobMonitor, _job, _model
+from jobpulse import InvalidJobError, JobMonitor, _job
 from jobpulse._health import evaluate
 from jobpulse.testing import FakeClock
 from tests.conftest import InternalErrors
@@ -90,14 +90,14 @@ def test_a_job_whose_row_cannot_be_built_is_served_with_a_marker(
     for _ in range(3):
         with pytest.raises(ValueError, match="declined"), monitor.run("bad"):
             raise ValueError("declined")
-    real = _model.member_json
+    real = _job.member_of
 
-    def member_json(record: _model.JobRecord) -> bytes:
-        if record.job_name == "bad":
+    def member_of(job: _job.Job, now_ns: int) -> bytes:
+        if job.name == "bad":
             raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
-        return real(record)
+        return real(job, now_ns)
 
-    monkeypatch.setattr("jobpulse._job.member_json", member_json)
+    monkeypatch.setattr("jobpulse._job.member_of", member_of)
     code, document = _document(monitor)
     assert code == 503  # the bad job still counts: critical, 3 failures in a row
     assert document["jobs"]["good"]["status"] == "pending"
@@ -120,11 +120,11 @@ def test_a_row_that_cannot_be_built_is_reported_with_no_lock_held(
     view's lock is held, every job's start and end would wait for that."""
     monitor.register("good")
     monitor.register("bad")
-    real = _job.Job.to_record
+    real = _job.member_of
 
-    def to_record(job: _job.Job, now_ns: int) -> _model.JobRecord:
+    def member_of(job: _job.Job, now_ns: int) -> bytes:
         if job.name == "bad":
-            raise RuntimeError("a bug building the record")
+            raise RuntimeError("a bug building the member")
         return real(job, now_ns)
 
     locked: list[bool] = []
@@ -133,7 +133,7 @@ def test_a_row_that_cannot_be_built_is_reported_with_no_lock_held(
         def emit(self, record: logging.LogRecord) -> None:
             locked.append(monitor._registry._lock.locked())
 
-    monkeypatch.setattr(_job.Job, "to_record", to_record)
+    monkeypatch.setattr("jobpulse._job.member_of", member_of)
     spy = Spy(logging.ERROR)
     logging.getLogger("jobpulse").addHandler(spy)
     try:

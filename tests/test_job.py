@@ -9,10 +9,13 @@ import math
 from typing import Any, cast
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jobpulse import JobState
 from jobpulse._history import RunHistory
-from jobpulse._job import _clamp, collect_rows, finish_rows
+from jobpulse._job import _clamp, collect_rows, finish_rows, member_of
+from jobpulse._model import member_json
 from jobpulse._schedule import parse_schedule
 from jobpulse._shared import HealthRow, Job
 from tests.conftest import InternalErrors
@@ -60,14 +63,13 @@ def test_a_job_whose_row_cannot_be_built_gets_the_unavailable_row(
     monkeypatch: pytest.MonkeyPatch, internal_errors: InternalErrors
 ) -> None:
     view = _view("good", "bad")
-    real = Job.to_record
 
-    def to_record(job: Job, now_ns: int) -> object:
+    def broken_member_of(job: Job, now_ns: int) -> bytes:
         if job.name == "bad":
-            raise RuntimeError("a bug building the record")
-        return real(job, now_ns)
+            raise RuntimeError("a bug building the member")
+        return member_of(job, now_ns)
 
-    monkeypatch.setattr(Job, "to_record", to_record)
+    monkeypatch.setattr("jobpulse._job.member_of", broken_member_of)
     bad, good = health_rows([view["bad"], view["good"]], T0)
     assert bad[:4] == ("pending", False, 0, 3)
     assert _member(bad[4]) == {
@@ -205,3 +207,76 @@ def test_clamp_returns_what_min_of_max_returns() -> None:
             for high in values:
                 assert _clamp(seconds, low, high) is min(max(seconds, low), high)
     assert _clamp(None, 0.0, 1.0) is None
+
+
+# What a job's fields may hold, each changed independently between two members: what
+# `member_of` keeps on the job must follow every field it was written from.
+_NS = st.integers(min_value=0, max_value=2 * 10**18)
+_SMALL = st.integers(min_value=0, max_value=3)
+_WORDS = st.sampled_from([None, "boom", "network", 'quote"d', "ünï ✓"])
+_SCHEDULES = st.sampled_from([None, ("@every 1h", None), ("0 3 * * *", "Europe/Berlin")])
+_JOB_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "critical": st.booleans(),
+        "failure_threshold": st.integers(min_value=1, max_value=5),
+        "timeout": st.none() | st.sampled_from([0.5, 5.5, 3600.0]),
+        "stall_after": st.sampled_from([1.0, 66.0, 300.0]),
+        "auto_stall": st.booleans(),
+        "last_run_ns": st.none() | _NS,
+        "last_duration_ns": st.none() | _NS,
+        "next_run_ns": st.none() | _NS,
+        "success_count": _SMALL,
+        "failure_count": _SMALL,
+        "consecutive_failures": _SMALL,
+        "last_error": _WORDS,
+        "last_error_category": _WORDS,
+        "total_duration_ns": _NS,
+        "min_ns": st.none() | _NS,
+        "max_ns": st.none() | _NS,
+        "last_success_ns": st.none() | _NS,
+        "timeout_count": _SMALL,
+        "metadata": st.sampled_from([{}, {"rows": 1}, {"rows": 2, "ünï": None}]),
+        "created_ns": _NS,
+        "updated_ns": _NS,
+        "schedule": _SCHEDULES,
+        "slot_grace_ns": st.sampled_from([0, 1, 10_000_000_000]),
+        "missed_count": _SMALL,
+        "last_missed_ns": st.none() | _NS,
+        "skipped_count": _SMALL,
+        "last_skip_reason": _WORDS,
+        "store_dropped": _SMALL,
+        "runs": _SMALL,
+        "stalled": _SMALL,
+        "history": st.none() | st.lists(st.integers(0, 10**11), max_size=5),
+    },
+)
+
+
+def _apply(job: Job, fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        if name == "schedule":
+            job.schedule = None if value is None else parse_schedule(*value)
+        elif name == "runs":
+            job.runs = dict.fromkeys(range(value), (0.0, None, T0))
+        elif name == "stalled":
+            job.stalled_ids = set(range(value))
+        elif name == "history":
+            job.history = None if value is None else RunHistory(capacity=3)
+            for index, duration_ns in enumerate(value or ()):
+                job.history.add(T0, duration_ns, index % 2, T0)  # type: ignore[union-attr]
+        elif name == "metadata":
+            job.metadata = dict(value)
+        else:
+            setattr(job, name, value)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_JOB_FIELDS, min_size=1, max_size=4))
+def test_a_member_built_from_the_job_is_the_member_of_its_record(
+    changes: list[dict[str, Any]],
+) -> None:
+    job = Job("every", T0, 60.0)
+    for fields in changes:
+        _apply(job, fields)
+        assert member_of(job, T0 + 15) == member_json(job.to_record(T0 + 15))

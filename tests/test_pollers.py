@@ -584,10 +584,10 @@ def test_an_unavailable_row_stays_marked_in_the_open_variant(
 ) -> None:
     monitor.register("bad")
 
-    def member_json(record: _model.JobRecord) -> bytes:
+    def member_of(job: _job.Job, now_ns: int) -> bytes:
         raise ValueError("cannot")
 
-    monkeypatch.setattr("jobpulse._job.member_json", member_json)
+    monkeypatch.setattr("jobpulse._job.member_of", member_of)
     snapshot = monitor._health_snapshot()
     full = json.loads(b"".join(snapshot.parts()))["jobs"]["bad"]
     opened = json.loads(b"".join(snapshot.parts(Variant(open=True))))["jobs"]["bad"]

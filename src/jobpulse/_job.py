@@ -26,8 +26,12 @@ from jobpulse._model import (
     JobStatus,
     RunRecord,
     encode_json_str,
+    failures_json,
     from_ns,
-    member_json,
+    member_text,
+    rare_json,
+    settings_json,
+    tail_json,
 )
 from jobpulse._schedule import MAX_GRACE_SECONDS, MIN_GRACE_SECONDS, Schedule
 from jobpulse._shared import JOB_NAME, STATUS
@@ -42,6 +46,7 @@ __all__ = [
     "collect_rows",
     "finish_rows",
     "local_job",
+    "member_of",
     "run_records",
     "unavailable_row",
 ]
@@ -87,6 +92,9 @@ class Job:
         "failure_threshold",
         "grace",
         "history",
+        "json_failures",
+        "json_name",
+        "json_tail",
         "kept_seconds",
         "last_duration_ns",
         "last_error",
@@ -172,6 +180,12 @@ class Job:
         self.version = 0
         self.snapshot: tuple[int, JobStatus] | None = None
         self.member: HealthRow | None = None
+        # What `member_of` keeps: the JSON string of the name, and the texts of the failure
+        # fields and of the fields after the run counts, each with the values it was
+        # written from.
+        self.json_name = encode_json_str(name)
+        self.json_failures: tuple[str, int, int, int, str | None, str | None] | None = None
+        self.json_tail: tuple[str, int, int] | None = None
         self.history: RunHistory | None = None
         # The schedule, and the expected run ("slot") with its grace. slot_version changes
         # whenever the slot does, so that a slot computed outside the lock is applied only if
@@ -418,7 +432,14 @@ def collect_rows(jobs: Iterable[Job], now_ns: int) -> PendingRows:
         version = job.version
         if row is None or row[5] != version:
             try:
-                row = _row_of(job.to_record(now_ns), version)
+                row = (
+                    _STATE_VALUES[job.state()],
+                    job.critical,
+                    job.consecutive_failures,
+                    job.failure_threshold,
+                    member_of(job, now_ns),
+                    version,
+                )
             except Exception as exc:  # noqa: BLE001 - reported once the lock is released
                 failures.append(exc)
                 row = unavailable_row(job, version)
@@ -434,14 +455,86 @@ def finish_rows(pending: PendingRows) -> list[HealthRow]:
     return pending.rows
 
 
-def _row_of(record: JobRecord, version: int) -> HealthRow:
-    return (
-        _STATE_VALUES[record.state],
-        record.critical,
-        record.consecutive_failures,
-        record.failure_threshold,
-        member_json(record),
-        version,
+def member_of(job: Job, now_ns: int) -> bytes:
+    """``member_json(job.to_record(now_ns))``, built from the job without the record, the
+    texts of its failure fields and of the fields after its run counts kept on it while
+    the values they were written from stay (most changes are runs that succeeded)."""
+    history = job.history
+    if history is None:
+        held, p50, p95, p99, rate = 0, None, None, None, None
+        dropped = job.store_dropped
+    else:
+        held, _, p50, p95, p99, rate = history.stats()
+        dropped = job.store_dropped + history.dropped(now_ns)
+    min_ns, max_ns = job.min_ns, job.max_ns
+    low = None if min_ns is None else min_ns / 1e9
+    high = None if max_ns is None else max_ns / 1e9
+    if low is not None and high is not None:
+        p50, p95, p99 = _clamp(p50, low, high), _clamp(p95, low, high), _clamp(p99, low, high)
+    failure_count, consecutive = job.failure_count, job.consecutive_failures
+    threshold, error, category = job.failure_threshold, job.last_error, job.last_error_category
+    failures = job.json_failures
+    if (
+        failures is None
+        or failures[1] != failure_count
+        or failures[2] != consecutive
+        or failures[3] != threshold
+        or failures[4] != error
+        or failures[5] != category
+    ):
+        text = failures_json(failure_count, consecutive, threshold, error, category)
+        failures = (text, failure_count, consecutive, threshold, error, category)
+        job.json_failures = failures
+    metadata, created_ns = job.metadata, job.created_ns
+    if metadata:  # changed in place: written every time
+        tail_text = tail_json(dropped, metadata, created_ns)
+    else:
+        tail = job.json_tail
+        if tail is None or tail[1] != dropped or tail[2] != created_ns:
+            tail = job.json_tail = (tail_json(dropped, metadata, created_ns), dropped, created_ns)
+        tail_text = tail[0]
+    schedule = job.schedule
+    next_run_ns = job.next_run_ns
+    success_count = job.success_count
+    runs = success_count + failure_count
+    last_duration_ns = job.last_duration_ns
+    return member_text(
+        job.json_name,
+        job.state(),
+        job.critical,
+        job.last_run_ns,
+        None if last_duration_ns is None else last_duration_ns / 1e9,
+        next_run_ns,
+        success_count,
+        failures[0],
+        job.total_duration_ns / runs / 1e9 if runs else None,
+        high,
+        low,
+        job.last_success_ns,
+        len(job.runs),
+        len(job.stalled_ids),
+        rare_json(
+            job.timeout_count,
+            settings_json(
+                job.timeout,
+                job.stall_after,
+                job.auto_stall,
+                None if schedule is None else schedule.text,
+                None if schedule is None else schedule.timezone,
+                job.slot_grace_ns / 1e9 if next_run_ns is not None else None,
+            ),
+            job.missed_count,
+            job.last_missed_ns,
+            job.skipped_count,
+            job.last_skip_reason,
+        ),
+        p50,
+        p95,
+        p99,
+        rate,
+        held,
+        tail_text,
+        job.updated_ns,
     )
 
 

@@ -20,9 +20,14 @@ __all__ = [
     "RunRecord",
     "dump_json",
     "encode_json_str",
+    "failures_json",
     "from_ns",
     "member_json",
+    "member_text",
+    "rare_json",
     "rfc3339",
+    "settings_json",
+    "tail_json",
     "to_ns",
 ]
 
@@ -423,29 +428,76 @@ def member_json(job: JobRecord) -> bytes:
         history_runs,
         history_dropped,
     ) = job
-    text = _json_str
+    return member_text(
+        encode_json_str(job_name),
+        state,
+        critical,
+        last_run,
+        last_duration,
+        next_run,
+        success_count,
+        failures_json(
+            failure_count, consecutive_failures, failure_threshold, last_error, last_error_category
+        ),
+        average,
+        maximum,
+        minimum,
+        last_success,
+        active_runs,
+        stalled_runs,
+        rare_json(
+            timeout_count,
+            settings_json(timeout, stall_after, stall_after_auto, schedule, zone, grace),
+            missed_count,
+            last_missed,
+            skipped_count,
+            last_skip_reason,
+        ),
+        p50,
+        p95,
+        p99,
+        success_rate,
+        history_runs,
+        tail_json(history_dropped, metadata, created_at),
+        updated_at,
+    )
+
+
+# `member_json` in pieces, for `_job.member_of`, which builds a member from a job without a
+# record and keeps the pieces that change rarely: the failures, the settings with the
+# missed and skipped runs, and what comes after the run counts but for the last update.
+
+
+def member_text(
+    name: str,
+    state: JobState,
+    critical: bool,
+    last_run: int | None,
+    last_duration: float | None,
+    next_run: int | None,
+    success_count: int,
+    failures: str,
+    average: float | None,
+    maximum: float | None,
+    minimum: float | None,
+    last_success: int | None,
+    active_runs: int,
+    stalled_runs: int,
+    rare: str,
+    p50: float | None,
+    p95: float | None,
+    p99: float | None,
+    success_rate: float | None,
+    history_runs: int,
+    tail: str,
+    updated_at: int,
+) -> bytes:
+    """A member from the JSON string of the job's name (`encode_json_str`), the fields that
+    change with every run, and the texts of `failures_json`, `rare_json` and `tail_json`."""
     time = _json_time
-    ms = _json_ms
-    name = encode_json_str(job_name)
-    # The settings rarely change, and many jobs share them: their text is kept by their
-    # values (equal values are written alike, but for 0.0 and -0.0).
-    key = (timeout, stall_after, stall_after_auto, schedule, zone, grace)
-    settings = _SETTINGS_JSON.get(key)
-    if settings is None:
-        settings = (
-            f'"timeout_ms":{ms(timeout)},'
-            f'"stall_after_ms":{ms(stall_after)},'
-            f'"stall_after_auto":{_BOOL[stall_after_auto]},'
-            f'"schedule":{text(schedule)},"timezone":{text(zone)},'
-            f'"grace_ms":{ms(grace)},'
-        )
-        if timeout != 0 and stall_after != 0 and grace != 0:
-            if len(_SETTINGS_JSON) >= 4096:
-                _SETTINGS_JSON.clear()
-            _SETTINGS_JSON[key] = settings
+    kept = _json_ms_kept
     # Percentiles often share a bucket, and a run's end is the job's last change: each is
     # written once (not a zero: 0.0 and -0.0 are equal but written apart).
-    kept = _json_ms_kept
     p50_text = kept(p50)
     p95_text = p50_text if p95 == p50 and p50 else kept(p95)
     p99_text = p95_text if p99 == p95 and p95 else kept(p99)
@@ -456,33 +508,98 @@ def member_json(job: JobRecord) -> bytes:
         f'"job_name":{name},"status":{_STATUS_JSON[state]},'
         f'"critical":{_BOOL[critical]},'
         f'"last_run_time":{time(last_run)},'
-        f'"last_duration_ms":{ms(last_duration)},'
+        f'"last_duration_ms":{_json_ms(last_duration)},'
         f'"next_run_time":{time(next_run)},'
-        f'"success_count":{success_count},"failure_count":{failure_count},'
-        f'"consecutive_failures":{consecutive_failures},'
-        f'"failure_threshold":{failure_threshold},'
-        f'"last_error":{text(last_error)},'
-        f'"last_error_category":{text(last_error_category)},'
-        f'"average_execution_ms":{ms(average)},'
+        f'"success_count":{success_count},'
+        f"{failures}"
+        f'"average_execution_ms":{_json_ms(average)},'
         f'"max_execution_ms":{kept(maximum)},'
         f'"min_execution_ms":{kept(minimum)},'
         f'"last_success_time":{success_text},'
         f'"active_runs":{active_runs},"stalled_runs":{stalled_runs},'
-        f'"timeout_count":{timeout_count},'
-        f"{settings}"
-        f'"missed_count":{missed_count},'
-        f'"last_missed_run_time":{time(last_missed)},'
-        f'"skipped_count":{skipped_count},'
-        f'"last_skip_reason":{text(last_skip_reason)},'
+        f"{rare}"
         f'"p50_duration_ms":{p50_text},'
         f'"p95_duration_ms":{p95_text},'
         f'"p99_duration_ms":{p99_text},'
         f'"success_rate":{_json_rate_kept(success_rate)},'
-        f'"history_runs":{history_runs},"history_dropped":{history_dropped},'
-        f'"metadata":{_ENCODER.encode(metadata) if metadata else "{}"},'
-        f'"created_at":{time(created_at)},'
-        f'"updated_at":{updated_text}}}'
+        f'"history_runs":{history_runs},'
+        f"{tail}{updated_text}}}"
     ).encode()
+
+
+def failures_json(
+    failure_count: int,
+    consecutive_failures: int,
+    failure_threshold: int,
+    last_error: str | None,
+    last_error_category: str | None,
+) -> str:
+    """The failure fields of a member, from ``"failure_count"`` to ``"last_error_category"``."""
+    return (
+        f'"failure_count":{failure_count},'
+        f'"consecutive_failures":{consecutive_failures},'
+        f'"failure_threshold":{failure_threshold},'
+        f'"last_error":{_json_str(last_error)},'
+        f'"last_error_category":{_json_str(last_error_category)},'
+    )
+
+
+def settings_json(
+    timeout: float | None,
+    stall_after: float,
+    stall_after_auto: bool,
+    schedule: str | None,
+    zone: str | None,
+    grace: float | None,
+) -> str:
+    """The settings of a member, from ``"timeout_ms"`` to ``"grace_ms"``. They rarely
+    change, and many jobs share them: their text is kept by their values (equal values are
+    written alike, but for 0.0 and -0.0)."""
+    key = (timeout, stall_after, stall_after_auto, schedule, zone, grace)
+    settings = _SETTINGS_JSON.get(key)
+    if settings is None:
+        ms = _json_ms
+        settings = (
+            f'"timeout_ms":{ms(timeout)},'
+            f'"stall_after_ms":{ms(stall_after)},'
+            f'"stall_after_auto":{_BOOL[stall_after_auto]},'
+            f'"schedule":{_json_str(schedule)},"timezone":{_json_str(zone)},'
+            f'"grace_ms":{ms(grace)},'
+        )
+        if timeout != 0 and stall_after != 0 and grace != 0:
+            if len(_SETTINGS_JSON) >= 4096:
+                _SETTINGS_JSON.clear()
+            _SETTINGS_JSON[key] = settings
+    return settings
+
+
+def rare_json(
+    timeout_count: int,
+    settings: str,
+    missed_count: int,
+    last_missed: int | None,
+    skipped_count: int,
+    last_skip_reason: str | None,
+) -> str:
+    """A member's fields from ``"timeout_count"`` to ``"last_skip_reason"``, with the text of
+    `settings_json`."""
+    return (
+        f'"timeout_count":{timeout_count},'
+        f"{settings}"
+        f'"missed_count":{missed_count},'
+        f'"last_missed_run_time":{_json_time(last_missed)},'
+        f'"skipped_count":{skipped_count},'
+        f'"last_skip_reason":{_json_str(last_skip_reason)},'
+    )
+
+
+def tail_json(history_dropped: int, metadata: Mapping[str, Any], created_at: int) -> str:
+    """A member's fields from ``"history_dropped"`` to ``"updated_at":`` (its value left out)."""
+    return (
+        f'"history_dropped":{history_dropped},'
+        f'"metadata":{_ENCODER.encode(metadata) if metadata else "{}"},'
+        f'"created_at":{_json_time(created_at)},"updated_at":'
+    )
 
 
 @dataclass(frozen=True)
