@@ -250,9 +250,9 @@ class Job:
 
     def to_record(self, now_ns: int) -> JobRecord:
         history = self.history
-        # Not kept: a record is built once per version of the job, for its row of the health
-        # document or its snapshot, and a kept one would outlive it (a young object the
-        # garbage collector would promote and scan again).
+        # Not kept: a record is built once per version of the job, for its snapshot, and a
+        # kept one would outlive it (a young object the garbage collector would promote and
+        # scan again). The health document's rows are built without one (`member_of`).
         stats = _NO_STATS if history is None else history.stats()
         _, _, p50, p95, p99, _ = stats
         min_ns, max_ns = self.min_ns, self.max_ns
@@ -407,9 +407,10 @@ def collect_rows(jobs: Iterable[Job], now_ns: int) -> PendingRows:
     current, else its row built now and cached on it (history older than the window is
     pruned first). Never raises for a job: what building its row raises is kept for
     `finish_rows`, and the job is served as `unavailable_row`. Built here, not after the
-    lock is released: a record then lives no longer than its row (for 300 changed jobs,
-    a poll 13% cheaper, and fewer collections of the young generation), and while the
-    health endpoint builds its answer, runs wait for it anyway (`StatusRegistry.reading`).
+    lock is released: what is built for a row then lives no longer than it (for 300
+    changed jobs, a poll 13% cheaper, and fewer collections of the young generation), and
+    while the health endpoint builds its answer, runs wait for it anyway
+    (`StatusRegistry.reading`).
     The rows depend on the time only through the histories: they stay what they are, while
     no job changes, until the earliest `RunHistory.quiet_until`, returned with them."""
     rows: list[HealthRow] = []

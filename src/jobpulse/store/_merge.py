@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _END = operator.itemgetter(2)  # a run's end_ns
+_CATEGORY = operator.itemgetter(3)  # None for a success
 
 LOST_INSTANCE_ERROR = "the process running it stopped (instance {instance}, pid {pid} on {host})"
 
@@ -92,11 +93,24 @@ def fold_runs(row: FleetRow, runs: Iterable[RunFields]) -> bool:
     the run that ended last (of runs that ended at the same nanosecond, the one written
     last)."""
     ordered = sorted(runs, key=_END)  # stable: equal ends keep the order written
-    for run in ordered:
-        if run[3] is None:  # its category: a success
-            succeeded(row, run[2])
-        else:
+    # Of successes in a row, in the order they ended, the last one alone leaves the row as
+    # all of them do: each one moves the last success on and keeps fewer of the failures
+    # since. A flush of a busy process folds tens of thousands of runs, most of them
+    # successes: a call for each was half the cost of its write.
+    if set(map(_CATEGORY, ordered)) == {None}:  # successes only
+        succeeded(row, ordered[-1][2])
+    else:
+        success = None
+        for run in ordered:
+            if run[3] is None:
+                success = run[2]
+                continue
+            if success is not None:
+                succeeded(row, success)
+                success = None
             _failed(row, run[2])
+        if success is not None:
+            succeeded(row, success)
     if row.last_end_ns is not None:
         del ordered[: bisect.bisect_left(ordered, row.last_end_ns, key=_END)]
     if not ordered:

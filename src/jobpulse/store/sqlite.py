@@ -19,12 +19,11 @@ import json
 import operator
 import os
 import sqlite3
-import sys
+import struct
 import threading
 import time
 import uuid
 import weakref
-from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,7 +50,6 @@ _START, _DURATION, _END, _CATEGORY = (operator.itemgetter(index) for index in ra
 #: The runs one write brought (`_pack_runs`); ``end_ns`` is the latest end among them (the
 #: row is pruned once it leaves the history).
 _INSERT_RUNS = "INSERT INTO run_writes (end_ns, runs) VALUES (?, ?)"
-_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def _pack_runs(
@@ -64,24 +62,28 @@ def _pack_runs(
     ...)``; `codes` holds every category among them. Integer arrays, not text: turning
     10,000 runs into JSON took 5 ms of a 1,000-job flush."""
     runs: list[Sequence[Any]] = []
-    ids, counts = array("q"), array("q")
+    ids: list[int] = []
+    counts: list[int] = []
     for job, batch in batches:
         ids.append(job)
         counts.append(len(batch))
         runs += batch
-    parts = (
-        array("q", (len(ids),)),
-        ids,
-        counts,
-        array("q", map(_START, runs)),
-        array("q", map(_DURATION, runs)),
-        array("q", map(_END, runs)),
-        array("H", map(codes.__getitem__, map(_CATEGORY, runs))),
+    total = len(runs)
+    categories = list(map(_CATEGORY, runs))
+    if categories.count(None) == total:  # successes only, as most are: all codes 0
+        code_bytes = bytes(2 * total)
+    else:
+        code_bytes = struct.pack(f"<{total}H", *map(codes.__getitem__, categories))
+    # struct, not arrays: twice as fast for 50,000 runs.
+    return b"".join(
+        (
+            struct.pack(f"<{1 + 2 * len(ids)}q", len(ids), *ids, *counts),
+            struct.pack(f"<{total}q", *map(_START, runs)),
+            struct.pack(f"<{total}q", *map(_DURATION, runs)),
+            struct.pack(f"<{total}q", *map(_END, runs)),
+            code_bytes,
+        )
     )
-    if not _LITTLE_ENDIAN:  # pragma: no cover - big-endian hosts
-        for part in parts:
-            part.byteswap()
-    return b"".join(map(array.tobytes, parts))
 
 
 def _unpack_runs(
