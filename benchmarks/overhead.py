@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         verdict = "PASS" if ratios[name] <= target else "FAIL"
         failed += verdict == "FAIL"
-        print(f"target: {name} <= {target}x: {ratios[name]:.2f}x {verdict}")
+        print(f"target: {name} <= {target}x: {ratios[name]:.3f}x {verdict}")
     print(f"({args.runs} runs x {args.repeats} repeats per row, Python {sys.version.split()[0]})")
     return 1 if failed else 0
 
