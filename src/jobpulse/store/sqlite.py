@@ -57,9 +57,9 @@ def _pack_runs(
 ) -> bytes:
     """The runs of a write as one value: little-endian 64-bit integers, the number of jobs
     n, their ids (n), their numbers of runs (n), then of every run, job after job, in the
-    order they ended, its start_ns, duration_ns and end_ns (3 arrays), and its category's
+    order they ended, its start_ns, duration_ns and end_ns (3 columns), and its category's
     code as 16 bits (0 for a success). Runs are ``(start_ns, duration_ns, end_ns, category,
-    ...)``; `codes` holds every category among them. Integer arrays, not text: turning
+    ...)``; `codes` holds every category among them. Integers, not text: turning
     10,000 runs into JSON took 5 ms of a 1,000-job flush."""
     runs: list[Sequence[Any]] = []
     ids: list[int] = []
