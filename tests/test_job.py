@@ -6,15 +6,18 @@ from __future__ import annotations
 import gc
 import json
 import math
+from array import array
 from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
 
-from jobpulse import JobState
+from jobpulse import JobMonitor, JobState
 from jobpulse._history import RunHistory
-from jobpulse._job import _clamp, collect_rows, finish_rows, member_of
+from jobpulse._job import RunBuffer, _clamp, collect_rows, finish_rows, member_of, run_fields
 from jobpulse._model import member_json
 from jobpulse._schedule import parse_schedule
 from jobpulse._shared import HealthRow, Job
@@ -280,3 +283,42 @@ def test_a_member_built_from_the_job_is_the_member_of_its_record(
     for fields in changes:
         _apply(job, fields)
         assert member_of(job, T0 + 15) == member_json(job.to_record(T0 + 15))
+
+
+def test_run_fields_put_each_failure_back_in_its_place() -> None:
+    buffer = RunBuffer(array("q", [1, 2, 3, 4, 5, 9, 7, 8, 15]), {1: ("network", "boom", True)})
+    assert run_fields(buffer) == [
+        (1, 2, 3, None, None, False),
+        (4, 5, 9, "network", "boom", True),
+        (7, 8, 15, None, None, False),
+    ]
+    assert run_fields(RunBuffer(array("q"), None)) == []
+
+
+def test_a_store_gets_each_finished_run_with_what_a_failed_one_has() -> None:
+    monitor = JobMonitor(
+        TracerProvider(shutdown_on_exit=False), MeterProvider(shutdown_on_exit=False)
+    )
+    try:
+        registry = monitor._registry
+        registry.enable_changes(10)
+        monitor.register("job")
+        with monitor.run("job"):
+            pass
+        with pytest.raises(ValueError, match="boom"), monitor.run("job"):
+            raise ValueError("boom")
+        with monitor.run("job"):
+            pass
+        (change,) = registry.collect_changes()
+        runs = run_fields(change.runs)
+        assert [run[3] is None for run in runs] == [True, False, True]
+        assert runs[1][3] == "unknown"
+        assert runs[1][4] is not None
+        assert "boom" in runs[1][4]
+        assert all(start + duration == end for start, duration, end, *_ in runs)
+        assert runs == sorted(runs, key=lambda run: run[2])
+        # Handed over: the next collection starts from nothing.
+        (again,) = registry.collect_changes(full=True)
+        assert run_fields(again.runs) == []
+    finally:
+        monitor.shutdown()

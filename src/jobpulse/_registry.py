@@ -700,9 +700,17 @@ class StatusRegistry:
             self._dirty[name] = None
             if self._run_room > 0:
                 self._run_room -= 1
-                if job.unpublished is None:
-                    job.unpublished = []
-                job.unpublished.append((start_ns, duration_ns, end_ns, category, error, timed_out))
+                times = job.unpublished
+                if times is None:
+                    times = job.unpublished = array("q")
+                if error is not None or category is not None or timed_out:
+                    other = job.unpublished_other
+                    if other is None:
+                        other = job.unpublished_other = {}
+                    other[len(times) // 3] = (category, error, timed_out)
+                times.append(start_ns)
+                times.append(duration_ns)
+                times.append(end_ns)
             else:
                 job.unpublished_dropped += 1
             if ran_in is not None:
@@ -1276,7 +1284,7 @@ class StatusRegistry:
                 job = self._jobs.get(name)
                 if job is not None:
                     changes.append(local_job(job))
-                    job.unpublished = None
+                    job.unpublished = job.unpublished_other = None
                     job.unpublished_dropped = 0
                     if job.unpublished_ran_in:
                         job.unpublished_ran_in = []
@@ -1304,7 +1312,7 @@ class StatusRegistry:
             job.stalled_ids.clear()
             job.armed = None
             job.version += 1
-            job.unpublished = None
+            job.unpublished = job.unpublished_other = None
             job.unpublished_dropped = 0
             job.unpublished_ran_in = []
         self._removed = []

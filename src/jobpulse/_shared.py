@@ -90,6 +90,7 @@ from jobpulse._job import (
     PendingRows,
     collect_rows,
     finish_rows,
+    run_fields,
     run_records,
 )
 from jobpulse._metadata import encode as encode_metadata
@@ -170,6 +171,7 @@ __all__ = [
     "redact",
     "remove_span_adopter",
     "rfc3339",
+    "run_fields",
     "run_records",
     "safe_error_text",
     "setup_monitor",

@@ -25,7 +25,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from jobpulse._shared import Clock, Guard, LocalJob, StatusRegistry, after_fork_in_child, redact
+from jobpulse._shared import (
+    Clock,
+    Guard,
+    LocalJob,
+    StatusRegistry,
+    after_fork_in_child,
+    redact,
+    run_fields,
+)
 from jobpulse.store._base import Instance, JobChange, Store, UnsureWrite, WriteResult
 
 __all__ = ["Publisher"]
@@ -207,7 +215,7 @@ class Publisher:
         )
         deltas = [now - before for now, before in zip(counts, published.counts, strict=True)]
         published.counts = counts
-        runs = job.runs  # the registry's list, handed over
+        runs = run_fields(job.runs)  # the registry's buffer, handed over
         room = self._buffer_runs - self._buffered_runs
         dropped = job.dropped_runs
         if len(runs) > room:
