@@ -322,3 +322,32 @@ def test_a_store_gets_each_finished_run_with_what_a_failed_one_has() -> None:
         assert run_fields(again.runs) == []
     finally:
         monitor.shutdown()
+
+
+def test_a_run_past_what_a_store_holds_is_left_out_and_the_others_kept() -> None:
+    monitor = JobMonitor(
+        TracerProvider(shutdown_on_exit=False), MeterProvider(shutdown_on_exit=False)
+    )
+    try:
+        registry = monitor._registry
+        registry.enable_changes(10)
+        monitor.register("job")
+        late = (1 << 63) - 500  # ends in 2262, past a signed 64-bit count of nanoseconds
+        ends = [
+            (100, 200, None),
+            (late, late + 1000, "network"),
+            (300, 400, "network"),
+            (500, 600, None),
+        ]
+        for run_id, (start_ns, end_ns, category) in enumerate(ends):
+            registry.start_run("job", run_id, None, start_ns)
+            registry.end_run("job", run_id, start_ns, end_ns, category and "boom", category)
+        (change,) = registry.collect_changes()
+        assert change.dropped_runs == 1
+        assert run_fields(change.runs) == [
+            (100, 100, 200, None, None, False),
+            (300, 100, 400, "network", "boom", False),
+            (500, 100, 600, None, None, False),
+        ]
+    finally:
+        monitor.shutdown()

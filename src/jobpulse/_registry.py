@@ -699,18 +699,23 @@ class StatusRegistry:
         if self._dirty is not None:
             self._dirty[name] = None
             if self._run_room > 0:
-                self._run_room -= 1
                 times = job.unpublished
                 if times is None:
                     times = job.unpublished = array("q")
-                if error is not None or category is not None or timed_out:
-                    other = job.unpublished_other
-                    if other is None:
-                        other = job.unpublished_other = {}
-                    other[len(times) // 3] = (category, error, timed_out)
-                times.append(start_ns)
-                times.append(duration_ns)
-                times.append(end_ns)
+                try:
+                    times.append(start_ns)
+                    times.append(duration_ns)
+                    times.append(end_ns)
+                except OverflowError:  # a time past what a store holds (64-bit ns: 2262)
+                    del times[len(times) - len(times) % 3 :]  # back to whole runs
+                    job.unpublished_dropped += 1
+                else:
+                    self._run_room -= 1
+                    if error is not None or category is not None or timed_out:
+                        other = job.unpublished_other
+                        if other is None:
+                            other = job.unpublished_other = {}
+                        other[len(times) // 3 - 1] = (category, error, timed_out)
             else:
                 job.unpublished_dropped += 1
             if ran_in is not None:
