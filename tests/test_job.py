@@ -7,6 +7,7 @@ import gc
 import json
 import math
 from array import array
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -295,59 +296,59 @@ def test_run_fields_put_each_failure_back_in_its_place() -> None:
     assert run_fields(RunBuffer(array("q"), None)) == []
 
 
-def test_a_store_gets_each_finished_run_with_what_a_failed_one_has() -> None:
+@pytest.fixture
+def publishing() -> Iterator[JobMonitor]:
+    """A monitor whose registry keeps changes for a store's publisher, with a job "job"."""
     monitor = JobMonitor(
         TracerProvider(shutdown_on_exit=False), MeterProvider(shutdown_on_exit=False)
     )
-    try:
-        registry = monitor._registry
-        registry.enable_changes(10)
-        monitor.register("job")
-        with monitor.run("job"):
-            pass
-        with pytest.raises(ValueError, match="boom"), monitor.run("job"):
-            raise ValueError("boom")
-        with monitor.run("job"):
-            pass
-        (change,) = registry.collect_changes()
-        runs = run_fields(change.runs)
-        assert [run[3] is None for run in runs] == [True, False, True]
-        assert runs[1][3] == "unknown"
-        assert runs[1][4] is not None
-        assert "boom" in runs[1][4]
-        assert all(start + duration == end for start, duration, end, *_ in runs)
-        assert runs == sorted(runs, key=lambda run: run[2])
-        # Handed over: the next collection starts from nothing.
-        (again,) = registry.collect_changes(full=True)
-        assert run_fields(again.runs) == []
-    finally:
-        monitor.shutdown()
+    monitor._registry.enable_changes(10)
+    monitor.register("job")
+    yield monitor
+    monitor.shutdown()
 
 
-def test_a_run_past_what_a_store_holds_is_left_out_and_the_others_kept() -> None:
-    monitor = JobMonitor(
-        TracerProvider(shutdown_on_exit=False), MeterProvider(shutdown_on_exit=False)
-    )
-    try:
-        registry = monitor._registry
-        registry.enable_changes(10)
-        monitor.register("job")
-        late = (1 << 63) - 500  # ends in 2262, past a signed 64-bit count of nanoseconds
-        ends = [
-            (100, 200, None),
-            (late, late + 1000, "network"),
-            (300, 400, "network"),
-            (500, 600, None),
-        ]
-        for run_id, (start_ns, end_ns, category) in enumerate(ends):
-            registry.start_run("job", run_id, None, start_ns)
-            registry.end_run("job", run_id, start_ns, end_ns, category and "boom", category)
-        (change,) = registry.collect_changes()
-        assert change.dropped_runs == 1
-        assert run_fields(change.runs) == [
-            (100, 100, 200, None, None, False),
-            (300, 100, 400, "network", "boom", False),
-            (500, 100, 600, None, None, False),
-        ]
-    finally:
-        monitor.shutdown()
+def test_a_store_gets_each_finished_run_with_what_a_failed_one_has(
+    publishing: JobMonitor,
+) -> None:
+    monitor, registry = publishing, publishing._registry
+    with monitor.run("job"):
+        pass
+    with pytest.raises(ValueError, match="boom"), monitor.run("job"):
+        raise ValueError("boom")
+    with monitor.run("job"):
+        pass
+    (change,) = registry.collect_changes()
+    runs = run_fields(change.runs)
+    assert [run[3] is None for run in runs] == [True, False, True]
+    assert runs[1][3] == "unknown"
+    assert runs[1][4] is not None
+    assert "boom" in runs[1][4]
+    assert all(start + duration == end for start, duration, end, *_ in runs)
+    assert runs == sorted(runs, key=lambda run: run[2])
+    # Handed over: the next collection starts from nothing.
+    (again,) = registry.collect_changes(full=True)
+    assert run_fields(again.runs) == []
+
+
+def test_a_run_past_what_a_store_holds_is_left_out_and_the_others_kept(
+    publishing: JobMonitor,
+) -> None:
+    registry = publishing._registry
+    late = (1 << 63) - 500  # ends in 2262, past a signed 64-bit count of nanoseconds
+    ends = [
+        (100, 200, None),
+        (late, late + 1000, "network"),
+        (300, 400, "network"),
+        (500, 600, None),
+    ]
+    for run_id, (start_ns, end_ns, category) in enumerate(ends):
+        registry.start_run("job", run_id, None, start_ns)
+        registry.end_run("job", run_id, start_ns, end_ns, category and "boom", category)
+    (change,) = registry.collect_changes()
+    assert change.dropped_runs == 1
+    assert run_fields(change.runs) == [
+        (100, 100, 200, None, None, False),
+        (300, 100, 400, "network", "boom", False),
+        (500, 100, 600, None, None, False),
+    ]
