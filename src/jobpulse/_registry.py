@@ -91,7 +91,6 @@ _MAX_CLOSED_ELSEWHERE = 64
 #: and how many metadata keys were refused (logged).
 _After = tuple[str, float | None, float | None, tuple[Schedule, int, int] | None, int]
 _APPLY = "status view: a run's start or end applied by another thread"
-_APPLY_GUARD = Guard(_APPLY)
 #: Past this many events waiting, a run's thread waits for the lock instead: the holder has
 #: lost the GIL (waiting gives it back) and a reader would have them all to apply.
 _MAX_EVENTS = 64
@@ -1304,12 +1303,9 @@ class StatusRegistry:
         # child that never runs a job must not report that job missed.
         # The events left for a holder of the lock are applied here (their follow-ups are
         # for the parent's watchdog): a run that ended before the fork is counted.
-        events = self._lock.events
+        parents = self._lock
         self._lock = _ViewLock(self._follow_up)
-        while events:
-            apply, args = events.popleft()
-            with _APPLY_GUARD:
-                apply(*args)
+        parents.apply_events()  # their follow-ups go to the new lock's `after`
         self._lock.after.clear()  # deadlines for the parent's watchdog: armed anew below
         self._lost = queue.SimpleQueue()
         for job in self._jobs.values():
